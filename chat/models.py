@@ -1,0 +1,160 @@
+"""What Slipstream stores: upstream servers and their slots, and every conversation.
+
+Words follow DESIGN.md: a *backend* is one upstream server, a *slot* a named model on it that
+requests address by its ``name`` (the ``model`` field of an OpenAI request).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from chat.relay.upstream import BackendConfig
+
+
+class Backend(models.Model):
+    """One upstream OpenAI-compatible server (vLLM, llama-server, Ollama, OpenAI, simulator)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    base_url = models.URLField(
+        max_length=500,
+        help_text="OpenAI base URL, including the version prefix, e.g. http://127.0.0.1:8000/v1",
+    )
+    api_key = models.CharField(max_length=500, blank=True, help_text="Sent as a Bearer token.")
+    connect_timeout_s = models.FloatField(default=5.0, help_text="Seconds to open a connection.")
+    read_timeout_s = models.FloatField(
+        default=120.0,
+        help_text="Longest silence between two bytes, in seconds, including the wait for the "
+        "first token.",
+    )
+    total_timeout_s = models.FloatField(
+        default=900.0, help_text="Longest time for one whole answer, in seconds."
+    )
+    health_path = models.CharField(
+        max_length=200, default="/models", help_text="Probed relative to the base URL."
+    )
+    max_concurrency = models.PositiveIntegerField(
+        default=64, help_text="Most requests in flight to this server at once."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def config(self) -> BackendConfig:
+        """The relay's view of this backend: plain, hashable, ORM-free."""
+        return BackendConfig(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            total_timeout_s=self.total_timeout_s,
+            max_connections=self.max_concurrency,
+        )
+
+
+class Slot(models.Model):
+    """A named, routable model on a backend, with the defaults its requests get."""
+
+    class State(models.TextChoices):
+        COLD = "cold"
+        WARMING = "warming"
+        READY = "ready"
+        ERROR = "error"
+
+    name = models.SlugField(
+        max_length=100, unique=True, help_text='What clients put in "model", e.g. "primary".'
+    )
+    backend = models.ForeignKey(Backend, on_delete=models.PROTECT, related_name="slots")
+    upstream_model = models.CharField(
+        max_length=200, help_text="The model id the backend knows, sent upstream as model."
+    )
+    display_name = models.CharField(max_length=100, blank=True)
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    stop = models.JSONField(
+        default=list, blank=True, help_text='Stop sequences, a JSON list of strings: ["\\n\\n"].'
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.COLD)
+    is_default = models.BooleanField(default=False, help_text="Preselected for new chats.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-is_default", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def defaults(self) -> dict[str, Any]:
+        """The request fields this slot fills in when a request is silent about them."""
+        fields: dict[str, Any] = {}
+        if self.temperature is not None:
+            fields["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            fields["max_tokens"] = self.max_tokens
+        if self.stop:
+            fields["stop"] = list(self.stop)
+        return fields
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    slot = models.ForeignKey(Slot, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return self.title or "New chat"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        STOPPED = "stopped"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField(blank=True)
+    reasoning = models.TextField(blank=True)
+    tool_calls = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    usage = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True, help_text="OpenAI error envelope, if any.")
+    slot_name = models.CharField(max_length=100, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, ms.")
+    tokens_per_s = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"

@@ -1,0 +1,268 @@
+"""The upstream client: one pooled ``httpx.AsyncClient`` per backend, SSE decoding, error mapping.
+
+A stream is opened in two steps so callers can answer with a real HTTP status when the upstream
+fails before its first byte (``UpstreamStream.open`` raises ``RelayError``), and with one final
+SSE error event when it fails later (``UpstreamStream.chunks`` raises ``MidStreamError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from chat.relay.errors import MidStreamError, RelayError
+from chat.relay.sse import DONE_DATA, SSEDecoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """How to reach one upstream server. Hashable: it keys the client pool.
+
+    ``base_url`` is the OpenAI base URL including its version prefix
+    (``http://127.0.0.1:8000/v1``); timeouts are in seconds.
+    """
+
+    base_url: str
+    api_key: str = ""
+    connect_timeout_s: float = 5.0
+    # httpx's read timeout bounds the gap between two reads, which includes a model's wait
+    # before its first token: it must be generous, unlike httpx's 5 s default.
+    read_timeout_s: float = 120.0
+    total_timeout_s: float = 900.0
+    max_connections: int = 64
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+# httpx clients hold connections bound to the event loop that opened them, so the pool is per
+# loop (one loop under daphne; one per test under pytest-asyncio).
+_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[BackendConfig, httpx.AsyncClient]
+] = weakref.WeakKeyDictionary()
+
+
+def client_for(backend: BackendConfig) -> httpx.AsyncClient:
+    """The pooled client for ``backend`` on the running event loop, created on first use."""
+    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+    client = per_loop.get(backend)
+    if client is None:
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=backend.connect_timeout_s,
+                read=backend.read_timeout_s,
+                write=backend.connect_timeout_s,
+                pool=backend.connect_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=backend.max_connections,
+                max_keepalive_connections=backend.max_connections,
+            ),
+            headers={"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {},
+        )
+        per_loop[backend] = client
+    return client
+
+
+async def aclose_clients() -> None:
+    """Close every pooled client of the running loop (tests, shutdown)."""
+    per_loop = _clients.pop(asyncio.get_running_loop(), {})
+    for client in per_loop.values():
+        await client.aclose()
+
+
+def _error_from_response(status: int, body: bytes) -> RelayError:
+    """Map an upstream HTTP error to the envelope a client should see.
+
+    4xx are the client's fault and pass on with their status and the upstream's message; 5xx
+    become 502 (bad gateway), except 503, which means "not ready yet" and stays 503.
+    """
+    message = f"upstream answered HTTP {status}"
+    type_, code, param = ("invalid_request_error" if status < 500 else "api_error"), None, None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or message)
+        type_ = str(error.get("type") or type_)
+        code = None if error.get("code") is None else str(error["code"])
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+    elif isinstance(error, str):
+        message = error
+    elif isinstance(parsed, dict) and isinstance(parsed.get("detail"), str):
+        message = parsed["detail"]  # FastAPI-style servers (llama-cpp-python)
+    elif body and status < 500:
+        message = body[:500].decode("utf-8", "replace")
+    out_status = status if status < 500 or status == 503 else 502
+    return RelayError(message, status=out_status, type=type_, code=code, param=param)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One decoded upstream SSE event carrying JSON: the raw ``data`` text (relayed unchanged
+    where the wire format allows) and its parsed object."""
+
+    data: str
+    obj: dict[str, Any]
+
+
+class UpstreamStream:
+    """One streaming call to an upstream, from ``open`` to ``aclose``.
+
+    Usage::
+
+        stream = await UpstreamStream.open(backend, "chat/completions", body)  # RelayError
+        try:
+            async for chunk in stream.chunks():  # MidStreamError
+                ...
+        finally:
+            await stream.aclose()  # closes the TCP stream: the upstream stops generating
+    """
+
+    def __init__(self, backend: BackendConfig, response: httpx.Response, deadline: float) -> None:
+        self.backend = backend
+        self.response = response
+        self.deadline = deadline
+        self.done = False  # saw [DONE] or the end of a complete stream
+
+    @classmethod
+    async def open(cls, backend: BackendConfig, path: str, body: dict[str, Any]) -> UpstreamStream:
+        """POST ``body`` as JSON to ``backend.url(path)`` and wait for the response head.
+
+        Raises ``RelayError``: 502 (unreachable), 504 (timeout), the upstream's 4xx, 502 for its
+        5xx (503 stays 503) — all before any byte reached our client.
+        """
+        client = client_for(backend)
+        deadline = time.monotonic() + backend.total_timeout_s
+        request = client.build_request(
+            "POST", backend.url(path), json=body, headers={"Accept": "text/event-stream"}
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise RelayError(
+                f"upstream timed out: {type(exc).__name__}", status=504, code="upstream_timeout"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise RelayError(
+                f"upstream unreachable: {exc or type(exc).__name__}",
+                status=502,
+                code="upstream_unreachable",
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                raw = await response.aread()
+            except httpx.HTTPError:
+                raw = b""
+            finally:
+                await response.aclose()
+            raise _error_from_response(response.status_code, raw)
+        return cls(backend, response, deadline)
+
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """Yield each JSON chunk in order until ``[DONE]`` or the end of the body.
+
+        Comments and empty keep-alive events are skipped. Raises ``MidStreamError`` on a dropped
+        connection, a read gap over ``read_timeout_s``, the total deadline, a chunk that is not
+        a JSON object, or an error the upstream sends inside the stream (a top-level ``error``
+        key as OpenRouter does, or ``event: error`` as Groq does).
+        """
+        decoder = SSEDecoder()
+        try:
+            async for raw in self.response.aiter_bytes():
+                for event in decoder.feed(raw):
+                    chunk = self._chunk(event.data, event.event)
+                    if chunk is None:
+                        return
+                    yield chunk
+                if time.monotonic() > self.deadline:
+                    raise MidStreamError(
+                        "upstream exceeded its total time limit",
+                        status=504,
+                        code="upstream_timeout",
+                    )
+            for event in decoder.flush():
+                chunk = self._chunk(event.data, event.event)
+                if chunk is None:
+                    return
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise MidStreamError(
+                "upstream stopped sending (read timeout)", status=504, code="upstream_timeout"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise MidStreamError(
+                f"upstream connection lost: {exc or type(exc).__name__}",
+                code="upstream_disconnected",
+            ) from exc
+        # The body ended without [DONE]. Some servers (the Responses API, llama-server on a
+        # context overflow) do this; a finish_reason already seen makes it a complete answer,
+        # and the caller decides, since only it has seen the chunks.
+        self.done = True
+
+    def _chunk(self, data: str, event: str) -> Chunk | None:
+        if data == DONE_DATA:
+            self.done = True
+            return None
+        try:
+            obj = json.loads(data)
+        except ValueError as exc:
+            raise MidStreamError(
+                f"upstream sent a malformed chunk: {data[:200]!r}", code="upstream_malformed_chunk"
+            ) from exc
+        if not isinstance(obj, dict):
+            raise MidStreamError(
+                f"upstream sent a chunk that is not an object: {data[:200]!r}",
+                code="upstream_malformed_chunk",
+            )
+        if event == "error" or obj.get("error"):
+            error = obj.get("error")
+            if not isinstance(error, dict):
+                error = {"message": str(error or obj)}
+            raise MidStreamError(
+                str(error.get("message") or "upstream error"),
+                type=str(error.get("type") or "api_error"),
+                code=None if error.get("code") is None else str(error.get("code")),
+            )
+        return Chunk(data, obj)
+
+    async def aclose(self) -> None:
+        """Close the response; before the end this drops the connection, which is how an
+        upstream learns the client went away (llama-server and vLLM stop generating)."""
+        await self.response.aclose()
+
+
+async def request_json(
+    backend: BackendConfig, method: str, path: str, body: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """A plain (non-streaming) call. Returns ``(status, parsed JSON or None)``.
+
+    Raises ``RelayError`` 502/504 when the upstream cannot be reached or times out.
+    """
+    client = client_for(backend)
+    try:
+        response = await client.request(method, backend.url(path), json=body)
+    except httpx.TimeoutException as exc:
+        raise RelayError("upstream timed out", status=504, code="upstream_timeout") from exc
+    except httpx.HTTPError as exc:
+        raise RelayError(
+            f"upstream unreachable: {exc or type(exc).__name__}",
+            status=502,
+            code="upstream_unreachable",
+        ) from exc
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, None

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from chat import views
+
+app_name = "chat"
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
+    path("sidebar/", views.sidebar, name="sidebar"),
+    path("chat/stream/", views.stream, name="stream"),
+]

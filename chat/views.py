@@ -1,0 +1,227 @@
+"""Chat pages, htmx partials and the browser's stream endpoint. Thin: reads go through
+``selectors``, writes through ``services``, streaming through ``chat.relay``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any
+from uuid import UUID
+
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import PermissionDenied
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from chat import selectors, services
+from chat.models import Conversation, Message
+from chat.relay.dispatch import SlotConfig, chat_body, open_chat_stream
+from chat.relay.errors import RelayError
+from chat.relay.generation import Generation
+from chat.relay.sse import DONE_EVENT, encode_event
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 100_000
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx buffers proxied responses unless told not to, which would hold every token back.
+    "X-Accel-Buffering": "no",
+}
+
+
+def signed_in(user: User | AnonymousUser) -> User:
+    """The signed-in user behind ``login_required`` (which has already turned others away)."""
+    if not isinstance(user, User):
+        raise PermissionDenied
+    return user
+
+
+def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    slots = list(selectors.slot_list_enabled())
+    return render(
+        request,
+        "chat/chat.html",
+        {
+            "conversation": conversation,
+            "chat_messages": selectors.message_list(conversation=conversation)
+            if conversation
+            else [],
+            "conversations": selectors.conversation_list(user=signed_in(request.user))[:200],
+            "slots": slots,
+            "current_slot": conversation.slot if conversation and conversation.slot else None,
+        },
+    )
+
+
+@require_GET
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    """A new, empty chat."""
+    return _page(request, None)
+
+
+@require_GET
+@login_required
+def conversation_detail(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    conversation = (
+        selectors.conversation_list(user=signed_in(request.user))
+        .select_related("slot")
+        .filter(pk=conversation_id)
+        .first()
+    )
+    if conversation is None:
+        raise Http404("No such conversation")
+    return _page(request, conversation)
+
+
+@require_GET
+@login_required
+def sidebar(request: HttpRequest) -> HttpResponse:
+    """The conversation list, an htmx partial refreshed when a conversation changes."""
+    current = request.GET.get("current", "")
+    return render(
+        request,
+        "chat/_sidebar.html",
+        {
+            "conversations": selectors.conversation_list(user=signed_in(request.user))[:200],
+            "current_id": current,
+        },
+    )
+
+
+def _bad_request(message: str, *, param: str | None = None, status: int = 400) -> JsonResponse:
+    error = RelayError(message, status=status, type="invalid_request_error", param=param)
+    return JsonResponse(error.envelope(), status=status)
+
+
+@require_POST
+@login_required
+async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    """Send a user message and stream the answer back as SSE.
+
+    Body: JSON ``{"content": str, "conversation": uuid | null, "slot": str | null}``.
+    Response: ``text/event-stream`` (WHATWG SSE) carrying, in order, a named
+    ``slipstream.message`` event (``conversation_id``, ``conversation_url``, ``title``,
+    ``user_message_id``, ``assistant_message_id``, ``generation_id``, ``slot``), the upstream's
+    ``chat.completion.chunk`` objects as unnamed ``data:`` events exactly as they came, a named
+    ``slipstream.done`` event (``status``, ``finish_reason``, ``ttft_ms``, ``tokens_per_s``,
+    ``usage``), then ``data: [DONE]`` — or, when the upstream fails, a final
+    ``data: {"error": {...}}`` (OpenAI's envelope) instead of ``[DONE]``.
+    Bad input answers 400 with OpenAI's error envelope before any stream starts; another user's
+    conversation answers 404.
+    """
+    try:
+        payload = json.loads(request.body or b"{}")
+    except ValueError:
+        return _bad_request("Request body is not valid JSON.")
+    if not isinstance(payload, dict):
+        return _bad_request("Request body must be a JSON object.")
+    content = payload.get("content")
+    if not isinstance(content, str) or not content.strip():
+        return _bad_request("Message is empty.", param="content")
+    if len(content) > MAX_MESSAGE_CHARS:
+        return _bad_request(f"Message is over {MAX_MESSAGE_CHARS} characters.", param="content")
+
+    user = signed_in(await request.auser())
+    conversation: Conversation | None = None
+    if payload.get("conversation"):
+        try:
+            conversation_id = UUID(str(payload["conversation"]))
+        except ValueError:
+            return _bad_request("Unknown conversation.", param="conversation", status=404)
+        conversation = await selectors.conversation_aget(user=user, conversation_id=conversation_id)
+        if conversation is None:
+            return _bad_request("Unknown conversation.", param="conversation", status=404)
+
+    slot_name = payload.get("slot") or (
+        conversation.slot.name if conversation and conversation.slot else None
+    )
+    slot = await selectors.slot_aget(name=slot_name if isinstance(slot_name, str) else None)
+    if slot is None:
+        return _bad_request("No model is available.", param="slot", status=404)
+
+    if conversation is None:
+        conversation = await services.conversation_acreate(
+            user=user, slot=slot, first_message=content
+        )
+    user_message = await services.message_acreate_user(conversation=conversation, content=content)
+    history = await selectors.history_for_upstream(conversation=conversation)
+    config = services.slot_config(slot)
+    body = chat_body(config, {"messages": history}, stream=True)
+    assistant = await services.message_acreate_assistant(
+        conversation=conversation, slot_name=slot.name
+    )
+    meta = {
+        "conversation_id": str(conversation.pk),
+        "conversation_url": reverse("chat:conversation", args=[conversation.pk]),
+        "title": conversation.title,
+        "user_message_id": user_message.pk,
+        "assistant_message_id": assistant.pk,
+        "slot": slot.name,
+    }
+    response = StreamingHttpResponse(
+        _answer_events(
+            config=config, body=body, meta=meta, assistant=assistant, conversation=conversation
+        ),
+        content_type="text/event-stream; charset=utf-8",
+        headers=SSE_HEADERS,
+    )
+    return response
+
+
+async def _answer_events(
+    *,
+    config: SlotConfig,
+    body: dict[str, Any],
+    meta: dict[str, Any],
+    assistant: Message,
+    conversation: Conversation,
+) -> AsyncGenerator[bytes, None]:
+    """The SSE byte stream of one answer; stores it exactly once when it ends, however it ends
+    (a client that goes away cancels this generator: the answer is stored as ``stopped``)."""
+    generation = Generation(slot=config.name)
+    yield encode_event(
+        json.dumps({**meta, "generation_id": generation.id}), event="slipstream.message"
+    )
+    try:
+        stream = await open_chat_stream(config, body)
+        async with aclosing(generation.relay(stream)) as chunks:
+            async for chunk in chunks:
+                yield b"data: " + chunk.data.encode() + b"\n\n"
+    except RelayError as exc:
+        generation.status, generation.error = "error", exc
+    finally:
+        if generation.status == "streaming":  # cancelled before the upstream answered
+            generation.status = "stopped"
+        # Shielded: a second cancellation must not lose the answer.
+        await asyncio.shield(
+            services.message_afinalise(
+                message_id=assistant.pk, conversation_id=conversation.pk, generation=generation
+            )
+        )
+    done = {
+        "status": generation.status,
+        "finish_reason": generation.accumulator.finish_reason(),
+        "ttft_ms": generation.ttft_ms,
+        "tokens_per_s": generation.tokens_per_s,
+        "usage": generation.accumulator.usage,
+    }
+    yield encode_event(json.dumps(done), event="slipstream.done")
+    if generation.error is not None:
+        yield encode_event(json.dumps(generation.error.envelope()))
+    else:
+        yield DONE_EVENT

@@ -1,0 +1,108 @@
+// The chat page: wires the composer to stream.js and render.js.
+import { streamAnswer } from "./stream.js";
+import { AnswerView, userMessage } from "./render.js";
+
+const chat = document.getElementById("chat");
+const messages = document.getElementById("messages");
+const form = document.getElementById("composer");
+const box = document.getElementById("message");
+const send = document.getElementById("send");
+const stop = document.getElementById("stop");
+const slotPicker = document.getElementById("slot");
+const announcer = document.getElementById("announcer");
+const csrfToken = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"];
+
+let controller = null;
+
+function nearBottom() {
+  return messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
+}
+
+function setStreaming(streaming) {
+  send.hidden = streaming;
+  stop.hidden = !streaming;
+  box.readOnly = streaming;
+}
+
+async function submit() {
+  const content = box.value;
+  if (!content.trim() || controller) return;
+  box.value = "";
+  messages.append(userMessage(content));
+  const view = new AnswerView(slotPicker?.value);
+  messages.append(view.article);
+  messages.scrollTop = messages.scrollHeight;
+  let stick = true;
+  view.onFlush = () => {
+    if (stick) messages.scrollTop = messages.scrollHeight;
+  };
+  const onScroll = () => { stick = nearBottom(); };
+  messages.addEventListener("scroll", onScroll);
+
+  controller = new AbortController();
+  setStreaming(true);
+  let done = {};
+  let error = null;
+  const outcome = await streamAnswer(
+    chat.dataset.streamUrl,
+    { content, conversation: chat.dataset.conversation || null, slot: slotPicker?.value || null },
+    {
+      csrfToken,
+      signal: controller.signal,
+      onMeta(name, data) {
+        if (name === "slipstream.message") {
+          view.article.dataset.messageId = data.assistant_message_id;
+          if (!chat.dataset.conversation) {
+            chat.dataset.conversation = data.conversation_id;
+            history.replaceState(null, "", data.conversation_url);
+            document.getElementById("chat-title").textContent = data.title;
+            document.title = `${data.title} · Slipstream`;
+            document.body.dispatchEvent(new CustomEvent("conversations-changed"));
+          }
+        } else if (name === "slipstream.done") {
+          done = data;
+        }
+      },
+      onChunk(chunk) {
+        const delta = chunk.choices?.[0]?.delta;
+        if (!delta) return;
+        const reasoning = delta.reasoning_content || delta.reasoning;
+        if (reasoning) view.appendReasoning(reasoning);
+        if (delta.content) view.appendContent(delta.content);
+      },
+      onError(envelope) {
+        error = envelope?.error?.message || "The answer failed.";
+      },
+    },
+  );
+  messages.removeEventListener("scroll", onScroll);
+  const status = outcome === "aborted" ? "stopped" : error ? "error" : done.status || "complete";
+  view.finish({ ...done, status, error });
+  announcer.textContent = status === "complete" ? "Answer complete." : `Answer ${status}.`;
+  controller = null;
+  setStreaming(false);
+  box.focus();
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  submit();
+});
+
+box.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    submit();
+  }
+});
+
+function stopAnswer() {
+  if (controller) controller.abort();
+}
+
+stop.addEventListener("click", stopAnswer);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") stopAnswer();
+});
+
+messages.scrollTop = messages.scrollHeight;

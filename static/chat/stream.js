@@ -1,0 +1,62 @@
+// Network stage: POST a message, read the SSE answer with fetch + ReadableStream, hand events
+// to callbacks. Parsing lives in sse.js; the DOM in render.js.
+import { readEvents, DONE } from "./sse.js";
+
+/**
+ * Stream one answer.
+ * @param {string} url  the stream endpoint
+ * @param {object} payload  JSON body ({content, conversation, slot})
+ * @param {{csrfToken: string, signal: AbortSignal,
+ *          onMeta: (name: string, data: object) => void,
+ *          onChunk: (chunk: object) => void,
+ *          onError: (envelope: {error: {message: string}}) => void}} handlers
+ * @returns {Promise<"done"|"error"|"aborted">}
+ */
+export async function streamAnswer(url, payload, { csrfToken, signal, onMeta, onChunk, onError }) {
+  let response;
+  try {
+    response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken, Accept: "text/event-stream" },
+      body: JSON.stringify(payload),
+      signal,
+      credentials: "same-origin",
+    });
+  } catch (err) {
+    if (signal?.aborted) return "aborted";
+    onError({ error: { message: `Network error: ${err.message}` } });
+    return "error";
+  }
+  if (!response.ok) {
+    let envelope;
+    try {
+      envelope = await response.json();
+    } catch {
+      envelope = { error: { message: `HTTP ${response.status}` } };
+    }
+    onError(envelope);
+    return "error";
+  }
+  try {
+    for await (const event of readEvents(response.body, { signal })) {
+      if (event.event !== "message") {
+        onMeta(event.event, JSON.parse(event.data));
+        continue;
+      }
+      if (event.data === DONE) return "done";
+      const obj = JSON.parse(event.data);
+      if (obj.error) {
+        onError(obj);
+        return "error";
+      }
+      onChunk(obj);
+    }
+  } catch (err) {
+    if (signal?.aborted) return "aborted";
+    onError({ error: { message: `The stream broke off: ${err.message}` } });
+    return "error";
+  }
+  if (signal?.aborted) return "aborted";
+  onError({ error: { message: "The stream ended before the answer was complete." } });
+  return "error";
+}

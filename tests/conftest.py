@@ -1,0 +1,95 @@
+"""Shared fixtures: the built-in simulator, Slipstream under daphne, users and sessions.
+
+Everything runs for real on loopback: the simulator is an HTTP server, Slipstream is a daphne
+process reading the same test database (a SQLite file, or PostgreSQL when DATABASE_URL says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from chat.models import Backend, Slot
+from chat.simulator import SimulatorThread
+from tests.support.daphne_server import DaphneServer, database_url
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A file, not SQLite's in-memory default, so the daphne process can share the test database.
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        db.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[SimulatorThread]:
+    """The built-in simulator, one per session; reset before each test that uses it."""
+    with SimulatorThread(replay_dir=FIXTURES / "sse") as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(simulator: SimulatorThread) -> SimulatorThread:
+    simulator.reset()
+    return simulator
+
+
+@pytest.fixture(scope="session")
+def server(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServer]:
+    """Slipstream under daphne on a free port, on the test database. Tests that use it need
+    ``transactional_db`` so what they write is committed and visible to it."""
+    with django_db_blocker.unblock():
+        env = {
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
+            "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+            "DJANGO_DEBUG": "false",
+        }
+    with DaphneServer(env=env) as daphne:
+        yield daphne
+
+
+def make_slot(base_url: str, *, name: str = "primary", model: str = "sim", **fields: Any) -> Slot:
+    backend = Backend.objects.create(name=f"backend-{name}", base_url=base_url + "/v1")
+    return Slot.objects.create(
+        name=name, backend=backend, upstream_model=model, is_default=True, **fields
+    )
+
+
+@pytest.fixture
+def slot(transactional_db: None, sim: SimulatorThread) -> Slot:
+    """The default slot ``primary``, pointing at the simulator."""
+    return make_slot(sim.base_url)
+
+
+@pytest.fixture
+def user(transactional_db: None) -> Any:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user(username="ada", password="correct horse 42")
+
+
+def session_client(server: DaphneServer, user: Any) -> httpx.Client:
+    """An httpx client logged in as ``user``, carrying Django's CSRF token as a browser would."""
+    django_client = Client()
+    django_client.force_login(user)
+    client = httpx.Client(base_url=server.base_url, timeout=30)
+    client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+    client.get("/").raise_for_status()
+    client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
+    return client
+
+
+@pytest.fixture
+def browser_session(server: DaphneServer, user: Any) -> Iterator[httpx.Client]:
+    client = session_client(server, user)
+    yield client
+    client.close()

@@ -1,0 +1,85 @@
+"""A new user's first chat, in a real browser: sign in, send, watch it stream, reload."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from chat.models import Message
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def sign_in(page: Page, base_url: str) -> None:
+    page.goto(base_url + "/")
+    page.get_by_label("Username").fill("ada")
+    page.get_by_label("Password").fill("correct horse 42")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("navigation", name="Conversations")).to_be_visible()
+
+
+def test_answer_streams_with_cursor_and_survives_reload(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    sim.configure(ttft_ms=100, tokens_per_s=25, length=60)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+
+    page.get_by_role("textbox", name="Message").fill("Tell me something")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator("article.message.assistant").last
+    expect(answer.locator(".typing-cursor")).to_be_visible()
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+
+    samples: list[int] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and answer.get_attribute("data-status") == "streaming":
+        samples.append(len(answer.locator(".content").inner_text()))
+        page.wait_for_timeout(250)
+    growth = [b for a, b in zip(samples, samples[1:], strict=False) if b > a]
+    assert len(growth) >= 3, samples
+
+    expect(answer).to_have_attribute("data-status", "complete")
+    expect(answer.locator(".typing-cursor")).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    expect(page.get_by_role("textbox", name="Message")).to_be_focused()
+    streamed = answer.locator(".content").inner_text()
+    assert len(streamed.split()) == 60
+
+    stored = Message.objects.get(role="assistant")
+    assert stored.content == streamed and stored.status == "complete"
+    assert f"/c/{stored.conversation_id}/" in page.url
+
+    page.reload()
+    expect(
+        page.get_by_role("navigation", name="Conversations").get_by_role(
+            "link", name="Tell me something"
+        )
+    ).to_be_visible()
+    expect(page.locator("article.message.user .content")).to_have_text("Tell me something")
+    expect(page.locator("article.message.assistant .content")).to_have_text(streamed)
+
+
+def test_stop_keeps_the_partial_answer(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=500)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.get_by_role("textbox", name="Message").fill("Go on and on")
+    page.get_by_role("textbox", name="Message").press("Enter")
+    answer = page.locator("article.message.assistant").last
+    expect(answer.locator(".content")).to_contain_text(" ", timeout=5000)
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Stop").click()
+    expect(answer).to_have_attribute("data-status", "stopped")
+    deadline = time.monotonic() + 2
+    while sim.stats()["cancelled"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sim.stats()["cancelled"] == 1
+    page.reload()
+    stored = page.locator("article.message.assistant").last
+    expect(stored).to_have_attribute("data-status", "stopped")
+    assert 0 < len(stored.locator(".content").inner_text().split()) < 500

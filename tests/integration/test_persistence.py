@@ -1,0 +1,53 @@
+"""Persistence never writes per token (DESIGN.md): an answer costs a bounded number of writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.test import AsyncClient
+
+from chat.models import Message
+
+WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+class WriteCounter:
+    """A Django execute wrapper counting the write statements of one connection."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        if sql.lstrip().upper().startswith(WRITE_VERBS):
+            self.statements.append(sql)
+        return execute(sql, params, many, context)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_2000_token_answer_costs_at_most_5_writes(slot, sim, user) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=2000)
+    client = AsyncClient()
+    await client.aforce_login(user)
+    counter = WriteCounter()
+    # The async ORM runs every query on one thread (sync_to_async, thread_sensitive): wrap the
+    # connection that thread uses.
+    await sync_to_async(lambda: connection.execute_wrappers.append(counter))()
+    try:
+        response = await client.post(
+            "/chat/stream/", {"content": "a long one"}, content_type="application/json"
+        )
+        body = b"".join([part async for part in response.streaming_content])
+    finally:
+        await sync_to_async(lambda: connection.execute_wrappers.remove(counter))()
+    assert body.endswith(b"data: [DONE]\n\n")
+    message = await Message.objects.aget(role="assistant")
+    assert message.status == "complete" and len(message.content.split()) == 2000
+    assert 3 <= len(counter.statements) <= 5, counter.statements
+    # and not one of them per token
+    assert (
+        json.loads(body.split(b"event: slipstream.done\ndata: ")[1].split(b"\n")[0])["status"]
+        == "complete"
+    )
