@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
-from chat.models import Backend, Conversation, Message, Slot
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from chat import services
+from chat.models import ApiCall, ApiKey, Backend, Conversation, Message, Slot
 
 
 class SlotInline(admin.TabularInline[Slot, Backend]):
@@ -85,3 +89,57 @@ class MessageAdmin(admin.ModelAdmin[Message]):
     search_fields = ("content",)
     list_select_related = ("conversation",)
     readonly_fields = ("conversation",)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+    list_display = ("name", "prefix", "user", "store_conversations", "last_used_at", "revoked_at")
+    list_filter = ("store_conversations",)
+    search_fields = ("name", "prefix", "user__username")
+    list_select_related = ("user",)
+    readonly_fields = ("prefix", "created_at", "last_used_at")
+    fields = (
+        "user",
+        "name",
+        "store_conversations",
+        "prefix",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # A new key is made by the service, which hands back the raw key once.
+        key, raw = services.api_key_create(
+            user=obj.user, name=obj.name, store_conversations=obj.store_conversations
+        )
+        obj.pk, obj.prefix, obj.digest = key.pk, key.prefix, key.digest
+        messages.warning(request, f"The new key, shown this once: {raw}")
+
+
+@admin.register(ApiCall)
+class ApiCallAdmin(admin.ModelAdmin[ApiCall]):
+    list_display = (
+        "created_at",
+        "api_key",
+        "endpoint",
+        "slot_name",
+        "stream",
+        "http_status",
+        "outcome",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "duration_ms",
+    )
+    list_filter = ("outcome", "endpoint", "stream", "slot_name")
+    list_select_related = ("api_key",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -158,3 +158,54 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class ApiKey(models.Model):
+    """A key for the ``/v1`` API. Only a SHA-256 digest of the key is stored: API keys are 256
+    random bits, so a fast digest is as safe as a slow password hash and costs no request time.
+    The visible ``prefix`` lets users tell keys apart."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    store_conversations = models.BooleanField(
+        default=False, help_text="Keep this key's calls as conversations of its owner."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class ApiCall(models.Model):
+    """One ``/v1`` call, recorded once when it ends."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, related_name="calls")
+    endpoint = models.CharField(max_length=40)
+    slot_name = models.CharField(max_length=100, blank=True)
+    stream = models.BooleanField(default=False)
+    http_status = models.PositiveSmallIntegerField()
+    outcome = models.CharField(max_length=12, help_text="complete, stopped or error")
+    error_code = models.CharField(max_length=64, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, ms.")
+    duration_ms = models.FloatField(help_text="Whole call, ms.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API call"

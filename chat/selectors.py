@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
-from chat.models import Conversation, Message, Slot
+from chat.models import ApiKey, Conversation, Message, Slot
 
 
 def conversation_list(*, user: User) -> QuerySet[Conversation]:
@@ -53,3 +53,7 @@ async def slot_aget(*, name: str | None) -> Slot | None:
     if name:
         return await slots.filter(name=name).afirst()
     return await slots.order_by("-is_default", "name").afirst()
+
+
+def api_key_list(*, user: User) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(user=user).order_by("revoked_at", "-created_at")

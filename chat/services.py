@@ -3,13 +3,19 @@ one update when it ends (DESIGN.md, "Persistence")."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import secrets
+import time
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from chat.models import Conversation, Message, Slot
+from chat.models import ApiCall, ApiKey, Conversation, Message, Slot
 from chat.relay.dispatch import SlotConfig
+from chat.relay.errors import RelayError
 from chat.relay.generation import Generation
 
 TITLE_LENGTH = 60
@@ -34,12 +40,8 @@ def title_from(text: str) -> str:
     return line[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
 
 
-async def conversation_acreate(
-    *, user: User, slot: Slot, first_message: str
-) -> Conversation:
-    return await Conversation.objects.acreate(
-        user=user, slot=slot, title=title_from(first_message)
-    )
+async def conversation_acreate(*, user: User, slot: Slot, first_message: str) -> Conversation:
+    return await Conversation.objects.acreate(user=user, slot=slot, title=title_from(first_message))
 
 
 async def message_acreate_user(*, conversation: Conversation, content: str) -> Message:
@@ -84,3 +86,112 @@ async def message_afinalise(
         **generation_fields(generation), updated_at=now
     )
     await Conversation.objects.filter(pk=conversation_id).aupdate(updated_at=now)
+
+
+# ------------------------------------------------------------------------------------------------
+# API keys and calls
+# ------------------------------------------------------------------------------------------------
+API_KEY_PREFIX = "sk-slip-"
+# last_used_at is for humans ("used 3 minutes ago"): one write a minute per key is enough.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def api_key_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def api_key_create(
+    *, user: User, name: str, store_conversations: bool = False
+) -> tuple[ApiKey, str]:
+    """A new key for ``user``. Returns the row and the raw key, which is never stored: show it
+    once. Raw keys are ``sk-slip-`` plus 43 URL-safe characters (256 random bits)."""
+    raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey.objects.create(
+        user=user,
+        name=name.strip() or "API key",
+        prefix=raw[: len(API_KEY_PREFIX) + 4],
+        digest=api_key_digest(raw),
+        store_conversations=store_conversations,
+    )
+    return key, raw
+
+
+def api_key_revoke(*, user: User, key_id: int) -> bool:
+    """Revoke one of ``user``'s keys at once. Returns False when it is not theirs."""
+    updated = ApiKey.objects.filter(user=user, pk=key_id, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    return updated == 1
+
+
+async def api_key_aauthenticate(*, raw: str) -> ApiKey | None:
+    """The active key whose digest matches ``raw``, with its user, or None."""
+    if not raw.startswith(API_KEY_PREFIX):
+        return None
+    return (
+        await ApiKey.objects.select_related("user")
+        .filter(digest=api_key_digest(raw), revoked_at__isnull=True, user__is_active=True)
+        .afirst()
+    )
+
+
+async def api_call_arecord(
+    *,
+    api_key: ApiKey,
+    endpoint: str,
+    slot_name: str,
+    stream: bool,
+    http_status: int,
+    outcome: str,
+    started_at: float,
+    generation: Generation | None = None,
+    usage: dict[str, Any] | None = None,
+    error: RelayError | None = None,
+) -> None:
+    """Record one finished ``/v1`` call (one INSERT; the key's last-used time at most once a
+    minute). ``started_at`` is ``time.monotonic()`` at the call's start."""
+    if generation is not None:
+        usage = generation.accumulator.usage
+    usage = usage or {}
+    await ApiCall.objects.acreate(
+        api_key=api_key,
+        endpoint=endpoint,
+        slot_name=slot_name,
+        stream=stream,
+        http_status=http_status,
+        outcome=outcome,
+        error_code=(error.code or error.type) if error else "",
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=generation.accumulator.completion_tokens()
+        if generation
+        else usage.get("completion_tokens"),
+        ttft_ms=generation.ttft_ms if generation else None,
+        duration_ms=(time.monotonic() - started_at) * 1000,
+    )
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        api_key.last_used_at = now
+        await ApiKey.objects.filter(pk=api_key.pk).aupdate(last_used_at=now)
+
+
+async def api_conversation_astore(
+    *, api_key: ApiKey, slot: Slot, messages: list[Any], generation: Generation
+) -> None:
+    """Keep an API call as a conversation of the key's owner (the key's opt-in option): the
+    request's last user message and the answer."""
+    last_user = next(
+        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {}
+    )
+    text = last_user.get("content")
+    if not isinstance(text, str):
+        text = json.dumps(text) if text else ""
+    conversation = await Conversation.objects.acreate(
+        user=api_key.user, slot=slot, title=title_from(f"API: {text}")
+    )
+    await message_acreate_user(conversation=conversation, content=text)
+    await Message.objects.acreate(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        slot_name=slot.name,
+        **generation_fields(generation),
+    )

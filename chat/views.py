@@ -21,13 +21,13 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
 from chat.models import Conversation, Message
-from chat.relay.dispatch import SlotConfig, chat_body, open_chat_stream
+from chat.relay.dispatch import SlotConfig, chat_body, open_stream
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation
 from chat.relay.sse import DONE_EVENT, encode_event
@@ -198,7 +198,7 @@ async def _answer_events(
         json.dumps({**meta, "generation_id": generation.id}), event="slipstream.message"
     )
     try:
-        stream = await open_chat_stream(config, body)
+        stream = await open_stream(config, "chat/completions", body)
         async with aclosing(generation.relay(stream)) as chunks:
             async for chunk in chunks:
                 yield b"data: " + chunk.data.encode() + b"\n\n"
@@ -225,3 +225,33 @@ async def _answer_events(
         yield encode_event(json.dumps(generation.error.envelope()))
     else:
         yield DONE_EVENT
+
+
+@login_required
+def api_keys(request: HttpRequest) -> HttpResponse:
+    """The user's API keys; POST creates one and shows it this once."""
+    user = signed_in(request.user)
+    created = None
+    if request.method == "POST":
+        _, created = services.api_key_create(
+            user=user,
+            name=request.POST.get("name", "")[:100],
+            store_conversations=request.POST.get("store_conversations") == "on",
+        )
+    return render(
+        request,
+        "chat/api_keys.html",
+        {
+            "keys": selectors.api_key_list(user=user),
+            "created_key": created,
+            "api_base_url": request.build_absolute_uri("/v1"),
+        },
+    )
+
+
+@require_POST
+@login_required
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    if not services.api_key_revoke(user=signed_in(request.user), key_id=key_id):
+        raise Http404("No such key")
+    return redirect("chat:api-keys")

@@ -157,6 +157,9 @@ LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")
 LLM_MODEL = env.str("LLM_MODEL", default="")
 SIMULATOR_PORT = env.int("SLIPSTREAM_SIMULATOR_PORT", default=8001)
+# Largest /v1 request body, bytes; bigger ones get 413. Django's own limit follows it.
+SLIPSTREAM_API_MAX_BODY_BYTES = env.int("SLIPSTREAM_API_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = SLIPSTREAM_API_MAX_BODY_BYTES
 
 LOGGING = {
     "version": 1,

@@ -4,9 +4,15 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from chat import api
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("v1/models", api.models, name="api-models"),
+    path("v1/models/<str:model>", api.models, name="api-model"),
+    path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
+    path("v1/completions", api.completions, name="api-completions"),
     path("", include("chat.urls")),
 ]

@@ -93,3 +93,22 @@ def browser_session(server: DaphneServer, user: Any) -> Iterator[httpx.Client]:
     client = session_client(server, user)
     yield client
     client.close()
+
+
+@pytest.fixture
+def api_key(user: Any) -> str:
+    """A raw API key of ``user`` (only its digest is stored)."""
+    from chat.services import api_key_create
+
+    _, raw = api_key_create(user=user, name="tests")
+    return raw
+
+
+@pytest.fixture
+def openai_client(server: DaphneServer, api_key: str) -> Iterator[Any]:
+    """The official ``openai`` SDK pointed at Slipstream: only base_url and api_key change."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key, max_retries=0)
+    yield client
+    client.close()

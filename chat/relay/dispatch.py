@@ -46,6 +46,7 @@ def chat_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dic
     return body
 
 
-async def open_chat_stream(slot: SlotConfig, body: dict[str, Any]) -> UpstreamStream:
-    """Open a streaming chat completion on ``slot``'s backend. Raises ``RelayError``."""
-    return await UpstreamStream.open(slot.backend, "chat/completions", body)
+async def open_stream(slot: SlotConfig, endpoint: str, body: dict[str, Any]) -> UpstreamStream:
+    """Open a stream on ``slot``'s backend: ``endpoint`` is ``"chat/completions"`` or
+    ``"completions"``. Raises ``RelayError`` before any byte reached the client."""
+    return await UpstreamStream.open(slot.backend, endpoint, body)

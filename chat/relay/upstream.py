@@ -81,7 +81,7 @@ async def aclose_clients() -> None:
         await client.aclose()
 
 
-def _error_from_response(status: int, body: bytes) -> RelayError:
+def error_from_response(status: int, body: bytes) -> RelayError:
     """Map an upstream HTTP error to the envelope a client should see.
 
     4xx are the client's fault and pass on with their status and the upstream's message; 5xx
@@ -136,6 +136,7 @@ class UpstreamStream:
         self.response = response
         self.deadline = deadline
         self.done = False  # saw [DONE] or the end of a complete stream
+        self.chunk_count = 0
 
     @classmethod
     async def open(cls, backend: BackendConfig, path: str, body: dict[str, Any]) -> UpstreamStream:
@@ -168,7 +169,7 @@ class UpstreamStream:
                 raw = b""
             finally:
                 await response.aclose()
-            raise _error_from_response(response.status_code, raw)
+            raise error_from_response(response.status_code, raw)
         return cls(backend, response, deadline)
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
@@ -186,6 +187,7 @@ class UpstreamStream:
                     chunk = self._chunk(event.data, event.event)
                     if chunk is None:
                         return
+                    self.chunk_count += 1
                     yield chunk
                 if time.monotonic() > self.deadline:
                     raise MidStreamError(
@@ -197,6 +199,7 @@ class UpstreamStream:
                 chunk = self._chunk(event.data, event.event)
                 if chunk is None:
                     return
+                self.chunk_count += 1
                 yield chunk
         except httpx.TimeoutException as exc:
             raise MidStreamError(
@@ -207,9 +210,13 @@ class UpstreamStream:
                 f"upstream connection lost: {exc or type(exc).__name__}",
                 code="upstream_disconnected",
             ) from exc
-        # The body ended without [DONE]. Some servers (the Responses API, llama-server on a
-        # context overflow) do this; a finish_reason already seen makes it a complete answer,
-        # and the caller decides, since only it has seen the chunks.
+        if not self.done and not self.chunk_count:
+            # llama-cpp-python answers a streaming context overflow with 200 and an empty body.
+            raise MidStreamError(
+                "upstream ended the stream without sending anything", code="upstream_empty_stream"
+            )
+        # The body ended without [DONE]. Some servers (Groq after an error event, partial
+        # recordings) do this; a body that carried chunks is taken as complete.
         self.done = True
 
     def _chunk(self, data: str, event: str) -> Chunk | None:
@@ -246,10 +253,11 @@ class UpstreamStream:
 
 async def request_json(
     backend: BackendConfig, method: str, path: str, body: dict[str, Any] | None = None
-) -> tuple[int, Any]:
-    """A plain (non-streaming) call. Returns ``(status, parsed JSON or None)``.
+) -> Any:
+    """A plain (non-streaming) call. Returns the parsed JSON body of a 2xx answer.
 
-    Raises ``RelayError`` 502/504 when the upstream cannot be reached or times out.
+    Raises ``RelayError``: 502 (unreachable, or a 2xx body that is not JSON), 504 (timeout),
+    and the mapped upstream error for a 4xx/5xx answer (``error_from_response``).
     """
     client = client_for(backend)
     try:
@@ -262,7 +270,11 @@ async def request_json(
             status=502,
             code="upstream_unreachable",
         ) from exc
+    if response.status_code >= 400:
+        raise error_from_response(response.status_code, response.content)
     try:
-        return response.status_code, response.json()
-    except ValueError:
-        return response.status_code, None
+        return response.json()
+    except ValueError as exc:
+        raise RelayError(
+            "upstream answered with a body that is not JSON", code="upstream_malformed_body"
+        ) from exc

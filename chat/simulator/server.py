@@ -213,7 +213,8 @@ class _Choice:
 
     @property
     def tokens(self) -> int:
-        extra = len(self.tool[2]) + 1 if self.tool else 0
+        # Steps as streamed: the tool call's opening delta rides on its first argument fragment.
+        extra = len(self.tool[2]) if self.tool else 0
         return len(self.reasoning) + len(self.content) + extra
 
 
@@ -542,14 +543,15 @@ class _Conn:
         self._victim = asyncio.current_task()
         self._arm()
 
-    def unwatch(self) -> None:
+    async def unwatch(self) -> None:
         task, self._watcher, self._victim = self._watcher, None, None
         if task is None:
             return
-        if task.done():
-            self._take(task)  # its callback has not run yet: take the bytes now, in order
-        else:
-            task.cancel()  # a cancelled StreamReader.read() loses no data
+        # A cancelled StreamReader.read() loses no data, but it must have finished before the
+        # next read (one reader at a time); wait() also lets an outer cancellation through.
+        task.cancel()
+        await asyncio.wait([task])
+        self._take(task)  # bytes it got before the cancel, in order, ahead of any later read
 
     def _arm(self) -> None:
         self._watcher = asyncio.ensure_future(self.reader.read(65536))
@@ -764,6 +766,8 @@ class Simulator:
             if not sep:
                 raise _RequestError("Malformed HTTP header line.")
             headers[name.strip().lower()] = value.strip()
+        if headers.get("expect", "").lower() == "100-continue":  # curl, for bodies > 1 KiB
+            conn.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if "chunked" in headers.get("transfer-encoding", "").lower():
             body = await self._read_chunked(conn)
         else:
@@ -952,7 +956,7 @@ class Simulator:
             conn.lost_at = conn.lost_at or time.monotonic()
             outcome = "cancelled"
         finally:
-            conn.unwatch()
+            await conn.unwatch()
             self._active -= 1
             record["ended_at"] = time.monotonic()
         record["outcome"] = outcome
@@ -997,7 +1001,7 @@ class Simulator:
         while True:
             data = next(steps, None)
             if sent == cfg.drop_after:
-                conn.unwatch()  # our own close is not the client leaving
+                await conn.unwatch()  # our own close is not the client leaving
                 conn.writer.close()  # FIN after what was written; no last-chunk
                 return "dropped"
             if sent == cfg.error_after:
@@ -1049,7 +1053,7 @@ class Simulator:
             conn, t0 + cfg.ttft_ms / 1000 + max(written - 1, 0) * interval + stall, 0
         )
         if fault == "dropped":
-            conn.unwatch()
+            await conn.unwatch()
             conn.writer.close()
             return "dropped"
         if fault == "error":

@@ -32,6 +32,7 @@ pytestmark = [
 ]
 
 MAX_TOKENS = 24
+LONG_MAX_TOKENS = 300  # prompt + 300 stays inside n_ctx=512
 MESSAGES: list[dict[str, str]] = [
     {"role": "system", "content": "You are a test model."},
     {"role": "user", "content": "Say something, anything at all."},
@@ -41,8 +42,9 @@ MESSAGES: list[dict[str, str]] = [
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     """A running llama.cpp server on the tiny random model, shared by the session."""
-    model: Path = write_tiny_gguf(tmp_path_factory.mktemp("llama") / "tiny.gguf")
-    with LlamaServer(model) as server:
+    directory: Path = tmp_path_factory.mktemp("llama")
+    model = write_tiny_gguf(directory / "tiny.gguf")
+    with LlamaServer(model, log_path=directory / "llama-server.log") as server:
         yield server
 
 
@@ -101,7 +103,7 @@ def test_raw_stream_structure(llama_server: LlamaServer) -> None:
     content = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks)
     assert_soup(content)
     content_chunks = [c for c in chunks if c["choices"][0]["delta"].get("content")]
-    assert 1 <= len(content_chunks) <= MAX_TOKENS
+    assert len(content_chunks) == MAX_TOKENS  # one chunk per token, none empty
 
     finish = [c["choices"][0]["finish_reason"] for c in chunks]
     assert finish[-1] == "length"
@@ -151,10 +153,18 @@ def test_openai_sdk_non_stream(llama_server: LlamaServer) -> None:
 
 
 async def test_two_concurrent_streams_both_complete(llama_server: LlamaServer) -> None:
-    """With --interrupt_requests False a second stream does not cut off the first."""
-    client = openai.AsyncOpenAI(base_url=llama_server.openai_base_url, api_key="unused")
+    """With --interrupt_requests False a second stream does not cut off the first.
 
-    async def one_stream(max_tokens: int) -> tuple[str, str | None, int]:
+    The second request is sent once the first stream has delivered a chunk. With
+    the server's default (interrupt_requests=True) the first stream would then
+    stop without a finish_reason.
+    """
+    client = openai.AsyncOpenAI(base_url=llama_server.openai_base_url, api_key="unused")
+    first_started = asyncio.Event()
+
+    async def one_stream(max_tokens: int, *, wait: bool) -> tuple[str, str | None, int]:
+        if wait:
+            await first_started.wait()
         stream = await client.chat.completions.create(
             model=llama_server.model_id,
             messages=MESSAGES,  # type: ignore[arg-type]
@@ -163,6 +173,7 @@ async def test_two_concurrent_streams_both_complete(llama_server: LlamaServer) -
         )
         text, finish, n_content = "", None, 0
         async for chunk in stream:
+            first_started.set()
             delta = chunk.choices[0].delta.content
             if delta:
                 text += delta
@@ -172,13 +183,15 @@ async def test_two_concurrent_streams_both_complete(llama_server: LlamaServer) -
 
     try:
         first, second = await asyncio.wait_for(
-            asyncio.gather(one_stream(64), one_stream(MAX_TOKENS)), timeout=60
+            asyncio.gather(
+                one_stream(LONG_MAX_TOKENS, wait=False), one_stream(MAX_TOKENS, wait=True)
+            ),
+            timeout=60,
         )
     finally:
         await client.close()
-    for text, finish, n_content in (first, second):
+    for text, finish, _ in (first, second):
         assert_soup(text)
         assert finish == "length"
-        assert n_content >= 1
-    # the longer stream was not truncated by the second request
-    assert first[2] > MAX_TOKENS
+    assert first[2] == LONG_MAX_TOKENS
+    assert second[2] == MAX_TOKENS
