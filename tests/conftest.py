@@ -18,6 +18,8 @@ from django.test import Client
 from chat.models import Backend, Slot
 from chat.simulator import SimulatorThread
 from tests.support.daphne_server import DaphneServer, database_url
+from tests.support.llama_server import LlamaServer, llama_cpp_available
+from tests.support.tiny_gguf import write_tiny_gguf
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -112,3 +114,15 @@ def openai_client(server: DaphneServer, api_key: str) -> Iterator[Any]:
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key, max_retries=0)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama-cpp-python's OpenAI server on a tiny random-weight model written by the tests: a
+    real inference server, no download. Its answers are printable token soup."""
+    if not llama_cpp_available():
+        pytest.skip("llama-cpp-python[server] is not installed (requirements-dev.txt has it)")
+    directory: Path = tmp_path_factory.mktemp("llama")
+    model = write_tiny_gguf(directory / "tiny.gguf")
+    with LlamaServer(model, log_path=directory / "llama-server.log") as server:
+        yield server

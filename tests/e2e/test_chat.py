@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -38,7 +39,7 @@ def test_answer_streams_with_cursor_and_survives_reload(
     while time.monotonic() < deadline and answer.get_attribute("data-status") == "streaming":
         samples.append(len(answer.locator(".content").inner_text()))
         page.wait_for_timeout(250)
-    growth = [b for a, b in zip(samples, samples[1:], strict=False) if b > a]
+    growth = [b for a, b in itertools.pairwise(samples) if b > a]
     assert len(growth) >= 3, samples
 
     expect(answer).to_have_attribute("data-status", "complete")
@@ -83,3 +84,21 @@ def test_stop_keeps_the_partial_answer(
     stored = page.locator("article.message.assistant").last
     expect(stored).to_have_attribute("data-status", "stopped")
     assert 0 < len(stored.locator(".content").inner_text().split()) < 500
+
+
+@pytest.mark.llama
+def test_chat_with_a_real_llama_cpp_server(browser_context, server, llama_server, user) -> None:
+    from tests.conftest import make_slot
+
+    make_slot(llama_server.base_url, model=llama_server.model_id, max_tokens=200)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.get_by_role("textbox", name="Message").fill("Hello llama")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator("article.message.assistant").last
+    expect(answer).to_have_attribute("data-status", "complete", timeout=20000)
+    shown = answer.locator(".content").inner_text()
+    stored = Message.objects.get(role="assistant")
+    assert stored.finish_reason == "length" and stored.content == shown and shown
+    page.reload()
+    expect(page.locator("article.message.assistant .content")).to_have_text(shown)

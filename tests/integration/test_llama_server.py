@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.support.llama_server import LlamaServer, llama_cpp_available
-from tests.support.tiny_gguf import write_tiny_gguf
 
 pytestmark = [
     pytest.mark.llama,
@@ -37,15 +34,6 @@ MESSAGES: list[dict[str, str]] = [
     {"role": "system", "content": "You are a test model."},
     {"role": "user", "content": "Say something, anything at all."},
 ]
-
-
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    """A running llama.cpp server on the tiny random model, shared by the session."""
-    directory: Path = tmp_path_factory.mktemp("llama")
-    model = write_tiny_gguf(directory / "tiny.gguf")
-    with LlamaServer(model, log_path=directory / "llama-server.log") as server:
-        yield server
 
 
 def assert_soup(text: str) -> None:
