@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -128,7 +129,7 @@ async def run_round(base_url: str, pid: int, concurrency: int, kind: str) -> dic
         sim_cpu, own_cpu = cpu_seconds(pid) - sim_cpu, self_cpu_seconds() - own_cpu
 
     ok = [s for s in streams if s.arrivals]
-    gaps = [b - a for s in ok for a, b in zip(s.arrivals, s.arrivals[1:], strict=False)]
+    gaps = [b - a for s in ok for a, b in itertools.pairwise(s.arrivals)]
     ttfts = [s.arrivals[0] - s.started for s in ok]
     first = min(s.arrivals[0] for s in ok)
     last = max(s.arrivals[-1] for s in ok)

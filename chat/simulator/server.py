@@ -68,11 +68,12 @@ class SimConfig:
     drop_after: int | None = None  # after N tokens: close TCP, no terminating chunk
     malformed_after: int | None = None  # after N tokens: one non-JSON ``data:`` line
     stall_after: int | None = None  # after N tokens: send nothing for ``stall_s``
-    stall_s: float = 5.0
+    stall_s: float = 5.0  # length of that stall (s)
     cold_boot_s: float = 0  # 503 "Loading model" for this long after start / configure()
     ignore_stop: bool = False  # ignore the request's ``stop`` strings (else content is cut)
-    replay: str | None = None  # stream this file of the replay dir verbatim, paced per event
-    keepalive_comment_s: float = 0  # ``: ping`` comment interval while waiting (0 = none)
+    replay: str | None = None  # stream this replay-dir file verbatim (always streamed, paced
+    # per event; the request's n, max_tokens and stop are ignored)
+    keepalive_comment_s: float = 0  # ``: ping`` interval (s) during the TTFT wait and stalls
 
     def merged(self, overrides: Mapping[str, Any]) -> SimConfig:
         """A copy with ``overrides`` applied; ``ValueError`` names an unknown or mistyped field."""
@@ -533,6 +534,8 @@ class _Conn:
         """Write one chunk (RFC 9112 §7.1: hex size CRLF data CRLF), or raw bytes for HTTP/1.0."""
         if self.writer.transport.is_closing():
             raise ConnectionResetError("client went away")
+        if not data:
+            return  # an empty chunk would be the last-chunk and end the body early
         self.writer.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
 
     def end(self) -> None:
@@ -629,6 +632,7 @@ class Simulator:
         self.replay_dir = replay_dir
         self.base_url = ""
         self._server: asyncio.Server | None = None
+        self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._created = int(time.time())
         self._cold_from = time.monotonic()
@@ -667,12 +671,13 @@ class Simulator:
         if self._server is None:
             return
         self._server.close()
+        self._stopping = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
-        self._server = None
+        self._server, self._stopping = None, False
 
     @property
     def stats(self) -> Stats:
@@ -747,6 +752,11 @@ class Simulator:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client left between requests
+        except asyncio.CancelledError:
+            # stop() cancels us. End normally: Python 3.11's start_server callback calls
+            # task.exception() on its task and would log a cancelled one as an error.
+            if not self._stopping:
+                raise
         except Exception:
             logger.exception("simulator: connection handler failed")
         finally:

@@ -336,10 +336,15 @@ def test_cold_boot_answers_503_then_ready(sim: SimulatorThread, client: openai.O
 
 
 def test_replay_is_byte_identical(fast: SimulatorThread) -> None:
-    name = "openai-chat-content-usage.sse"
-    response = post(fast, {"messages": MESSAGES, "stream": True, "sim": {"replay": name}})
-    assert response.status_code == 200
-    assert response.content == (SSE / name).read_bytes()
+    # One keep-alive connection: the framing of each replay must end exactly where it should.
+    # The Azure recording ends with a single "\n", not a blank line.
+    names = ["openai-chat-content-usage.sse", "azureopenai-completions-logprobs.sse"] * 2
+    with httpx.Client(base_url=fast.base_url) as http:
+        for name in names:
+            body = {"messages": MESSAGES, "stream": True, "sim": {"replay": name}}
+            response = http.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200
+            assert response.content == (SSE / name).read_bytes()
     missing = post(fast, {"messages": MESSAGES, "sim": {"replay": "../pyproject.toml"}})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "sim.replay"
 
