@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from chat import selectors, services
+from chat.http import error_response, invalid, sse_response
 from chat.models import ApiKey, Slot
 from chat.relay.dispatch import SlotConfig, chat_body, open_stream
 from chat.relay.errors import RelayError
@@ -31,16 +32,6 @@ from chat.relay.sse import DONE_EVENT
 from chat.relay.upstream import Chunk, UpstreamStream, request_json
 
 logger = logging.getLogger(__name__)
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def error_response(error: RelayError, headers: dict[str, str] | None = None) -> JsonResponse:
-    return JsonResponse(error.envelope(), status=error.status, headers=headers)
-
-
-def invalid(message: str, *, param: str | None = None, code: str | None = None) -> RelayError:
-    return RelayError(message, status=400, type="invalid_request_error", param=param, code=code)
 
 
 async def authenticate(request: HttpRequest) -> ApiKey:
@@ -252,7 +243,7 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
             )
         return error_response(exc)
     client_options = body.get("stream_options") or {}
-    return StreamingHttpResponse(
+    return sse_response(
         _stream_events(
             key=key,
             slot=slot,
@@ -262,8 +253,6 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
             chat=chat,
             include_usage=bool(client_options.get("include_usage")),
         ),
-        content_type="text/event-stream; charset=utf-8",
-        headers=SSE_HEADERS,
     )
 
 

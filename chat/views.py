@@ -26,6 +26,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
+from chat.http import error_response, invalid, sse_response
 from chat.models import Conversation, Message
 from chat.relay.dispatch import SlotConfig, chat_body, open_stream
 from chat.relay.errors import RelayError
@@ -35,12 +36,6 @@ from chat.relay.sse import DONE_EVENT, encode_event
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 100_000
-
-SSE_HEADERS = {
-    "Cache-Control": "no-cache",
-    # nginx buffers proxied responses unless told not to, which would hold every token back.
-    "X-Accel-Buffering": "no",
-}
 
 
 def signed_in(user: User | AnonymousUser) -> User:
@@ -104,8 +99,7 @@ def sidebar(request: HttpRequest) -> HttpResponse:
 
 
 def _bad_request(message: str, *, param: str | None = None, status: int = 400) -> JsonResponse:
-    error = RelayError(message, status=status, type="invalid_request_error", param=param)
-    return JsonResponse(error.envelope(), status=status)
+    return error_response(invalid(message, param=param, status=status))
 
 
 @require_POST
@@ -173,14 +167,11 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         "assistant_message_id": assistant.pk,
         "slot": slot.name,
     }
-    response = StreamingHttpResponse(
+    return sse_response(
         _answer_events(
             config=config, body=body, meta=meta, assistant=assistant, conversation=conversation
         ),
-        content_type="text/event-stream; charset=utf-8",
-        headers=SSE_HEADERS,
     )
-    return response
 
 
 async def _answer_events(

@@ -1,0 +1,35 @@
+"""HTTP adapters shared by the chat views and the /v1 API: SSE responses and OpenAI errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from django.http import JsonResponse, StreamingHttpResponse
+
+from chat.relay.errors import RelayError
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx buffers proxied responses unless told not to, which would hold every token back.
+    "X-Accel-Buffering": "no",
+}
+
+
+def sse_response(events: AsyncGenerator[bytes, None]) -> StreamingHttpResponse:
+    """A ``text/event-stream`` response over an async generator of encoded SSE events. Django
+    cancels the generator when the client disconnects."""
+    return StreamingHttpResponse(
+        events, content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
+    )
+
+
+def error_response(error: RelayError, headers: dict[str, str] | None = None) -> JsonResponse:
+    """OpenAI's error envelope with the error's HTTP status."""
+    return JsonResponse(error.envelope(), status=error.status, headers=headers)
+
+
+def invalid(
+    message: str, *, param: str | None = None, code: str | None = None, status: int = 400
+) -> RelayError:
+    """An ``invalid_request_error`` (400 unless said otherwise)."""
+    return RelayError(message, status=status, type="invalid_request_error", param=param, code=code)
