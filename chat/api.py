@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from chat import selectors, services
 from chat.http import error_response, invalid, sse_response
 from chat.models import ApiKey, Slot
-from chat.relay.dispatch import SlotConfig, chat_body, open_stream
+from chat.relay.dispatch import SlotConfig, chat_body, completion_body, open_stream
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation
 from chat.relay.sse import DONE_EVENT
@@ -39,19 +39,17 @@ async def authenticate(request: HttpRequest) -> ApiKey:
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
-        raise RelayError(
+        raise invalid(
             "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
             status=401,
-            type="invalid_request_error",
             code="invalid_api_key",
         )
     key = await services.api_key_aauthenticate(raw=raw.strip())
     if key is None:
         shown = raw.strip()[:12]
-        raise RelayError(
+        raise invalid(
             f"Incorrect API key provided: {shown}…. Create one on your Slipstream API keys page.",
             status=401,
-            type="invalid_request_error",
             code="invalid_api_key",
         )
     return key
@@ -60,11 +58,8 @@ async def authenticate(request: HttpRequest) -> ApiKey:
 def read_json_body(request: HttpRequest) -> dict[str, Any]:
     """The request's JSON object. Raises ``RelayError`` 413 over the size limit, 400 otherwise."""
     limit = settings.SLIPSTREAM_API_MAX_BODY_BYTES
-    too_big = RelayError(
-        f"Request body is over the limit of {limit} bytes.",
-        status=413,
-        type="invalid_request_error",
-        code="request_too_large",
+    too_big = invalid(
+        f"Request body is over the limit of {limit} bytes.", status=413, code="request_too_large"
     )
     try:
         if int(request.headers.get("Content-Length") or 0) > limit:
@@ -148,10 +143,9 @@ async def resolve_slot(name: str) -> Slot:
     """The enabled slot called ``name``. Raises ``RelayError`` 404 ``model_not_found``."""
     slot = await selectors.slot_aget(name=name) if name else None
     if slot is None:
-        raise RelayError(
+        raise invalid(
             f"The model `{name}` does not exist or you do not have access to it.",
             status=404,
-            type="invalid_request_error",
             code="model_not_found",
         )
     return slot
@@ -171,7 +165,7 @@ async def models(request: HttpRequest, model: str | None = None) -> HttpResponse
     """``GET /v1/models`` (the slots a key may use) and ``GET /v1/models/{model}``."""
     try:
         if request.method != "GET":
-            raise RelayError("Method not allowed.", status=405, type="invalid_request_error")
+            raise invalid("Method not allowed.", status=405)
         await authenticate(request)
         if model is not None:
             return JsonResponse(model_object(await resolve_slot(model)))
@@ -201,7 +195,7 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
     stream = False
     try:
         if request.method != "POST":
-            raise RelayError("Method not allowed.", status=405, type="invalid_request_error")
+            raise invalid("Method not allowed.", status=405)
         key = await authenticate(request)
         body = read_json_body(request)
         validate(body, chat=chat)
@@ -209,15 +203,7 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
         slot = await resolve_slot(slot_name)
         config = services.slot_config(slot)
         stream = bool(body.get("stream"))
-        upstream_body = (
-            chat_body(config, body, stream=stream)
-            if chat
-            else {**config.defaults, **body, "model": config.upstream_model}
-        )
-        if not chat and stream:
-            options = dict(upstream_body.get("stream_options") or {})
-            options.setdefault("include_usage", True)
-            upstream_body["stream_options"] = options
+        upstream_body = (chat_body if chat else completion_body)(config, body, stream=stream)
         if not stream:
             return await _complete(
                 key=key,

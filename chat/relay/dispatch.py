@@ -39,10 +39,22 @@ def chat_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dic
     ):
         messages.insert(0, {"role": "system", "content": slot.system_prompt})
     body["messages"] = messages
-    if stream:
-        options = dict(body.get("stream_options") or {})
-        options.setdefault("include_usage", True)
-        body["stream_options"] = options
+    return _with_usage(body) if stream else body
+
+
+def completion_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    """The body to send upstream for a legacy ``/v1/completions`` request: slot defaults under
+    the request's fields, the upstream model id, and the usage chunk asked for when streaming."""
+    body = {**slot.defaults, **request, "model": slot.upstream_model, "stream": stream}
+    return _with_usage(body) if stream else body
+
+
+def _with_usage(body: dict[str, Any]) -> dict[str, Any]:
+    # Always ask for the usage chunk, so token counts are exact; the API drops it again for
+    # clients that did not ask (api.ChunkRewriter).
+    options = dict(body.get("stream_options") or {})
+    options.setdefault("include_usage", True)
+    body["stream_options"] = options
     return body
 
 
