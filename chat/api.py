@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -151,6 +152,11 @@ async def resolve_slot(name: str) -> Slot:
     return slot
 
 
+def _id_prefix(chat: bool) -> str:
+    """OpenAI's id prefixes: ``chatcmpl-`` for chat completions, ``cmpl-`` for completions."""
+    return "chatcmpl-" if chat else "cmpl-"
+
+
 def model_object(slot: Slot) -> dict[str, Any]:
     return {
         "id": slot.name,
@@ -211,6 +217,7 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
                 config=config,
                 body=upstream_body,
                 chat=chat,
+                endpoint=endpoint,
                 started_at=started_at,
             )
         generation = Generation(slot=slot.name, started_at=started_at)
@@ -237,6 +244,7 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
             upstream=upstream,
             generation=generation,
             chat=chat,
+            endpoint=endpoint,
             include_usage=bool(client_options.get("include_usage")),
         ),
     )
@@ -249,15 +257,15 @@ async def _complete(
     config: SlotConfig,
     body: dict[str, Any],
     chat: bool,
+    endpoint: str,
     started_at: float,
 ) -> JsonResponse:
     """A non-streaming call, passed through with ``id`` and ``model`` made ours."""
-    endpoint = "chat/completions" if chat else "completions"
     result = await request_json(config.backend, "POST", endpoint, body)
     if not isinstance(result, dict):
         raise RelayError("upstream answered with a body that is not an object")
     result["model"] = slot.name
-    result["id"] = ("chatcmpl-" if chat else "cmpl-") + Generation(slot=slot.name).id
+    result["id"] = _id_prefix(chat) + uuid.uuid4().hex
     await services.api_call_arecord(
         api_key=key,
         endpoint=endpoint,
@@ -314,12 +322,13 @@ async def _stream_events(
     upstream: UpstreamStream,
     generation: Generation,
     chat: bool,
+    endpoint: str,
     include_usage: bool,
 ) -> AsyncGenerator[bytes, None]:
     """The client's SSE stream. A client that disconnects cancels this generator, which closes
     the upstream response (``Generation.relay``'s ``finally``): the upstream stops generating."""
     rewrite = ChunkRewriter(
-        completion_id=("chatcmpl-" if chat else "cmpl-") + generation.id,
+        completion_id=_id_prefix(chat) + generation.id,
         model=slot.name,
         include_usage=include_usage,
         chat=chat,
@@ -336,7 +345,14 @@ async def _stream_events(
         if generation.status == "streaming":
             generation.status = "stopped"
         await asyncio.shield(
-            _finish(key=key, slot=slot, messages=messages, generation=generation, chat=chat)
+            _finish(
+                key=key,
+                slot=slot,
+                messages=messages,
+                generation=generation,
+                chat=chat,
+                endpoint=endpoint,
+            )
         )
     if generation.error is not None:
         yield b"data: " + json.dumps(generation.error.envelope()).encode() + b"\n\n"
@@ -345,11 +361,17 @@ async def _stream_events(
 
 
 async def _finish(
-    *, key: ApiKey, slot: Slot, messages: list[Any], generation: Generation, chat: bool
+    *,
+    key: ApiKey,
+    slot: Slot,
+    messages: list[Any],
+    generation: Generation,
+    chat: bool,
+    endpoint: str,
 ) -> None:
     await services.api_call_arecord(
         api_key=key,
-        endpoint="chat/completions" if chat else "completions",
+        endpoint=endpoint,
         slot_name=slot.name,
         stream=True,
         http_status=200,
