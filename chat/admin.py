@@ -4,16 +4,30 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from chat import services
 from chat.models import ApiCall, ApiKey, Backend, Conversation, Message, Slot
 
 
-class SlotInline(admin.TabularInline[Slot, Backend]):
+class SlotStateMixin:
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, slot: Slot) -> str:
+        """The slot's state as a badge that static/chat/slot_state.js keeps live."""
+        return format_html(
+            '<span class="slot-state" data-slot="{}" data-state="{}" title="{}">{}</span>',
+            slot.name,
+            slot.state,
+            slot.last_error,
+            slot.state,
+        )
+
+
+class SlotInline(SlotStateMixin, admin.TabularInline[Slot, Backend]):
     model = Slot
     extra = 0
-    fields = ("name", "upstream_model", "state", "is_default", "enabled")
-    readonly_fields = ("state",)
+    fields = ("name", "upstream_model", "state_badge", "is_default", "enabled")
+    readonly_fields = ("state_badge",)
     show_change_link = True
 
 
@@ -40,17 +54,45 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
 
 
 @admin.register(Slot)
-class SlotAdmin(admin.ModelAdmin[Slot]):
-    list_display = ("name", "backend", "upstream_model", "state", "is_default", "enabled")
+class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
+    list_display = (
+        "name",
+        "backend",
+        "upstream_model",
+        "state_badge",
+        "last_error",
+        "state_changed_at",
+        "fallback",
+        "is_default",
+        "enabled",
+    )
     list_filter = ("state", "enabled", "backend")
     search_fields = ("name", "upstream_model")
-    list_select_related = ("backend",)
-    readonly_fields = ("state",)
+    list_select_related = ("backend", "fallback")
+    readonly_fields = ("state_badge", "last_error", "state_changed_at")
     fieldsets = (
-        (None, {"fields": ("name", "display_name", "backend", "upstream_model", "state")}),
+        (None, {"fields": ("name", "display_name", "backend", "upstream_model")}),
+        ("State", {"fields": ("state_badge", "last_error", "state_changed_at")}),
         ("Defaults", {"fields": ("system_prompt", "temperature", "max_tokens", "stop")}),
+        (
+            "Dispatch",
+            {
+                "fields": (
+                    "max_concurrency",
+                    "queue_timeout_s",
+                    "cold_boot_timeout_s",
+                    "max_retries",
+                    "single_flight",
+                    "fallback",
+                )
+            },
+        ),
         ("Routing", {"fields": ("is_default", "enabled")}),
     )
+
+    class Media:
+        js = ("chat/slot_state.js",)
+        css = {"all": ("chat/slot_state.css",)}
 
 
 class MessageInline(admin.StackedInline[Message, Conversation]):

@@ -26,11 +26,11 @@ from django.views.decorators.csrf import csrf_exempt
 from chat import selectors, services
 from chat.http import error_response, invalid, sse_response
 from chat.models import ApiKey, Slot
-from chat.relay.dispatch import SlotConfig, chat_body, completion_body, open_stream
+from chat.relay import dispatch
 from chat.relay.errors import RelayError
-from chat.relay.generation import Generation
-from chat.relay.sse import DONE_EVENT
-from chat.relay.upstream import Chunk, UpstreamStream, request_json
+from chat.relay.generation import KEEPALIVE, Generation
+from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT
+from chat.relay.upstream import Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -209,19 +209,27 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
         slot = await resolve_slot(slot_name)
         config = services.slot_config(slot)
         stream = bool(body.get("stream"))
-        upstream_body = (chat_body if chat else completion_body)(config, body, stream=stream)
         if not stream:
             return await _complete(
                 key=key,
                 slot=slot,
                 config=config,
-                body=upstream_body,
+                body=body,
                 chat=chat,
                 endpoint=endpoint,
                 started_at=started_at,
             )
-        generation = Generation(slot=slot.name, started_at=started_at)
-        upstream = await open_stream(config, endpoint, upstream_body)
+        generation, _ = dispatch.submit(config, endpoint, body, started_at=started_at)
+        try:
+            # Hold the HTTP status until the first chunk (or the first keep-alive is due), so a
+            # failure before it, after the dispatcher's retries, is a real 4xx/5xx answer.
+            await generation.wait_started(settings.SLIPSTREAM_KEEPALIVE_S)
+        except BaseException:
+            generation.detach()
+            raise
+        if generation.ended and not generation.chunks and generation.error is not None:
+            generation.detach()
+            raise generation.error
     except RelayError as exc:
         if key is not None:
             await services.api_call_arecord(
@@ -241,7 +249,6 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
             key=key,
             slot=slot,
             messages=body.get("messages") or [],
-            upstream=upstream,
             generation=generation,
             chat=chat,
             endpoint=endpoint,
@@ -254,16 +261,14 @@ async def _complete(
     *,
     key: ApiKey,
     slot: Slot,
-    config: SlotConfig,
+    config: dispatch.SlotConfig,
     body: dict[str, Any],
     chat: bool,
     endpoint: str,
     started_at: float,
 ) -> JsonResponse:
     """A non-streaming call, passed through with ``id`` and ``model`` made ours."""
-    result = await request_json(config.backend, "POST", endpoint, body)
-    if not isinstance(result, dict):
-        raise RelayError("upstream answered with a body that is not an object")
+    result = await dispatch.complete(config, endpoint, body)
     result["model"] = slot.name
     result["id"] = _id_prefix(chat) + uuid.uuid4().hex
     await services.api_call_arecord(
@@ -293,25 +298,36 @@ class ChunkRewriter:
         self.seen_choices: set[int] = set()
 
     def __call__(self, chunk: Chunk) -> bytes | None:
-        obj = chunk.obj
-        choices = obj.get("choices")
-        if not choices and obj.get("usage") and not self.include_usage:
+        # The chunk is shared with every subscriber of the generation: copy, never mutate.
+        choices = chunk.obj.get("choices")
+        if not choices and chunk.obj.get("usage") and not self.include_usage:
             return None
-        obj["id"] = self.completion_id
-        obj["model"] = self.model
-        if self.chat and choices:
-            for choice in choices:
-                index = choice.get("index", 0)
-                if index not in self.seen_choices:
-                    self.seen_choices.add(index)
-                    delta = choice.get("delta")
-                    if isinstance(delta, dict) and "role" not in delta:
-                        choice["delta"] = {"role": "assistant", **delta}
+        obj = {**chunk.obj, "id": self.completion_id, "model": self.model}
+        if (
+            self.chat
+            and choices
+            and any(
+                isinstance(c, dict) and c.get("index", 0) not in self.seen_choices for c in choices
+            )
+        ):
+            obj["choices"] = [self._with_role(choice) for choice in choices]
         return (
             b"data: "
             + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
             + b"\n\n"
         )
+
+    def _with_role(self, choice: Any) -> Any:
+        if not isinstance(choice, dict):
+            return choice
+        index = choice.get("index", 0)
+        if index in self.seen_choices:
+            return choice
+        self.seen_choices.add(index)
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and "role" not in delta:
+            return {**choice, "delta": {"role": "assistant", **delta}}
+        return choice
 
 
 async def _stream_events(
@@ -319,37 +335,43 @@ async def _stream_events(
     key: ApiKey,
     slot: Slot,
     messages: list[Any],
-    upstream: UpstreamStream,
     generation: Generation,
     chat: bool,
     endpoint: str,
     include_usage: bool,
 ) -> AsyncGenerator[bytes, None]:
-    """The client's SSE stream. A client that disconnects cancels this generator, which closes
-    the upstream response (``Generation.relay``'s ``finally``): the upstream stops generating."""
+    """The client's SSE stream. A client that disconnects detaches from the generation; as its
+    last subscriber that cancels it, which closes the upstream response: the upstream stops."""
     rewrite = ChunkRewriter(
-        completion_id=_id_prefix(chat) + generation.id,
+        # Per request, even when single-flight shares the generation: OpenAI never gives two
+        # requests one id.
+        completion_id=_id_prefix(chat) + uuid.uuid4().hex,
         model=slot.name,
         include_usage=include_usage,
         chat=chat,
     )
+    read_to_end = False
     try:
-        async with aclosing(generation.relay(upstream)) as chunks:
-            async for chunk in chunks:
-                data = rewrite(chunk)
-                if data is not None:
-                    yield data
-    except RelayError:
-        pass  # recorded on the generation; sent below as the final event
+        async with aclosing(
+            generation.subscribe(keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S)
+        ) as events:
+            async for item in events:
+                if isinstance(item, Chunk):
+                    data = rewrite(item)
+                    if data is not None:
+                        yield data
+                elif item is KEEPALIVE:
+                    yield KEEPALIVE_COMMENT
+        read_to_end = True
     finally:
-        if generation.status == "streaming":
-            generation.status = "stopped"
+        generation.detach()
         await asyncio.shield(
             _finish(
                 key=key,
                 slot=slot,
                 messages=messages,
                 generation=generation,
+                outcome=generation.status if read_to_end else "stopped",
                 chat=chat,
                 endpoint=endpoint,
             )
@@ -366,6 +388,7 @@ async def _finish(
     slot: Slot,
     messages: list[Any],
     generation: Generation,
+    outcome: str,
     chat: bool,
     endpoint: str,
 ) -> None:
@@ -375,12 +398,12 @@ async def _finish(
         slot_name=slot.name,
         stream=True,
         http_status=200,
-        outcome="error" if generation.status == "error" else generation.status,
+        outcome=outcome,
         started_at=generation.started_at,
         generation=generation,
         error=generation.error,
     )
     if key.store_conversations and chat:
         await services.api_conversation_astore(
-            api_key=key, slot=slot, messages=messages, generation=generation
+            api_key=key, slot=slot, messages=messages, generation=generation, status=outcome
         )

@@ -7,3 +7,11 @@ class ChatConfig(AppConfig):
     name = "chat"
     verbose_name = "Slipstream"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from chat import services
+        from chat.relay import slots
+
+        # The relay knows nothing of the ORM: it reports slot state changes, we store them.
+        if services.slot_astore_state not in slots.state_listeners:
+            slots.state_listeners.append(services.slot_astore_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator
 
 from django.http import JsonResponse, StreamingHttpResponse
@@ -23,8 +24,12 @@ def sse_response(events: AsyncGenerator[bytes, None]) -> StreamingHttpResponse:
     )
 
 
-def error_response(error: RelayError, headers: dict[str, str] | None = None) -> JsonResponse:
-    """OpenAI's error envelope with the error's HTTP status."""
+def error_response(error: RelayError) -> JsonResponse:
+    """OpenAI's error envelope with the error's HTTP status, and ``Retry-After`` (whole seconds,
+    RFC 9110 §10.2.3) when the error says when to come back (429, 503)."""
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return JsonResponse(error.envelope(), status=error.status, headers=headers)
 
 

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from chat.relay.upstream import BackendConfig
@@ -82,9 +83,49 @@ class Slot(models.Model):
     stop = models.JSONField(
         default=list, blank=True, help_text='Stop sequences, a JSON list of strings: ["\\n\\n"].'
     )
-    state = models.CharField(max_length=10, choices=State.choices, default=State.COLD)
     is_default = models.BooleanField(default=False, help_text="Preselected for new chats.")
     enabled = models.BooleanField(default=True)
+
+    # Dispatcher policy (chat.relay.dispatch).
+    class SingleFlight(models.TextChoices):
+        OFF = "off", "Off"
+        NOT_READY = "not_ready", "Only while the slot is not ready"
+        ALWAYS = "always", "Always"
+
+    single_flight = models.CharField(
+        max_length=10,
+        choices=SingleFlight.choices,
+        default=SingleFlight.NOT_READY,
+        help_text="Identical concurrent requests share one upstream call.",
+    )
+    max_concurrency = models.PositiveIntegerField(
+        default=32, help_text="Most requests in flight on this slot; the rest queue in order."
+    )
+    queue_timeout_s = models.FloatField(
+        default=30.0, help_text="Longest wait in the queue, in seconds, before HTTP 429."
+    )
+    cold_boot_timeout_s = models.FloatField(
+        default=120.0,
+        help_text="Longest wait for a loading model, in seconds, before HTTP 503.",
+    )
+    max_retries = models.PositiveSmallIntegerField(
+        default=2,
+        help_text="Extra attempts on connection errors, 502/503/504 and timeouts, only before "
+        "the first token.",
+    )
+    fallback = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="fallback_for",
+        help_text="Takes requests when this slot is in error or its retries are spent.",
+    )
+
+    # Live state, written by the dispatcher on each change.
+    state = models.CharField(max_length=10, choices=State.choices, default=State.COLD)
+    last_error = models.TextField(blank=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -93,6 +134,10 @@ class Slot(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
     def defaults(self) -> dict[str, Any]:
         """The request fields this slot fills in when a request is silent about them."""
         fields: dict[str, Any] = {}
@@ -100,9 +145,21 @@ class Slot(models.Model):
             fields["temperature"] = self.temperature
         if self.max_tokens is not None:
             fields["max_tokens"] = self.max_tokens
-        if self.stop:
-            fields["stop"] = list(self.stop)
         return fields
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """The slot's stop sequences, enforced on every answer along with the request's."""
+        return tuple(s for s in self.stop if isinstance(s, str) and s) if self.stop else ()
+
+    def clean(self) -> None:
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValidationError({"stop": 'A JSON list of non-empty strings, e.g. ["\\n\\n"].'})
+        seen, slot = {self.pk}, self.fallback
+        while slot is not None:
+            if slot.pk in seen:
+                raise ValidationError({"fallback": "Fallbacks must not loop back to this slot."})
+            seen.add(slot.pk)
+            slot = slot.fallback
 
 
 class Conversation(models.Model):

@@ -43,13 +43,21 @@ async def history_for_upstream(*, conversation: Conversation) -> list[dict[str, 
     return history
 
 
+# A slot with its backend and two fallbacks deep (services.FALLBACK_DEPTH), in one query.
+SLOT_RELATED = (
+    "backend",
+    "fallback__backend",
+    "fallback__fallback__backend",
+)
+
+
 def slot_list_enabled() -> QuerySet[Slot]:
-    return Slot.objects.filter(enabled=True).select_related("backend")
+    return Slot.objects.filter(enabled=True).select_related(*SLOT_RELATED)
 
 
 async def slot_aget(*, name: str | None) -> Slot | None:
     """The enabled slot called ``name``, or the default one when ``name`` is empty."""
-    slots = Slot.objects.filter(enabled=True).select_related("backend")
+    slots = Slot.objects.filter(enabled=True).select_related(*SLOT_RELATED)
     if name:
         return await slots.filter(name=name).afirst()
     return await slots.order_by("-is_default", "name").afirst()

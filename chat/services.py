@@ -7,7 +7,7 @@ import hashlib
 import json
 import secrets
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -17,18 +17,45 @@ from chat.models import ApiCall, ApiKey, Conversation, Message, Slot
 from chat.relay.dispatch import SlotConfig
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation
+from chat.relay.slots import StateChange
 
 TITLE_LENGTH = 60
+# How many fallbacks deep a slot's chain is loaded (selectors.SLOT_RELATED matches it).
+FALLBACK_DEPTH = 2
 
 
-def slot_config(slot: Slot) -> SlotConfig:
-    """The relay's ORM-free view of a slot (needs ``slot.backend`` loaded)."""
+def slot_config(slot: Slot, *, depth: int = 0) -> SlotConfig:
+    """The relay's ORM-free view of a slot and its fallbacks (needs ``slot.backend`` and the
+    fallback chain loaded, as ``selectors.slot_aget`` does: two fallbacks deep)."""
+    fallback = None
+    if depth < FALLBACK_DEPTH and slot.fallback_id is not None:
+        candidate = slot.fallback
+        if candidate is not None and candidate.enabled:
+            fallback = slot_config(candidate, depth=depth + 1)
     return SlotConfig(
+        id=slot.pk,
         name=slot.name,
         upstream_model=slot.upstream_model,
         backend=slot.backend.config(),
         system_prompt=slot.system_prompt,
         defaults=slot.defaults(),
+        stop=slot.stop_strings(),
+        health_path=slot.backend.health_path,
+        single_flight=slot.single_flight,
+        max_concurrency=max(1, slot.max_concurrency),
+        queue_timeout_s=slot.queue_timeout_s,
+        cold_boot_timeout_s=slot.cold_boot_timeout_s,
+        max_retries=slot.max_retries,
+        fallback=fallback,
+    )
+
+
+async def slot_astore_state(change: StateChange) -> None:
+    """Persist a slot's state change (the admin's slot list and other processes read it)."""
+    await Slot.objects.filter(pk=change.slot_id, name=change.name).aupdate(
+        state=change.state,
+        last_error=change.last_error[:2000],
+        state_changed_at=datetime.fromtimestamp(change.at, tz=UTC),
     )
 
 
@@ -60,15 +87,17 @@ async def message_acreate_assistant(*, conversation: Conversation, slot_name: st
     )
 
 
-def generation_fields(generation: Generation) -> dict[str, Any]:
-    """What a finished generation stores on its message."""
+def generation_fields(generation: Generation, *, status: str | None = None) -> dict[str, Any]:
+    """What a generation stores on its message: its answer so far, with its own status unless
+    ``status`` says otherwise (a client that left a shared generation stopped watching it)."""
     acc = generation.accumulator
     content = acc.content() or acc.refusal()
     return {
         "content": content,
         "reasoning": acc.reasoning(),
         "tool_calls": acc.tool_calls(),
-        "status": generation.status,
+        "slot_name": generation.slot,
+        "status": status or generation.status,
         "finish_reason": acc.finish_reason() or "",
         "usage": acc.usage,
         "error": generation.error.envelope() if generation.error else None,
@@ -175,7 +204,12 @@ async def api_call_arecord(
 
 
 async def api_conversation_astore(
-    *, api_key: ApiKey, slot: Slot, messages: list[Any], generation: Generation
+    *,
+    api_key: ApiKey,
+    slot: Slot,
+    messages: list[Any],
+    generation: Generation,
+    status: str | None = None,
 ) -> None:
     """Keep an API call as a conversation of the key's owner (the key's opt-in option): the
     request's last user message and the answer."""
@@ -192,6 +226,5 @@ async def api_conversation_astore(
     await Message.objects.acreate(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
-        slot_name=slot.name,
-        **generation_fields(generation),
+        **generation_fields(generation, status=status),
     )

@@ -11,6 +11,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
     path("sidebar/", views.sidebar, name="sidebar"),
     path("chat/stream/", views.stream, name="stream"),
+    path("chat/slots/", views.slot_states, name="slot-states"),
     path("settings/keys/", views.api_keys, name="api-keys"),
     path("settings/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
 ]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -11,6 +10,7 @@ from contextlib import aclosing
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
@@ -27,11 +27,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
 from chat.http import error_response, invalid, sse_response
-from chat.models import Conversation, Message
-from chat.relay.dispatch import SlotConfig, chat_body, open_stream
-from chat.relay.errors import RelayError
-from chat.relay.generation import Generation
-from chat.relay.sse import DONE_EVENT, encode_event
+from chat.models import Conversation
+from chat.relay import dispatch
+from chat.relay.generation import Generation, Phase
+from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_event
+from chat.relay.upstream import Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "conversations": selectors.conversation_list(user=signed_in(request.user))[:200],
             "slots": slots,
             "current_slot": conversation.slot if conversation and conversation.slot else None,
+            # The slot the picker shows first: the conversation's, else the default (first).
+            "picked_slot": (conversation.slot if conversation and conversation.slot else None)
+            or (slots[0] if slots else None),
         },
     )
 
@@ -95,6 +98,35 @@ def sidebar(request: HttpRequest) -> HttpResponse:
             "conversations": selectors.conversation_list(user=signed_in(request.user))[:200],
             "current_id": current,
         },
+    )
+
+
+@require_GET
+@login_required
+async def slot_states(request: HttpRequest) -> JsonResponse:
+    """``{"slots": [{"name", "label", "state", "last_error", "changed_at"}]}`` for the enabled
+    slots, read by the chat's slot picker and the admin's slot list to show state live. Asking
+    is also the on-demand probe: a slot this process has not seen ready is probed now."""
+    slots = [slot async for slot in selectors.slot_list_enabled()]
+    for slot in slots:
+        runtime = services.slot_config(slot).runtime()
+        if runtime.state != "ready":
+            runtime.probe_soon()
+    return JsonResponse(
+        {
+            "slots": [
+                {
+                    "name": slot.name,
+                    "label": slot.label,
+                    "state": slot.state,
+                    "last_error": slot.last_error,
+                    "changed_at": slot.state_changed_at.isoformat()
+                    if slot.state_changed_at
+                    else None,
+                }
+                for slot in slots
+            ]
+        }
     )
 
 
@@ -154,11 +186,20 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         )
     user_message = await services.message_acreate_user(conversation=conversation, content=content)
     history = await selectors.history_for_upstream(conversation=conversation)
-    config = services.slot_config(slot)
-    body = chat_body(config, {"messages": history}, stream=True)
     assistant = await services.message_acreate_assistant(
         conversation=conversation, slot_name=slot.name
     )
+    generation, _ = dispatch.submit(
+        services.slot_config(slot), "chat/completions", {"messages": history}
+    )
+    conversation_id = conversation.pk
+
+    async def store(finished: Generation) -> None:
+        await services.message_afinalise(
+            message_id=assistant.pk, conversation_id=conversation_id, generation=finished
+        )
+
+    generation.add_finish_callback(store)
     meta = {
         "conversation_id": str(conversation.pk),
         "conversation_url": reverse("chat:conversation", args=[conversation.pk]),
@@ -166,46 +207,34 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         "user_message_id": user_message.pk,
         "assistant_message_id": assistant.pk,
         "slot": slot.name,
+        "generation_id": generation.id,
     }
-    return sse_response(
-        _answer_events(
-            config=config, body=body, meta=meta, assistant=assistant, conversation=conversation
-        ),
-    )
+    return sse_response(_answer_events(generation, meta))
 
 
 async def _answer_events(
-    *,
-    config: SlotConfig,
-    body: dict[str, Any],
-    meta: dict[str, Any],
-    assistant: Message,
-    conversation: Conversation,
+    generation: Generation, meta: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
-    """The SSE byte stream of one answer; stores it exactly once when it ends, however it ends
-    (a client that goes away cancels this generator: the answer is stored as ``stopped``)."""
-    generation = Generation(slot=config.name)
-    yield encode_event(
-        json.dumps({**meta, "generation_id": generation.id}), event="slipstream.message"
-    )
+    """The SSE byte stream of one answer. The generation stores the answer when it ends,
+    however it ends; a client that goes away detaches, and as the last subscriber that stops
+    the generation (stored as ``stopped``)."""
     try:
-        stream = await open_stream(config, "chat/completions", body)
-        async with aclosing(generation.relay(stream)) as chunks:
-            async for chunk in chunks:
-                yield b"data: " + chunk.data.encode() + b"\n\n"
-    except RelayError as exc:
-        generation.status, generation.error = "error", exc
+        yield encode_event(json.dumps(meta), event="slipstream.message")
+        async with aclosing(
+            generation.subscribe(keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S)
+        ) as events:
+            async for item in events:
+                if isinstance(item, Chunk):
+                    yield b"data: " + item.data.encode() + b"\n\n"
+                elif isinstance(item, Phase):
+                    yield encode_event(json.dumps(item.as_dict()), event="slipstream.status")
+                else:
+                    yield KEEPALIVE_COMMENT
     finally:
-        if generation.status == "streaming":  # cancelled before the upstream answered
-            generation.status = "stopped"
-        # Shielded: a second cancellation must not lose the answer.
-        await asyncio.shield(
-            services.message_afinalise(
-                message_id=assistant.pk, conversation_id=conversation.pk, generation=generation
-            )
-        )
+        generation.detach()
     done = {
         "status": generation.status,
+        "slot": generation.slot,
         "finish_reason": generation.accumulator.finish_reason(),
         "ttft_ms": generation.ttft_ms,
         "tokens_per_s": generation.tokens_per_s,

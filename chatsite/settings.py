@@ -170,3 +170,7 @@ LOGGING = {
         "chat": {"handlers": ["console"], "level": env.str("SLIPSTREAM_LOG_LEVEL", default="INFO")},
     },
 }
+# Seconds between SSE keep-alive comments while an answer waits (queue, cold boot, a slow first
+# token). The /v1 API holds its HTTP status until the first chunk or the first keep-alive, so a
+# failure before then still gets a real 4xx/5xx.
+SLIPSTREAM_KEEPALIVE_S = env.float("SLIPSTREAM_KEEPALIVE_S", default=3.0)

@@ -22,6 +22,9 @@ from tests.support.llama_server import LlamaServer, llama_cpp_available
 from tests.support.tiny_gguf import write_tiny_gguf
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Longer than the dispatcher's worst retry backoff (0.5 s + 1 s at 2 retries), so /v1 failures
+# after retries still answer with a real status, as with the 3 s default.
+KEEPALIVE_S = 2.0
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +57,7 @@ def server(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServ
             "DATABASE_URL": database_url(settings.DATABASES["default"]),
             "DJANGO_SECRET_KEY": settings.SECRET_KEY,
             "DJANGO_DEBUG": "false",
+            "SLIPSTREAM_KEEPALIVE_S": str(KEEPALIVE_S),
         }
     with DaphneServer(env=env) as daphne:
         yield daphne

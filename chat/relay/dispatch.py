@@ -1,64 +1,406 @@
-"""Where every request meets its slot: defaults filled in, then the upstream stream opened.
+"""The slot dispatcher: every request, from the chat, the widget or ``/v1``, meets its slot here.
 
-This is the seam the slot dispatcher grows from (state, cold boot, queueing, retries,
-single-flight, fallback); today it routes one request to one upstream call.
+Per request, in order (after hal0's dispatcher):
+
+1. **Single-flight**: an identical request (same endpoint and canonical upstream body, stream-only
+   fields aside) already in flight on the slot is joined instead of calling the upstream again;
+   per slot ``off``, ``not_ready`` (only while the slot is not ready, the default) or ``always``.
+2. **Fallback**: a slot in ``error`` with a fallback hands the request to it at once.
+3. **Admission**: at most ``max_concurrency`` requests in flight per slot; the rest wait in FIFO
+   order up to ``queue_timeout_s``, then 429 with ``Retry-After``.
+4. **Cold boot**: while the upstream answers 503 ("Loading model") or refuses connections after
+   it was seen up, the request waits up to ``cold_boot_timeout_s`` (polling, and woken early by
+   the slot's probes), then 503 with ``Retry-After``.
+5. **Retries**: before the first chunk is published, connection errors, upstream 502/503/504 and
+   timeouts are retried up to ``max_retries`` times with exponential backoff and full jitter;
+   never after. When they are spent, the fallback slot (if any) takes the request.
+6. **Stop sequences**: the slot's and the request's ``stop`` strings are enforced on the stream
+   (``stops.StopEnforcer``), whether or not the upstream honours them.
+
+Streaming requests become a ``Generation`` run as its own task (``submit``); non-streaming ones
+are one JSON call with the same admission, cold-boot, retry and fallback rules (``complete``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from chat.relay.upstream import BackendConfig, UpstreamStream
+from chat.relay.background import spawn
+from chat.relay.errors import RelayError
+from chat.relay.generation import Generation, Phase
+from chat.relay.slots import ERROR, READY, WARMING, SlotRuntime, runtime_for
+from chat.relay.stops import StopEnforcer, stop_strings
+from chat.relay.upstream import BackendConfig, UpstreamStream, request_json
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+SINGLE_FLIGHT_MODES = ("off", "not_ready", "always")
+# OpenAI accepts at most 4 stop sequences (API reference, ``stop``); the relay enforces all of
+# them itself and sends the upstream only the first 4, so a strict upstream does not refuse.
+UPSTREAM_STOP_LIMIT = 4
+RETRY_BASE_S = 0.25
+RETRY_CAP_S = 4.0
+# Retry-After for a slot still warming after its cold-boot timeout: model loads take tens of
+# seconds, so a client should not come back at once.
+WARMING_RETRY_AFTER_S = 10.0
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+RETRYABLE_CODES = frozenset({"upstream_unreachable", "upstream_disconnected", "upstream_timeout"})
+# Stream-only request fields: they change how an answer is delivered, not what it is.
+_STREAM_ONLY_FIELDS = ("stream", "stream_options")
 
 
 @dataclass(frozen=True, slots=True)
 class SlotConfig:
-    """A slot as the relay sees it: ORM-free. ``defaults`` are request fields (temperature,
-    max_tokens, stop, …) applied when the request is silent about them."""
+    """A slot as the relay sees it: ORM-free, built per request from the stored slot.
+
+    ``defaults`` are request fields (temperature, max_tokens, …) applied when the request is
+    silent about them; ``stop`` are the slot's stop strings, always enforced along with the
+    request's. Policy: ``single_flight`` (one of ``SINGLE_FLIGHT_MODES``), ``max_concurrency``
+    (requests in flight), ``queue_timeout_s``, ``cold_boot_timeout_s`` (s), ``max_retries``
+    (extra attempts before the first chunk), ``fallback`` (the slot that takes over).
+    """
 
     name: str
     upstream_model: str
     backend: BackendConfig
+    id: int = 0
     system_prompt: str = ""
     defaults: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    stop: tuple[str, ...] = ()
+    health_path: str = "/models"
+    single_flight: str = "not_ready"
+    max_concurrency: int = 32
+    queue_timeout_s: float = 30.0
+    cold_boot_timeout_s: float = 120.0
+    max_retries: int = 2
+    fallback: SlotConfig | None = None
+
+    def runtime(self) -> SlotRuntime:
+        """This slot's live state in the running process."""
+        runtime = runtime_for(self.id, self.name)
+        runtime.note_backend(self.backend, self.health_path)
+        return runtime
+
+    def chain(self) -> list[SlotConfig]:
+        """This slot, then its fallbacks in order, each once."""
+        chain: list[SlotConfig] = []
+        slot: SlotConfig | None = self
+        while slot is not None and all(slot.name != s.name for s in chain):
+            chain.append(slot)
+            slot = slot.fallback
+        return chain
 
 
-def chat_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-    """The body to send upstream for an OpenAI chat request addressed to ``slot``.
+# ------------------------------------------------------------------------------------------------
+# Request bodies
+# ------------------------------------------------------------------------------------------------
+def request_body(
+    slot: SlotConfig, request: dict[str, Any], *, chat: bool, stream: bool
+) -> dict[str, Any]:
+    """The body to send upstream for an OpenAI request addressed to ``slot``.
 
-    ``model`` becomes the slot's upstream model id; the slot's system prompt is prepended unless
-    the request brings its own system message; slot defaults fill absent fields; streaming asks
-    for the usage chunk (``stream_options.include_usage``, OpenAI API reference) so token counts
-    are exact. Every other field passes through untouched.
+    ``model`` becomes the slot's upstream model id; slot defaults fill absent fields; ``stop`` is
+    the slot's stop strings plus the request's (the first ``UPSTREAM_STOP_LIMIT``). For chat, the
+    slot's system prompt is prepended unless the request brings its own system or developer
+    message. Streaming asks for the usage chunk (``stream_options.include_usage``, OpenAI API
+    reference) so token counts are exact. Every other field passes through untouched.
     """
     body = {**slot.defaults, **request, "model": slot.upstream_model, "stream": stream}
-    messages = list(request.get("messages") or ())
-    if slot.system_prompt and not any(
-        isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
-    ):
-        messages.insert(0, {"role": "system", "content": slot.system_prompt})
-    body["messages"] = messages
-    return _with_usage(body) if stream else body
-
-
-def completion_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-    """The body to send upstream for a legacy ``/v1/completions`` request: slot defaults under
-    the request's fields, the upstream model id, and the usage chunk asked for when streaming."""
-    body = {**slot.defaults, **request, "model": slot.upstream_model, "stream": stream}
-    return _with_usage(body) if stream else body
-
-
-def _with_usage(body: dict[str, Any]) -> dict[str, Any]:
-    # Always ask for the usage chunk, so token counts are exact; the API drops it again for
-    # clients that did not ask (api.ChunkRewriter).
-    options = dict(body.get("stream_options") or {})
-    options.setdefault("include_usage", True)
-    body["stream_options"] = options
+    stops = all_stops(slot, request)
+    if stops:
+        body["stop"] = stops[:UPSTREAM_STOP_LIMIT]
+    else:
+        body.pop("stop", None)
+    if chat:
+        messages = list(request.get("messages") or ())
+        if slot.system_prompt and not any(
+            isinstance(m, dict) and m.get("role") in ("system", "developer") for m in messages
+        ):
+            messages.insert(0, {"role": "system", "content": slot.system_prompt})
+        body["messages"] = messages
+    if stream:
+        # Always ask for the usage chunk; the API drops it again for clients that did not ask.
+        options = dict(body.get("stream_options") or {})
+        options.setdefault("include_usage", True)
+        body["stream_options"] = options
     return body
 
 
-async def open_stream(slot: SlotConfig, endpoint: str, body: dict[str, Any]) -> UpstreamStream:
-    """Open a stream on ``slot``'s backend: ``endpoint`` is ``"chat/completions"`` or
-    ``"completions"``. Raises ``RelayError`` before any byte reached the client."""
-    return await UpstreamStream.open(slot.backend, endpoint, body)
+def chat_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    """``request_body`` for ``/v1/chat/completions``."""
+    return request_body(slot, request, chat=True, stream=stream)
+
+
+def all_stops(slot: SlotConfig, request: dict[str, Any]) -> list[str]:
+    """The slot's stop strings then the request's, each once."""
+    return list(dict.fromkeys([*slot.stop, *stop_strings(request.get("stop"))]))
+
+
+def coalescing_key(endpoint: str, body: dict[str, Any]) -> str:
+    """What makes two requests identical for single-flight: the endpoint and the upstream body
+    in canonical JSON, stream-only fields aside."""
+    canonical = {k: v for k, v in body.items() if k not in _STREAM_ONLY_FIELDS}
+    return endpoint + " " + json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming: generations
+# ------------------------------------------------------------------------------------------------
+def submit(
+    slot: SlotConfig,
+    endpoint: str,
+    request: dict[str, Any],
+    *,
+    started_at: float | None = None,
+    keep_running: bool = False,
+) -> tuple[Generation, bool]:
+    """Start (or join) the generation answering ``request`` on ``slot``.
+
+    ``endpoint`` is ``"chat/completions"`` or ``"completions"``; ``request`` is the client's
+    OpenAI request (its ``model`` is replaced per slot). Returns the generation, already
+    ``attach``-ed for the caller (who must ``detach``), and whether an identical request's
+    generation was joined. Failures arrive through the generation (``status``, ``error``),
+    never raised here.
+    """
+    runtime = slot.runtime()
+    key = None
+    if slot.single_flight == "always" or (
+        slot.single_flight == "not_ready" and runtime.state != READY
+    ):
+        key = coalescing_key(
+            endpoint, request_body(slot, request, chat=_is_chat(endpoint), stream=True)
+        )
+        joined = runtime.coalescing.get(key)
+        if joined is not None and joined.status == "streaming":
+            joined.attach()
+            return joined, True
+    generation = Generation(slot=slot.name, started_at=started_at, keep_running=keep_running)
+    generation.attach()
+    if key is not None:
+        runtime.coalescing[key] = generation
+    generation.task = spawn(_run(generation, slot, endpoint, request, runtime=runtime, key=key))
+    return generation, False
+
+
+def _is_chat(endpoint: str) -> bool:
+    return endpoint == "chat/completions"
+
+
+async def _run(
+    generation: Generation,
+    slot: SlotConfig,
+    endpoint: str,
+    request: dict[str, Any],
+    *,
+    runtime: SlotRuntime,
+    key: str | None,
+) -> None:
+    """The generation's task: dispatch, relay every chunk into the buffer, finish once."""
+    status, error = "stopped", None
+    chat = _is_chat(endpoint)
+
+    async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> None:
+        enforcer = (
+            StopEnforcer(all_stops(cfg, request), chat=chat) if all_stops(cfg, request) else None
+        )
+        stream = await UpstreamStream.open(cfg.backend, endpoint, body)
+        cfg.runtime().set_state(READY)
+        generation.set_phase(Phase("streaming", cfg.name))
+        generation.slot = cfg.name
+        try:
+            async with aclosing(stream.chunks()) as chunks:
+                async for chunk in chunks:
+                    if enforcer is None:
+                        generation.publish(chunk)
+                        continue
+                    for out in enforcer.apply(chunk):
+                        generation.publish(out)
+                    if enforcer.done:
+                        break  # the upstream ignored stop: closing it stops the compute
+            if enforcer is not None:
+                for out in enforcer.flush():
+                    generation.publish(out)
+        finally:
+            await stream.aclose()
+
+    try:
+        await dispatch(
+            slot,
+            request,
+            chat=chat,
+            stream=True,
+            attempt=attempt,
+            published=lambda: bool(generation.chunks),
+            generation=generation,
+        )
+        status = "complete"
+    except RelayError as exc:
+        status, error = "error", exc
+    except asyncio.CancelledError:
+        status = "stopped"
+    except Exception as exc:  # a bug must still end the answer, never leave it "streaming"
+        logger.exception("generation %s failed", generation.id)
+        status, error = "error", RelayError(f"internal error: {type(exc).__name__}", status=500)
+    finally:
+        if key is not None and runtime.coalescing.get(key) is generation:
+            del runtime.coalescing[key]
+        await asyncio.shield(generation.finish(status, error))
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-streaming
+# ------------------------------------------------------------------------------------------------
+async def complete(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A non-streaming call under the same rules as a stream: returns the upstream's JSON
+    answer with the stop strings enforced on each choice's text. Raises ``RelayError``."""
+    chat = _is_chat(endpoint)
+
+    async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
+        result = await request_json(cfg.backend, "POST", endpoint, body)
+        cfg.runtime().set_state(READY)
+        if not isinstance(result, dict):
+            raise RelayError(
+                "upstream answered with a body that is not an object",
+                code="upstream_malformed_body",
+            )
+        _cut_at_stops(result, all_stops(cfg, request), chat=chat)
+        return result
+
+    return await dispatch(
+        slot, request, chat=chat, stream=False, attempt=attempt, published=lambda: False
+    )
+
+
+def _cut_at_stops(result: dict[str, Any], stops: list[str], *, chat: bool) -> None:
+    if not stops:
+        return
+    for choice in result.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        holder = choice.get("message") if chat else choice
+        text = holder.get("content" if chat else "text") if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or not isinstance(text, str):
+            continue
+        cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            holder["content" if chat else "text"] = text[:cut]
+            choice["finish_reason"] = "stop"
+
+
+# ------------------------------------------------------------------------------------------------
+# The rules both share
+# ------------------------------------------------------------------------------------------------
+async def dispatch(
+    slot: SlotConfig,
+    request: dict[str, Any],
+    *,
+    chat: bool,
+    stream: bool,
+    attempt: Callable[[SlotConfig, dict[str, Any]], Awaitable[_T]],
+    published: Callable[[], bool],
+    generation: Generation | None = None,
+) -> _T:
+    """Run ``attempt(slot, body)`` under the slot's policy, falling back along its chain.
+
+    ``published()`` tells whether a byte of the answer has reached a client (no retry, no
+    fallback after that). Phases (queued, warming, retrying) are published on ``generation``.
+    Raises the last ``RelayError``.
+    """
+    chain = slot.chain()
+    for position, cfg in enumerate(chain):
+        last = position == len(chain) - 1
+        runtime = cfg.runtime()
+        if runtime.state == ERROR and not last:
+            runtime.probe_soon()  # it may come back; meanwhile the fallback answers
+            continue
+        body = request_body(cfg, request, chat=chat, stream=stream)
+        await runtime.acquire(
+            limit=cfg.max_concurrency, timeout_s=cfg.queue_timeout_s, generation=generation
+        )
+        try:
+            return await _attempts(cfg, runtime, body, attempt, published, generation)
+        except RelayError as exc:
+            if last or published() or not _retryable(exc):
+                raise
+            logger.warning(
+                "slot %s failed (%s); falling back to %s", cfg.name, exc, chain[position + 1].name
+            )
+        finally:
+            runtime.release(limit=cfg.max_concurrency)
+    raise AssertionError("unreachable: the last slot of a chain raises or returns")
+
+
+async def _attempts(
+    cfg: SlotConfig,
+    runtime: SlotRuntime,
+    body: dict[str, Any],
+    attempt: Callable[[SlotConfig, dict[str, Any]], Awaitable[_T]],
+    published: Callable[[], bool],
+    generation: Generation | None,
+) -> _T:
+    retries = 0
+    warm_deadline: float | None = None
+    polls = 0
+    while True:
+        try:
+            return await attempt(cfg, body)
+        except RelayError as exc:
+            if published():
+                raise
+            if _warming(exc, runtime):
+                now = time.monotonic()
+                warm_deadline = warm_deadline or now + cfg.cold_boot_timeout_s
+                runtime.set_state(WARMING, exc.message)
+                if now >= warm_deadline:
+                    raise RelayError(
+                        f"Slot {cfg.name} is still warming up after "
+                        f"{cfg.cold_boot_timeout_s:g} s. Try again shortly.",
+                        status=503,
+                        type="service_unavailable",
+                        code="slot_warming",
+                        retry_after=WARMING_RETRY_AFTER_S,
+                    ) from exc
+                if generation is not None:
+                    generation.set_phase(Phase("warming", cfg.name))
+                # Poll fast at first (a model that is nearly loaded), then every 2 s; a probe
+                # that sees the slot ready wakes us at once.
+                polls = min(polls + 1, 5)
+                wait = min(2.0, 0.1 * 2**polls, warm_deadline - now)
+                await runtime.wait_changed(wait)
+                continue
+            if not _retryable(exc):
+                raise
+            if retries >= cfg.max_retries:
+                runtime.set_state(ERROR, exc.message)
+                raise
+            retries += 1
+            delay = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**retries))
+            if generation is not None:
+                generation.set_phase(
+                    Phase("retrying", cfg.name, attempt=retries, retry_in_s=round(delay, 2))
+                )
+            logger.info("slot %s: retry %d in %.2f s after %s", cfg.name, retries, delay, exc)
+            await asyncio.sleep(delay)
+
+
+def _warming(exc: RelayError, runtime: SlotRuntime) -> bool:
+    """503 ("Loading model"), or a refused connection from a backend seen up before."""
+    if exc.upstream_status == 503:
+        return True
+    return exc.code == "upstream_unreachable" and runtime.seen_up
+
+
+def _retryable(exc: RelayError) -> bool:
+    return exc.upstream_status in RETRYABLE_STATUSES or (
+        exc.upstream_status is None and exc.code in RETRYABLE_CODES
+    )

@@ -13,7 +13,10 @@ class RelayError(Exception):
     """A failure the relay reports to its client as an OpenAI error envelope.
 
     ``status`` is the HTTP status to answer with when no byte has been sent yet; once a stream has
-    begun, the same envelope travels as one final SSE ``data:`` event instead.
+    begun, the same envelope travels as one final SSE ``data:`` event instead. ``retry_after``
+    (s) becomes a ``Retry-After`` header on 429 and 503 answers; ``upstream_status`` is the HTTP
+    status the upstream itself answered (a 500 is reported as 502 but is not a 502), which the
+    dispatcher's retry rule reads.
     """
 
     def __init__(
@@ -24,10 +27,14 @@ class RelayError(Exception):
         type: str = "api_error",
         code: str | None = None,
         param: str | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.retry_after = retry_after
+        self.upstream_status = upstream_status
         self.type = type
         self.code = code
         self.param = param

@@ -1,72 +1,205 @@
-"""A generation: one upstream streaming call in flight, with its accumulated answer and timing.
+"""A generation: one upstream streaming call in flight, its append-only chunk buffer and the
+subscribers reading it.
+
+The dispatcher (``chat.relay.dispatch``) runs each generation as its own asyncio task and
+``publish``-es chunks into it; requests ``subscribe`` and read every chunk from a sequence number
+on, so a coalesced duplicate request (single-flight) or a late joiner gets the whole answer from
+the first chunk. Sequence numbers count chunks from 1; ``subscribe(after=n)`` skips the first n.
 
 Times are ``time.monotonic()`` seconds; derived figures are in ms (TTFT) and tokens/s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
 
 from chat.relay.accumulate import MessageAccumulator
 from chat.relay.errors import RelayError
-from chat.relay.upstream import Chunk, UpstreamStream
+from chat.relay.upstream import Chunk
 
 logger = logging.getLogger(__name__)
 
 
-class Generation:
-    """Relays one upstream stream while folding it into a ``MessageAccumulator``.
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """What a generation is doing before its answer streams, for status lines in the chat.
 
-    ``status`` ends as ``complete``, ``stopped`` (the consumer went away) or ``error``
-    (``error`` then holds the ``RelayError``), matching ``Message.Status``.
+    ``state`` is ``"queued"`` (``position`` 1 is next in line), ``"warming"`` (the slot's model
+    is loading), ``"retrying"`` (``attempt`` n, next try in ``retry_in_s`` s) or
+    ``"streaming"``; ``slot`` names the slot it waits on (a fallback slot's name once used).
     """
 
-    def __init__(self, *, slot: str, started_at: float | None = None) -> None:
+    state: str
+    slot: str
+    position: int | None = None
+    attempt: int | None = None
+    retry_in_s: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
+
+
+class _Keepalive:
+    def __repr__(self) -> str:
+        return "KEEPALIVE"
+
+
+KEEPALIVE: Final = _Keepalive()
+"""Yielded by ``Generation.subscribe`` after ``keepalive_s`` without news: time for an SSE
+comment line so proxies and clients keep the connection open."""
+
+FinishCallback = Callable[["Generation"], Awaitable[None]]
+
+
+class Generation:
+    """One answer being generated, shared by every request that subscribes to it.
+
+    ``status`` goes from ``streaming`` to ``complete``, ``stopped`` (cancelled: Stop, or its last
+    subscriber left) or ``error`` (``error`` then holds the ``RelayError``), matching
+    ``Message.Status``. ``ended`` turns True after the finish callbacks ran (the answer is
+    stored), so a subscriber that sees the end can read the stored row.
+    """
+
+    def __init__(
+        self, *, slot: str, started_at: float | None = None, keep_running: bool = False
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.slot = slot
         self.accumulator = MessageAccumulator()
+        self.chunks: list[Chunk] = []
+        self.phase: Phase | None = None
         self.started_at = started_at if started_at is not None else time.monotonic()
         self.first_token_at: float | None = None
         self.ended_at: float | None = None
         self.status = "streaming"
         self.error: RelayError | None = None
-        self.chunk_count = 0
+        self.ended = False
+        # Keep generating when nobody watches (the chat page, which can resume); otherwise the
+        # last subscriber to leave cancels the upstream call (the API, the widget).
+        self.keep_running = keep_running
+        self.subscribers = 0
+        self.task: asyncio.Task[None] | None = None
+        self._callbacks: list[FinishCallback] = []
+        self._wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def relay(self, stream: UpstreamStream) -> AsyncGenerator[Chunk, None]:
-        """Yield the upstream's chunks unchanged, accumulating each once.
+    # -- the producer's side (the dispatcher) --
 
-        The upstream response is closed when this generator closes, however it closes — the
-        end of the stream, an error, or the consumer's cancellation — so an abandoned answer
-        stops costing upstream compute. Raises ``MidStreamError`` after recording it.
-        """
+    def publish(self, chunk: Chunk) -> None:
+        """Append one chunk to the buffer and wake every subscriber."""
+        self.chunks.append(chunk)
+        if self.accumulator.add(chunk.obj) and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        self._notify()
+
+    def set_phase(self, phase: Phase) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self._notify()
+
+    def add_finish_callback(self, callback: FinishCallback) -> bool:
+        """Run ``callback(generation)`` once the answer ends, before subscribers see the end.
+        Returns False when it is too late (the generation is already finishing)."""
+        if self.status != "streaming":
+            return False
+        self._callbacks.append(callback)
+        return True
+
+    async def finish(self, status: str, error: RelayError | None = None) -> None:
+        """End the generation: record the outcome, run the finish callbacks (each failure is
+        logged, never raised), then wake subscribers to the end. Called once, by the
+        dispatcher's task; shield it from cancellation so the answer is stored."""
+        if self.status != "streaming":
+            return
+        self.status, self.error = status, error
+        self.ended_at = time.monotonic()
         try:
-            async with aclosing(stream.chunks()) as chunks:
-                async for chunk in chunks:
-                    self.chunk_count += 1
-                    if self.accumulator.add(chunk.obj) and self.first_token_at is None:
-                        self.first_token_at = time.monotonic()
-                    yield chunk
-            self.status = "complete"
-        except RelayError as exc:
-            self.status, self.error = "error", exc
-            raise
+            for callback in self._callbacks:
+                try:
+                    await callback(self)
+                except Exception:
+                    logger.exception("generation %s: finish callback failed", self.id)
         finally:
-            if self.status == "streaming":
-                self.status = "stopped"
-            self.ended_at = time.monotonic()
-            await stream.aclose()
+            self.ended = True
+            self._notify()
             logger.info(
                 "generation %s slot=%s status=%s ttft_ms=%s chunks=%d",
                 self.id,
                 self.slot,
                 self.status,
                 None if self.ttft_ms is None else round(self.ttft_ms, 1),
-                self.chunk_count,
+                len(self.chunks),
             )
+
+    def cancel(self) -> None:
+        """Stop generating: cancels the dispatcher's task, which closes the upstream response
+        (the upstream stops) and finishes as ``stopped``."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def _notify(self) -> None:
+        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
+        wake.set_result(None)
+
+    # -- the consumers' side (requests) --
+
+    def attach(self) -> None:
+        """Count one more consumer; it must ``detach`` when it leaves, however it leaves."""
+        self.subscribers += 1
+
+    def detach(self) -> None:
+        """One consumer left. The last to leave before the end cancels the generation unless
+        ``keep_running`` is set."""
+        self.subscribers -= 1
+        if self.subscribers <= 0 and not self.keep_running and not self.ended:
+            self.cancel()
+
+    async def subscribe(
+        self, *, after: int = 0, keepalive_s: float | None = None
+    ) -> AsyncGenerator[Chunk | Phase | _Keepalive, None]:
+        """Every chunk after sequence number ``after``, then live ones until the end; a
+        ``Phase`` each time the phase changes before the first chunk; ``KEEPALIVE`` after
+        ``keepalive_s`` without news. Returns when the generation has ended and every chunk was
+        yielded: read ``status`` and ``error`` then.
+
+        The caller ``attach``-es before and ``detach``-es after (in a ``finally``).
+        """
+        index = after
+        seen_phase: Phase | None = None
+        while True:
+            while index < len(self.chunks):
+                index += 1
+                yield self.chunks[index - 1]
+            if self.ended:
+                return
+            if self.phase is not seen_phase and not self.chunks:
+                seen_phase = self.phase
+                if seen_phase is not None:
+                    yield seen_phase
+                continue
+            # asyncio.wait never cancels the shared future, unlike wait_for or a bare await
+            # interrupted by this subscriber's own cancellation.
+            done, _ = await asyncio.wait((self._wake,), timeout=keepalive_s)
+            if not done:
+                yield KEEPALIVE
+
+    async def wait_started(self, timeout_s: float) -> bool:
+        """Wait until the first chunk or the end, at most ``timeout_s``. True when either came:
+        a caller can then still answer an error with an HTTP status."""
+        deadline = time.monotonic() + timeout_s
+        while not self.chunks and not self.ended:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.wait((self._wake,), timeout=remaining)
+        return True
+
+    # -- figures --
 
     @property
     def ttft_ms(self) -> float | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "DONE_DATA",
     "DONE_EVENT",
+    "KEEPALIVE_COMMENT",
     "MAX_LINE_BYTES",
     "SSEDecodeError",
     "SSEDecoder",
@@ -23,6 +24,9 @@ __all__ = [
 
 DONE_DATA = "[DONE]"
 DONE_EVENT: bytes = b"data: [DONE]\n\n"
+# A comment line: clients ignore it (WHATWG SSE, "lines starting with a colon"), proxies and
+# idle timers see traffic.
+KEEPALIVE_COMMENT: bytes = b": keep-alive\n\n"
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 

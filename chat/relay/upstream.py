@@ -106,7 +106,9 @@ def error_from_response(status: int, body: bytes) -> RelayError:
     elif body and status < 500:
         message = body[:500].decode("utf-8", "replace")
     out_status = status if status < 500 or status == 503 else 502
-    return RelayError(message, status=out_status, type=type_, code=code, param=param)
+    return RelayError(
+        message, status=out_status, type=type_, code=code, param=param, upstream_status=status
+    )
 
 
 @dataclass(slots=True)
@@ -156,11 +158,17 @@ class UpstreamStream:
             raise RelayError(
                 f"upstream timed out: {type(exc).__name__}", status=504, code="upstream_timeout"
             ) from exc
-        except httpx.HTTPError as exc:
+        except httpx.ConnectError as exc:
             raise RelayError(
                 f"upstream unreachable: {exc or type(exc).__name__}",
                 status=502,
                 code="upstream_unreachable",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise RelayError(
+                f"upstream connection lost before answering: {exc or type(exc).__name__}",
+                status=502,
+                code="upstream_disconnected",
             ) from exc
         if response.status_code >= 400:
             try:

@@ -70,6 +70,9 @@ class SimConfig:
     stall_after: int | None = None  # after N tokens: send nothing for ``stall_s``
     stall_s: float = 5.0  # length of that stall (s)
     cold_boot_s: float = 0  # 503 "Loading model" for this long after start / configure()
+    fail_requests: int = 0  # the next N completion requests answer ``fail_status`` (set by
+    # configure(), which starts the count; a per-request override has no effect)
+    fail_status: int = 502  # the HTTP status of those failures (502, 503, 504, 500, 429, ...)
     ignore_stop: bool = False  # ignore the request's ``stop`` strings (else content is cut)
     replay: str | None = None  # stream this replay-dir file verbatim (always streamed, paced
     # per event; the request's n, max_tokens and stop are ignored)
@@ -636,6 +639,7 @@ class Simulator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._created = int(time.time())
         self._cold_from = time.monotonic()
+        self._fail_left = self.config.fail_requests
         self._active = 0
         self._zero()
         self._routes: dict[
@@ -700,12 +704,15 @@ class Simulator:
         self.config = self.config.merged(fields)
         if "cold_boot_s" in fields:
             self._cold_from = time.monotonic()
+        if "fail_requests" in fields:
+            self._fail_left = self.config.fail_requests
         return self.config
 
     def reset(self) -> None:
         """Back to the constructor's config and zero counters, as if just started."""
         self.config = dataclasses.replace(self._defaults)
         self._cold_from = time.monotonic()
+        self._fail_left = self.config.fail_requests
         self._zero()
 
     async def wait_for(self, predicate: Callable[[Stats], bool], timeout_s: float = 1.0) -> Stats:
@@ -926,6 +933,17 @@ class Simulator:
             body, cfg = self._parse(req, chat=chat)
             if self._is_cold(cfg):
                 await self._send_json(conn, 503, _LOADING, req.keep_alive)
+                return
+            if self._fail_left > 0:
+                self._fail_left -= 1
+                status = self.config.fail_status
+                message = f"Simulated failure: HTTP {status}"
+                await self._send_json(
+                    conn,
+                    status,
+                    {"error": {"message": message, "type": "api_error", "code": status}},
+                    req.keep_alive,
+                )
                 return
             model = body.get("model")
             model = model if isinstance(model, str) else self.models[0]

@@ -14,6 +14,33 @@ const csrfToken = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFTo
 
 let controller = null;
 
+/** The line shown in an answer while it waits: warming, queued or retrying. */
+export function statusText(status) {
+  if (status.state === "warming") return `Warming up ${status.slot}…`;
+  if (status.state === "queued") {
+    return status.position === 1
+      ? `Queued for ${status.slot}: you are next…`
+      : `Queued for ${status.slot}: position ${status.position}…`;
+  }
+  if (status.state === "retrying") return `Retrying ${status.slot} (attempt ${status.attempt})…`;
+  return "";
+}
+
+function showStatus(view, text) {
+  let line = view.article.querySelector(".answer-status");
+  if (!text) {
+    line?.remove();
+    return;
+  }
+  if (!line) {
+    line = document.createElement("div");
+    line.className = "answer-status";
+    line.setAttribute("role", "status");
+    view.article.insertBefore(line, view.article.children[1] || null);
+  }
+  line.textContent = text;
+}
+
 function nearBottom() {
   return messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
 }
@@ -59,6 +86,8 @@ async function submit() {
             document.title = `${data.title} · Slipstream`;
             document.body.dispatchEvent(new CustomEvent("conversations-changed"));
           }
+        } else if (name === "slipstream.status") {
+          showStatus(view, statusText(data));
         } else if (name === "slipstream.done") {
           done = data;
         }
@@ -76,6 +105,7 @@ async function submit() {
     },
   );
   messages.removeEventListener("scroll", onScroll);
+  showStatus(view, "");
   const status = outcome === "aborted" ? "stopped" : error ? "error" : done.status || "complete";
   view.finish({ ...done, status, error });
   announcer.textContent = status === "complete" ? "Answer complete." : `Answer ${status}.`;

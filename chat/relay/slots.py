@@ -1,0 +1,240 @@
+"""Per-slot runtime, in this process: lifecycle state from health probes and real calls, the
+FIFO admission queue that enforces the slot's concurrency limit, and the in-flight generations
+that identical requests may join (single-flight).
+
+State machine (DESIGN.md, "slot"): ``cold`` until anything is known; ``ready`` once the backend
+answered (a probe's 2xx or a stream that opened); ``warming`` while it answers 503 ("Loading
+model", llama.cpp's ``/health``) or refuses connections after it was seen up; ``error`` when it
+is unreachable or failing. A slot that is not ready is probed periodically until it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+
+from chat.relay.background import spawn
+from chat.relay.errors import RelayError
+from chat.relay.upstream import BackendConfig, client_for
+
+if TYPE_CHECKING:
+    from chat.relay.generation import Generation
+
+logger = logging.getLogger(__name__)
+
+COLD, WARMING, READY, ERROR = "cold", "warming", "ready", "error"
+PROBE_INTERVAL_S = {WARMING: 1.0, ERROR: 5.0, COLD: 5.0}
+# Probing stops this long after anyone last asked about the slot (a request, a page showing its
+# state), so a slot nobody uses, or one deleted, is not probed forever.
+PROBE_INTEREST_S = 600.0
+# Retry-After for a full queue (429): long enough to let one answer finish, short enough that a
+# person retrying by hand does not wait for nothing.
+QUEUE_RETRY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """What state listeners receive: the slot (``slot_id``, ``name``), its new ``state``,
+    ``last_error`` (empty when none) and ``at`` (wall-clock epoch seconds)."""
+
+    slot_id: int
+    name: str
+    state: str
+    last_error: str
+    at: float
+
+
+StateListener = Callable[[StateChange], object]
+# Called on every state change (persisting it for the admin and other processes); a listener
+# may return an awaitable, which is run as a task.
+state_listeners: list[StateListener] = []
+
+
+class SlotRuntime:
+    """One slot's live state in this process. Obtain it with ``runtime_for``."""
+
+    def __init__(self, slot_id: int, name: str) -> None:
+        self.slot_id = slot_id
+        self.name = name
+        self.state = COLD
+        self.last_error = ""
+        self.changed_at = time.time()
+        self.seen_up = False
+        self.backend: BackendConfig | None = None
+        self.health_path = "/models"
+        self.in_flight = 0
+        self.waiters: deque[tuple[asyncio.Future[None], Generation | None]] = deque()
+        self.coalescing: dict[str, Generation] = {}
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_until = 0.0
+        self._changed: asyncio.Event = asyncio.Event()
+        self._tell_lock = asyncio.Lock()
+
+    # -- state --
+
+    def set_state(self, state: str, error: str = "") -> None:
+        if state == READY:
+            self.seen_up = True
+            error = ""
+        if state == self.state:
+            return  # the first error of a spell is kept: probes and requests word it differently
+        self.state, self.last_error, self.changed_at = state, error, time.time()
+        logger.info("slot %s: %s %s", self.name, state, error)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        change = StateChange(self.slot_id, self.name, state, error, self.changed_at)
+        spawn(self._tell(change))
+        if state != READY:
+            self.probe_soon()
+
+    async def _tell(self, change: StateChange) -> None:
+        # One change at a time, in order (asyncio.Lock is FIFO): a slow write of "warming" must
+        # not land after the "ready" that followed it.
+        async with self._tell_lock:
+            for listener in state_listeners:
+                try:
+                    result = listener(change)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    logger.exception("slot %s: state listener failed", self.name)
+
+    async def wait_changed(self, timeout_s: float) -> None:
+        """Return when the state changes, or after ``timeout_s``."""
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout_s)
+
+    def note_backend(self, backend: BackendConfig, health_path: str) -> None:
+        self.backend, self.health_path = backend, health_path
+
+    # -- probes --
+
+    def probe_soon(self) -> None:
+        """Start probing the backend until the slot is ready (no-op when already probing or
+        when no backend is known yet)."""
+        self._probe_until = time.monotonic() + PROBE_INTEREST_S
+        if self.backend is None or (self._probe_task and not self._probe_task.done()):
+            return
+        self._probe_task = spawn(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while time.monotonic() < self._probe_until:
+            await self.probe()
+            if self.state == READY:
+                return
+            await self.wait_changed(PROBE_INTERVAL_S.get(self.state, 5.0))
+            if self.state == READY:
+                return
+
+    async def probe(self) -> str:
+        """GET the backend's health path once and set the state from the answer: 2xx ready,
+        503 warming, refused connection warming (when seen up before) or error, anything else
+        error. Returns the new state."""
+        backend = self.backend
+        if backend is None:
+            return self.state
+        try:
+            response = await client_for(backend).get(
+                backend.url(self.health_path), timeout=backend.connect_timeout_s
+            )
+        except httpx.ConnectError as exc:
+            self.set_state(WARMING if self.seen_up else ERROR, f"unreachable: {exc}")
+            return self.state
+        except httpx.HTTPError as exc:
+            self.set_state(ERROR, f"health check failed: {exc or type(exc).__name__}")
+            return self.state
+        if response.status_code < 300:
+            self.set_state(READY)
+        elif response.status_code == 503:
+            self.set_state(WARMING, "the backend is loading its model (HTTP 503)")
+        else:
+            self.set_state(ERROR, f"health check answered HTTP {response.status_code}")
+        return self.state
+
+    # -- admission --
+
+    async def acquire(
+        self, *, limit: int, timeout_s: float, generation: Generation | None = None
+    ) -> None:
+        """Take one of the slot's ``limit`` places, waiting in FIFO order up to ``timeout_s``.
+        Queue positions are published on ``generation`` as ``Phase("queued")``. Raises
+        ``RelayError`` 429 (with ``retry_after``) when the wait times out."""
+        if self.in_flight < limit and not self.waiters:
+            self.in_flight += 1
+            return
+        place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (place, generation)
+        self.waiters.append(entry)
+        self._announce_positions()
+        try:
+            await asyncio.wait_for(asyncio.shield(place), timeout_s)
+        except BaseException as exc:
+            if place.done() and not place.cancelled():
+                self.release(limit=limit)  # granted just as we gave up: give it back
+            else:
+                place.cancel()
+                self._remove(entry)
+            if isinstance(exc, TimeoutError):
+                raise RelayError(
+                    f"Slot {self.name} is busy: {limit} requests in flight and the queue did "
+                    f"not move within {timeout_s:g} s. Try again shortly.",
+                    status=429,
+                    type="rate_limit_error",
+                    code="slot_queue_timeout",
+                    retry_after=QUEUE_RETRY_AFTER_S,
+                ) from None
+            raise
+
+    def release(self, *, limit: int) -> None:
+        """Give a place back and let the next waiters in, oldest first."""
+        self.in_flight -= 1
+        granted = False
+        while self.waiters and self.in_flight < limit:
+            place, _ = self.waiters.popleft()
+            if not place.done():
+                place.set_result(None)
+                self.in_flight += 1
+                granted = True
+        if granted:
+            self._announce_positions()
+
+    def _remove(self, entry: tuple[asyncio.Future[None], Generation | None]) -> None:
+        try:
+            self.waiters.remove(entry)
+        except ValueError:
+            return
+        self._announce_positions()
+
+    def _announce_positions(self) -> None:
+        from chat.relay.generation import Phase
+
+        for position, (_, generation) in enumerate(self.waiters, start=1):
+            if generation is not None:
+                generation.set_phase(Phase("queued", self.name, position=position))
+
+
+# Runtimes hold asyncio objects bound to the loop that made them, so they are per loop (one loop
+# under daphne; one per test under pytest-asyncio), keyed by slot id and name so that a renamed
+# or re-created slot starts afresh.
+_runtimes: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[int, str], SlotRuntime]
+] = weakref.WeakKeyDictionary()
+
+
+def runtime_for(slot_id: int, name: str) -> SlotRuntime:
+    """The running loop's runtime of one slot, created (``cold``) on first use."""
+    per_loop = _runtimes.setdefault(asyncio.get_running_loop(), {})
+    runtime = per_loop.get((slot_id, name))
+    if runtime is None:
+        runtime = per_loop[(slot_id, name)] = SlotRuntime(slot_id, name)
+    return runtime

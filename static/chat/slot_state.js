@@ -1,0 +1,57 @@
+// Keeps slot state live wherever it is shown: `.slot-state[data-slot]` badges (the admin's slot
+// list, the chat header) and the chat's slot picker options, from GET /chat/slots/ every 5 s.
+// A classic script, so the Django admin can load it through ModelAdmin.Media.
+(() => {
+  const url = "/chat/slots/";
+  const everyMs = 5000;
+  const picker = () => document.getElementById("slot");
+
+  function paint(badge, slot) {
+    badge.dataset.state = slot.state;
+    badge.textContent = slot.state;
+    badge.title = slot.last_error || "";
+  }
+
+  function paintPickerBadge(states) {
+    const badge = document.getElementById("slot-state");
+    const select = picker();
+    if (!badge || !select) return;
+    const slot = states.get(select.value);
+    if (slot) {
+      badge.dataset.slot = slot.name;
+      paint(badge, slot);
+    }
+  }
+
+  let states = new Map();
+
+  async function refresh() {
+    let data;
+    try {
+      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      data = await response.json();
+    } catch {
+      return; // offline for a moment: the next tick tries again
+    }
+    states = new Map(data.slots.map((slot) => [slot.name, slot]));
+    for (const badge of document.querySelectorAll(".slot-state[data-slot]")) {
+      const slot = states.get(badge.dataset.slot);
+      if (slot) paint(badge, slot);
+    }
+    for (const option of picker()?.options || []) {
+      const slot = states.get(option.value);
+      if (slot) {
+        option.dataset.state = slot.state;
+        option.textContent = `${slot.label} · ${slot.state}`;
+      }
+    }
+    paintPickerBadge(states);
+  }
+
+  document.addEventListener("change", (event) => {
+    if (event.target === picker()) paintPickerBadge(states);
+  });
+  refresh();
+  setInterval(refresh, everyMs);
+})();
