@@ -17,7 +17,7 @@ import pytest
 
 from chat.models import ApiCall, Message, Slot
 from chat.relay.sse import SSEDecoder
-from tests.conftest import KEEPALIVE_S, make_slot
+from tests.conftest import FIXTURES, KEEPALIVE_S, make_slot
 from tests.support.llama_server import free_port
 from tests.support.sse_client import post_message
 
@@ -338,3 +338,42 @@ def test_mid_stream_error_is_one_final_event_and_stored(api_key, server, sim, us
     message = Message.objects.get(role="assistant")
     assert message.status == "error" and message.content == received and len(received.split()) == 6
     assert ApiCall.objects.get().outcome == "error"
+
+
+@pytest.mark.parametrize(
+    "name", ["groq-midstream-error-event.sse", "openrouter-midstream-error-comments.sse"]
+)
+def test_recorded_mid_stream_errors_end_the_same_way(name, server, api_key, slot, sim) -> None:
+    """Groq's ``event: error`` and OpenRouter's error chunk both become one final
+    ``data: {"error": …}`` event after the content that came before it, then the stream ends."""
+    recorded_decoder = SSEDecoder()
+    recorded = (
+        recorded_decoder.feed((FIXTURES / "sse" / name).read_bytes()) + recorded_decoder.flush()
+    )
+    error_event = next(
+        e
+        for e in recorded
+        if e.event == "error" or (e.data != "[DONE]" and "error" in json.loads(e.data))
+    )
+    recorded_error = json.loads(error_event.data)["error"]
+    before = "".join(
+        (c.get("delta") or {}).get("content") or ""
+        for e in recorded[: recorded.index(error_event)]
+        if e.data != "[DONE]"
+        for c in json.loads(e.data).get("choices") or ()
+    )
+    sim.configure(replay=name, ttft_ms=0, tokens_per_s=0)
+    status, raw, _ = api_stream(server, api_key)
+    assert status == 200  # the error came after the stream began
+    decoder = SSEDecoder()
+    events = decoder.feed(raw) + decoder.flush()
+    final = json.loads(events[-1].data)
+    assert events[-1].event == "message" and final["error"]["message"] == recorded_error["message"]
+    assert not any(e.data == "[DONE]" for e in events)
+    assert content_of(b"".join(f"data: {e.data}\n\n".encode() for e in events[:-1])) == before
+
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=api_key, max_retries=0)
+    with pytest.raises(openai.APIError) as caught:
+        for _ in client.chat.completions.create(model="primary", messages=HELLO, stream=True):
+            pass
+    assert caught.value.message == recorded_error["message"]
