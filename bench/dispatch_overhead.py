@@ -122,8 +122,10 @@ def main() -> None:
     port = free_port()
     # As fast as it can (no TTFT, no pacing): any time measured is the relay's, not the model's.
     simulator = subprocess.Popen(
-        [sys.executable, "-m", "chat.simulator", "--port", str(port), "--ttft-ms", "0"]
-        + ["--tokens-per-s", "0", "--length", str(TOKENS)],
+        [
+            *(sys.executable, "-m", "chat.simulator", "--port", str(port)),
+            *("--ttft-ms", "0", "--tokens-per-s", "0", "--length", str(TOKENS)),
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
