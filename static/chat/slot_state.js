@@ -1,9 +1,11 @@
 // Keeps slot state live wherever it is shown: `.slot-state[data-slot]` badges (the admin's slot
-// list, the chat header) and the chat's slot picker options, from GET /chat/slots/ every 5 s.
+// list, the chat header) and the chat's slot picker options, from GET /chat/slots/: every
+// second while a slot is not ready (warming is worth watching), else every 5 s.
 // A classic script, so the Django admin can load it through ModelAdmin.Media.
 (() => {
   const url = "/chat/slots/";
-  const everyMs = 5000;
+  const settledMs = 5000;
+  const changingMs = 1000;
   const picker = () => document.getElementById("slot");
 
   function paint(badge, slot) {
@@ -29,10 +31,10 @@
     let data;
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-      if (!response.ok) return;
+      if (!response.ok) return settledMs;
       data = await response.json();
     } catch {
-      return; // offline for a moment: the next tick tries again
+      return settledMs; // offline for a moment: the next tick tries again
     }
     states = new Map(data.slots.map((slot) => [slot.name, slot]));
     for (const badge of document.querySelectorAll(".slot-state[data-slot]")) {
@@ -47,11 +49,15 @@
       }
     }
     paintPickerBadge(states);
+    return data.slots.every((slot) => slot.state === "ready") ? settledMs : changingMs;
+  }
+
+  async function tick() {
+    setTimeout(tick, await refresh());
   }
 
   document.addEventListener("change", (event) => {
     if (event.target === picker()) paintPickerBadge(states);
   });
-  refresh();
-  setInterval(refresh, everyMs);
+  tick();
 })();
