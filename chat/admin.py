@@ -87,8 +87,9 @@ class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
                 )
             },
         ),
-        ("Routing", {"fields": ("is_default", "enabled")}),
+        ("Routing", {"fields": ("is_default", "enabled", "groups")}),
     )
+    filter_horizontal = ("groups",)
 
     class Media:
         js = ("chat/slot_state.js",)

@@ -140,9 +140,10 @@ def validate(body: dict[str, Any], *, chat: bool) -> None:
         raise invalid("Invalid 'n': must be at least 1.", param="n")
 
 
-async def resolve_slot(name: str) -> Slot:
-    """The enabled slot called ``name``. Raises ``RelayError`` 404 ``model_not_found``."""
-    slot = await selectors.slot_aget(name=name) if name else None
+async def resolve_slot(name: str, key: ApiKey) -> Slot:
+    """The enabled slot called ``name`` that the key's user may use. Raises ``RelayError`` 404
+    ``model_not_found`` (also for a slot limited to groups the user is not in)."""
+    slot = await selectors.slot_aget(name=name, user=key.user) if name else None
     if slot is None:
         raise invalid(
             f"The model `{name}` does not exist or you do not have access to it.",
@@ -172,10 +173,10 @@ async def models(request: HttpRequest, model: str | None = None) -> HttpResponse
     try:
         if request.method != "GET":
             raise invalid("Method not allowed.", status=405)
-        await authenticate(request)
+        key = await authenticate(request)
         if model is not None:
-            return JsonResponse(model_object(await resolve_slot(model)))
-        slots = [model_object(slot) async for slot in selectors.slot_list_enabled()]
+            return JsonResponse(model_object(await resolve_slot(model, key)))
+        slots = [model_object(slot) async for slot in selectors.slot_list_enabled(user=key.user)]
         return JsonResponse({"object": "list", "data": slots})
     except RelayError as exc:
         return error_response(exc)
@@ -206,7 +207,7 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
         body = read_json_body(request)
         validate(body, chat=chat)
         slot_name = body["model"]
-        slot = await resolve_slot(slot_name)
+        slot = await resolve_slot(slot_name, key)
         config = services.slot_config(slot)
         stream = bool(body.get("stream"))
         if not stream:

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -85,6 +86,12 @@ class Slot(models.Model):
     )
     is_default = models.BooleanField(default=False, help_text="Preselected for new chats.")
     enabled = models.BooleanField(default=True)
+    groups = models.ManyToManyField(
+        Group,
+        blank=True,
+        related_name="slots",
+        help_text="Only members of these groups see and use this slot; none: everyone.",
+    )
 
     # Dispatcher policy (chat.relay.dispatch).
     class SingleFlight(models.TextChoices):
@@ -169,6 +176,16 @@ class Conversation(models.Model):
     )
     title = models.CharField(max_length=200, blank=True)
     slot = models.ForeignKey(Slot, on_delete=models.SET_NULL, null=True, blank=True)
+    # Per-conversation settings: empty means the slot's own defaults.
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # The message whose branch is shown: the path from the root to it is the conversation.
+    current_leaf = models.ForeignKey(
+        "Message", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Set while shared: other signed-in members open it read-only at /s/<share_id>/.
+    share_id = models.UUIDField(null=True, blank=True, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
@@ -196,6 +213,11 @@ class Message(models.Model):
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
+    # The message this one answers or follows; siblings (same parent) are branches: an edited
+    # user message, a regenerated answer.
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
+    )
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)
@@ -207,6 +229,8 @@ class Message(models.Model):
     slot_name = models.CharField(max_length=100, blank=True)
     ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, ms.")
     tokens_per_s = models.FloatField(null=True, blank=True)
+    # The generation that streams this answer: a reloaded page resumes it by this id.
+    generation_id = models.CharField(max_length=32, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from chat.models import ApiKey, Conversation, Message, Slot
 
@@ -24,23 +24,75 @@ async def conversation_aget(*, user: User, conversation_id: Any) -> Conversation
     )
 
 
-def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    return conversation.messages.order_by("created_at", "id")
+def message_list(*, conversation: Conversation) -> list[Message]:
+    """The messages shown for ``conversation``: its current branch, root first, each with
+    ``branch_index`` (1-based), ``branch_count`` and ``branch_ids`` (its siblings' ids, itself
+    included, oldest first) for the "< 1/2 >" pager."""
+    return thread_of(
+        list(conversation.messages.order_by("created_at", "id")), conversation.current_leaf_id
+    )
 
 
-async def history_for_upstream(*, conversation: Conversation) -> list[dict[str, str]]:
-    """The conversation as OpenAI ``messages``: user turns, and assistant turns that produced
-    text (an answer that failed before any text is left out rather than sent as empty)."""
-    history = []
-    async for role, content in (
-        Message.objects.filter(conversation=conversation)
-        .order_by("created_at", "id")
-        .values_list("role", "content")
-    ):
-        if role == Message.Role.ASSISTANT and not content:
-            continue
-        history.append({"role": role, "content": content})
-    return history
+async def message_alist(*, conversation: Conversation) -> list[Message]:
+    messages = [m async for m in conversation.messages.order_by("created_at", "id")]
+    return thread_of(messages, conversation.current_leaf_id)
+
+
+def thread_of(messages: list[Message], leaf_id: int | None) -> list[Message]:
+    """The branch shown: the path from the root to ``leaf_id``, continued down through the
+    newest child at each step (so an answer added under the leaf shows without moving it).
+    With no leaf, it starts from the newest root. ``messages`` are oldest first."""
+    by_id = {m.pk: m for m in messages}
+    children: dict[int | None, list[Message]] = {}
+    for message in messages:
+        children.setdefault(message.parent_id, []).append(message)
+    leaf = by_id.get(leaf_id) if leaf_id is not None else None
+    if leaf is None:
+        roots = children.get(None)
+        if not roots:
+            return []
+        leaf = roots[-1]
+    path = [leaf]
+    while path[0].parent_id is not None and path[0].parent_id in by_id:
+        path.insert(0, by_id[path[0].parent_id])
+    while children.get(path[-1].pk):
+        path.append(children[path[-1].pk][-1])
+    for message in path:
+        siblings = children.get(message.parent_id, [message])
+        message.branch_ids = [m.pk for m in siblings]  # type: ignore[attr-defined]
+        message.branch_index = message.branch_ids.index(message.pk) + 1  # type: ignore[attr-defined]
+        message.branch_count = len(siblings)  # type: ignore[attr-defined]
+    return path
+
+
+def history_for_upstream(thread: list[Message]) -> list[dict[str, str]]:
+    """A thread as OpenAI ``messages``: user turns, and assistant turns that produced text (an
+    answer that failed before any text is left out rather than sent as empty)."""
+    return [
+        {"role": m.role, "content": m.content}
+        for m in thread
+        if m.role != Message.Role.ASSISTANT or m.content
+    ]
+
+
+async def message_aget(*, user: User, message_id: Any) -> Message | None:
+    """One of the user's messages (through its conversation), or None."""
+    return (
+        await Message.objects.filter(pk=message_id, conversation__user=user)
+        .select_related("conversation")
+        .afirst()
+    )
+
+
+async def message_aget_by_generation(*, user: User, generation_id: str) -> Message | None:
+    """The user's assistant message streamed by that generation, or None."""
+    if not generation_id:
+        return None
+    return (
+        await Message.objects.filter(generation_id=generation_id, conversation__user=user)
+        .select_related("conversation")
+        .afirst()
+    )
 
 
 # A slot with its backend and two fallbacks deep (services.FALLBACK_DEPTH), in one query.
@@ -51,16 +103,22 @@ SLOT_RELATED = (
 )
 
 
-def slot_list_enabled() -> QuerySet[Slot]:
-    return Slot.objects.filter(enabled=True).select_related(*SLOT_RELATED)
-
-
-async def slot_aget(*, name: str | None) -> Slot | None:
-    """The enabled slot called ``name``, or the default one when ``name`` is empty."""
+def slot_list_enabled(*, user: User | None = None) -> QuerySet[Slot]:
+    """Enabled slots, and with ``user`` only those they may use: slots limited to groups are
+    for those groups' members (superusers see every slot)."""
     slots = Slot.objects.filter(enabled=True).select_related(*SLOT_RELATED)
+    if user is not None and not user.is_superuser:
+        slots = slots.filter(Q(groups__isnull=True) | Q(groups__user=user)).distinct()
+    return slots.order_by("-is_default", "name")
+
+
+async def slot_aget(*, name: str | None, user: User | None = None) -> Slot | None:
+    """The enabled slot called ``name`` (the default one when ``name`` is empty) that ``user``
+    may use, or None."""
+    slots = slot_list_enabled(user=user)
     if name:
         return await slots.filter(name=name).afirst()
-    return await slots.order_by("-is_default", "name").afirst()
+    return await slots.afirst()
 
 
 def api_key_list(*, user: User) -> QuerySet[ApiKey]:

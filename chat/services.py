@@ -71,20 +71,50 @@ async def conversation_acreate(*, user: User, slot: Slot, first_message: str) ->
     return await Conversation.objects.acreate(user=user, slot=slot, title=title_from(first_message))
 
 
-async def message_acreate_user(*, conversation: Conversation, content: str) -> Message:
+async def message_acreate_user(
+    *, conversation: Conversation, content: str, parent: Message | None = None
+) -> Message:
     return await Message.objects.acreate(
-        conversation=conversation, role=Message.Role.USER, content=content
+        conversation=conversation, role=Message.Role.USER, content=content, parent=parent
     )
 
 
-async def message_acreate_assistant(*, conversation: Conversation, slot_name: str) -> Message:
+async def message_acreate_assistant(
+    *,
+    conversation: Conversation,
+    slot_name: str,
+    parent: Message | None = None,
+    generation_id: str = "",
+) -> Message:
     """The assistant's row, created as ``streaming`` when the generation starts."""
     return await Message.objects.acreate(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
         slot_name=slot_name,
+        parent=parent,
+        generation_id=generation_id,
     )
+
+
+async def conversation_aset_leaf(*, conversation: Conversation, leaf: Message) -> None:
+    """Show the branch through ``leaf`` (after an edit, a regenerate, or a branch switch)."""
+    conversation.current_leaf = leaf
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(current_leaf=leaf)
+
+
+def chat_request(conversation: Conversation, history: list[dict[str, str]]) -> dict[str, Any]:
+    """The OpenAI request for the next answer in ``conversation``: its history, and its own
+    settings over the slot's (a system prompt of its own replaces the slot's)."""
+    messages: list[dict[str, str]] = list(history)
+    if conversation.system_prompt.strip():
+        messages.insert(0, {"role": "system", "content": conversation.system_prompt})
+    request: dict[str, Any] = {"messages": messages}
+    if conversation.temperature is not None:
+        request["temperature"] = conversation.temperature
+    if conversation.max_tokens is not None:
+        request["max_tokens"] = conversation.max_tokens
+    return request
 
 
 def generation_fields(generation: Generation, *, status: str | None = None) -> dict[str, Any]:
@@ -107,12 +137,13 @@ def generation_fields(generation: Generation, *, status: str | None = None) -> d
 
 
 async def message_afinalise(
-    *, message_id: int, conversation_id: Any, generation: Generation
+    *, message_id: int, conversation_id: Any, generation: Generation, status: str | None = None
 ) -> None:
-    """Store the finished answer in one UPDATE, and bump its conversation in the sidebar."""
+    """Store the finished answer in one UPDATE, and bump its conversation in the sidebar.
+    ``status`` overrides the generation's (an answer stopped while its generation goes on)."""
     now = timezone.now()
     await Message.objects.filter(pk=message_id).aupdate(
-        **generation_fields(generation), updated_at=now
+        **generation_fields(generation, status=status), updated_at=now
     )
     await Conversation.objects.filter(pk=conversation_id).aupdate(updated_at=now)
 

@@ -12,6 +12,12 @@ urlpatterns = [
     path("sidebar/", views.sidebar, name="sidebar"),
     path("chat/stream/", views.stream, name="stream"),
     path("chat/slots/", views.slot_states, name="slot-states"),
+    path("chat/generations/<str:generation_id>/", views.generation_events, name="generation"),
+    path(
+        "chat/generations/<str:generation_id>/stop/",
+        views.generation_stop,
+        name="generation-stop",
+    ),
     path("settings/keys/", views.api_keys, name="api-keys"),
     path("settings/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -27,9 +28,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
 from chat.http import error_response, invalid, sse_response
-from chat.models import Conversation
+from chat.models import Conversation, Message
 from chat.relay import dispatch
-from chat.relay.generation import Generation, Phase
+from chat.relay.generation import Generation, Phase, find
 from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_event
 from chat.relay.upstream import Chunk
 
@@ -46,7 +47,7 @@ def signed_in(user: User | AnonymousUser) -> User:
 
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
-    slots = list(selectors.slot_list_enabled())
+    slots = list(selectors.slot_list_enabled(user=signed_in(request.user)))
     return render(
         request,
         "chat/chat.html",
@@ -107,7 +108,8 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
     """``{"slots": [{"name", "label", "state", "last_error", "changed_at"}]}`` for the enabled
     slots, read by the chat's slot picker and the admin's slot list to show state live. Asking
     is also the on-demand probe: a slot this process has not seen ready is probed now."""
-    slots = [slot async for slot in selectors.slot_list_enabled()]
+    user = signed_in(await request.auser())
+    slots = [slot async for slot in selectors.slot_list_enabled(user=user)]
     for slot in slots:
         runtime = services.slot_config(slot).runtime()
         if runtime.state != "ready":
@@ -137,18 +139,28 @@ def _bad_request(message: str, *, param: str | None = None, status: int = 400) -
 @require_POST
 @login_required
 async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
-    """Send a user message and stream the answer back as SSE.
+    """Send a user message (or regenerate an answer) and stream the answer back as SSE.
 
-    Body: JSON ``{"content": str, "conversation": uuid | null, "slot": str | null}``.
+    Body: JSON ``{"content": str, "conversation": uuid | null, "slot": str | null,
+    "parent": int | null, "regenerate": int}``. ``parent`` (optional) is the message the new
+    one follows: another message's parent makes an edit, a sibling branch; absent, the new
+    message follows the conversation's shown thread. ``regenerate`` (a user message id, no
+    ``content``) answers that message again, as a sibling of its earlier answers.
+
     Response: ``text/event-stream`` (WHATWG SSE) carrying, in order, a named
     ``slipstream.message`` event (``conversation_id``, ``conversation_url``, ``title``,
-    ``user_message_id``, ``assistant_message_id``, ``generation_id``, ``slot``), the upstream's
-    ``chat.completion.chunk`` objects as unnamed ``data:`` events exactly as they came, a named
-    ``slipstream.done`` event (``status``, ``finish_reason``, ``ttft_ms``, ``tokens_per_s``,
-    ``usage``), then ``data: [DONE]`` — or, when the upstream fails, a final
-    ``data: {"error": {...}}`` (OpenAI's envelope) instead of ``[DONE]``.
+    ``user_message_id``, ``assistant_message_id``, ``parent_id``, ``generation_id``, ``slot``),
+    ``slipstream.status`` events while the answer waits (``state``: queued with ``position``,
+    warming, retrying, streaming), the upstream's ``chat.completion.chunk`` objects as unnamed
+    ``data:`` events exactly as they came, each with ``id:`` its sequence number (1, 2, …; a
+    reconnect resumes after the last one seen), a named ``slipstream.done`` event (``status``,
+    ``slot``, ``finish_reason``, ``ttft_ms``, ``tokens_per_s``, ``usage``), then
+    ``data: [DONE]``, or, when the upstream fails, a final ``data: {"error": {...}}`` (OpenAI's
+    envelope) instead of ``[DONE]``. Closing the stream does not stop the answer: it keeps
+    generating for a resume (``generation_events``) until it ends or is stopped
+    (``generation_stop``).
     Bad input answers 400 with OpenAI's error envelope before any stream starts; another user's
-    conversation answers 404.
+    conversation or message answers 404.
     """
     try:
         payload = json.loads(request.body or b"{}")
@@ -156,11 +168,13 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         return _bad_request("Request body is not valid JSON.")
     if not isinstance(payload, dict):
         return _bad_request("Request body must be a JSON object.")
+    regenerate = payload.get("regenerate")
     content = payload.get("content")
-    if not isinstance(content, str) or not content.strip():
-        return _bad_request("Message is empty.", param="content")
-    if len(content) > MAX_MESSAGE_CHARS:
-        return _bad_request(f"Message is over {MAX_MESSAGE_CHARS} characters.", param="content")
+    if regenerate is None:
+        if not isinstance(content, str) or not content.strip():
+            return _bad_request("Message is empty.", param="content")
+        if len(content) > MAX_MESSAGE_CHARS:
+            return _bad_request(f"Message is over {MAX_MESSAGE_CHARS} characters.", param="content")
 
     user = signed_in(await request.auser())
     conversation: Conversation | None = None
@@ -176,56 +190,200 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     slot_name = payload.get("slot") or (
         conversation.slot.name if conversation and conversation.slot else None
     )
-    slot = await selectors.slot_aget(name=slot_name if isinstance(slot_name, str) else None)
+    slot = await selectors.slot_aget(
+        name=slot_name if isinstance(slot_name, str) else None, user=user
+    )
     if slot is None:
         return _bad_request("No model is available.", param="slot", status=404)
 
-    if conversation is None:
-        conversation = await services.conversation_acreate(
-            user=user, slot=slot, first_message=content
+    thread = await selectors.message_alist(conversation=conversation) if conversation else []
+    by_id = {m.pk: m for m in thread}
+    new_leaf = False  # the new messages are not under the shown leaf: move it
+    if regenerate is not None:
+        if conversation is None:
+            return _bad_request("Regenerate needs its conversation.", param="conversation")
+        asked = await _own_message(user, conversation, regenerate)
+        if asked is None or asked.role != Message.Role.USER:
+            return _bad_request("Unknown message to regenerate.", param="regenerate", status=404)
+        user_message = asked
+        history_thread = await _thread_to(conversation, asked)
+        new_leaf = True
+    else:
+        assert isinstance(content, str)
+        parent: Message | None = thread[-1] if thread else None
+        if "parent" in payload:
+            if payload["parent"] is None:
+                parent = None
+            else:
+                parent = by_id.get(payload["parent"]) or await _own_message(
+                    user, conversation, payload["parent"]
+                )
+                if parent is None:
+                    return _bad_request("Unknown parent message.", param="parent", status=404)
+            new_leaf = bool(thread) and (parent is None or parent.pk != thread[-1].pk)
+        if conversation is None:
+            conversation = await services.conversation_acreate(
+                user=user, slot=slot, first_message=content
+            )
+        user_message = await services.message_acreate_user(
+            conversation=conversation, content=content, parent=parent
         )
-    user_message = await services.message_acreate_user(conversation=conversation, content=content)
-    history = await selectors.history_for_upstream(conversation=conversation)
-    assistant = await services.message_acreate_assistant(
-        conversation=conversation, slot_name=slot.name
-    )
+        history_thread = [*(await _thread_to(conversation, parent) if parent else []), user_message]
+
     generation, _ = dispatch.submit(
-        services.slot_config(slot), "chat/completions", {"messages": history}
+        services.slot_config(slot),
+        "chat/completions",
+        services.chat_request(conversation, selectors.history_for_upstream(history_thread)),
+        keep_running=True,
     )
+    try:
+        assistant = await services.message_acreate_assistant(
+            conversation=conversation,
+            slot_name=slot.name,
+            parent=user_message,
+            generation_id=generation.id,
+        )
+        if new_leaf:
+            await services.conversation_aset_leaf(conversation=conversation, leaf=user_message)
+    except BaseException:
+        generation.detach()
+        raise
     conversation_id = conversation.pk
+    generation.owners.add(assistant.pk)
 
     async def store(finished: Generation) -> None:
-        await services.message_afinalise(
-            message_id=assistant.pk, conversation_id=conversation_id, generation=finished
-        )
+        if assistant.pk in finished.owners:  # else stopped on its own already
+            await services.message_afinalise(
+                message_id=assistant.pk, conversation_id=conversation_id, generation=finished
+            )
 
-    generation.add_finish_callback(store)
+    if not generation.add_finish_callback(store):
+        await store(generation)  # it ended while the message was being created
     meta = {
         "conversation_id": str(conversation.pk),
         "conversation_url": reverse("chat:conversation", args=[conversation.pk]),
         "title": conversation.title,
         "user_message_id": user_message.pk,
         "assistant_message_id": assistant.pk,
+        "parent_id": user_message.parent_id,
         "slot": slot.name,
         "generation_id": generation.id,
     }
     return sse_response(_answer_events(generation, meta))
 
 
+async def _own_message(
+    user: User, conversation: Conversation | None, message_id: Any
+) -> Message | None:
+    if conversation is None or not isinstance(message_id, int) or isinstance(message_id, bool):
+        return None
+    message = await selectors.message_aget(user=user, message_id=message_id)
+    return message if message and message.conversation_id == conversation.pk else None
+
+
+async def _thread_to(conversation: Conversation, message: Message) -> list[Message]:
+    """The path from the root to ``message``, inclusive."""
+    messages = [m async for m in conversation.messages.order_by("created_at", "id")]
+    by_id = {m.pk: m for m in messages}
+    path = [by_id.get(message.pk, message)]
+    while path[0].parent_id is not None and path[0].parent_id in by_id:
+        path.insert(0, by_id[path[0].parent_id])
+    return path
+
+
+@require_GET
+@login_required
+async def generation_events(
+    request: HttpRequest, generation_id: str
+) -> HttpResponse | StreamingHttpResponse:
+    """Resume an answer: ``GET /chat/generations/<id>/?after=N`` streams, as ``stream`` does,
+    every chunk after sequence number N, then the live ones, then the end. A reloaded page or a
+    second tab reattaches this way. When the generation is no longer running here, 410 with the
+    stored message as JSON (``status``, ``content``, ``reasoning``, ``tool_calls``, …) so the page
+    can show it whole. Another user's generation: 404."""
+    user = signed_in(await request.auser())
+    message = await selectors.message_aget_by_generation(user=user, generation_id=generation_id)
+    if message is None:
+        raise Http404("No such answer")
+    try:
+        after = max(0, int(request.GET.get("after", "0")))
+    except ValueError:
+        return _bad_request("after must be an integer.", param="after")
+    generation = find(generation_id)
+    if generation is None:
+        return JsonResponse(_message_json(message), status=410)
+    generation.attach()
+    meta = {
+        "conversation_id": str(message.conversation_id),
+        "assistant_message_id": message.pk,
+        "generation_id": generation.id,
+        "slot": generation.slot,
+        "resumed_after": after,
+    }
+    return sse_response(_answer_events(generation, meta, after=after))
+
+
+@require_POST
+@login_required
+async def generation_stop(request: HttpRequest, generation_id: str) -> JsonResponse:
+    """Stop an answer (the Stop button, Esc): cancels the upstream call; the answer is kept as
+    ``stopped``. Answers 200 with the stored message once it is stored; another user's: 404."""
+    user = signed_in(await request.auser())
+    message = await selectors.message_aget_by_generation(user=user, generation_id=generation_id)
+    if message is None:
+        raise Http404("No such answer")
+    generation = find(generation_id)
+    if generation is not None and not generation.ended:
+        if generation.owners - {message.pk}:
+            # Shared (single-flight) with someone else's answer: keep it going for them and
+            # store this one as stopped where it is.
+            generation.owners.discard(message.pk)
+            await services.message_afinalise(
+                message_id=message.pk,
+                conversation_id=message.conversation_id,
+                generation=generation,
+                status="stopped",
+            )
+        else:
+            generation.cancel()  # its finish callback stores the answer as stopped
+            if generation.task is not None:
+                await asyncio.wait((generation.task,), timeout=5)
+        await message.arefresh_from_db()
+    return JsonResponse(_message_json(message))
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.pk,
+        "status": message.status,
+        "content": message.content,
+        "reasoning": message.reasoning,
+        "tool_calls": message.tool_calls,
+        "finish_reason": message.finish_reason,
+        "error": message.error,
+        "ttft_ms": message.ttft_ms,
+        "tokens_per_s": message.tokens_per_s,
+        "usage": message.usage,
+        "slot": message.slot_name,
+    }
+
+
 async def _answer_events(
-    generation: Generation, meta: dict[str, Any]
+    generation: Generation, meta: dict[str, Any], *, after: int = 0
 ) -> AsyncGenerator[bytes, None]:
-    """The SSE byte stream of one answer. The generation stores the answer when it ends,
-    however it ends; a client that goes away detaches, and as the last subscriber that stops
-    the generation (stored as ``stopped``)."""
+    """The SSE byte stream of one answer, from chunk ``after`` + 1. The generation stores the
+    answer when it ends, however it ends; a client that goes away only detaches (the chat's
+    generations keep running for a resume; Stop ends them)."""
     try:
         yield encode_event(json.dumps(meta), event="slipstream.message")
+        sequence = after
         async with aclosing(
-            generation.subscribe(keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S)
+            generation.subscribe(after=after, keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S)
         ) as events:
             async for item in events:
                 if isinstance(item, Chunk):
-                    yield b"data: " + item.data.encode() + b"\n\n"
+                    sequence += 1
+                    yield b"id: %d\ndata: %s\n\n" % (sequence, item.data.encode())
                 elif isinstance(item, Phase):
                     yield encode_event(json.dumps(item.as_dict()), event="slipstream.status")
                 else:

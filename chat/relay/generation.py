@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -56,6 +57,21 @@ comment line so proxies and clients keep the connection open."""
 
 FinishCallback = Callable[["Generation"], Awaitable[None]]
 
+# How long an ended generation stays findable by id: a tab that reconnects just after the end
+# still reads the tail from the buffer instead of the database.
+RESUME_GRACE_S = 60.0
+
+# Live generations by id, per event loop (their futures belong to it).
+_live: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Generation]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def find(generation_id: str) -> Generation | None:
+    """The generation with that id in this process, while it runs and for ``RESUME_GRACE_S``
+    after it ended; None otherwise (another process's, or long gone)."""
+    return _live.get(asyncio.get_running_loop(), {}).get(generation_id)
+
 
 class Generation:
     """One answer being generated, shared by every request that subscribes to it.
@@ -84,9 +100,16 @@ class Generation:
         # last subscriber to leave cancels the upstream call (the API, the widget).
         self.keep_running = keep_running
         self.subscribers = 0
+        # Who is waiting for this answer to be stored (message ids): with single-flight, one
+        # answer can be several people's, and one person's Stop must not end another's.
+        self.owners: set[object] = set()
         self.task: asyncio.Task[None] | None = None
         self._callbacks: list[FinishCallback] = []
-        self._wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._wake: asyncio.Future[None] = loop.create_future()
+        registry = _live.setdefault(loop, {})
+        registry[self.id] = self
+        self._registry = registry
 
     # -- the producer's side (the dispatcher) --
 
@@ -101,6 +124,10 @@ class Generation:
         if phase != self.phase:
             self.phase = phase
             self._notify()
+
+    def remove_finish_callback(self, callback: FinishCallback) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
 
     def add_finish_callback(self, callback: FinishCallback) -> bool:
         """Run ``callback(generation)`` once the answer ends, before subscribers see the end.
@@ -127,6 +154,7 @@ class Generation:
         finally:
             self.ended = True
             self._notify()
+            asyncio.get_running_loop().call_later(RESUME_GRACE_S, self._registry.pop, self.id, None)
             logger.info(
                 "generation %s slot=%s status=%s ttft_ms=%s chunks=%d",
                 self.id,

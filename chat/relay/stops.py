@@ -35,21 +35,32 @@ class StopHoldback:
         if self.stopped:
             return ""
         buffer = self.held + text
-        cut = min((i for s in self.stops if (i := buffer.find(s)) >= 0), default=-1)
-        if cut >= 0:
+        keep = self._prefix_tail(buffer)
+        pending = len(buffer) - keep  # where a stop string may still be starting
+        cut = self._first_match(buffer)
+        if cut >= 0 and not (keep and pending < cut):
             self.held, self.stopped = "", True
             return buffer[:cut]
-        keep = self._prefix_tail(buffer)
-        self.held = buffer[len(buffer) - keep :]
-        return buffer[: len(buffer) - keep]
+        # No match, or a longer stop string that began earlier may still complete (stops
+        # "\n" and "a\na" on "a\n|a": the answer ends before the "a", not after it).
+        self.held = buffer[pending:]
+        return buffer[:pending]
 
     def flush(self) -> str:
+        """The held tail at the end of the stream, cut at a stop string it already holds."""
         held, self.held = self.held, ""
+        cut = self._first_match(held)
+        if cut >= 0:
+            self.stopped = True
+            return held[:cut]
         return held
 
+    def _first_match(self, buffer: str) -> int:
+        return min((i for s in self.stops if (i := buffer.find(s)) >= 0), default=-1)
+
     def _prefix_tail(self, buffer: str) -> int:
-        """The length of the longest tail of ``buffer`` that a stop string starts with (a proper
-        prefix: a whole stop string would have been found by ``find``)."""
+        """The length of the longest tail of ``buffer``, shorter than the longest stop string,
+        that some stop string starts with: where a match may still be under way."""
         for size in range(min(len(buffer), max(len(s) for s in self.stops) - 1), 0, -1):
             tail = buffer[-size:]
             if any(s.startswith(tail) for s in self.stops):
@@ -122,6 +133,9 @@ class StopEnforcer:
                 continue
             text = self._text(choice)
             emitted = holdback.feed(text) if text else ""
+            upstream_finished = choice.get("finish_reason") is not None
+            if upstream_finished and not holdback.stopped:
+                emitted += holdback.flush()
             if holdback.stopped:
                 self.finished.add(index)
                 finishes.append(index)
@@ -129,8 +143,7 @@ class StopEnforcer:
                 if emitted or self._has_more_than_text(choice):
                     out_choices.append(self._with_text(choice, emitted, finish_reason=None))
                 continue
-            if choice.get("finish_reason") is not None:
-                emitted += holdback.flush()
+            if upstream_finished:
                 self.finished.add(index)
             if emitted == text:
                 out_choices.append(choice)
@@ -163,6 +176,8 @@ class StopEnforcer:
                     "choices": [{"index": index, **piece, "finish_reason": None}],
                 }
                 out.append(Chunk(_dumps(obj), obj))
+            if holdback.stopped:
+                out.append(self._finish_chunk(index))
         return out
 
     def _text(self, choice: dict[str, Any]) -> str:

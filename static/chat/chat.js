@@ -51,6 +51,12 @@ function setStreaming(streaming) {
   box.readOnly = streaming;
 }
 
+let generationId = null; // the answer streaming now, for Stop
+
+function generationUrl(id, suffix = "") {
+  return chat.dataset.generationUrl.replace("GENERATION", id) + suffix;
+}
+
 async function submit() {
   const content = box.value;
   if (!content.trim() || controller) return;
@@ -58,6 +64,23 @@ async function submit() {
   messages.append(userMessage(content));
   const view = new AnswerView(slotPicker?.value);
   messages.append(view.article);
+  await runAnswer(view, chat.dataset.streamUrl, {
+    content,
+    conversation: chat.dataset.conversation || null,
+    slot: slotPicker?.value || null,
+  });
+}
+
+/** Reattach to an answer that was streaming when the page loaded (a reload, a second tab). */
+async function resume(article) {
+  const view = new AnswerView(article.querySelector(".role")?.textContent || "");
+  view.article.dataset.messageId = article.dataset.messageId;
+  article.replaceWith(view.article);
+  await runAnswer(view, generationUrl(article.dataset.generationId, "?after=0"), null);
+}
+
+/** Stream one answer into ``view``: a POST of a new message, or a GET resuming one. */
+async function runAnswer(view, url, payload) {
   messages.scrollTop = messages.scrollHeight;
   let stick = true;
   view.onFlush = () => {
@@ -70,46 +93,51 @@ async function submit() {
   setStreaming(true);
   let done = {};
   let error = null;
-  const outcome = await streamAnswer(
-    chat.dataset.streamUrl,
-    { content, conversation: chat.dataset.conversation || null, slot: slotPicker?.value || null },
-    {
-      csrfToken,
-      signal: controller.signal,
-      onMeta(name, data) {
-        if (name === "slipstream.message") {
-          view.article.dataset.messageId = data.assistant_message_id;
-          if (!chat.dataset.conversation) {
-            chat.dataset.conversation = data.conversation_id;
-            history.replaceState(null, "", data.conversation_url);
-            document.getElementById("chat-title").textContent = data.title;
-            document.title = `${data.title} · Slipstream`;
-            document.body.dispatchEvent(new CustomEvent("conversations-changed"));
-          }
-        } else if (name === "slipstream.status") {
-          showStatus(view, statusText(data));
-        } else if (name === "slipstream.done") {
-          done = data;
+  const outcome = await streamAnswer(url, payload, {
+    csrfToken,
+    signal: controller.signal,
+    onMeta(name, data) {
+      if (name === "slipstream.message") {
+        generationId = data.generation_id;
+        view.article.dataset.messageId = data.assistant_message_id;
+        if (!chat.dataset.conversation && data.conversation_url) {
+          chat.dataset.conversation = data.conversation_id;
+          history.replaceState(null, "", data.conversation_url);
+          document.getElementById("chat-title").textContent = data.title;
+          document.title = `${data.title} · Slipstream`;
+          document.body.dispatchEvent(new CustomEvent("conversations-changed"));
         }
-      },
-      onChunk(chunk) {
-        const delta = chunk.choices?.[0]?.delta;
-        if (!delta) return;
-        const reasoning = delta.reasoning_content || delta.reasoning;
-        if (reasoning) view.appendReasoning(reasoning);
-        if (delta.content) view.appendContent(delta.content);
-      },
-      onError(envelope) {
-        error = envelope?.error?.message || "The answer failed.";
-      },
+      } else if (name === "slipstream.status") {
+        showStatus(view, statusText(data));
+      } else if (name === "slipstream.done") {
+        done = data;
+      }
     },
-  );
+    onChunk(chunk) {
+      const delta = chunk.choices?.[0]?.delta;
+      if (!delta) return;
+      const reasoning = delta.reasoning_content || delta.reasoning;
+      if (reasoning) view.appendReasoning(reasoning);
+      if (delta.content) view.appendContent(delta.content);
+    },
+    onGone(stored) {
+      // Ended before we reattached: show it as stored.
+      if (stored.reasoning) view.appendReasoning(stored.reasoning);
+      if (stored.content) view.appendContent(stored.content);
+      done = stored;
+      if (stored.error) error = stored.error.error?.message || "The answer failed.";
+    },
+    onError(envelope) {
+      error = envelope?.error?.message || "The answer failed.";
+    },
+  });
   messages.removeEventListener("scroll", onScroll);
   showStatus(view, "");
   const status = outcome === "aborted" ? "stopped" : error ? "error" : done.status || "complete";
   view.finish({ ...done, status, error });
   announcer.textContent = status === "complete" ? "Answer complete." : `Answer ${status}.`;
   controller = null;
+  generationId = null;
   setStreaming(false);
   box.focus();
 }
@@ -126,8 +154,24 @@ box.addEventListener("keydown", (event) => {
   }
 });
 
-function stopAnswer() {
-  if (controller) controller.abort();
+async function stopAnswer() {
+  if (!controller) return;
+  if (!generationId) {
+    controller.abort(); // nothing started upstream yet
+    return;
+  }
+  // Closing the stream would not stop the answer (a reload resumes it): ask the server, whose
+  // stream then ends as "stopped"; abort only if that request fails.
+  try {
+    const response = await fetch(generationUrl(generationId, "stop/"), {
+      method: "POST",
+      headers: { "X-CSRFToken": csrfToken },
+      credentials: "same-origin",
+    });
+    if (!response.ok) controller?.abort();
+  } catch {
+    controller?.abort();
+  }
 }
 
 stop.addEventListener("click", stopAnswer);
@@ -136,3 +180,6 @@ document.addEventListener("keydown", (event) => {
 });
 
 messages.scrollTop = messages.scrollHeight;
+const streaming = messages.querySelector("article.message.assistant[data-generation-id]");
+if (streaming) resume(streaming);
+chat.dataset.ready = "true"; // for tests: the composer is wired

@@ -3,29 +3,37 @@
 import { readEvents, DONE } from "./sse.js";
 
 /**
- * Stream one answer.
- * @param {string} url  the stream endpoint
- * @param {object} payload  JSON body ({content, conversation, slot})
+ * Stream one answer: POST a new message, or (payload null) GET a running answer to resume it.
+ * @param {string} url  the stream endpoint, or a generation's resume URL
+ * @param {object|null} payload  JSON body ({content, conversation, slot, parent, regenerate})
  * @param {{csrfToken: string, signal: AbortSignal,
  *          onMeta: (name: string, data: object) => void,
- *          onChunk: (chunk: object) => void,
+ *          onChunk: (chunk: object, sequence: number) => void,
+ *          onGone?: (stored: object) => void,
  *          onError: (envelope: {error: {message: string}}) => void}} handlers
  * @returns {Promise<"done"|"error"|"aborted">}
  */
-export async function streamAnswer(url, payload, { csrfToken, signal, onMeta, onChunk, onError }) {
+export async function streamAnswer(url, payload, { csrfToken, signal, onMeta, onChunk, onError, onGone }) {
   let response;
   try {
-    response = await fetch(url, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken, Accept: "text/event-stream" },
-      body: JSON.stringify(payload),
-      signal,
-      credentials: "same-origin",
-    });
+    response = await fetch(url, payload === null
+      ? { headers: { Accept: "text/event-stream" }, signal, credentials: "same-origin" }
+      : {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken, Accept: "text/event-stream" },
+        body: JSON.stringify(payload),
+        signal,
+        credentials: "same-origin",
+      });
   } catch (err) {
     if (signal?.aborted) return "aborted";
     onError({ error: { message: `Network error: ${err.message}` } });
     return "error";
+  }
+  if (response.status === 410 && onGone) {
+    // The answer ended (and is stored) before we could reattach.
+    onGone(await response.json());
+    return "done";
   }
   if (!response.ok) {
     let envelope;
@@ -49,7 +57,7 @@ export async function streamAnswer(url, payload, { csrfToken, signal, onMeta, on
         onError(obj);
         return "error";
       }
-      onChunk(obj);
+      onChunk(obj, Number(event.id) || 0);
     }
   } catch (err) {
     if (signal?.aborted) return "aborted";

@@ -19,6 +19,7 @@ def sign_in(page: Page, base_url: str) -> None:
     page.get_by_label("Password").fill("correct horse 42")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("navigation", name="Conversations")).to_be_visible()
+    expect(page.locator("#chat")).to_have_attribute("data-ready", "true")
 
 
 def test_answer_streams_with_cursor_and_survives_reload(

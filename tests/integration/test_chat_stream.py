@@ -14,6 +14,7 @@ import pytest
 
 from chat.models import Conversation, Message
 from chat.relay.sse import SSEDecoder
+from tests.conftest import session_client
 from tests.support.sse_client import post_message, read_sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -132,34 +133,100 @@ def test_recorded_stream_replays_through_the_relay(name, slot, sim, browser_sess
         assert answer.events[-1].data == "[DONE]"
 
 
-def test_client_disconnect_cancels_upstream_and_keeps_partial(slot, sim, browser_session) -> None:
-    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
-    received = ""
-    with browser_session.stream("POST", "/chat/stream/", json={"content": "long"}) as response:
-        decoder = SSEDecoder()
-        for raw in response.iter_raw():
-            for event in decoder.feed(raw):
-                if event.event == "slipstream.message":
-                    message_id = json.loads(event.data)["assistant_message_id"]
-                elif event.event == "message":
-                    delta = json.loads(event.data)["choices"][0]["delta"]
-                    received += delta.get("content") or ""
-            if len(received.split()) >= 5:
-                break
-        closed_at = time.monotonic()
-    deadline = closed_at + 1.0
-    while sim.stats()["cancelled"] < 1 and time.monotonic() < deadline + 1:
-        time.sleep(0.02)
-    stats = sim.stats()
-    assert stats["cancelled"] == 1
-    assert stats["cancel_times"][0] - closed_at < 1.0
-    for _ in range(50):
-        message = Message.objects.get(pk=message_id)
-        if message.status != "streaming":
+def read_until(response: httpx.Response, words: int) -> tuple[dict[str, Any], str, int]:
+    """Read an answer until ``words`` words arrived: (message meta, text, last sequence id)."""
+    decoder = SSEDecoder()
+    meta: dict[str, Any] = {}
+    received, last_id = "", 0
+    for raw in response.iter_raw():
+        for event in decoder.feed(raw):
+            if event.event == "slipstream.message":
+                meta = json.loads(event.data)
+            elif event.event == "message" and event.data != "[DONE]":
+                received += json.loads(event.data)["choices"][0]["delta"].get("content") or ""
+                last_id = int(event.id)
+        if len(received.split()) >= words:
             break
-        time.sleep(0.05)
+    return meta, received, last_id
+
+
+def test_closing_the_page_does_not_stop_the_answer(slot, sim, browser_session) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=100, length=60)
+    with browser_session.stream("POST", "/chat/stream/", json={"content": "long"}) as response:
+        meta, received, _ = read_until(response, 5)
+    sim.wait_for(lambda s: s["completed"] == 1, timeout_s=5)
+    assert sim.stats()["cancelled"] == 0
+    wait_for_status(meta["assistant_message_id"], "complete")
+    message = Message.objects.get(pk=meta["assistant_message_id"])
+    assert message.content.startswith(received) and len(message.content.split()) == 60
+
+
+def test_resume_after_a_reload_loses_and_repeats_nothing(slot, sim, browser_session) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=50, length=80)
+    with browser_session.stream("POST", "/chat/stream/", json={"content": "long"}) as response:
+        meta, received, last_id = read_until(response, 10)
+    # The reloaded page asks for everything after the last sequence number it saw.
+    resumed = browser_session.get(f"/chat/generations/{meta['generation_id']}/?after={last_id}")
+    decoder = SSEDecoder()
+    events = decoder.feed(resumed.content) + decoder.flush()
+    assert json.loads(events[0].data)["resumed_after"] == last_id
+    chunks = [e for e in events if e.event == "message" and e.data != "[DONE]"]
+    assert int(chunks[0].id) == last_id + 1
+    rest = content_of(resumed.content)
+    assert events[-1].data == "[DONE]"
+    stored = Message.objects.get(pk=meta["assistant_message_id"])
+    assert stored.status == "complete" and received + rest == stored.content
+    assert len(stored.content.split()) == 80
+    # From the start too (a second tab), and after the end: the stored answer.
+    again = browser_session.get(f"/chat/generations/{meta['generation_id']}/?after=0")
+    assert content_of(again.content) == stored.content
+    assert sim.stats()["streams_started"] == 1
+
+
+def test_stop_cancels_the_upstream_and_keeps_the_partial_answer(slot, sim, browser_session):
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
+    with browser_session.stream("POST", "/chat/stream/", json={"content": "long"}) as response:
+        meta, received, _ = read_until(response, 5)
+        stop_at = time.monotonic()
+        stopped = browser_session.post(f"/chat/generations/{meta['generation_id']}/stop/")
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    stats = sim.wait_for(lambda s: s["cancelled"] == 1, timeout_s=2)
+    assert stats["cancel_times"][0] - stop_at < 1.0
+    message = Message.objects.get(pk=meta["assistant_message_id"])
     assert message.status == "stopped"
     assert message.content.startswith(received) and len(message.content.split()) < 400
+
+
+def test_another_users_answer_cannot_be_resumed_or_stopped(slot, sim, browser_session, server):
+    from django.contrib.auth import get_user_model
+
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=100)
+    with browser_session.stream("POST", "/chat/stream/", json={"content": "mine"}) as response:
+        meta, _, _ = read_until(response, 2)
+        mallory = get_user_model().objects.create_user("mallory", password="another pass 9")
+        with closing(session_client(server, mallory)) as other:
+            generation = meta["generation_id"]
+            assert other.get(f"/chat/generations/{generation}/").status_code == 404
+            assert other.post(f"/chat/generations/{generation}/stop/").status_code == 404
+            assert other.get(f"/c/{meta['conversation_id']}/").status_code == 404
+        browser_session.post(f"/chat/generations/{generation}/stop/")
+    assert sim.stats()["cancelled"] == 1
+
+
+def wait_for_status(message_id: int, status: str) -> None:
+    deadline = time.monotonic() + 5
+    while Message.objects.get(pk=message_id).status != status:
+        assert time.monotonic() < deadline, Message.objects.get(pk=message_id).status
+        time.sleep(0.02)
+
+
+def content_of(raw: bytes) -> str:
+    decoder = SSEDecoder()
+    return "".join(
+        json.loads(e.data)["choices"][0]["delta"].get("content") or ""
+        for e in decoder.feed(raw) + decoder.flush()
+        if e.event == "message" and e.data != "[DONE]" and json.loads(e.data).get("choices")
+    )
 
 
 def test_upstream_unreachable_ends_in_an_error_event(transactional_db, sim, browser_session):

@@ -31,7 +31,7 @@ def texts_stops_chunks(draw: st.DrawFn) -> tuple[str, list[str], list[str]]:
     return text, stops, draw(chunkings(text))
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(texts_stops_chunks())
 def test_output_is_the_text_cut_before_the_first_stop(case: tuple[str, list[str], list[str]]):
     text, stops, pieces = case
@@ -45,7 +45,7 @@ def test_output_is_the_text_cut_before_the_first_stop(case: tuple[str, list[str]
     )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(texts_stops_chunks())
 def test_only_a_possible_stop_prefix_is_held(case: tuple[str, list[str], list[str]]):
     _, stops, pieces = case
@@ -87,6 +87,15 @@ def chat_chunk(index: int, content: str | None, finish: str | None = None, **del
 
 def contents(chunks: list[Chunk]) -> str:
     return "".join(c.obj["choices"][0]["delta"].get("content") or "" for c in chunks)
+
+
+def test_a_longer_stop_that_began_first_wins():
+    # Found by hypothesis: "\n" completes first, but "a\na" started earlier and completes too.
+    holdback = StopHoldback(["\n", "a\na"])
+    assert holdback.feed("a\n") == ""
+    assert holdback.feed("a") == "" and holdback.stopped
+    ended = StopHoldback(["\n", "a\na"])
+    assert ended.feed("a\n") == "" and ended.flush() == "a" and ended.stopped
 
 
 def test_enforcer_cuts_the_stream_and_adds_a_stop_finish():
