@@ -7,6 +7,9 @@ ones ``function.arguments`` pieces; ``finish_reason`` arrives on a choice's last
 arrives on a final chunk (``choices: []``) when ``stream_options.include_usage`` is set.
 Reasoning arrives as ``reasoning_content`` (DeepSeek, vLLM, llama-server) or ``reasoning``
 (vLLM ≥ 0.10, Ollama, OpenRouter, Groq); vLLM has sent both in one delta with the same text.
+Models served without a reasoning parser (DeepSeek-R1 and Qwen3 on a plain llama-server or
+vLLM) put it in ``content`` between ``<think>`` and ``</think>``: ``content``/``reasoning``
+move such a leading block to the reasoning (``split_think``).
 """
 
 from __future__ import annotations
@@ -112,10 +115,14 @@ class MessageAccumulator:
         return self.choices.get(index) or ChoiceState()
 
     def content(self, index: int = 0) -> str:
-        return "".join(self.choice(index).content)
+        """The answer's text, without a leading ``<think>`` block."""
+        return split_think("".join(self.choice(index).content))[1]
 
     def reasoning(self, index: int = 0) -> str:
-        return "".join(self.choice(index).reasoning)
+        """Reasoning from the reasoning fields, then any leading ``<think>`` block of content."""
+        fields = "".join(self.choice(index).reasoning)
+        think = split_think("".join(self.choice(index).content))[0]
+        return fields + ("\n" if fields and think else "") + think
 
     def refusal(self, index: int = 0) -> str:
         return "".join(self.choice(index).refusal)
@@ -133,3 +140,21 @@ class MessageAccumulator:
         if self.usage and isinstance(self.usage.get("completion_tokens"), int):
             return int(self.usage["completion_tokens"])
         return self.choice(index).token_chunks
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_think(content: str) -> tuple[str, str]:
+    """``(reasoning, answer)`` of a content that starts (after whitespace) with ``<think>``: the
+    text up to ``</think>`` is reasoning, the rest (leading whitespace dropped) the answer. With
+    no closing tag (cut off while thinking) it is all reasoning. Other content is all answer.
+    static/chat/delta.js applies the same rule to streamed text."""
+    stripped = content.lstrip()
+    if not stripped.startswith(THINK_OPEN):
+        return "", content
+    body = stripped[len(THINK_OPEN) :]
+    end = body.find(THINK_CLOSE)
+    if end < 0:
+        return body.strip(), ""
+    return body[:end].strip(), body[end + len(THINK_CLOSE) :].lstrip()

@@ -115,15 +115,11 @@ async function runAnswer(view, url, payload) {
     },
     onChunk(chunk) {
       const delta = chunk.choices?.[0]?.delta;
-      if (!delta) return;
-      const reasoning = delta.reasoning_content || delta.reasoning;
-      if (reasoning) view.appendReasoning(reasoning);
-      if (delta.content) view.appendContent(delta.content);
+      if (delta) view.applyDelta(delta);
     },
     onGone(stored) {
       // Ended before we reattached: show it as stored.
-      if (stored.reasoning) view.appendReasoning(stored.reasoning);
-      if (stored.content) view.appendContent(stored.content);
+      view.applyDelta({ reasoning_content: stored.reasoning || "", content: stored.content || "" });
       done = stored;
       if (stored.error) error = stored.error.error?.message || "The answer failed.";
     },

@@ -100,6 +100,8 @@ def test_chat_with_a_real_llama_cpp_server(browser_context, server, llama_server
     expect(answer).to_have_attribute("data-status", "complete", timeout=20000)
     shown = answer.locator(".content").inner_text()
     stored = Message.objects.get(role="assistant")
-    assert stored.finish_reason == "length" and stored.content == shown and shown
+    # The tiny model's token soup has markdown in it (~, *, _): compare what was rendered while
+    # streaming with what the stored answer renders to after a reload.
+    assert stored.finish_reason == "length" and stored.content and shown
     page.reload()
     expect(page.locator("article.message.assistant .content")).to_have_text(shown)

@@ -130,3 +130,15 @@ def test_completion_tokens_fall_back_to_text_chunks_without_usage() -> None:
     acc.add({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
     assert acc.completion_tokens() == 3
     assert acc.finish_reason() == "length"
+
+
+def test_think_tags_in_content_become_reasoning() -> None:
+    from chat.relay.accumulate import split_think
+
+    assert split_think("<think>\nplan it\n</think>\n\nThe answer") == ("plan it", "The answer")
+    assert split_think("  <think>still going") == ("still going", "")
+    assert split_think("No tags <think>here</think>") == ("", "No tags <think>here</think>")
+    acc = MessageAccumulator()
+    for piece in ["<thi", "nk>why", "</th", "ink>", "Because."]:
+        acc.add({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    assert (acc.reasoning(), acc.content()) == ("why", "Because.")
