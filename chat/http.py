@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator
 
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse, StreamingHttpResponse
 
 from chat.relay.errors import RelayError
@@ -38,3 +40,10 @@ def invalid(
 ) -> RelayError:
     """An ``invalid_request_error`` (400 unless said otherwise)."""
     return RelayError(message, status=status, type="invalid_request_error", param=param, code=code)
+
+
+def signed_in(user: User | AnonymousUser) -> User:
+    """The signed-in user behind ``login_required`` (which has already turned others away)."""
+    if not isinstance(user, User):
+        raise PermissionDenied
+    return user

@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import date
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from chat.models import ApiKey, Conversation, Message, Slot
 
 
-def conversation_list(*, user: User) -> QuerySet[Conversation]:
-    """The user's conversations, most recently active first."""
-    return Conversation.objects.filter(user=user).order_by("-updated_at")
+def conversation_list(*, user: User, query: str = "") -> QuerySet[Conversation]:
+    """The user's conversations, most recently active first; with ``query``, those whose title
+    or any message contains it (case-insensitive)."""
+    conversations = Conversation.objects.filter(user=user)
+    query = query.strip()
+    if query:
+        matching = Message.objects.filter(content__icontains=query).values("conversation_id")
+        conversations = conversations.filter(Q(title__icontains=query) | Q(pk__in=matching))
+    return conversations.order_by("-updated_at")
+
+
+DATE_GROUPS = ("Today", "Yesterday", "Previous 7 days", "Previous 30 days", "Older")
+
+
+def conversation_groups(
+    conversations: Iterable[Conversation], *, today: date
+) -> list[tuple[str, list[Conversation]]]:
+    """Conversations under the sidebar's date headings (by last activity, in local time),
+    empty headings left out, order kept."""
+    groups: dict[str, list[Conversation]] = {label: [] for label in DATE_GROUPS}
+    for conversation in conversations:
+        age = (today - timezone.localtime(conversation.updated_at).date()).days
+        label = (
+            "Today"
+            if age <= 0
+            else "Yesterday"
+            if age == 1
+            else "Previous 7 days"
+            if age <= 7
+            else "Previous 30 days"
+            if age <= 30
+            else "Older"
+        )
+        groups[label].append(conversation)
+    return [(label, items) for label, items in groups.items() if items]
+
+
+def conversation_get(*, user: User, conversation_id: Any) -> Conversation | None:
+    """The user's conversation with that id, or None (also for someone else's id)."""
+    return Conversation.objects.filter(user=user, pk=conversation_id).select_related("slot").first()
+
+
+def conversation_get_shared(*, share_id: Any) -> Conversation | None:
+    """A conversation its owner shares (read-only for other signed-in members), or None."""
+    return Conversation.objects.filter(share_id=share_id).select_related("user", "slot").first()
 
 
 async def conversation_aget(*, user: User, conversation_id: Any) -> Conversation | None:

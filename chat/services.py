@@ -7,6 +7,7 @@ import hashlib
 import json
 import secrets
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,6 +96,12 @@ async def message_acreate_assistant(
         parent=parent,
         generation_id=generation_id,
     )
+
+
+async def conversation_aset_slot(*, conversation: Conversation, slot: Slot) -> None:
+    """The slot the conversation continues with (the header's model picker)."""
+    conversation.slot = slot
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(slot=slot)
 
 
 async def conversation_aset_leaf(*, conversation: Conversation, leaf: Message) -> None:
@@ -259,3 +266,70 @@ async def api_conversation_astore(
         role=Message.Role.ASSISTANT,
         **generation_fields(generation, status=status),
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Conversations: rename, delete, settings, sharing, export
+# ------------------------------------------------------------------------------------------------
+def conversation_rename(*, conversation: Conversation, title: str) -> None:
+    title = " ".join(title.split())[:200]
+    conversation.title = title or conversation.title
+    conversation.save(update_fields=["title"])
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    conversation.delete()
+
+
+def conversation_share(*, conversation: Conversation, shared: bool) -> None:
+    """Share read-only with signed-in members (a new unguessable link each time), or stop."""
+    conversation.share_id = uuid.uuid4() if shared else None
+    conversation.save(update_fields=["share_id"])
+
+
+def export_json(conversation: Conversation, thread: list[Message]) -> dict[str, Any]:
+    """The shown thread as JSON: title, timestamps, and each message with its role, content,
+    reasoning, tool calls, status, slot, usage and timing."""
+    return {
+        "id": str(conversation.pk),
+        "title": str(conversation),
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "reasoning": m.reasoning,
+                "tool_calls": m.tool_calls,
+                "status": m.status,
+                "slot": m.slot_name,
+                "finish_reason": m.finish_reason,
+                "usage": m.usage,
+                "ttft_ms": m.ttft_ms,
+                "tokens_per_s": m.tokens_per_s,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in thread
+        ],
+    }
+
+
+def export_markdown(conversation: Conversation, thread: list[Message]) -> str:
+    """The shown thread as Markdown: a heading per turn, reasoning as a quote, tool calls as
+    JSON blocks."""
+    lines = [f"# {conversation}", ""]
+    for m in thread:
+        who = "You" if m.role == Message.Role.USER else (m.slot_name or m.role.title())
+        lines += [f"## {who}", ""]
+        if m.reasoning:
+            quoted = [f"> {line}" for line in m.reasoning.splitlines()]
+            lines += ["> **Thinking**", ">", *quoted, ""]
+        if m.content:
+            lines += [m.content, ""]
+        for call in m.tool_calls or ():
+            function = call.get("function", {}) if isinstance(call, dict) else {}
+            lines += [f"Tool call `{function.get('name', '?')}`:", "", "```json"]
+            lines += [str(function.get("arguments", "")), "```", ""]
+        if m.status not in (Message.Status.COMPLETE, Message.Status.STREAMING):
+            lines += [f"*({m.status})*", ""]
+    return "\n".join(lines).rstrip() + "\n"

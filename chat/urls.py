@@ -2,14 +2,30 @@ from __future__ import annotations
 
 from django.urls import path
 
-from chat import views
+from chat import conversation_views, views
 
 app_name = "chat"
 
 urlpatterns = [
     path("", views.index, name="index"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
-    path("sidebar/", views.sidebar, name="sidebar"),
+    path("sidebar/", conversation_views.sidebar, name="sidebar"),
+    path("c/<uuid:conversation_id>/thread/", conversation_views.thread, name="thread"),
+    path("c/<uuid:conversation_id>/branch/", conversation_views.branch, name="branch"),
+    path("c/<uuid:conversation_id>/rename/", conversation_views.rename, name="rename"),
+    path("c/<uuid:conversation_id>/delete/", conversation_views.delete, name="delete"),
+    path(
+        "c/<uuid:conversation_id>/settings/",
+        conversation_views.settings_update,
+        name="settings",
+    ),
+    path("c/<uuid:conversation_id>/share/", conversation_views.share, name="share"),
+    path(
+        "c/<uuid:conversation_id>/export.<str:fmt>",
+        conversation_views.export,
+        name="export",
+    ),
+    path("s/<uuid:share_id>/", conversation_views.shared, name="shared"),
     path("chat/stream/", views.stream, name="stream"),
     path("chat/slots/", views.slot_states, name="slot-states"),
     path("chat/generations/<str:generation_id>/", views.generation_events, name="generation"),

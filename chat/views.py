@@ -13,8 +13,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AnonymousUser, User
-from django.core.exceptions import PermissionDenied
+from django.contrib.auth.models import User
 from django.http import (
     Http404,
     HttpRequest,
@@ -27,7 +26,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
-from chat.http import error_response, invalid, sse_response
+from chat.conversation_views import sidebar_context
+from chat.forms import ConversationSettingsForm
+from chat.http import error_response, invalid, signed_in, sse_response
 from chat.models import Conversation, Message
 from chat.relay import dispatch
 from chat.relay.generation import Generation, Phase, find
@@ -37,13 +38,6 @@ from chat.relay.upstream import Chunk
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 100_000
-
-
-def signed_in(user: User | AnonymousUser) -> User:
-    """The signed-in user behind ``login_required`` (which has already turned others away)."""
-    if not isinstance(user, User):
-        raise PermissionDenied
-    return user
 
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
@@ -56,7 +50,10 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "chat_messages": selectors.message_list(conversation=conversation)
             if conversation
             else [],
-            "conversations": selectors.conversation_list(user=signed_in(request.user))[:200],
+            **sidebar_context(request, current_id=str(conversation.pk) if conversation else ""),
+            "settings_form": ConversationSettingsForm(instance=conversation)
+            if conversation
+            else None,
             "slots": slots,
             "current_slot": conversation.slot if conversation and conversation.slot else None,
             # The slot the picker shows first: the conversation's, else the default (first).
@@ -85,21 +82,6 @@ def conversation_detail(request: HttpRequest, conversation_id: UUID) -> HttpResp
     if conversation is None:
         raise Http404("No such conversation")
     return _page(request, conversation)
-
-
-@require_GET
-@login_required
-def sidebar(request: HttpRequest) -> HttpResponse:
-    """The conversation list, an htmx partial refreshed when a conversation changes."""
-    current = request.GET.get("current", "")
-    return render(
-        request,
-        "chat/_sidebar.html",
-        {
-            "conversations": selectors.conversation_list(user=signed_in(request.user))[:200],
-            "current_id": current,
-        },
-    )
 
 
 @require_GET

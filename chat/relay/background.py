@@ -27,3 +27,12 @@ def spawn(coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
     _running.add(task)
     task.add_done_callback(_running.discard)
     return task
+
+
+async def cancel_all() -> None:
+    """Cancel this loop's background tasks and wait for them to end (shutdown, tests)."""
+    loop = asyncio.get_running_loop()
+    tasks = [task for task in _running if task.get_loop() is loop and not task.done()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

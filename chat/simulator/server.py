@@ -681,6 +681,10 @@ class Simulator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
+        # writer.close() closes a socket on the loop's next turns (connection_lost is called
+        # soon, not now): let that happen before a caller closes the loop, or the sockets leak.
+        for _ in range(3):
+            await asyncio.sleep(0)
         self._server, self._stopping = None, False
 
     @property

@@ -1,6 +1,6 @@
 // The chat page: wires the composer to stream.js and render.js.
 import { streamAnswer } from "./stream.js";
-import { AnswerView, userMessage } from "./render.js";
+import { AnswerView, hydrateAnswers, userMessage } from "./render.js";
 
 const chat = document.getElementById("chat");
 const messages = document.getElementById("messages");
@@ -10,6 +10,7 @@ const send = document.getElementById("send");
 const stop = document.getElementById("stop");
 const slotPicker = document.getElementById("slot");
 const announcer = document.getElementById("announcer");
+const jumpLatest = document.getElementById("jump-latest");
 const csrfToken = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"];
 
 let controller = null;
@@ -52,6 +53,7 @@ function setStreaming(streaming) {
 }
 
 let generationId = null; // the answer streaming now, for Stop
+let stopPending = false; // Stop pressed before the server said which generation it is
 
 function generationUrl(id, suffix = "") {
   return chat.dataset.generationUrl.replace("GENERATION", id) + suffix;
@@ -69,7 +71,97 @@ async function submit() {
     conversation: chat.dataset.conversation || null,
     slot: slotPicker?.value || null,
   });
+  await refreshThread();
 }
+
+/** Re-render the shown thread from the server (pagers, actions, stored ids). */
+async function refreshThread() {
+  if (!chat.dataset.conversation || typeof htmx === "undefined") return;
+  const url = chat.dataset.threadUrl.replace("00000000-0000-0000-0000-000000000000", chat.dataset.conversation);
+  await htmx.ajax("GET", url, { target: "#messages", swap: "innerHTML" });
+}
+
+/** Drop ``article`` and every message after it from the page (a new branch replaces them). */
+function removeFrom(article) {
+  while (article.nextElementSibling) article.nextElementSibling.remove();
+  article.remove();
+}
+
+/** Answer a user message again, as a new version next to the earlier answers. */
+async function regenerate(answerArticle) {
+  if (controller) return;
+  const userMessageId = Number(answerArticle.querySelector("[data-user-message]")?.dataset.userMessage);
+  removeFrom(answerArticle);
+  const view = new AnswerView(slotPicker?.value);
+  messages.append(view.article);
+  await runAnswer(view, chat.dataset.streamUrl, {
+    conversation: chat.dataset.conversation,
+    regenerate: userMessageId,
+    slot: slotPicker?.value || null,
+  });
+  await refreshThread();
+}
+
+/** Edit a user message in place; sending makes a new version (a branch) and answers it. */
+function edit(article) {
+  if (controller || article.querySelector(".edit-box")) return;
+  const content = article.querySelector(".content");
+  const original = content.textContent;
+  const editor = document.createElement("form");
+  editor.className = "edit-box";
+  const area = document.createElement("textarea");
+  area.value = original;
+  area.setAttribute("aria-label", "Edit message");
+  area.rows = Math.min(12, original.split("\n").length + 1);
+  const save = Object.assign(document.createElement("button"), { type: "submit", textContent: "Send edit" });
+  const cancel = Object.assign(document.createElement("button"), { type: "button", textContent: "Cancel" });
+  editor.append(area, save, cancel);
+  content.hidden = true;
+  content.after(editor);
+  area.focus();
+  cancel.addEventListener("click", () => {
+    editor.remove();
+    content.hidden = false;
+  });
+  editor.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = area.value;
+    if (!text.trim()) return;
+    const parent = article.dataset.parentId ? Number(article.dataset.parentId) : null;
+    removeFrom(article);
+    messages.append(userMessage(text));
+    const view = new AnswerView(slotPicker?.value);
+    messages.append(view.article);
+    await runAnswer(view, chat.dataset.streamUrl, {
+      content: text,
+      conversation: chat.dataset.conversation,
+      parent,
+      slot: slotPicker?.value || null,
+    });
+    await refreshThread();
+  });
+}
+
+messages.addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-action]");
+  if (!button || messages.dataset.readOnly) return;
+  const article = button.closest("article.message");
+  const action = button.dataset.action;
+  if (action === "copy") {
+    await navigator.clipboard.writeText(article.querySelector(".content").innerText);
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
+  } else if (action === "regenerate") {
+    regenerate(article);
+  } else if (action === "edit") {
+    edit(article);
+  }
+});
+
+// A swapped-in thread (branch pager, refresh) is rendered like the page's first one.
+document.body.addEventListener("htmx:afterSwap", (event) => {
+  if (event.target === messages) hydrateAnswers(messages);
+});
 
 /** Reattach to an answer that was streaming when the page loaded (a reload, a second tab). */
 async function resume(article) {
@@ -86,7 +178,10 @@ async function runAnswer(view, url, payload) {
   view.onFlush = () => {
     if (stick) messages.scrollTop = messages.scrollHeight;
   };
-  const onScroll = () => { stick = nearBottom(); };
+  const onScroll = () => {
+    stick = nearBottom();
+    jumpLatest.hidden = stick;
+  };
   messages.addEventListener("scroll", onScroll);
 
   controller = new AbortController();
@@ -99,6 +194,10 @@ async function runAnswer(view, url, payload) {
     onMeta(name, data) {
       if (name === "slipstream.message") {
         generationId = data.generation_id;
+        if (stopPending) {
+          stopPending = false;
+          stopAnswer();
+        }
         view.article.dataset.messageId = data.assistant_message_id;
         if (!chat.dataset.conversation && data.conversation_url) {
           chat.dataset.conversation = data.conversation_id;
@@ -128,12 +227,14 @@ async function runAnswer(view, url, payload) {
     },
   });
   messages.removeEventListener("scroll", onScroll);
+  jumpLatest.hidden = true;
   showStatus(view, "");
   const status = outcome === "aborted" ? "stopped" : error ? "error" : done.status || "complete";
   view.finish({ ...done, status, error });
   announcer.textContent = status === "complete" ? "Answer complete." : `Answer ${status}.`;
   controller = null;
   generationId = null;
+  stopPending = false;
   setStreaming(false);
   box.focus();
 }
@@ -153,7 +254,8 @@ box.addEventListener("keydown", (event) => {
 async function stopAnswer() {
   if (!controller) return;
   if (!generationId) {
-    controller.abort(); // nothing started upstream yet
+    // Aborting now would leave the answer generating on the server: stop it once we know it.
+    stopPending = true;
     return;
   }
   // Closing the stream would not stop the answer (a reload resumes it): ask the server, whose
@@ -173,6 +275,11 @@ async function stopAnswer() {
 stop.addEventListener("click", stopAnswer);
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") stopAnswer();
+});
+
+jumpLatest.addEventListener("click", () => {
+  messages.scrollTop = messages.scrollHeight;
+  jumpLatest.hidden = true;
 });
 
 messages.scrollTop = messages.scrollHeight;

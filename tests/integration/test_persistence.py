@@ -10,6 +10,8 @@ from django.db import connection
 from django.test import AsyncClient
 
 from chat.models import Message
+from chat.relay.background import cancel_all
+from chat.relay.upstream import aclose_clients
 
 WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
@@ -56,3 +58,5 @@ async def test_a_2000_token_answer_costs_at_most_5_writes(slot, sim, user) -> No
         json.loads(body.split(b"event: slipstream.done\ndata: ")[1].split(b"\n")[0])["status"]
         == "complete"
     )
+    await cancel_all()  # the slot's probe and state writes, before this test's loop closes
+    await aclose_clients()

@@ -9,6 +9,7 @@ from contextlib import aclosing
 import pytest
 
 from chat.relay import dispatch
+from chat.relay.background import cancel_all
 from chat.relay.dispatch import SlotConfig
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation
@@ -27,6 +28,7 @@ async def _no_listeners_and_fresh_clients():
     state_listeners.clear()
     yield
     state_listeners.extend(saved)
+    await cancel_all()  # probes and generations this test started, before its loop closes
     await aclose_clients()
 
 
@@ -44,6 +46,8 @@ async def test_probe_states_follow_the_backend() -> None:
         sim.configure(cold_boot_s=0)
         assert await runtime.probe() == "ready"
         base_url = sim.base_url
+        await cancel_all()  # the probe loop that "warming" started
+        await aclose_clients()  # hang up first, so the simulator stops with no connection open
     # Gone after being seen up: a restart in progress, so warming rather than error.
     assert await runtime.probe() == "warming"
     assert "unreachable" in runtime.last_error

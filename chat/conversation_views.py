@@ -1,0 +1,178 @@
+"""Managing conversations from the chat: branches, rename, delete, settings, sharing, export.
+
+Every view finds the conversation through ``selectors.conversation_get(user=…)``: another
+user's conversation answers 404, as a missing one does. Views answer htmx requests with the
+partial they replace, and plain requests with a redirect.
+"""
+
+from __future__ import annotations
+
+import json
+from uuid import UUID
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_POST
+
+from chat import selectors, services
+from chat.forms import ConversationSettingsForm
+from chat.http import signed_in
+from chat.models import Conversation
+
+
+def _own(request: HttpRequest, conversation_id: UUID) -> Conversation:
+    conversation = selectors.conversation_get(
+        user=signed_in(request.user), conversation_id=conversation_id
+    )
+    if conversation is None:
+        raise Http404("No such conversation")
+    return conversation
+
+
+def sidebar_context(request: HttpRequest, *, current_id: str = "") -> dict[str, object]:
+    """What ``chat/_sidebar.html`` needs: conversations under date headings, the search."""
+    query = request.GET.get("q", "")[:200]
+    conversations = selectors.conversation_list(user=signed_in(request.user), query=query)[:200]
+    return {
+        "groups": selectors.conversation_groups(conversations, today=timezone.localdate()),
+        "current_id": current_id,
+        "query": query,
+    }
+
+
+@require_GET
+@login_required
+def sidebar(request: HttpRequest) -> HttpResponse:
+    """The conversation list (an htmx partial): ``?q=`` searches titles and message text,
+    ``?current=`` marks the open conversation."""
+    return render(
+        request,
+        "chat/_sidebar.html",
+        sidebar_context(request, current_id=request.GET.get("current", "")),
+    )
+
+
+@require_GET
+@login_required
+def thread(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """The shown thread (partial), to refresh pagers after an edit or a regenerate."""
+    conversation = _own(request, conversation_id)
+    return render(
+        request,
+        "chat/_thread.html",
+        {"chat_messages": selectors.message_list(conversation=conversation)},
+    )
+
+
+@require_POST
+@login_required
+def branch(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """Show another branch: POST ``message`` (a sibling's id from the < 1/2 > pager). Answers
+    with the thread partial."""
+    conversation = _own(request, conversation_id)
+    try:
+        message = conversation.messages.get(pk=int(request.POST.get("message", "")))
+    except (ValueError, conversation.messages.model.DoesNotExist) as exc:
+        raise Http404("No such message") from exc
+    conversation.current_leaf = message
+    conversation.save(update_fields=["current_leaf"])
+    return render(
+        request,
+        "chat/_thread.html",
+        {"chat_messages": selectors.message_list(conversation=conversation)},
+    )
+
+
+@require_POST
+@login_required
+def rename(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    conversation = _own(request, conversation_id)
+    services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(
+            request, "chat/_sidebar.html", sidebar_context(request, current_id=str(conversation.pk))
+        )
+    return redirect("chat:conversation", conversation.pk)
+
+
+@require_POST
+@login_required
+def delete(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """Delete a conversation and its messages (the page asks for confirmation first)."""
+    conversation = _own(request, conversation_id)
+    services.conversation_delete(conversation=conversation)
+    if request.htmx:  # type: ignore[attr-defined]
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("chat:index")
+        return response
+    return redirect("chat:index")
+
+
+@require_POST
+@login_required
+def settings_update(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """Save the conversation's system prompt, temperature and max tokens. Answers with
+    the settings form partial, showing errors if any (status 400)."""
+    conversation = _own(request, conversation_id)
+    form = ConversationSettingsForm(request.POST, instance=conversation)
+    saved = form.is_valid()
+    if saved:
+        form.save()
+    return render(
+        request,
+        "chat/_settings.html",
+        {"conversation": conversation, "settings_form": form, "saved": saved},
+        status=200 if saved else 400,
+    )
+
+
+@require_POST
+@login_required
+def share(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """Share (``shared=on``) or stop sharing; answers with the share partial."""
+    conversation = _own(request, conversation_id)
+    services.conversation_share(
+        conversation=conversation, shared=request.POST.get("shared") == "on"
+    )
+    return render(request, "chat/_share.html", {"conversation": conversation})
+
+
+@require_GET
+@login_required
+def shared(request: HttpRequest, share_id: UUID) -> HttpResponse:
+    """A conversation someone shares, read-only, for any signed-in member."""
+    conversation = selectors.conversation_get_shared(share_id=share_id)
+    if conversation is None:
+        raise Http404("This conversation is not shared (any more).")
+    return render(
+        request,
+        "chat/shared.html",
+        {
+            "conversation": conversation,
+            "chat_messages": selectors.message_list(conversation=conversation),
+        },
+    )
+
+
+@require_GET
+@login_required
+def export(request: HttpRequest, conversation_id: UUID, fmt: str) -> HttpResponse:
+    """Download the shown thread as Markdown (``md``) or JSON (``json``)."""
+    if fmt not in ("md", "json"):
+        raise Http404("Export as .md or .json")
+    conversation = _own(request, conversation_id)
+    thread = selectors.message_list(conversation=conversation)
+    name = slugify(str(conversation))[:60] or "conversation"
+    if fmt == "json":
+        body = json.dumps(services.export_json(conversation, thread), indent=2, ensure_ascii=False)
+        content_type = "application/json"
+    else:
+        body = services.export_markdown(conversation, thread)
+        content_type = "text/markdown; charset=utf-8"
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    return response
