@@ -247,7 +247,7 @@ export class AnswerView {
   }
 
   /** End the answer: flush, drop the cursor, show status and timing. */
-  finish({ status, ttft_ms, tokens_per_s, error } = {}) {
+  finish({ status, ttft_ms, tokens_per_s, usage, error } = {}) {
     this.end();
     this.article.dataset.status = status || "complete";
     this.article.removeAttribute("aria-busy");
@@ -264,6 +264,11 @@ export class AnswerView {
       this.meta.append(ttft);
     }
     if (tokens_per_s) this.meta.append(el("span", "", `${tokens_per_s.toFixed(1)} tok/s`));
+    if (usage?.completion_tokens) {
+      const tokens = el("span", "", `${usage.prompt_tokens ?? "?"} → ${usage.completion_tokens} tokens`);
+      tokens.title = "Prompt / completion tokens";
+      this.meta.append(tokens);
+    }
   }
 }
 
