@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from chat import services
-from chat.models import ApiCall, ApiKey, Backend, Conversation, Message, Slot
+from chat.models import ApiCall, ApiKey, Backend, Conversation, Message, Slot, Widget
+from chat.widget import embed_snippets
 
 
 class SlotStateMixin:
@@ -109,12 +111,52 @@ class MessageInline(admin.StackedInline[Message, Conversation]):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin[Conversation]):
-    list_display = ("__str__", "user", "slot", "updated_at")
-    list_filter = ("slot",)
+    list_display = ("__str__", "user", "widget", "slot", "updated_at")
+    list_filter = ("widget", "slot")
     search_fields = ("title", "user__username")
-    list_select_related = ("user", "slot")
-    readonly_fields = ("user", "created_at", "updated_at")
+    list_select_related = ("user", "slot", "widget")
+    readonly_fields = ("user", "widget", "visitor_id", "created_at", "updated_at")
+    exclude = ("current_leaf",)
     inlines = [MessageInline]
+
+    def has_change_permission(self, request: HttpRequest, obj: Conversation | None = None) -> bool:
+        # A widget visitor's conversation is a record of what they were told: read-only.
+        if obj is not None and obj.widget_id is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
+
+@admin.register(Widget)
+class WidgetAdmin(admin.ModelAdmin[Widget]):
+    list_display = ("name", "slot", "public_key", "enabled", "rate_per_minute", "rate_per_day")
+    list_filter = ("enabled", "slot")
+    search_fields = ("name", "public_key")
+    readonly_fields = ("public_key", "embed_snippet", "created_at")
+    fieldsets = (
+        (None, {"fields": ("name", "slot", "enabled", "public_key", "embed_snippet")}),
+        ("Look", {"fields": ("title", "accent_color", "greeting")}),
+        ("Answers", {"fields": ("system_prompt",)}),
+        ("Access", {"fields": ("allowed_origins", "rate_per_minute", "rate_per_day")}),
+    )
+
+    def get_form(
+        self, request: HttpRequest, obj: Widget | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm[Widget]]:
+        self._request = request  # embed_snippet needs the site's address
+        return super().get_form(request, obj, change, **kwargs)
+
+    @admin.display(description="embed snippet")
+    def embed_snippet(self, widget: Widget) -> str:
+        """Paste either into a page on an allowed origin."""
+        if widget.pk is None:
+            return "Saved widgets show their snippet here."
+        snippets = embed_snippets(widget, self._request.build_absolute_uri("/"))
+        return format_html(
+            "<p>A launcher button (recommended):</p><pre>{}</pre>"
+            "<p>Or a plain frame:</p><pre>{}</pre>",
+            snippets["script"],
+            snippets["iframe"],
+        )
 
 
 @admin.register(Message)

@@ -6,15 +6,29 @@ requests address by its ``name`` (the ``model`` field of an OpenAI request).
 
 from __future__ import annotations
 
+import re
+import secrets
 import uuid
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 
 from chat.relay.upstream import BackendConfig
+
+ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9a-fA-F:]+\](:\d{1,5})?")
+
+
+def normalise_origin(origin: str) -> str:
+    """``scheme://host[:port]`` as browsers send it in ``Origin``: lower case, no slash."""
+    return origin.strip().rstrip("/").lower()
+
+
+def new_widget_key() -> str:
+    return "wk_" + secrets.token_urlsafe(18)
 
 
 class Backend(models.Model):
@@ -169,11 +183,66 @@ class Slot(models.Model):
             slot = slot.fallback
 
 
+class Widget(models.Model):
+    """A chat that any allowed site embeds: one slot, anonymous visitors, per-visitor limits."""
+
+    public_key = models.SlugField(
+        max_length=40,
+        unique=True,
+        default=new_widget_key,
+        help_text="Appears in the embed snippet; identifies the widget, grants nothing else.",
+    )
+    name = models.CharField(max_length=100)
+    slot = models.ForeignKey(Slot, on_delete=models.PROTECT, related_name="widgets")
+    system_prompt = models.TextField(blank=True, help_text="Replaces the slot's system prompt.")
+    greeting = models.TextField(blank=True, help_text="Shown first to every visitor.")
+    allowed_origins = models.TextField(
+        blank=True,
+        help_text="Sites that may embed it, one scheme://host[:port] per line. None: no site can.",
+    )
+    title = models.CharField(max_length=100, default="Ask us")
+    accent_color = models.CharField(
+        max_length=7,
+        default="#2563eb",
+        validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour like #2563eb.")],
+    )
+    rate_per_minute = models.PositiveIntegerField(default=10, help_text="Messages per visitor.")
+    rate_per_day = models.PositiveIntegerField(default=200, help_text="Messages per visitor.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def origins(self) -> list[str]:
+        """The allowed origins, normalised (no trailing slash, lower-case scheme and host)."""
+        return [normalise_origin(line) for line in self.allowed_origins.split() if line.strip()]
+
+    def clean(self) -> None:
+        for line in self.allowed_origins.split():
+            if not ORIGIN_RE.fullmatch(line.strip().rstrip("/")):
+                raise ValidationError(
+                    {"allowed_origins": f"{line!r} is not an origin like https://example.com"}
+                )
+
+
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # A team member's conversation, or a widget visitor's (then user is empty).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="conversations",
+        null=True,
+        blank=True,
     )
+    widget = models.ForeignKey(
+        Widget, on_delete=models.CASCADE, null=True, blank=True, related_name="conversations"
+    )
+    visitor_id = models.UUIDField(null=True, blank=True, db_index=True)
     title = models.CharField(max_length=200, blank=True)
     slot = models.ForeignKey(Slot, on_delete=models.SET_NULL, null=True, blank=True)
     # Per-conversation settings: empty means the slot's own defaults.

@@ -14,5 +14,6 @@ urlpatterns = [
     path("v1/models/<str:model>", api.models, name="api-model"),
     path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
     path("v1/completions", api.completions, name="api-completions"),
+    path("widget/", include("chat.widget_urls")),
     path("", include("chat.urls")),
 ]

@@ -1,5 +1,5 @@
-// The chat page: wires the composer to stream.js and render.js.
-import { streamAnswer } from "./stream.js";
+// The chat page: the composer, Stop, resume, edit, regenerate and copy, around answer.js.
+import { playAnswer } from "./answer.js";
 import { AnswerView, hydrateAnswers, userMessage } from "./render.js";
 
 const chat = document.getElementById("chat");
@@ -14,33 +14,6 @@ const jumpLatest = document.getElementById("jump-latest");
 const csrfToken = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"];
 
 let controller = null;
-
-/** The line shown in an answer while it waits: warming, queued or retrying. */
-export function statusText(status) {
-  if (status.state === "warming") return `Warming up ${status.slot}…`;
-  if (status.state === "queued") {
-    return status.position === 1
-      ? `Queued for ${status.slot}: you are next…`
-      : `Queued for ${status.slot}: position ${status.position}…`;
-  }
-  if (status.state === "retrying") return `Retrying ${status.slot} (attempt ${status.attempt})…`;
-  return "";
-}
-
-function showStatus(view, text) {
-  let line = view.article.querySelector(".answer-status");
-  if (!text) {
-    line?.remove();
-    return;
-  }
-  if (!line) {
-    line = document.createElement("div");
-    line.className = "answer-status";
-    line.setAttribute("role", "status");
-    view.article.insertBefore(line, view.article.children[1] || null);
-  }
-  line.textContent = text;
-}
 
 function nearBottom() {
   return messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
@@ -186,51 +159,26 @@ async function runAnswer(view, url, payload) {
 
   controller = new AbortController();
   setStreaming(true);
-  let done = {};
-  let error = null;
-  const outcome = await streamAnswer(url, payload, {
+  const status = await playAnswer(view, url, payload, {
     csrfToken,
     signal: controller.signal,
-    onMeta(name, data) {
-      if (name === "slipstream.message") {
-        generationId = data.generation_id;
-        if (stopPending) {
-          stopPending = false;
-          stopAnswer();
-        }
-        view.article.dataset.messageId = data.assistant_message_id;
-        if (!chat.dataset.conversation && data.conversation_url) {
-          chat.dataset.conversation = data.conversation_id;
-          history.replaceState(null, "", data.conversation_url);
-          document.getElementById("chat-title").textContent = data.title;
-          document.title = `${data.title} · Slipstream`;
-          document.body.dispatchEvent(new CustomEvent("conversations-changed"));
-        }
-      } else if (name === "slipstream.status") {
-        showStatus(view, statusText(data));
-      } else if (name === "slipstream.done") {
-        done = data;
+    onMessage(data) {
+      generationId = data.generation_id;
+      if (stopPending) {
+        stopPending = false;
+        stopAnswer();
       }
-    },
-    onChunk(chunk) {
-      const delta = chunk.choices?.[0]?.delta;
-      if (delta) view.applyDelta(delta);
-    },
-    onGone(stored) {
-      // Ended before we reattached: show it as stored.
-      view.applyDelta({ reasoning_content: stored.reasoning || "", content: stored.content || "" });
-      done = stored;
-      if (stored.error) error = stored.error.error?.message || "The answer failed.";
-    },
-    onError(envelope) {
-      error = envelope?.error?.message || "The answer failed.";
+      if (!chat.dataset.conversation && data.conversation_url) {
+        chat.dataset.conversation = data.conversation_id;
+        history.replaceState(null, "", data.conversation_url);
+        document.getElementById("chat-title").textContent = data.title;
+        document.title = `${data.title} · Slipstream`;
+        document.body.dispatchEvent(new CustomEvent("conversations-changed"));
+      }
     },
   });
   messages.removeEventListener("scroll", onScroll);
   jumpLatest.hidden = true;
-  showStatus(view, "");
-  const status = outcome === "aborted" ? "stopped" : error ? "error" : done.status || "complete";
-  view.finish({ ...done, status, error });
   announcer.textContent = status === "complete" ? "Answer complete." : `Answer ${status}.`;
   controller = null;
   generationId = null;

@@ -6,21 +6,28 @@ import { readEvents, DONE } from "./sse.js";
  * Stream one answer: POST a new message, or (payload null) GET a running answer to resume it.
  * @param {string} url  the stream endpoint, or a generation's resume URL
  * @param {object|null} payload  JSON body ({content, conversation, slot, parent, regenerate})
- * @param {{csrfToken: string, signal: AbortSignal,
+ * @param {{csrfToken?: string, headers?: object, signal: AbortSignal,
  *          onMeta: (name: string, data: object) => void,
  *          onChunk: (chunk: object, sequence: number) => void,
  *          onGone?: (stored: object) => void,
  *          onError: (envelope: {error: {message: string}}) => void}} handlers
  * @returns {Promise<"done"|"error"|"aborted">}
  */
-export async function streamAnswer(url, payload, { csrfToken, signal, onMeta, onChunk, onError, onGone }) {
+export async function streamAnswer(
+  url, payload, { csrfToken, headers = {}, signal, onMeta, onChunk, onError, onGone },
+) {
   let response;
   try {
     response = await fetch(url, payload === null
-      ? { headers: { Accept: "text/event-stream" }, signal, credentials: "same-origin" }
+      ? { headers: { Accept: "text/event-stream", ...headers }, signal, credentials: "same-origin" }
       : {
         method: "POST",
-        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken, Accept: "text/event-stream" },
+        headers: {
+          "Content-Type": "application/json",
+          Accept: "text/event-stream",
+          ...(csrfToken ? { "X-CSRFToken": csrfToken } : {}),
+          ...headers,
+        },
         body: JSON.stringify(payload),
         signal,
         credentials: "same-origin",

@@ -1,0 +1,327 @@
+"""The embeddable widget: a chat-only page for an iframe, the script that embeds it, and the
+visitor API behind it.
+
+Security model:
+
+- Framing: the page's ``Content-Security-Policy: frame-ancestors`` lists the widget's allowed
+  origins (none listed: ``'none'``), so browsers refuse to show it anywhere else (CSP Level 3,
+  ``frame-ancestors``).
+- Requests: the API refuses a request whose ``Origin`` is neither the app's own (the iframe's
+  fetches are same-origin) nor an allowed one; a POST without ``Origin`` is refused too, since
+  browsers always send it there (WHATWG Fetch, "append a request Origin header").
+- Visitors: anonymous; a visitor is a random id the server signs (``django.core.signing``) and
+  the widget keeps in its (partitioned) localStorage and sends as ``X-Widget-Visitor``. No cookie
+  is involved, so third-party cookie blocking does not matter. A visitor only ever reaches their
+  own conversations on that widget, and only that widget's slot.
+- Limits: messages per visitor per minute and per day (django-ratelimit over Django's cache)
+  answer 429; a disabled widget refuses at once (it is read on every request).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core import signing
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.clickjacking import xframe_options_exempt
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+from django_ratelimit.core import is_ratelimited
+
+from chat import services
+from chat.http import error_response, invalid, sse_response
+from chat.models import Conversation, Message, Widget, normalise_origin
+from chat.relay import dispatch
+from chat.relay.errors import RelayError
+from chat.relay.generation import Generation
+from chat.selectors import history_for_upstream, slot_aget, thread_of
+from chat.views import MAX_MESSAGE_CHARS, _answer_events
+
+VISITOR_HEADER = "X-Widget-Visitor"
+VISITOR_SALT = "slipstream.widget.visitor"
+
+
+def frame_ancestors(widget: Widget) -> str:
+    """The CSP that lets only the widget's allowed origins frame its page."""
+    origins = widget.origins()
+    return "frame-ancestors " + (" ".join(origins) if origins else "'none'")
+
+
+def own_origin(request: HttpRequest) -> str:
+    return normalise_origin(f"{request.scheme}://{request.get_host()}")
+
+
+def origin_allowed(request: HttpRequest, widget: Widget) -> bool:
+    """Whether a request may use the widget's API: see the module's security model."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return request.method == "GET"  # browsers omit Origin on same-origin GETs
+    origin = normalise_origin(origin)
+    return origin == own_origin(request) or origin in widget.origins()
+
+
+def visitor_token(widget: Widget, visitor_id: uuid.UUID) -> str:
+    return signing.dumps({"w": widget.pk, "v": str(visitor_id)}, salt=VISITOR_SALT)
+
+
+def visitor_of(request: HttpRequest, widget: Widget) -> uuid.UUID | None:
+    """The visitor id the request's signed token names, for this widget; None when missing,
+    tampered with, or another widget's."""
+    token = request.headers.get(VISITOR_HEADER, "")
+    try:
+        claims = signing.loads(token, salt=VISITOR_SALT)
+        if claims.get("w") != widget.pk:
+            return None
+        return uuid.UUID(claims["v"])
+    except (signing.BadSignature, KeyError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def refused(
+    message: str, *, status: int, code: str, retry_after: float | None = None
+) -> JsonResponse:
+    error = RelayError(
+        message,
+        status=status,
+        type="invalid_request_error" if status < 429 else "rate_limit_error",
+        code=code,
+        retry_after=retry_after,
+    )
+    response = error_response(error)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+async def _awidget(key: str) -> Widget:
+    widget = await Widget.objects.select_related("slot").filter(public_key=key).afirst()
+    if widget is None:
+        raise Http404("No such widget")
+    return widget
+
+
+# ------------------------------------------------------------------------------------------------
+# The page and the embed script
+# ------------------------------------------------------------------------------------------------
+@require_GET
+@xframe_options_exempt  # framing is governed by the CSP below, per widget
+def page(request: HttpRequest, key: str) -> HttpResponse:
+    """The chat-only page that runs in the iframe (or on its own, for a quick look)."""
+    widget = Widget.objects.select_related("slot").filter(public_key=key).first()
+    if widget is None:
+        raise Http404("No such widget")
+    response = render(request, "widget/widget.html", {"widget": widget})
+    response["Content-Security-Policy"] = frame_ancestors(widget)
+    return response
+
+
+@require_GET
+def embed_js(request: HttpRequest, key: str) -> HttpResponse:
+    """``<script src=".../embed.js" async></script>`` on the host page adds a launcher button
+    that opens and closes the widget's iframe panel. Closing the panel removes the iframe, which
+    cancels an answer in progress."""
+    widget = Widget.objects.filter(public_key=key).first()
+    if widget is None:
+        raise Http404("No such widget")
+    config = {
+        "src": request.build_absolute_uri(reverse("widget:page", args=[widget.public_key])),
+        "title": widget.title,
+        "accent": widget.accent_color,
+    }
+    response = render(
+        request,
+        "widget/embed.js",
+        {"config": json.dumps(config)},
+        content_type="text/javascript; charset=utf-8",
+    )
+    response["Cache-Control"] = "max-age=300"
+    return response
+
+
+def embed_snippets(widget: Widget, base_url: str) -> dict[str, str]:
+    """The two ways to embed a widget, as the admin shows them."""
+    page_url = base_url.rstrip("/") + reverse("widget:page", args=[widget.public_key])
+    script_url = base_url.rstrip("/") + reverse("widget:embed", args=[widget.public_key])
+    return {
+        "script": f'<script src="{script_url}" async></script>',
+        "iframe": (
+            f'<iframe src="{page_url}" title="{widget.title}" '
+            'style="width:380px;height:560px;border:0"></iframe>'
+        ),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The visitor API
+# ------------------------------------------------------------------------------------------------
+async def _guard(request: HttpRequest, key: str) -> Widget | JsonResponse:
+    """The widget, or the refusal to answer with (origin, disabled)."""
+    widget = await _awidget(key)
+    if not origin_allowed(request, widget):
+        return refused(
+            "This site may not use this chat widget.", status=403, code="origin_not_allowed"
+        )
+    if not widget.enabled:
+        return refused("This chat is switched off.", status=403, code="widget_disabled")
+    return widget
+
+
+@csrf_exempt
+@require_POST
+async def visitor(request: HttpRequest, key: str) -> JsonResponse:
+    """A new anonymous visitor: ``{"token": str}``, kept by the widget and sent back as
+    ``X-Widget-Visitor``."""
+    widget = await _guard(request, key)
+    if isinstance(widget, JsonResponse):
+        return widget
+    return JsonResponse({"token": visitor_token(widget, uuid.uuid4())})
+
+
+@require_GET
+async def conversation(request: HttpRequest, key: str) -> JsonResponse:
+    """The visitor's latest conversation on this widget: ``{"conversation": uuid | null,
+    "messages": [{"role", "content", "reasoning", "tool_calls", "status"}]}``."""
+    widget = await _guard(request, key)
+    if isinstance(widget, JsonResponse):
+        return widget
+    visitor_id = visitor_of(request, widget)
+    if visitor_id is None:
+        if request.headers.get(VISITOR_HEADER):
+            return refused("Unknown visitor.", status=401, code="invalid_visitor")
+        return JsonResponse({"conversation": None, "messages": []})
+    latest = (
+        await Conversation.objects.filter(widget=widget, visitor_id=visitor_id)
+        .order_by("-updated_at")
+        .afirst()
+    )
+    if latest is None:
+        return JsonResponse({"conversation": None, "messages": []})
+    messages = [m async for m in latest.messages.order_by("created_at", "id")]
+    return JsonResponse(
+        {
+            "conversation": str(latest.pk),
+            "messages": [
+                {
+                    "role": m.role,
+                    "content": m.content,
+                    "reasoning": m.reasoning,
+                    "tool_calls": m.tool_calls,
+                    "status": m.status,
+                }
+                for m in thread_of(messages, latest.current_leaf_id)
+            ],
+        }
+    )
+
+
+async def _limited(request: HttpRequest, widget: Widget, visitor_id: uuid.UUID) -> str | None:
+    """Count one message against the visitor's limits; the limit hit, or None."""
+
+    def check() -> str | None:
+        for period, rate in (("minute", widget.rate_per_minute), ("day", widget.rate_per_day)):
+            if is_ratelimited(
+                request,
+                group=f"widget:{widget.pk}:{period}",
+                key=lambda group, request: str(visitor_id),
+                rate=f"{rate}/{period[0]}",
+                increment=True,
+            ):
+                return period
+        return None
+
+    return await sync_to_async(check)()
+
+
+@csrf_exempt
+@require_POST
+async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttpResponse:
+    """Send the visitor's message and stream the answer, in the chat's SSE format
+    (``views.stream``). Body: JSON ``{"content": str, "conversation": uuid | null}``. The answer
+    is cancelled when the visitor goes away (closes the panel or the page)."""
+    widget = await _guard(request, key)
+    if isinstance(widget, JsonResponse):
+        return widget
+    visitor_id = visitor_of(request, widget)
+    if visitor_id is None:
+        return refused("Unknown visitor: reload the chat.", status=401, code="invalid_visitor")
+    try:
+        payload = json.loads(request.body or b"{}")
+    except ValueError:
+        return error_response(invalid("Request body is not valid JSON."))
+    content = payload.get("content") if isinstance(payload, dict) else None
+    if not isinstance(content, str) or not content.strip():
+        return error_response(invalid("Message is empty.", param="content"))
+    if len(content) > MAX_MESSAGE_CHARS:
+        return error_response(invalid("Message is too long.", param="content"))
+    period = await _limited(request, widget, visitor_id)
+    if period is not None:
+        return refused(
+            f"You have sent too many messages this {period}. Please wait a little and try again.",
+            status=429,
+            code="rate_limited",
+            retry_after=60 if period == "minute" else 3600,
+        )
+    slot = await slot_aget(name=widget.slot.name)  # enabled, with backend and fallbacks
+    if slot is None:
+        return refused("This chat has no model right now.", status=503, code="no_model")
+
+    conversation = None
+    if payload.get("conversation"):
+        try:
+            conversation = await Conversation.objects.filter(
+                pk=uuid.UUID(str(payload["conversation"])), widget=widget, visitor_id=visitor_id
+            ).afirst()
+        except ValueError:
+            conversation = None
+    if conversation is None:
+        conversation = await Conversation.objects.acreate(
+            widget=widget,
+            visitor_id=visitor_id,
+            slot=slot,
+            title=services.title_from(content),
+            system_prompt=widget.system_prompt,
+        )
+        thread: list[Message] = []
+    else:
+        messages = [m async for m in conversation.messages.order_by("created_at", "id")]
+        thread = thread_of(messages, conversation.current_leaf_id)
+    user_message = await services.message_acreate_user(
+        conversation=conversation, content=content, parent=thread[-1] if thread else None
+    )
+    request_body = services.chat_request(
+        conversation, history_for_upstream([*thread, user_message])
+    )
+    generation, _ = dispatch.submit(
+        services.slot_config(slot), "chat/completions", request_body, keep_running=False
+    )
+    try:
+        assistant = await services.message_acreate_assistant(
+            conversation=conversation,
+            slot_name=slot.name,
+            parent=user_message,
+            generation_id=generation.id,
+        )
+    except BaseException:
+        generation.detach()
+        raise
+    conversation_id = conversation.pk
+
+    async def store(finished: Generation) -> None:
+        await services.message_afinalise(
+            message_id=assistant.pk, conversation_id=conversation_id, generation=finished
+        )
+
+    if not generation.add_finish_callback(store):
+        await store(generation)
+    meta: dict[str, Any] = {
+        "conversation_id": str(conversation.pk),
+        "user_message_id": user_message.pk,
+        "assistant_message_id": assistant.pk,
+        "generation_id": generation.id,
+        "slot": slot.name,
+    }
+    return sse_response(_answer_events(generation, meta))

@@ -1,0 +1,171 @@
+// The embeddable widget's page (inside the host site's iframe): the chat's own streaming and
+// rendering (answer.js, render.js) for one anonymous visitor. The visitor is a token signed by
+// the server. A cross-site iframe often may not keep storage (Chromium blocks third-party
+// storage in many profiles), so embed.js keeps the token in the host page's own storage and
+// hands it back in the iframe URL's fragment (#v=…, never sent to a server); the iframe's own
+// localStorage is used too where it works (the plain <iframe> snippet). Stop and closing the
+// panel cancel the answer.
+import { playAnswer } from "./answer.js";
+import { AnswerView, userMessage } from "./render.js";
+
+const root = document.getElementById("widget");
+const messages = document.getElementById("messages");
+const box = document.getElementById("message");
+const send = document.getElementById("send");
+const stop = document.getElementById("stop");
+const notice = document.getElementById("notice");
+const announcer = document.getElementById("announcer");
+const storageKey = `slipstream.widget.${root.dataset.key}`;
+
+let state = load();
+let controller = null;
+
+function load() {
+  const handed = new URLSearchParams(location.hash.slice(1)).get("v");
+  if (handed) return { token: handed };
+  try {
+    return JSON.parse(localStorage.getItem(storageKey)) || {};
+  } catch {
+    return {}; // storage blocked, and no token handed over: a new visitor
+  }
+}
+
+/** The embedding page's origin, to hand the token to embed.js and no one else. */
+function hostOrigin() {
+  if (window.parent === window) return null;
+  const ancestor = location.ancestorOrigins?.[0];
+  if (ancestor) return ancestor;
+  try {
+    return document.referrer ? new URL(document.referrer).origin : null;
+  } catch {
+    return null;
+  }
+}
+
+function save() {
+  try {
+    localStorage.setItem(storageKey, JSON.stringify(state));
+  } catch {
+    // storage blocked here: embed.js keeps it on the host page instead
+  }
+  const origin = hostOrigin();
+  if (origin && state.token) {
+    window.parent.postMessage({ type: "slipstream-widget", token: state.token }, origin);
+  }
+}
+
+function say(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+async function errorMessage(response) {
+  try {
+    return (await response.json()).error.message;
+  } catch {
+    return `The chat is unavailable (HTTP ${response.status}).`;
+  }
+}
+
+async function ensureVisitor() {
+  if (state.token) return true;
+  const response = await fetch(root.dataset.visitorUrl, { method: "POST" });
+  if (!response.ok) {
+    say(await errorMessage(response));
+    return false;
+  }
+  state = { token: (await response.json()).token };
+  save();
+  return true;
+}
+
+function headers() {
+  return state.token ? { "X-Widget-Visitor": state.token } : {};
+}
+
+async function showHistory() {
+  if (!state.token) return;
+  const response = await fetch(root.dataset.conversationUrl, { headers: headers() });
+  if (response.status === 401) {
+    state = {}; // a token from elsewhere (another widget, a changed secret key): start afresh
+    return;
+  }
+  if (!response.ok) return;
+  const data = await response.json();
+  state.conversation = data.conversation;
+  save();
+  for (const message of data.messages) {
+    if (message.role === "user") {
+      messages.append(userMessage(message.content));
+    } else if (message.role === "assistant") {
+      const view = new AnswerView(document.title);
+      view.applyDelta({ reasoning_content: message.reasoning || "", content: message.content || "" });
+      for (const [index, call] of (message.tool_calls || []).entries()) {
+        view.applyDelta({ tool_calls: [{ index, ...call }] });
+      }
+      messages.append(view.article);
+      view.finish({ status: message.status });
+    }
+  }
+  messages.scrollTop = messages.scrollHeight;
+}
+
+function setStreaming(streaming) {
+  send.hidden = streaming;
+  stop.hidden = !streaming;
+  box.readOnly = streaming;
+}
+
+async function submit() {
+  const content = box.value;
+  if (!content.trim() || controller) return;
+  say("");
+  if (!(await ensureVisitor())) return;
+  box.value = "";
+  messages.append(userMessage(content));
+  const view = new AnswerView(document.title);
+  messages.append(view.article);
+  view.onFlush = () => { messages.scrollTop = messages.scrollHeight; };
+  messages.scrollTop = messages.scrollHeight;
+  controller = new AbortController();
+  setStreaming(true);
+  const status = await playAnswer(view, root.dataset.streamUrl, {
+    content,
+    conversation: state.conversation || null,
+  }, {
+    headers: headers(),
+    signal: controller.signal,
+    onMessage(meta) {
+      state.conversation = meta.conversation_id;
+      save();
+    },
+  });
+  if (status === "error") {
+    // Refusals (limits, a switched-off chat) are said plainly, not only in the bubble.
+    say(view.article.querySelector(".badge.error")?.textContent || "The answer failed.");
+    if (!view.article.querySelector(".content")?.textContent.trim()) view.article.remove();
+  }
+  announcer.textContent = status === "complete" ? "Answer complete." : `Answer ${status}.`;
+  controller = null;
+  setStreaming(false);
+  box.focus();
+}
+
+document.getElementById("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  submit();
+});
+box.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    submit();
+  }
+});
+// In the widget, closing the stream is stopping: the server cancels an answer nobody reads.
+stop.addEventListener("click", () => controller?.abort());
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") controller?.abort();
+});
+
+await showHistory();
+root.dataset.ready = "true"; // for tests: the composer is wired

@@ -1,0 +1,219 @@
+"""The embeddable widget in Chromium: a host page on a second loopback origin embeds it with the
+script tag; framing is refused elsewhere; visitors are kept apart; limits and switching off are
+said plainly."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, FrameLocator, Page, expect
+
+from chat.models import Conversation, Widget
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+class HostSite:
+    """A static site on its own origin (``http://localhost:PORT``) whose page embeds a widget."""
+
+    def __init__(self, root: Path) -> None:
+        handler = partial(_QuietHandler, directory=str(root))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.origin = f"http://localhost:{self.server.server_address[1]}"
+        self.root = root
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def page(self, name: str, body: str) -> str:
+        (self.root / name).write_text(f"<!doctype html><title>Host</title><h1>Docs</h1>{body}")
+        return f"{self.origin}/{name}"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[HostSite]:
+    site = HostSite(tmp_path)
+    yield site
+    site.server.shutdown()
+    site.server.server_close()
+
+
+@pytest.fixture
+def other_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostSite]:
+    site = HostSite(tmp_path_factory.mktemp("other"))
+    yield site
+    site.server.shutdown()
+    site.server.server_close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A Chromium with room for several visitors (one context each)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield instance
+        instance.close()
+
+
+def make_widget(slot, host: HostSite, **fields: Any) -> Widget:
+    return Widget.objects.create(
+        name="Docs", slot=slot, allowed_origins=host.origin, greeting="Hi! Ask me.", **fields
+    )
+
+
+def embed(host: HostSite, server, widget: Widget) -> str:
+    src = f"{server.base_url}/widget/{widget.public_key}/embed.js"
+    return host.page("index.html", f'<script src="{src}" async></script>')
+
+
+def open_panel(page: Page) -> FrameLocator:
+    page.get_by_role("button", name=Widget._meta.get_field("title").default).click()
+    frame = page.frame_locator("iframe[data-slipstream-panel]")
+    expect(frame.locator("#widget")).to_have_attribute("data-ready", "true")
+    return frame
+
+
+def ask(frame: FrameLocator, text: str) -> None:
+    frame.get_by_role("textbox", name="Message").fill(text)
+    frame.get_by_role("button", name="Send").click()
+
+
+def test_embed_chat_and_come_back(browser: Browser, server, slot, sim, host) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=50, length=12)
+    widget = make_widget(slot, host)
+    url = embed(host, server, widget)
+    page = browser.new_context().new_page()
+    page.goto(url)
+    frame = open_panel(page)
+    expect(frame.locator("article.greeting .content")).to_have_text("Hi! Ask me.")
+    ask(frame, "How do I install it?")
+    answer = frame.locator("article.message.assistant:not(.greeting)").last
+    expect(answer).to_have_attribute("data-status", "complete")
+    text = answer.locator(".content").inner_text()
+    assert len(text.split()) == 12
+
+    page.reload()
+    frame = open_panel(page)
+    expect(frame.locator("article.message.user .content")).to_have_text("How do I install it?")
+    expect(frame.locator("article.message.assistant:not(.greeting) .content")).to_have_text(text)
+    conversation = Conversation.objects.get()
+    assert conversation.widget == widget and conversation.user is None
+    # It continues the same conversation.
+    ask(frame, "And then?")
+    expect(frame.locator("article.message.assistant:not(.greeting)").last).to_have_attribute(
+        "data-status", "complete"
+    )
+    assert Conversation.objects.count() == 1 and conversation.messages.count() == 4
+
+
+def test_closing_the_panel_cancels_the_answer(browser: Browser, server, slot, sim, host) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
+    widget = make_widget(slot, host)
+    page = browser.new_context().new_page()
+    page.goto(embed(host, server, widget))
+    frame = open_panel(page)
+    ask(frame, "Tell me everything")
+    expect(frame.locator("article.message.assistant:not(.greeting) .content")).to_contain_text(" ")
+    sim.wait_for(lambda s: s["streams_started"] == 1, timeout_s=5)
+    page.get_by_role("button", name="Ask us").click()  # close
+    expect(page.locator("iframe[data-slipstream-panel]")).to_have_count(0)
+    sim.wait_for(lambda s: s["cancelled"] == 1, timeout_s=2)
+
+
+def test_an_origin_not_on_the_list_cannot_frame_or_call_it(
+    browser: Browser, server, slot, sim, host, other_host
+) -> None:
+    widget = make_widget(slot, host)
+    page_url = f"{server.base_url}/widget/{widget.public_key}/"
+    assert httpx.get(page_url).headers["content-security-policy"] == (
+        f"frame-ancestors {host.origin}"
+    )
+    page = browser.new_context().new_page()
+    page.goto(embed(other_host, server, widget))
+    page.get_by_role("button", name="Ask us").click()
+    expect(page.locator("iframe[data-slipstream-panel]")).to_have_count(1)
+    page.wait_for_timeout(500)
+    frame = page.frame_locator("iframe[data-slipstream-panel]")
+    expect(frame.locator("#widget")).to_have_count(0)  # the browser refused to show it
+
+    stream = f"{server.base_url}/widget/{widget.public_key}/stream/"
+    visitor = f"{server.base_url}/widget/{widget.public_key}/visitor/"
+    assert httpx.post(visitor, headers={"Origin": other_host.origin}).status_code == 403
+    allowed = httpx.post(visitor, headers={"Origin": host.origin})
+    token = allowed.json()["token"]
+    refused = httpx.post(
+        stream,
+        json={"content": "hi"},
+        headers={"Origin": other_host.origin, "X-Widget-Visitor": token},
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+    assert httpx.post(stream, json={"content": "hi"}).status_code == 403  # no Origin at all
+    # None listed: no site may frame it.
+    Widget.objects.filter(pk=widget.pk).update(allowed_origins="")
+    assert httpx.get(page_url).headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+def test_two_visitors_never_see_each_other(browser: Browser, server, slot, sim, host) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    widget = make_widget(slot, host)
+    url = embed(host, server, widget)
+    first = browser.new_context().new_page()
+    first.goto(url)
+    frame = open_panel(first)
+    ask(frame, "My secret question")
+    expect(frame.locator("article.message.assistant:not(.greeting)")).to_have_attribute(
+        "data-status", "complete"
+    )
+    second = browser.new_context().new_page()
+    second.goto(url)
+    other = open_panel(second)
+    expect(other.locator("article.message.user")).to_have_count(0)
+    ask(other, "Something else")
+    expect(other.locator("article.message.assistant:not(.greeting)")).to_have_attribute(
+        "data-status", "complete"
+    )
+    expect(other.get_by_text("My secret question")).to_have_count(0)
+    visitors = set(Conversation.objects.values_list("visitor_id", flat=True))
+    assert len(visitors) == 2 and Conversation.objects.count() == 2
+
+
+def test_limits_and_switching_off_are_said_plainly(
+    browser: Browser, server, slot, sim, host
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    widget = make_widget(slot, host, rate_per_minute=2)
+    url = embed(host, server, widget)
+    page = browser.new_context().new_page()
+    page.goto(url)
+    frame = open_panel(page)
+    for text in ("one", "two"):
+        ask(frame, text)
+        expect(frame.locator("article.message.assistant:not(.greeting)").last).to_have_attribute(
+            "data-status", "complete"
+        )
+    ask(frame, "three")
+    expect(frame.get_by_role("alert")).to_contain_text("too many messages this minute")
+    assert sim.stats()["requests"] == 2
+
+    Widget.objects.filter(pk=widget.pk).update(enabled=False, rate_per_minute=100)
+    ask(frame, "four")
+    expect(frame.get_by_role("alert")).to_have_text("This chat is switched off.")
+    page.reload()
+    frame = open_panel(page)
+    expect(frame.get_by_role("textbox", name="Message")).to_be_disabled()
+    assert sim.stats()["requests"] == 2
