@@ -10,8 +10,15 @@ PY := $(VENV)/bin/python
 run: $(VENV)/.runtime
 	$(PY) manage.py serve
 
+# The suite runs twice: on the embedded defaults (SQLite, in memory), then on PostgreSQL and
+# Redis as several processes would share them (tests/integration/test_multiprocess.py runs only
+# then). Both services must be running locally; .ci/run starts them.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/slipstream
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
 test: $(VENV)/.dev browser node-deps lint
 	$(PY) -m pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -65,7 +65,7 @@ async def dispatched(slot: SlotConfig, request: dict[str, Any]) -> tuple[float, 
     """The same, through the dispatcher and a generation subscription."""
     start = time.perf_counter()
     first = 0.0
-    generation, _ = dispatch.submit(slot, "chat/completions", request)
+    generation, _ = await dispatch.submit(slot, "chat/completions", request)
     try:
         async with aclosing(generation.subscribe()) as events:
             async for item in events:

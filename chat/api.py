@@ -220,7 +220,7 @@ async def _completion(request: HttpRequest, *, chat: bool) -> HttpResponse | Str
                 endpoint=endpoint,
                 started_at=started_at,
             )
-        generation, _ = dispatch.submit(config, endpoint, body, started_at=started_at)
+        generation, _ = await dispatch.submit(config, endpoint, body, started_at=started_at)
         try:
             # Hold the HTTP status until the first chunk (or the first keep-alive is due), so a
             # failure before it, after the dispatcher's retries, is a real 4xx/5xx answer.

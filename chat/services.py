@@ -3,8 +3,10 @@ one update when it ends (DESIGN.md, "Persistence")."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -17,8 +19,11 @@ from django.utils import timezone
 from chat.models import ApiCall, ApiKey, Conversation, Message, Slot
 from chat.relay.dispatch import SlotConfig
 from chat.relay.errors import RelayError
-from chat.relay.generation import Generation
+from chat.relay.generation import Generation, find
+from chat.relay.shared import shared
 from chat.relay.slots import StateChange
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
 # How many fallbacks deep a slot's chain is loaded (selectors.SLOT_RELATED matches it).
@@ -141,6 +146,60 @@ def generation_fields(generation: Generation, *, status: str | None = None) -> d
         "ttft_ms": generation.ttft_ms,
         "tokens_per_s": generation.tokens_per_s,
     }
+
+
+async def message_acheckpoint(*, message_id: int, generation: Generation) -> None:
+    """Store the text so far of an answer still streaming (one UPDATE, about once a second),
+    so a process that dies mid-answer loses at most the last second of it."""
+    acc = generation.accumulator
+    await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
+        content=acc.content() or acc.refusal(),
+        reasoning=acc.reasoning(),
+        tool_calls=acc.tool_calls(),
+        updated_at=timezone.now(),
+    )
+
+
+async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
+    """Mark ``interrupted`` every streaming answer whose generation no process runs any more
+    (its process died or restarted), keeping its checkpointed text. A generation counts as
+    running when this process has it, or (with ``REDIS_URL``) its liveness key exists. Returns
+    how many were marked."""
+    store = shared()
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    candidates = [
+        (pk, generation_id)
+        async for pk, generation_id in Message.objects.filter(
+            status=Message.Status.STREAMING, updated_at__lt=cutoff
+        ).values_list("pk", "generation_id")
+    ]
+    lost = []
+    for pk, generation_id in candidates:
+        running = find(generation_id) if generation_id else None
+        if running is not None and not running.ended and not running.is_mirror:
+            continue
+        if store is not None and generation_id and await store.is_live(generation_id):
+            continue
+        lost.append(pk)
+    if not lost:
+        return 0
+    return await Message.objects.filter(pk__in=lost, status=Message.Status.STREAMING).aupdate(
+        status=Message.Status.INTERRUPTED, finish_reason="", updated_at=timezone.now()
+    )
+
+
+async def sweep_forever(*, every_s: float = 2.0) -> None:
+    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process."""
+    while True:
+        try:
+            swept = await sweep_interrupted()
+            if swept:
+                logger.warning("marked %d answers interrupted (their process is gone)", swept)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("sweep of interrupted answers failed")
+        await asyncio.sleep(every_s)
 
 
 async def message_afinalise(

@@ -32,6 +32,7 @@ from chat.http import error_response, invalid, signed_in, sse_response
 from chat.models import Conversation, Message
 from chat.relay import dispatch
 from chat.relay.generation import Generation, Phase, find
+from chat.relay.shared import shared
 from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_event
 from chat.relay.upstream import Chunk
 
@@ -212,7 +213,7 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         )
         history_thread = [*(await _thread_to(conversation, parent) if parent else []), user_message]
 
-    generation, _ = dispatch.submit(
+    generation, _ = await dispatch.submit(
         services.slot_config(slot),
         "chat/completions",
         services.chat_request(conversation, selectors.history_for_upstream(history_thread)),
@@ -239,6 +240,11 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
                 message_id=assistant.pk, conversation_id=conversation_id, generation=finished
             )
 
+    async def checkpoint(running: Generation) -> None:
+        if assistant.pk in running.owners:
+            await services.message_acheckpoint(message_id=assistant.pk, generation=running)
+
+    generation.add_checkpoint_callback(checkpoint)
     if not generation.add_finish_callback(store):
         await store(generation)  # it ended while the message was being created
     meta = {
@@ -292,6 +298,15 @@ async def generation_events(
     except ValueError:
         return _bad_request("after must be an integer.", param="after")
     generation = find(generation_id)
+    store = shared()
+    running_elsewhere = (
+        generation is None
+        and store is not None
+        and message.status == Message.Status.STREAMING
+        and await store.exists(generation_id)
+    )
+    if running_elsewhere and store is not None:  # follow its buffer from its process
+        generation = store.mirror(generation_id, slot=message.slot_name, keep_running=False)
     if generation is None:
         return JsonResponse(_message_json(message), status=410)
     generation.attach()
@@ -315,6 +330,17 @@ async def generation_stop(request: HttpRequest, generation_id: str) -> JsonRespo
     if message is None:
         raise Http404("No such answer")
     generation = find(generation_id)
+    if generation is not None and generation.is_mirror:
+        generation = None  # a copy of one running elsewhere: ask its own process
+    store = shared()
+    if generation is None and store is not None and message.status == Message.Status.STREAMING:
+        await store.request_stop(generation_id)
+        for _ in range(100):  # its process stores it as stopped, usually within milliseconds
+            await message.arefresh_from_db()
+            if message.status != Message.Status.STREAMING:
+                break
+            await asyncio.sleep(0.05)
+        return JsonResponse(_message_json(message))
     if generation is not None and not generation.ended:
         if generation.owners - {message.pk}:
             # Shared (single-flight) with someone else's answer: keep it going for them and

@@ -295,7 +295,7 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
     request_body = services.chat_request(
         conversation, history_for_upstream([*thread, user_message])
     )
-    generation, _ = dispatch.submit(
+    generation, _ = await dispatch.submit(
         services.slot_config(slot), "chat/completions", request_body, keep_running=False
     )
     try:
@@ -315,6 +315,10 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
             message_id=assistant.pk, conversation_id=conversation_id, generation=finished
         )
 
+    async def checkpoint(running: Generation) -> None:
+        await services.message_acheckpoint(message_id=assistant.pk, generation=running)
+
+    generation.add_checkpoint_callback(checkpoint)
     if not generation.add_finish_callback(store):
         await store(generation)
     meta: dict[str, Any] = {

@@ -36,6 +36,33 @@ def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> No
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """The test database, plus: a clean Redis database when REDIS_URL is set, and at the end
+    the connection of the thread that background tasks' ORM calls run on (asgiref's
+    process-wide executor) closed, so PostgreSQL lets the test database be dropped."""
+    if settings.REDIS_URL:
+        import redis
+
+        with redis.Redis.from_url(settings.REDIS_URL) as client:
+            client.flushdb()
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+        connection = connections["default"]
+        if connection.vendor == "postgresql":
+            # Threads that ran async ORM calls (per-request executors of in-process clients)
+            # may still hold a connection: end them, or the test database cannot be dropped.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+
+@pytest.fixture(scope="session")
 def simulator() -> Iterator[SimulatorThread]:
     """The built-in simulator, one per session; reset before each test that uses it."""
     with SimulatorThread(replay_dir=FIXTURES / "sse") as sim:
@@ -48,17 +75,23 @@ def sim(simulator: SimulatorThread) -> SimulatorThread:
     return simulator
 
 
+def server_env() -> dict[str, str]:
+    """What a test daphne process needs to share this test run's database (and Redis, which it
+    inherits from REDIS_URL in the environment)."""
+    return {
+        "DATABASE_URL": database_url(settings.DATABASES["default"]),
+        "DJANGO_SECRET_KEY": settings.SECRET_KEY,
+        "DJANGO_DEBUG": "false",
+        "SLIPSTREAM_KEEPALIVE_S": str(KEEPALIVE_S),
+    }
+
+
 @pytest.fixture(scope="session")
 def server(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServer]:
     """Slipstream under daphne on a free port, on the test database. Tests that use it need
     ``transactional_db`` so what they write is committed and visible to it."""
     with django_db_blocker.unblock():
-        env = {
-            "DATABASE_URL": database_url(settings.DATABASES["default"]),
-            "DJANGO_SECRET_KEY": settings.SECRET_KEY,
-            "DJANGO_DEBUG": "false",
-            "SLIPSTREAM_KEEPALIVE_S": str(KEEPALIVE_S),
-        }
+        env = server_env()
     with DaphneServer(env=env) as daphne:
         yield daphne
 
@@ -83,12 +116,15 @@ def user(transactional_db: None) -> Any:
     return get_user_model().objects.create_user(username="ada", password="correct horse 42")
 
 
-def session_client(server: DaphneServer, user: Any) -> httpx.Client:
-    """An httpx client logged in as ``user``, carrying Django's CSRF token as a browser would."""
-    django_client = Client()
-    django_client.force_login(user)
+def session_client(server: DaphneServer, user: Any, *, session: str = "") -> httpx.Client:
+    """An httpx client logged in as ``user`` (or with the given session id), carrying Django's
+    CSRF token as a browser would."""
+    if not session:
+        django_client = Client()
+        django_client.force_login(user)
+        session = django_client.cookies["sessionid"].value
     client = httpx.Client(base_url=server.base_url, timeout=30)
-    client.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+    client.cookies.set("sessionid", session)
     client.get("/").raise_for_status()
     client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
     return client

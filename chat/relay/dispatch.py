@@ -24,10 +24,12 @@ are one JSON call with the same admission, cold-boot, retry and fallback rules (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -35,8 +37,16 @@ from typing import Any, TypeVar
 
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
-from chat.relay.generation import Generation, Phase
-from chat.relay.slots import ERROR, READY, WARMING, SlotRuntime, runtime_for
+from chat.relay.generation import Generation, Phase, find
+from chat.relay.shared import shared
+from chat.relay.slots import (
+    ERROR,
+    QUEUE_RETRY_AFTER_S,
+    READY,
+    WARMING,
+    SlotRuntime,
+    runtime_for,
+)
 from chat.relay.stops import StopEnforcer, stop_strings
 from chat.relay.upstream import BackendConfig, UpstreamStream, request_json
 
@@ -156,7 +166,7 @@ def coalescing_key(endpoint: str, body: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Streaming: generations
 # ------------------------------------------------------------------------------------------------
-def submit(
+async def submit(
     slot: SlotConfig,
     endpoint: str,
     request: dict[str, Any],
@@ -169,25 +179,42 @@ def submit(
     ``endpoint`` is ``"chat/completions"`` or ``"completions"``; ``request`` is the client's
     OpenAI request (its ``model`` is replaced per slot). Returns the generation, already
     ``attach``-ed for the caller (who must ``detach``), and whether an identical request's
-    generation was joined. Failures arrive through the generation (``status``, ``error``),
-    never raised here.
+    generation was joined, in this process or (with ``REDIS_URL``) in another one, whose
+    buffer is then mirrored here. Failures arrive through the generation (``status``,
+    ``error``), never raised here.
     """
     runtime = slot.runtime()
     key = None
     if slot.single_flight == "always" or (
         slot.single_flight == "not_ready" and runtime.state != READY
     ):
-        key = coalescing_key(
-            endpoint, request_body(slot, request, chat=_is_chat(endpoint), stream=True)
-        )
+        body = request_body(slot, request, chat=_is_chat(endpoint), stream=True)
+        key = coalescing_key(endpoint, body)
         joined = runtime.coalescing.get(key)
         if joined is not None and joined.status == "streaming":
             joined.attach()
             return joined, True
-    generation = Generation(slot=slot.name, started_at=started_at, keep_running=keep_running)
+    store = shared()
+    generation_id = uuid.uuid4().hex
+    if store is not None and key is not None:
+        running = await store.claim(slot.name, key, generation_id)
+        if running is not None:
+            mirror = find(running) or store.mirror(
+                running, slot=slot.name, keep_running=keep_running
+            )
+            mirror.attach()
+            return mirror, True
+    generation = Generation(
+        slot=slot.name,
+        started_at=started_at,
+        keep_running=keep_running,
+        generation_id=generation_id,
+    )
     generation.attach()
     if key is not None:
         runtime.coalescing[key] = generation
+    if store is not None:
+        store.publish(generation)
     generation.task = spawn(_run(generation, slot, endpoint, request, runtime=runtime, key=key))
     return generation, False
 
@@ -216,7 +243,7 @@ async def _run(
         stream = await UpstreamStream.open(cfg.backend, endpoint, body)
         cfg.runtime().set_state(READY)
         generation.set_phase(Phase("streaming", cfg.name))
-        generation.slot = cfg.name
+        generation.set_slot(cfg.name)
         try:
             async with aclosing(stream.chunks()) as chunks:
                 async for chunk in chunks:
@@ -254,6 +281,10 @@ async def _run(
     finally:
         if key is not None and runtime.coalescing.get(key) is generation:
             del runtime.coalescing[key]
+        store = shared()
+        if key is not None and store is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(store.unclaim(slot.name, key, generation.id))
         await asyncio.shield(generation.finish(status, error))
 
 
@@ -324,20 +355,58 @@ async def dispatch(
             runtime.probe_soon()  # it may come back; meanwhile the fallback answers
             continue
         body = request_body(cfg, request, chat=chat, stream=stream)
-        await runtime.acquire(
-            limit=cfg.max_concurrency, timeout_s=cfg.queue_timeout_s, generation=generation
-        )
+        lease = await _admit(cfg, runtime, generation)
         try:
             return await _attempts(cfg, runtime, body, attempt, published, generation)
         except RelayError as exc:
-            if last or published() or not _retryable(exc):
+            # Spent retries, or a model still loading after its cold-boot wait: the fallback
+            # answers instead, if nothing reached the client yet.
+            if last or published() or not (_retryable(exc) or exc.code == "slot_warming"):
                 raise
             logger.warning(
                 "slot %s failed (%s); falling back to %s", cfg.name, exc, chain[position + 1].name
             )
         finally:
             runtime.release(limit=cfg.max_concurrency)
+            store = shared()
+            if lease is not None and store is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(store.release_lease(lease))
     raise AssertionError("unreachable: the last slot of a chain raises or returns")
+
+
+async def _admit(
+    cfg: SlotConfig, runtime: SlotRuntime, generation: Generation | None
+) -> str | None:
+    """A place on the slot: in this process's FIFO queue, then (with ``REDIS_URL``) a lease
+    across processes, all within ``queue_timeout_s``. Returns the lease to give back, if any.
+    Raises ``RelayError`` 429."""
+    started = time.monotonic()
+    await runtime.acquire(
+        limit=cfg.max_concurrency, timeout_s=cfg.queue_timeout_s, generation=generation
+    )
+    store = shared()
+    if store is None:
+        return None
+    remaining = max(0.0, cfg.queue_timeout_s - (time.monotonic() - started))
+    try:
+        lease = await store.acquire_lease(
+            f"{cfg.id}:{cfg.name}", limit=cfg.max_concurrency, timeout_s=remaining
+        )
+    except BaseException:
+        runtime.release(limit=cfg.max_concurrency)
+        raise
+    if lease is None:
+        runtime.release(limit=cfg.max_concurrency)
+        raise RelayError(
+            f"Slot {cfg.name} is busy: {cfg.max_concurrency} requests in flight and none ended "
+            f"within {cfg.queue_timeout_s:g} s. Try again shortly.",
+            status=429,
+            type="rate_limit_error",
+            code="slot_queue_timeout",
+            retry_after=QUEUE_RETRY_AFTER_S,
+        )
+    return lease
 
 
 async def _attempts(

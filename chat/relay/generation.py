@@ -18,9 +18,10 @@ import uuid
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from chat.relay.accumulate import MessageAccumulator
+from chat.relay.background import spawn
 from chat.relay.errors import RelayError
 from chat.relay.upstream import Chunk
 
@@ -57,6 +58,10 @@ comment line so proxies and clients keep the connection open."""
 
 FinishCallback = Callable[["Generation"], Awaitable[None]]
 
+# Streaming answers are written to the database at most this often (s), so a process that dies
+# mid-answer loses at most about this much of it (DESIGN.md, "Persistence").
+CHECKPOINT_INTERVAL_S = 1.0
+
 # How long an ended generation stays findable by id: a tab that reconnects just after the end
 # still reads the tail from the buffer instead of the database.
 RESUME_GRACE_S = 60.0
@@ -83,9 +88,14 @@ class Generation:
     """
 
     def __init__(
-        self, *, slot: str, started_at: float | None = None, keep_running: bool = False
+        self,
+        *,
+        slot: str,
+        started_at: float | None = None,
+        keep_running: bool = False,
+        generation_id: str | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = generation_id or uuid.uuid4().hex
         self.slot = slot
         self.accumulator = MessageAccumulator()
         self.chunks: list[Chunk] = []
@@ -104,7 +114,14 @@ class Generation:
         # answer can be several people's, and one person's Stop must not end another's.
         self.owners: set[object] = set()
         self.task: asyncio.Task[None] | None = None
+        # Fed from another process's buffer (chat.relay.shared) rather than run here.
+        self.is_mirror = False
+        # Where else events go (chat.relay.shared's stream writer), when processes share them.
+        self.sink: Any = None
         self._callbacks: list[FinishCallback] = []
+        self._checkpoints: list[FinishCallback] = []
+        self._checkpointed_at = time.monotonic()
+        self._checkpointing: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self._wake: asyncio.Future[None] = loop.create_future()
         registry = _live.setdefault(loop, {})
@@ -114,16 +131,47 @@ class Generation:
     # -- the producer's side (the dispatcher) --
 
     def publish(self, chunk: Chunk) -> None:
-        """Append one chunk to the buffer and wake every subscriber."""
+        """Append one chunk to the buffer and wake every subscriber (and, at most once per
+        ``CHECKPOINT_INTERVAL_S``, start the checkpoint callbacks)."""
         self.chunks.append(chunk)
         if self.accumulator.add(chunk.obj) and self.first_token_at is None:
             self.first_token_at = time.monotonic()
+        if self.sink is not None:
+            self.sink.chunk(chunk)
         self._notify()
+        if self._checkpoints and self._checkpointing is None:
+            now = time.monotonic()
+            if now - self._checkpointed_at >= CHECKPOINT_INTERVAL_S:
+                self._checkpointed_at = now
+                self._checkpointing = spawn(self._checkpoint())
 
     def set_phase(self, phase: Phase) -> None:
         if phase != self.phase:
             self.phase = phase
+            if self.sink is not None:
+                self.sink.phase(phase)
             self._notify()
+
+    def set_slot(self, name: str) -> None:
+        """The slot now answering (a fallback's name once it took over)."""
+        if name != self.slot:
+            self.slot = name
+            if self.sink is not None:
+                self.sink.slot(name)
+
+    def add_checkpoint_callback(self, callback: FinishCallback) -> None:
+        """Run ``callback(generation)`` now and then while streaming (store the text so far)."""
+        self._checkpoints.append(callback)
+
+    async def _checkpoint(self) -> None:
+        try:
+            for callback in list(self._checkpoints):
+                try:
+                    await callback(self)
+                except Exception:
+                    logger.exception("generation %s: checkpoint failed", self.id)
+        finally:
+            self._checkpointing = None
 
     def remove_finish_callback(self, callback: FinishCallback) -> None:
         if callback in self._callbacks:
@@ -145,7 +193,11 @@ class Generation:
             return
         self.status, self.error = status, error
         self.ended_at = time.monotonic()
+        if self.sink is not None:
+            self.sink.end(status, error)
         try:
+            if self._checkpointing is not None:  # let it land before the final write
+                await asyncio.wait((self._checkpointing,))
             for callback in self._callbacks:
                 try:
                     await callback(self)

@@ -60,3 +60,40 @@ async def test_a_2000_token_answer_costs_at_most_5_writes(slot, sim, user) -> No
     )
     await cancel_all()  # the slot's probe and state writes, before this test's loop closes
     await aclose_clients()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_sweeper_marks_orphaned_answers_interrupted(user) -> None:
+    """A streaming answer that no generation of this process (or, with Redis, of any process)
+    runs any more becomes ``interrupted`` with its checkpointed text; a running one is left."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat.models import Conversation
+    from chat.relay.generation import Generation
+    from chat.services import sweep_interrupted
+
+    conversation = await Conversation.objects.acreate(user=user, title="t")
+    running = Generation(slot="primary")
+    orphan = await Message.objects.acreate(
+        conversation=conversation,
+        role="assistant",
+        status="streaming",
+        content="so far",
+        generation_id="0" * 32,
+    )
+    alive = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="streaming", generation_id=running.id
+    )
+    fresh = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="streaming", generation_id="1" * 32
+    )
+    old = timezone.now() - timedelta(seconds=30)
+    await Message.objects.filter(pk__in=[orphan.pk, alive.pk]).aupdate(updated_at=old)
+    assert await sweep_interrupted() == 1
+    statuses = {m.pk: (m.status, m.content) async for m in Message.objects.all()}
+    assert statuses[orphan.pk] == ("interrupted", "so far")
+    assert statuses[alive.pk][0] == statuses[fresh.pk][0] == "streaming"
+    await cancel_all()
+    await aclose_clients()

@@ -93,8 +93,8 @@ async def test_subscribers_read_from_any_sequence_number(simulator: SimulatorThr
         id=3,
         single_flight="always",
     )
-    generation, joined = dispatch.submit(slot, "chat/completions", HELLO)
-    again, joined_again = dispatch.submit(slot, "chat/completions", HELLO)
+    generation, joined = await dispatch.submit(slot, "chat/completions", HELLO)
+    again, joined_again = await dispatch.submit(slot, "chat/completions", HELLO)
     assert (joined, joined_again, again) == (False, True, generation)
 
     async def read(after: int) -> list[Chunk]:
@@ -120,7 +120,7 @@ async def test_last_subscriber_leaving_cancels_the_upstream(simulator: Simulator
         backend=BackendConfig(base_url=simulator.base_url + "/v1"),
         id=4,
     )
-    generation, _ = dispatch.submit(slot, "chat/completions", HELLO)
+    generation, _ = await dispatch.submit(slot, "chat/completions", HELLO)
     await generation.wait_started(5)
     generation.detach()
     assert generation.task is not None

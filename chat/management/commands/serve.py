@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from chat.bootstrap import bootstrap
+from chat.models import Message
 
 
 class Command(BaseCommand):
@@ -29,6 +30,14 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         result = bootstrap()
+        if not settings.REDIS_URL:
+            # One process, just starting: nothing can still be streaming. (With REDIS_URL other
+            # processes may be; the sweeper in each process marks only the orphans.)
+            interrupted = Message.objects.filter(status=Message.Status.STREAMING).update(
+                status=Message.Status.INTERRUPTED
+            )
+            if interrupted:
+                self.stdout.write(f"Marked {interrupted} unfinished answers as interrupted.")
         if result.admin_username:
             self.stdout.write(f"Created the admin account {result.admin_username!r}.")
             if result.admin_password:

@@ -1,0 +1,346 @@
+"""What several Slipstream processes share through Redis, when ``REDIS_URL`` is set.
+
+- **Generation buffers**: every chunk, phase change and the end of a generation is appended to
+  the Redis Stream ``slipstream:gen:<id>`` with entry id ``0-<n>``, n counting from 1 (chunks
+  and phases share the count; a chunk's SSE sequence number is kept in the entry). Writes are
+  batched by one writer task per generation, so the relay never waits for Redis. Buffers expire
+  ``BUFFER_GRACE_S`` after the end (and ``BUFFER_MAX_S`` after the start, whatever happens).
+- **Mirrors**: a process that has to serve a generation running elsewhere (a resume, a Stop, a
+  coalesced duplicate) follows its stream into a local ``Generation``, so views read it exactly
+  as a local one.
+- **Liveness**: the process running a generation keeps ``slipstream:live:<id>`` alive
+  (``LIVE_TTL_S``); a streaming message whose generation has no such key lost its process.
+- **Stop**: ``PUBLISH slipstream:stop <id>``; the process running it cancels it.
+- **Single-flight**: ``SET NX`` of ``slipstream:sf:<slot>:<sha256 of the key>`` to the first
+  generation's id; later identical requests, in any process, mirror that generation.
+- **Slot leases**: a sorted set per slot of lease ids scored by expiry; a Lua script admits a
+  lease only while fewer than the slot's limit are unexpired, so limits hold across processes.
+
+Redis commands and semantics: redis.io/docs (XADD with explicit ids, XREAD BLOCK, SET NX PX,
+ZADD/ZREMRANGEBYSCORE/ZCARD, PUBLISH/SUBSCRIBE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+import weakref
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from chat.relay.background import spawn
+from chat.relay.errors import RelayError
+from chat.relay.generation import Generation, Phase, find
+from chat.relay.upstream import Chunk
+
+logger = logging.getLogger(__name__)
+
+BUFFER_GRACE_S = 300
+BUFFER_MAX_S = 6 * 3600
+LIVE_TTL_S = 6
+HEARTBEAT_S = 2.0
+LEASE_TTL_S = 60.0
+LEASE_POLL_S = 0.05
+STOP_CHANNEL = "slipstream:stop"
+
+# Admit a lease when fewer than ARGV[1] unexpired leases exist (KEYS[1]: the slot's set;
+# ARGV: limit, now, expiry, lease id).
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+"""
+# Delete a key only while it still holds our value.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def gen_key(generation_id: str) -> str:
+    return f"slipstream:gen:{generation_id}"
+
+
+def live_key(generation_id: str) -> str:
+    return f"slipstream:live:{generation_id}"
+
+
+class Shared:
+    """One process's connection to the shared state, per event loop (``shared()``)."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = aioredis.from_url(url, decode_responses=True)  # type: ignore[no-untyped-call]
+        self.process_id = uuid.uuid4().hex
+        self.local: set[Generation] = set()  # generations this process runs (not mirrors)
+        self.leases: dict[str, str] = {}  # lease id -> slot set key, refreshed by heartbeat
+        self._started = False
+
+    def start(self) -> None:
+        """Start the heartbeat and the stop listener (once)."""
+        if self._started:
+            return
+        self._started = True
+        spawn(self._heartbeat())
+        spawn(self._listen_for_stops())
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # -- publishing a local generation --
+
+    def publish(self, generation: Generation) -> None:
+        """Mirror ``generation`` (run here) into its Redis Stream, batched, never blocking."""
+        self.start()
+        self.local.add(generation)
+        generation.sink = _StreamWriter(self, generation)
+
+    # -- following a remote generation --
+
+    async def exists(self, generation_id: str) -> bool:
+        return bool(await self.redis.exists(gen_key(generation_id)))
+
+    def mirror(self, generation_id: str, *, slot: str, keep_running: bool) -> Generation:
+        """A local ``Generation`` fed from another process's buffer, from its first entry."""
+        self.start()
+        mirror = Generation(slot=slot, keep_running=keep_running, generation_id=generation_id)
+        mirror.is_mirror = True
+        mirror.task = spawn(self._follow(mirror))
+        return mirror
+
+    async def _follow(self, mirror: Generation) -> None:
+        key = gen_key(mirror.id)
+        last = "0-0"
+        try:
+            while True:
+                reply = await self.redis.xread({key: last}, block=1000, count=500)
+                if not reply:
+                    if not await self.redis.exists(key) or not await self.is_live(mirror.id):
+                        # Gone, or its process died: the sweeper marks its message.
+                        await mirror.finish(
+                            "error",
+                            RelayError("the answer's process stopped", code="generation_lost"),
+                        )
+                        return
+                    continue
+                for entry_id, fields in reply[0][1]:
+                    last = entry_id
+                    kind = fields["t"]
+                    if kind == "c":
+                        data = fields["d"]
+                        mirror.publish(Chunk(data, json.loads(data)))
+                    elif kind == "p":
+                        mirror.set_phase(Phase(**json.loads(fields["d"])))
+                    elif kind == "s":
+                        mirror.slot = fields["d"]
+                    elif kind == "e":
+                        end = json.loads(fields["d"])
+                        error = end.get("error")
+                        await mirror.finish(
+                            end["status"],
+                            RelayError(**error) if error else None,
+                        )
+                        return
+        except asyncio.CancelledError:
+            # Nobody here reads it any more; the generation itself goes on where it runs.
+            await asyncio.shield(mirror.finish("stopped"))
+            raise
+
+    async def is_live(self, generation_id: str) -> bool:
+        return bool(await self.redis.exists(live_key(generation_id)))
+
+    # -- stop --
+
+    async def request_stop(self, generation_id: str) -> None:
+        await self.redis.publish(STOP_CHANNEL, generation_id)
+
+    async def _listen_for_stops(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(STOP_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    generation = find(str(message["data"]))
+                    if generation is not None and not generation.is_mirror:
+                        generation.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("stop listener failed; reconnecting")
+                await asyncio.sleep(1)
+
+    # -- single-flight --
+
+    async def claim(self, slot: str, key: str, generation_id: str) -> str | None:
+        """Register ``generation_id`` as the answer to ``key`` on ``slot``; returns the id of
+        the generation that already answers it (in any process), or None when ours is first."""
+        name = self._flight(slot, key)
+        if await self.redis.set(name, generation_id, nx=True, ex=BUFFER_MAX_S):
+            return None
+        current = await self.redis.get(name)
+        if current is None or current == generation_id:
+            return None
+        if not await self.is_live(current) and find(current) is None:
+            await self.redis.set(name, generation_id, ex=BUFFER_MAX_S)  # a dead one's claim
+            return None
+        return str(current)
+
+    async def unclaim(self, slot: str, key: str, generation_id: str) -> None:
+        await self.redis.eval(_RELEASE, 1, self._flight(slot, key), generation_id)
+
+    @staticmethod
+    def _flight(slot: str, key: str) -> str:
+        return f"slipstream:sf:{slot}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    # -- slot leases --
+
+    async def acquire_lease(self, slot_key: str, *, limit: int, timeout_s: float) -> str | None:
+        """A lease on one of the slot's ``limit`` places across processes, waiting up to
+        ``timeout_s``; None when none came free in time."""
+        lease = uuid.uuid4().hex
+        name = f"slipstream:slot:{slot_key}:leases"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = time.time()
+            if await self.redis.eval(_ACQUIRE, 1, name, limit, now, now + LEASE_TTL_S, lease):
+                self.start()
+                self.leases[lease] = name
+                return lease
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(LEASE_POLL_S)
+
+    async def release_lease(self, lease: str) -> None:
+        name = self.leases.pop(lease, None)
+        if name is not None:
+            await self.redis.zrem(name, lease)
+
+    # -- heartbeat --
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for generation in list(self.local):
+                        if generation.ended:
+                            self.local.discard(generation)
+                            continue
+                        pipe.set(live_key(generation.id), self.process_id, ex=LIVE_TTL_S)
+                    expiry = time.time() + LEASE_TTL_S
+                    for lease, name in list(self.leases.items()):
+                        pipe.zadd(name, {lease: expiry}, xx=True)
+                    await pipe.execute()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_S)
+
+
+class _StreamWriter:
+    """Appends one generation's events to its Redis Stream in order, in batches."""
+
+    def __init__(self, shared: Shared, generation: Generation) -> None:
+        self.shared = shared
+        self.generation = generation
+        self.key = gen_key(generation.id)
+        self.pending: list[dict[str, str]] = []
+        self.count = 0
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.task = spawn(self._write())
+
+    def chunk(self, chunk: Chunk) -> None:
+        self._add({"t": "c", "d": chunk.data})
+
+    def phase(self, phase: Phase) -> None:
+        self._add({"t": "p", "d": json.dumps(phase.as_dict())})
+
+    def slot(self, name: str) -> None:
+        self._add({"t": "s", "d": name})
+
+    def end(self, status: str, error: RelayError | None) -> None:
+        end: dict[str, Any] = {"status": status}
+        if error is not None:
+            end["error"] = {
+                "message": error.message,
+                "status": error.status,
+                "type": error.type,
+                "code": error.code,
+            }
+        self._add({"t": "e", "d": json.dumps(end)})
+        self.closed = True
+
+    def _add(self, fields: dict[str, str]) -> None:
+        self.pending.append(fields)
+        self.wake.set()
+
+    async def _write(self) -> None:
+        first = True
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            batch, self.pending = self.pending, []
+            try:
+                async with self.shared.redis.pipeline(transaction=False) as pipe:
+                    if first:
+                        pipe.set(
+                            live_key(self.generation.id), self.shared.process_id, ex=LIVE_TTL_S
+                        )
+                    for fields in batch:
+                        self.count += 1
+                        pipe.xadd(self.key, fields, id=f"0-{self.count}")
+                    if first:
+                        pipe.expire(self.key, BUFFER_MAX_S)
+                    if self.closed and not self.pending:
+                        pipe.expire(self.key, BUFFER_GRACE_S)
+                        pipe.delete(live_key(self.generation.id))
+                    await pipe.execute()
+                first = False
+            except Exception:
+                logger.exception("generation %s: buffer write failed", self.generation.id)
+            if self.closed and not self.pending:
+                return
+
+
+# One Shared per event loop (its connections belong to the loop).
+_instances: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Shared] = (
+    weakref.WeakKeyDictionary()
+)
+_url: str = ""
+
+
+def configure(url: str) -> None:
+    """Turn sharing on (``REDIS_URL``) or off (empty), for loops that start using it after."""
+    global _url
+    _url = url
+
+
+def shared() -> Shared | None:
+    """The running loop's shared state, or None in single-process mode."""
+    if not _url:
+        return None
+    loop = asyncio.get_running_loop()
+    instance = _instances.get(loop)
+    if instance is None:
+        instance = _instances[loop] = Shared(_url)
+    return instance
+
+
+async def aclose() -> None:
+    """Close this loop's connection (tests, shutdown)."""
+    loop = asyncio.get_running_loop()
+    instance = _instances.pop(loop, None)
+    if instance is not None:
+        with contextlib.suppress(Exception):
+            await instance.aclose()
