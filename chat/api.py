@@ -143,7 +143,7 @@ def validate(body: dict[str, Any], *, chat: bool) -> None:
 async def resolve_slot(name: str, key: ApiKey) -> Slot:
     """The enabled slot called ``name`` that the key's user may use. Raises ``RelayError`` 404
     ``model_not_found`` (also for a slot limited to groups the user is not in)."""
-    slot = await selectors.slot_aget(name=name, user=key.user) if name else None
+    slot = await selectors.slot_aget_cached(name=name, user=key.user) if name else None
     if slot is None:
         raise invalid(
             f"The model `{name}` does not exist or you do not have access to it.",

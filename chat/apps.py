@@ -15,6 +15,19 @@ class ChatConfig(AppConfig):
         from chat.relay import shared, slots
 
         shared.configure(settings.REDIS_URL)
+
+        from django.contrib.auth.models import Group, User
+        from django.db.models.signals import m2m_changed, post_delete, post_save
+
+        from chat import readcache
+        from chat.models import ApiKey, Backend, Slot, Widget
+
+        # Any change that could change who may use what drops the cached lookups.
+        for model in (ApiKey, Backend, Slot, Widget, User, Group):
+            post_save.connect(readcache.invalidate, sender=model, dispatch_uid=f"rc-{model}")
+            post_delete.connect(readcache.invalidate, sender=model, dispatch_uid=f"rc-d-{model}")
+        for through in (Slot.groups.through, User.groups.through):
+            m2m_changed.connect(readcache.invalidate, sender=through, dispatch_uid=f"rc-{through}")
         # The relay knows nothing of the ORM: it reports slot state changes, we store them.
         if services.slot_astore_state not in slots.state_listeners:
             slots.state_listeners.append(services.slot_astore_state)

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from chat import readcache
 from chat.models import ApiKey, Conversation, Message, Slot
 
 
@@ -164,6 +165,13 @@ async def slot_aget(*, name: str | None, user: User | None = None) -> Slot | Non
     if name:
         return await slots.filter(name=name).afirst()
     return await slots.afirst()
+
+
+async def slot_aget_cached(*, name: str, user: User) -> Slot | None:
+    """``slot_aget`` through ``readcache``: the /v1 API's per-call lookup."""
+    return await readcache.aget_or_load(
+        f"slot:{name}:{user.pk}", lambda: slot_aget(name=name, user=user)
+    )
 
 
 def api_key_list(*, user: User) -> QuerySet[ApiKey]:

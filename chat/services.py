@@ -16,6 +16,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from chat import readcache
 from chat.models import ApiCall, ApiKey, Conversation, Message, Slot
 from chat.relay.dispatch import SlotConfig
 from chat.relay.errors import RelayError
@@ -220,6 +221,7 @@ async def message_afinalise(
 API_KEY_PREFIX = "sk-slip-"
 # last_used_at is for humans ("used 3 minutes ago"): one write a minute per key is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+_last_used_written: dict[int, datetime] = {}
 
 
 def api_key_digest(raw: str) -> str:
@@ -247,6 +249,7 @@ def api_key_revoke(*, user: User, key_id: int) -> bool:
     updated = ApiKey.objects.filter(user=user, pk=key_id, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
+    readcache.invalidate()  # .update() sends no signal
     return updated == 1
 
 
@@ -254,11 +257,16 @@ async def api_key_aauthenticate(*, raw: str) -> ApiKey | None:
     """The active key whose digest matches ``raw``, with its user, or None."""
     if not raw.startswith(API_KEY_PREFIX):
         return None
-    return (
-        await ApiKey.objects.select_related("user")
-        .filter(digest=api_key_digest(raw), revoked_at__isnull=True, user__is_active=True)
-        .afirst()
-    )
+    digest = api_key_digest(raw)
+
+    async def load() -> ApiKey | None:
+        return (
+            await ApiKey.objects.select_related("user")
+            .filter(digest=digest, revoked_at__isnull=True, user__is_active=True)
+            .afirst()
+        )
+
+    return await readcache.aget_or_load(f"key:{digest}", load)
 
 
 async def api_call_arecord(
@@ -295,8 +303,11 @@ async def api_call_arecord(
         duration_ms=(time.monotonic() - started_at) * 1000,
     )
     now = timezone.now()
-    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
-        api_key.last_used_at = now
+    # The key may be a cached copy (readcache) whose last_used_at never moves: remember here
+    # when this process last wrote it.
+    last = _last_used_written.get(api_key.pk) or api_key.last_used_at
+    if last is None or now - last > LAST_USED_RESOLUTION:
+        _last_used_written[api_key.pk] = now
         await ApiKey.objects.filter(pk=api_key.pk).aupdate(last_used_at=now)
 
 

@@ -128,6 +128,9 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # One process: memory. CACHE_URL (django-environ's forms, e.g. filecache:///path) lets
+    # processes on one machine share it without Redis, as the tests' server and runner do.
+    CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
 # ------------------------------------------------------------------------------------------------
 # Auth

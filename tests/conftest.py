@@ -6,6 +6,7 @@ process reading the same test database (a SQLite file, or PostgreSQL when DATABA
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,17 @@ from tests.support.llama_server import LlamaServer, llama_cpp_available
 from tests.support.tiny_gguf import write_tiny_gguf
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# The test runner and its daphne processes must share a cache (chat.readcache invalidates
+# lookups through it): with REDIS_URL they share Redis; otherwise, one directory.
+CACHE_DIR = tempfile.mkdtemp(prefix="slipstream-test-cache-")
+if not settings.REDIS_URL:
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": CACHE_DIR,
+        }
+    }
 # Longer than the dispatcher's worst retry backoff (0.5 s + 1 s at 2 retries), so /v1 failures
 # after retries still answer with a real status, as with the 3 s default.
 KEEPALIVE_S = 2.0
@@ -83,6 +95,7 @@ def server_env() -> dict[str, str]:
         "DJANGO_SECRET_KEY": settings.SECRET_KEY,
         "DJANGO_DEBUG": "false",
         "SLIPSTREAM_KEEPALIVE_S": str(KEEPALIVE_S),
+        "CACHE_URL": f"filecache://{CACHE_DIR}",
     }
 
 

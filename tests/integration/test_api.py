@@ -333,7 +333,9 @@ def test_calls_are_stored_as_conversations_only_when_the_key_says_so(
     sim.configure(ttft_ms=0, tokens_per_s=0, length=4)
     list(openai_client.chat.completions.create(model="primary", messages=HELLO, stream=True))
     assert not Conversation.objects.exists()
-    ApiKey.objects.update(store_conversations=True)
+    key = ApiKey.objects.get()
+    key.store_conversations = True
+    key.save()  # as the admin saves it: the cached lookup is invalidated (chat.readcache)
     stream = openai_client.chat.completions.create(model="primary", messages=HELLO, stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     conversation = Conversation.objects.get()
