@@ -82,6 +82,7 @@ class Shared:
         self.process_id = uuid.uuid4().hex
         self.local: set[Generation] = set()  # generations this process runs (not mirrors)
         self.leases: dict[str, str] = {}  # lease id -> slot set key, refreshed by heartbeat
+        self._claims: dict[tuple[str, str], str] = {}  # single-flight claims made here
         self._started = False
 
     def start(self) -> None:
@@ -119,10 +120,15 @@ class Shared:
     async def _follow(self, mirror: Generation) -> None:
         key = gen_key(mirror.id)
         last = "0-0"
+        # Another process's claim can be seen a moment before its buffer exists: only a buffer
+        # still missing (or a process silent) after this long means the generation is lost.
+        patience_until = time.monotonic() + LIVE_TTL_S + 2
         try:
             while True:
                 reply = await self.redis.xread({key: last}, block=1000, count=500)
                 if not reply:
+                    if time.monotonic() < patience_until:
+                        continue
                     if not await self.redis.exists(key) or not await self.is_live(mirror.id):
                         # Gone, or its process died: the sweeper marks its message.
                         await mirror.finish(
@@ -183,20 +189,29 @@ class Shared:
 
     async def claim(self, slot: str, key: str, generation_id: str) -> str | None:
         """Register ``generation_id`` as the answer to ``key`` on ``slot``; returns the id of
-        the generation that already answers it (in any process), or None when ours is first."""
+        the generation that already answers it (in any process), or None when ours is first.
+        A claim is ``<id> <epoch s>``: one whose generation shows no sign of life well after it
+        was made (its process died) is taken over."""
         name = self._flight(slot, key)
-        if await self.redis.set(name, generation_id, nx=True, ex=BUFFER_MAX_S):
+        mine = f"{generation_id} {time.time():.3f}"
+        if await self.redis.set(name, mine, nx=True, ex=BUFFER_MAX_S):
+            self._claims[(slot, key)] = mine
             return None
         current = await self.redis.get(name)
-        if current is None or current == generation_id:
+        if current is None:
             return None
-        if not await self.is_live(current) and find(current) is None:
-            await self.redis.set(name, generation_id, ex=BUFFER_MAX_S)  # a dead one's claim
-            return None
-        return str(current)
+        running, _, made = str(current).partition(" ")
+        fresh = time.time() - float(made or 0) < LIVE_TTL_S + 2
+        if fresh or find(running) is not None or await self.is_live(running):
+            return running
+        await self.redis.set(name, mine, ex=BUFFER_MAX_S)  # a dead process's claim
+        self._claims[(slot, key)] = mine
+        return None
 
     async def unclaim(self, slot: str, key: str, generation_id: str) -> None:
-        await self.redis.eval(_RELEASE, 1, self._flight(slot, key), generation_id)
+        mine = self._claims.pop((slot, key), None)
+        if mine is not None and mine.startswith(generation_id):
+            await self.redis.eval(_RELEASE, 1, self._flight(slot, key), mine)
 
     @staticmethod
     def _flight(slot: str, key: str) -> str:
@@ -259,6 +274,7 @@ class _StreamWriter:
         self.wake = asyncio.Event()
         self.closed = False
         self.task = spawn(self._write())
+        self.slot(generation.slot)  # written at once: the buffer and liveness key exist early
 
     def chunk(self, chunk: Chunk) -> None:
         self._add({"t": "c", "d": chunk.data})
