@@ -16,9 +16,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 
 from chat.relay.errors import MidStreamError, RelayError
+from chat.relay.netbackend import AsyncioBackend
 from chat.relay.sse import DONE_DATA, SSEDecoder
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,10 @@ def client_for(backend: BackendConfig) -> httpx.AsyncClient:
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     client = per_loop.get(backend)
     if client is None:
+        limits = httpx.Limits(
+            max_connections=backend.max_connections,
+            max_keepalive_connections=backend.max_connections,
+        )
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=backend.connect_timeout_s,
@@ -64,14 +70,29 @@ def client_for(backend: BackendConfig) -> httpx.AsyncClient:
                 write=backend.connect_timeout_s,
                 pool=backend.connect_timeout_s,
             ),
-            limits=httpx.Limits(
-                max_connections=backend.max_connections,
-                max_keepalive_connections=backend.max_connections,
-            ),
+            transport=asyncio_transport(limits),
             headers={"Authorization": f"Bearer {backend.api_key}"} if backend.api_key else {},
         )
         per_loop[backend] = client
     return client
+
+
+def asyncio_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with httpcore reading through asyncio streams (``netbackend``)
+    instead of AnyIO: the same pool, TLS and HTTP/1.1, at a fraction of the cost per read.
+
+    httpx 0.28 takes no network backend, so the pool it built is replaced by one like it.
+    """
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    built = transport._pool
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=built._ssl_context,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=AsyncioBackend(),
+    )
+    return transport
 
 
 async def aclose_clients() -> None:

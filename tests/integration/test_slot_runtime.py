@@ -152,3 +152,28 @@ async def test_finish_callbacks_run_before_subscribers_see_the_end() -> None:
     await watcher
     assert seen == ["stored complete", "subscriber saw the end"]
     assert not generation.add_finish_callback(store)  # too late once finishing
+
+
+async def test_the_upstream_client_reads_through_asyncio_streams(simulator: SimulatorThread):
+    """The relay's httpx client uses chat.relay.netbackend, not AnyIO (bench/profile_relay.py
+    found AnyIO's per-read cancel scopes the largest cost), and still streams and times out."""
+    from chat.relay.netbackend import AsyncioBackend
+    from chat.relay.upstream import UpstreamStream, client_for
+
+    simulator.reset()
+    backend = BackendConfig(base_url=simulator.base_url + "/v1", read_timeout_s=0.3)
+    pool = client_for(backend)._transport._pool  # type: ignore[attr-defined]
+    assert isinstance(pool._network_backend, AsyncioBackend)
+    simulator.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    body = {"model": "sim", "messages": HELLO["messages"], "stream": True}
+    stream = await UpstreamStream.open(backend, "chat/completions", body)
+    chunks = [chunk async for chunk in stream.chunks()]
+    await stream.aclose()
+    assert sum(bool(c.obj.get("choices")) for c in chunks) >= 5
+    simulator.configure(ttft_ms=0, tokens_per_s=0, length=5, stall_after=2, stall_s=2)
+    stream = await UpstreamStream.open(backend, "chat/completions", body)
+    with pytest.raises(RelayError) as caught:
+        async for _ in stream.chunks():
+            pass
+    await stream.aclose()
+    assert caught.value.code == "upstream_timeout"
