@@ -231,22 +231,7 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     except BaseException:
         generation.detach()
         raise
-    conversation_id = conversation.pk
-    generation.owners.add(assistant.pk)
-
-    async def store(finished: Generation) -> None:
-        if assistant.pk in finished.owners:  # else stopped on its own already
-            await services.message_afinalise(
-                message_id=assistant.pk, conversation_id=conversation_id, generation=finished
-            )
-
-    async def checkpoint(running: Generation) -> None:
-        if assistant.pk in running.owners:
-            await services.message_acheckpoint(message_id=assistant.pk, generation=running)
-
-    generation.add_checkpoint_callback(checkpoint)
-    if not generation.add_finish_callback(store):
-        await store(generation)  # it ended while the message was being created
+    await keep_answer(generation, message=assistant, conversation_id=conversation.pk)
     meta = {
         "conversation_id": str(conversation.pk),
         "conversation_url": reverse("chat:conversation", args=[conversation.pk]),
@@ -257,7 +242,28 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         "slot": slot.name,
         "generation_id": generation.id,
     }
-    return sse_response(_answer_events(generation, meta))
+    return sse_response(answer_events(generation, meta))
+
+
+async def keep_answer(generation: Generation, *, message: Message, conversation_id: Any) -> None:
+    """Store ``message`` from ``generation``: its text about once a second while it streams,
+    and once when it ends, unless it was stopped on its own meanwhile (a shared single-flight
+    answer that this person stopped: ``generation_stop`` stored it then)."""
+    generation.owners.add(message.pk)
+
+    async def store(finished: Generation) -> None:
+        if message.pk in finished.owners:
+            await services.message_afinalise(
+                message_id=message.pk, conversation_id=conversation_id, generation=finished
+            )
+
+    async def checkpoint(running: Generation) -> None:
+        if message.pk in running.owners:
+            await services.message_acheckpoint(message_id=message.pk, generation=running)
+
+    generation.add_checkpoint_callback(checkpoint)
+    if not generation.add_finish_callback(store):
+        await store(generation)  # it ended while the message was being created
 
 
 async def _own_message(
@@ -317,7 +323,7 @@ async def generation_events(
         "slot": generation.slot,
         "resumed_after": after,
     }
-    return sse_response(_answer_events(generation, meta, after=after))
+    return sse_response(answer_events(generation, meta, after=after))
 
 
 @require_POST
@@ -376,7 +382,7 @@ def _message_json(message: Message) -> dict[str, Any]:
     }
 
 
-async def _answer_events(
+async def answer_events(
     generation: Generation, meta: dict[str, Any], *, after: int = 0
 ) -> AsyncGenerator[bytes, None]:
     """The SSE byte stream of one answer, from chunk ``after`` + 1. The generation stores the

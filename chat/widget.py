@@ -38,9 +38,8 @@ from chat.http import error_response, invalid, sse_response
 from chat.models import Conversation, Message, Widget, normalise_origin
 from chat.relay import dispatch
 from chat.relay.errors import RelayError
-from chat.relay.generation import Generation
 from chat.selectors import history_for_upstream, slot_aget, thread_of
-from chat.views import MAX_MESSAGE_CHARS, _answer_events
+from chat.views import MAX_MESSAGE_CHARS, answer_events, keep_answer
 
 VISITOR_HEADER = "X-Widget-Visitor"
 VISITOR_SALT = "slipstream.widget.visitor"
@@ -308,19 +307,7 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
     except BaseException:
         generation.detach()
         raise
-    conversation_id = conversation.pk
-
-    async def store(finished: Generation) -> None:
-        await services.message_afinalise(
-            message_id=assistant.pk, conversation_id=conversation_id, generation=finished
-        )
-
-    async def checkpoint(running: Generation) -> None:
-        await services.message_acheckpoint(message_id=assistant.pk, generation=running)
-
-    generation.add_checkpoint_callback(checkpoint)
-    if not generation.add_finish_callback(store):
-        await store(generation)
+    await keep_answer(generation, message=assistant, conversation_id=conversation.pk)
     meta: dict[str, Any] = {
         "conversation_id": str(conversation.pk),
         "user_message_id": user_message.pk,
@@ -328,4 +315,4 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
         "generation_id": generation.id,
         "slot": slot.name,
     }
-    return sse_response(_answer_events(generation, meta))
+    return sse_response(answer_events(generation, meta))
