@@ -294,29 +294,53 @@ class ChunkRewriter:
     def __init__(self, *, completion_id: str, model: str, include_usage: bool, chat: bool) -> None:
         self.completion_id = completion_id
         self.model = model
+        self._id_json = json.dumps(completion_id)
+        self._model_json = json.dumps(model)
         self.include_usage = include_usage
         self.chat = chat
         self.seen_choices: set[int] = set()
 
     def __call__(self, chunk: Chunk) -> bytes | None:
         # The chunk is shared with every subscriber of the generation: copy, never mutate.
-        choices = chunk.obj.get("choices")
-        if not choices and chunk.obj.get("usage") and not self.include_usage:
+        obj = chunk.obj
+        choices = obj.get("choices")
+        if not choices and obj.get("usage") and not self.include_usage:
             return None
-        obj = {**chunk.obj, "id": self.completion_id, "model": self.model}
-        if (
+        needs_role = (
             self.chat
             and choices
             and any(
                 isinstance(c, dict) and c.get("index", 0) not in self.seen_choices for c in choices
             )
-        ):
-            obj["choices"] = [self._with_role(choice) for choice in choices]
+        )
+        if not needs_role:
+            fast = self._swap_id_and_model(chunk)
+            if fast is not None:
+                return b"data: " + fast.encode() + b"\n\n"
+        out = {**obj, "id": self.completion_id, "model": self.model}
+        if needs_role and isinstance(choices, list):
+            out["choices"] = [self._with_role(choice) for choice in choices]
         return (
             b"data: "
-            + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+            + json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
             + b"\n\n"
         )
+
+    def _swap_id_and_model(self, chunk: Chunk) -> str | None:
+        """The chunk's own text with its ``id`` and ``model`` values replaced, when each
+        appears exactly once in the compact form ``"id":"…"``; else None (then the chunk is
+        re-serialised). Most chunks take this path: a text replacement instead of a JSON
+        encode per chunk, and the upstream's own bytes for everything else."""
+        data = chunk.data
+        for field, value in (("id", self._id_json), ("model", self._model_json)):
+            current = chunk.obj.get(field)
+            if not isinstance(current, str):
+                return None
+            old = f'"{field}":{json.dumps(current)}'
+            if data.count(old) != 1:
+                return None
+            data = data.replace(old, f'"{field}":{value}')
+        return data
 
     def _with_role(self, choice: Any) -> Any:
         if not isinstance(choice, dict):

@@ -381,3 +381,39 @@ def test_recorded_openai_stream_comes_out_with_the_same_framing(
         assert list(mine) == list(theirs)  # same keys, same order
         assert mine["model"] == "primary" and mine["id"].startswith(("chatcmpl-", "cmpl-"))
         assert {**mine, "id": None, "model": None} == {**theirs, "id": None, "model": None}
+
+
+def test_rewriter_swaps_id_and_model_in_the_upstream_text_or_reserialises() -> None:
+    from chat.api import ChunkRewriter
+    from chat.relay.upstream import Chunk
+
+    rewrite = ChunkRewriter(
+        completion_id="chatcmpl-new", model="primary", include_usage=False, chat=True
+    )
+    first = '{"id":"up-1","model":"m","choices":[{"index":0,"delta":{"content":"a"}}]}'
+    assert json.loads(rewrite(Chunk(first, json.loads(first)))[6:])["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": "a",
+    }
+    # Later chunks keep the upstream's own text, key order and spacing, with id and model ours.
+    later = (
+        '{"id":"up-1","object":"chat.completion.chunk","model":"m",'
+        '"choices":[{"index":0,"delta":{"content":"\\"id\\":\\"up-1\\""}}], "x": 1}'
+    )
+    out = rewrite(Chunk(later, json.loads(later)))
+    assert (
+        out
+        == b"data: "
+        + later.replace('"id":"up-1"', '"id":"chatcmpl-new"', 1)
+        .replace('"model":"m"', '"model":"primary"')
+        .encode()
+        + b"\n\n"
+    )
+    # Spaced JSON (another server's style): re-serialised, still right.
+    spaced = '{"id": "up-1", "model": "m", "choices": [{"index": 0, "delta": {"content": "b"}}]}'
+    obj = json.loads(rewrite(Chunk(spaced, json.loads(spaced)))[6:])
+    assert (obj["id"], obj["model"], obj["choices"][0]["delta"]) == (
+        "chatcmpl-new",
+        "primary",
+        {"content": "b"},
+    )
