@@ -1,55 +1,32 @@
-"""Relay overhead at one stream: ``python bench/relay_latency.py [--requests 200]``
+"""Relay overhead at one stream: ``python bench/relay_latency.py [--requests 200] [--no-litellm]``
 
-Runs the simulator and Slipstream (daphne) as separate processes on loopback, on a throwaway
-SQLite database, then sends the same streaming chat request alternately straight to the
-simulator and through Slipstream's ``/v1/chat/completions``. Reports TTFT (request sent → first
-content chunk) and ITL (gap between content chunks) for both, and the relay's *added* TTFT and
-ITL (p50/p90/p99, ms). Prints a table and writes ``bench/results/relay_latency.json``.
+Runs the simulator, Slipstream (one daphne process, on a throwaway SQLite database) and
+LiteLLM's proxy (``bench/.venv-litellm``, one worker, no master key, no database; leave it out
+with ``--no-litellm``) as separate processes on loopback. The simulator answers every request
+with 50 tokens at 200 tokens/s (5 ms apart: fine-grained enough to see per-chunk overhead)
+after a 20 ms TTFT. The same streaming chat request is sent, one at a time, in turn straight to
+the simulator, through Slipstream's ``/v1/chat/completions`` and through LiteLLM's, ``--requests``
+times each (after 5 warm-up rounds). Reports TTFT (request sent -> first content chunk) and ITL
+(gap between consecutive content chunks) p50/p90/p99 in ms for each path, and each relay's
+*added* TTFT and ITL: its percentile minus the direct path's (``added``: Slipstream,
+``added_litellm``: LiteLLM). The client (httpx, one pooled connection per server) costs the
+same on every path. Prints a table and writes ``bench/results/relay_latency.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
+from typing import Any
 
+import harness
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.llama_server import free_port  # noqa: E402
+from harness import Service
 
 TOKENS = 50
-TOKENS_PER_S = 200  # 5 ms between tokens: fine-grained enough to see per-chunk overhead
-SETUP = """
-from django.contrib.auth.models import User
-from chat.models import Backend, Slot
-from chat.services import api_key_create
-user = User.objects.create_user("bench", password="bench-pass-123")
-backend = Backend.objects.create(name="sim", base_url="{sim}/v1")
-Slot.objects.create(name="primary", backend=backend, upstream_model="sim", is_default=True)
-print(api_key_create(user=user, name="bench")[1])
-"""
-
-
-def wait_for(url: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+TOKENS_PER_S = 200
+TTFT_MS = 20
 
 
 def measure(
@@ -68,123 +45,96 @@ def measure(
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(q[49], 3), "p90": round(q[89], 3), "p99": round(q[98], 3)}
+    out = harness.percentiles(values)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--no-litellm", action="store_true", help="Slipstream and direct only")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="slipstream-bench-"))
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
-        "DJANGO_SECRET_KEY": "bench-not-secret",
-        "SLIPSTREAM_LOG_LEVEL": "WARNING",
-    }
-    sim_port, app_port = free_port(), free_port()
-    sim_url, app_url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{app_port}"
-    python = sys.executable
-    subprocess.run([python, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    key = (
-        subprocess.run(
-            [python, "manage.py", "shell", "-c", SETUP.format(sim=sim_url)],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    processes = [
-        subprocess.Popen(
-            [python, "-m", "chat.simulator", "--port", str(sim_port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-        subprocess.Popen(
-            [
-                python,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(app_port),
-                "chatsite.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-    ]
+    tmp = harness.workdir("latency")
+    services: list[Service] = []
     try:
-        wait_for(sim_url + "/health", processes[0])
-        wait_for(app_url + "/login/", processes[1])
-        sim = {"ttft_ms": 20, "tokens_per_s": TOKENS_PER_S, "length": TOKENS}
+        sim = harness.start_simulator(
+            tmp, ttft_ms=TTFT_MS, tokens_per_s=TOKENS_PER_S, length=TOKENS
+        )
+        services.append(sim)
+        slip = harness.start_slipstream(tmp, sim.url)
+        services.append(slip.service)
         messages = [{"role": "user", "content": "benchmark"}]
-        direct_body = {"model": "sim", "messages": messages, "stream": True, "sim": sim}
-        relay_body = {"model": "primary", "messages": messages, "stream": True, "sim": sim}
-        auth = {"Authorization": f"Bearer {key}"}
+        paths: list[tuple[str, str, dict[str, object], dict[str, str]]] = [
+            ("direct", sim.url, {"model": "sim"}, {}),
+            ("slipstream", slip.service.url, {"model": "primary"}, slip.auth_headers),
+        ]
+        if not args.no_litellm:
+            peer = harness.start_litellm(tmp, sim.url)
+            services.append(peer)
+            paths.append(("litellm", peer.url, {"model": "sim"}, {}))
         results: dict[str, dict[str, list[float]]] = {
-            "direct": {"ttft": [], "itl": []},
-            "relay": {"ttft": [], "itl": []},
+            name: {"ttft": [], "itl": []} for name, *_ in paths
         }
+        busy0, t0 = harness.machine_busy()[0], time.monotonic()
         with httpx.Client(timeout=30) as client:
-            for _ in range(5):  # warm up pools and code paths
-                measure(client, sim_url + "/v1/chat/completions", direct_body, {})
-                measure(client, app_url + "/v1/chat/completions", relay_body, auth)
-            for _ in range(args.requests):
-                for name, url, body, headers in (
-                    ("direct", sim_url + "/v1/chat/completions", direct_body, {}),
-                    ("relay", app_url + "/v1/chat/completions", relay_body, auth),
-                ):
-                    ttft, gaps = measure(client, url, body, headers)
-                    results[name]["ttft"].append(ttft)
-                    results[name]["itl"].extend(gaps)
+            for round_ in range(5 + args.requests):  # 5 warm-up rounds: pools and code paths
+                for name, base, model, headers in paths:
+                    body = {**model, "messages": messages, "stream": True}
+                    ttft, gaps = measure(client, base + "/v1/chat/completions", body, headers)
+                    if round_ >= 5:
+                        results[name]["ttft"].append(ttft)
+                        results[name]["itl"].extend(gaps)
+        busy = 100 * (harness.machine_busy()[0] - busy0) / (time.monotonic() - t0)
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
+        harness.stop_all(services)
+        harness.remove(tmp)
 
-    direct_ttft = percentiles(results["direct"]["ttft"])
-    relay_ttft = percentiles(results["relay"]["ttft"])
-    direct_itl = percentiles(results["direct"]["itl"])
-    relay_itl = percentiles(results["relay"]["itl"])
-    added = {
-        "ttft_ms": {k: round(relay_ttft[k] - direct_ttft[k], 3) for k in direct_ttft},
-        "itl_ms": {k: round(relay_itl[k] - direct_itl[k], 3) for k in direct_itl},
+    figures = {
+        name: {"ttft_ms": percentiles(r["ttft"]), "itl_ms": percentiles(r["itl"])}
+        for name, r in results.items()
     }
-    report = {
+
+    def added(name: str) -> dict[str, dict[str, float]]:
+        return {
+            kind: {
+                q: round(figures[name][kind][q] - figures["direct"][kind][q], 3)
+                for q in figures["direct"][kind]
+            }
+            for kind in ("ttft_ms", "itl_ms")
+        }
+
+    report: dict[str, Any] = {
         "requests": args.requests,
         "tokens_per_answer": TOKENS,
         "simulator_tokens_per_s": TOKENS_PER_S,
-        "direct": {"ttft_ms": direct_ttft, "itl_ms": direct_itl},
-        "relay": {"ttft_ms": relay_ttft, "itl_ms": relay_itl},
-        "added": added,
+        "simulator_ttft_ms": TTFT_MS,
+        # Busy CPU of the machine meanwhile, % of one core (2 cores: 200; this run itself uses
+        # about one: client, server and simulator take turns).
+        "machine_busy_pct": round(busy, 1),
+        "direct": figures["direct"],
+        "relay": figures["slipstream"],
+        "added": added("slipstream"),
     }
+    rows = [("direct", figures["direct"]), ("slipstream", figures["slipstream"])]
+    rows.append(("added", report["added"]))
+    if "litellm" in figures:
+        report["litellm_version"] = harness.LITELLM_VERSION
+        report["litellm"] = figures["litellm"]
+        report["added_litellm"] = added("litellm")
+        rows += [("litellm", figures["litellm"]), ("added", report["added_litellm"])]
     print(
-        f"{'':>8} {'TTFT p50':>9} {'p90':>8} {'p99':>8} {'ITL p50':>9} {'p90':>8} {'p99':>8}   (ms)"
+        f"{'':>10} {'TTFT p50':>9} {'p90':>8} {'p99':>8} {'ITL p50':>9} {'p90':>8} {'p99':>8}"
+        f"   (ms; {args.requests} requests each)"
     )
-    for name, ttft, itl in (
-        ("direct", direct_ttft, direct_itl),
-        ("relay", relay_ttft, relay_itl),
-        ("added", added["ttft_ms"], added["itl_ms"]),
-    ):
+    for name, row in rows:
+        ttft, itl = row["ttft_ms"], row["itl_ms"]
         print(
-            f"{name:>8} {ttft['p50']:9.2f} {ttft['p90']:8.2f} {ttft['p99']:8.2f} "
+            f"{name:>10} {ttft['p50']:9.2f} {ttft['p90']:8.2f} {ttft['p99']:8.2f} "
             f"{itl['p50']:9.2f} {itl['p90']:8.2f} {itl['p99']:8.2f}"
         )
-    out = ROOT / "bench" / "results" / "relay_latency.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written to {out.relative_to(ROOT)}")
+    print(f"machine busy meanwhile: {busy:.0f}% of 200% (this run alone uses about 100%)")
+    out = harness.write_result("relay_latency", report)
+    print(f"written to {out.relative_to(harness.ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""daphne, counting the database writes Slipstream makes: ``python bench/daphne_counted.py ARGS``.
+
+Takes daphne's own arguments. Before Django opens any connection it hooks every new database
+connection (``connection_created``) with an execute wrapper that counts INSERT, UPDATE and
+DELETE statements by verb and table (``"INSERT chat_message"``; an UPDATE with the columns it
+sets: ``"UPDATE chat_conversation (updated_at)"``); reads are not counted. On
+SIGUSR1 it writes the counts so far as JSON to ``$BENCH_DB_COUNTS``. The wrapper costs one
+Python call per statement; the application code is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+from daphne.cli import CommandLineInterface  # noqa: E402
+from django.db.backends.signals import connection_created  # noqa: E402
+
+WRITE = re.compile(r'^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
+SET_COLUMN = re.compile(r'"(\w+)"\s*=')
+counts: Counter[str] = Counter()
+lock = threading.Lock()
+
+
+def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    match = WRITE.match(sql)
+    if match:
+        verb = match.group(1).split()[0].upper()
+        key = f"{verb} {match.group(2)}"
+        if verb == "UPDATE":  # which columns tell a checkpoint from a final update
+            columns = SET_COLUMN.findall(sql.split(" WHERE ", 1)[0].split(" SET ", 1)[-1])
+            key += f" ({', '.join(columns)})"
+        with lock:
+            counts[key] += len(params) if many and params else 1
+    return execute(sql, params, many, context)
+
+
+def hook(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if count not in connection.execute_wrappers:
+        connection.execute_wrappers.append(count)
+
+
+def dump(signum: int, frame: FrameType | None) -> None:
+    with lock:
+        snapshot = dict(counts)
+    target = Path(os.environ["BENCH_DB_COUNTS"])
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(snapshot))
+    tmp.replace(target)
+
+
+if __name__ == "__main__":
+    connection_created.connect(hook)
+    signal.signal(signal.SIGUSR1, dump)
+    CommandLineInterface().run(sys.argv[1:])
