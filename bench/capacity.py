@@ -35,7 +35,8 @@ and records every token's arrival. Per level (a "row"):
   generator: whole process / main thread, where asyncio runs) and of everything else on the
   machine (``other``; 2 cores = 200 %); peak RSS (MB) and threads. A process whose main thread
   is >= 90 % is CPU-bound; so is the machine at >= 190 %;
-- Slipstream's database writes in the row, and per completed answer.
+- Slipstream's database writes in the row, and per completed answer; the share of daphne's
+  time spent in GC pauses and its full collections.
 
 The machine may be shared: a row during which other work used more than ``--max-other-pct``
 (30 %) of a core is measured again once the machine is quiet (at most twice, waiting at most
@@ -198,7 +199,7 @@ def measure(
     """One row: ``streams`` concurrent streams through ``target``."""
     httpx.post(sim.url + "/sim/reset", timeout=10).raise_for_status()
     slip = target.slipstream
-    writes_before = slip.db_writes() if slip else {}
+    counters_before = slip.counters() if slip else {}
     overflows_before = harness.tcp_listen_overflows()
     ramp_s = args.ramp_s if streams > 1 else 0.0
     timeout_s = args.ttft_ms / 1000 + args.tokens / args.rate * 4 + 60
@@ -213,7 +214,7 @@ def measure(
     overflows = harness.tcp_listen_overflows() - overflows_before
     stats = httpx.get(sim.url + "/sim/stats", timeout=30).json()
     history = stats["history"]
-    writes_after = slip.db_writes() if slip else {}
+    counters_after = slip.counters() if slip else {}
 
     ok = [r for r in records if r["error"] is None and r["done"] and r["status"] == 200]
     errors = Counter((r["error"] or "")[:80] for r in records if r not in ok)
@@ -277,7 +278,8 @@ def measure(
     row["failed"] = failures(row, args)
     row["passes"] = not row["failed"]
     if slip:
-        writes = {k: v - writes_before.get(k, 0) for k, v in writes_after.items()}
+        before, after = counters_before["writes"], counters_after["writes"]
+        writes = {k: v - before.get(k, 0) for k, v in after.items()}
         writes = {k: v for k, v in sorted(writes.items()) if v}
         answers = max(1, len(ok))
         # Checkpoints: UPDATEs of a streaming answer's text, without its final status.
@@ -289,6 +291,14 @@ def measure(
         row["db_writes"] = writes
         row["db_writes_per_answer"] = round(sum(writes.values()) / answers, 2)
         row["db_checkpoint_writes_per_answer"] = round(checkpoints / answers, 2)
+        # The garbage collector's share of the server's time in the row (its pauses stop the
+        # event loop), and its full (generation 2) collections.
+        elapsed = counters_after["at"] - counters_before["at"]
+        gc_s = sum(counters_after["gc_seconds"]) - sum(counters_before["gc_seconds"])
+        row["server_gc_pct"] = round(100 * gc_s / elapsed, 1) if elapsed > 0 else None
+        row["server_gc_full"] = (
+            counters_after["gc_collections"][2] - counters_before["gc_collections"][2]
+        )
     return row
 
 
@@ -401,7 +411,7 @@ HEADER = (
     f"{'streams':>7} {'err':>4} {'offer t/s':>9} {'sent t/s':>9} {'deliv t/s':>9} "
     f"{'d/sent':>6} {'d/off':>6} {'ttft50':>6} {'ttft99':>6} {'itl50':>6} {'itl99':>6} "
     f"{'itlmax':>6} {'simlate':>7} {'sim%':>5} {'srv%':>11} {'gen%':>5} {'other%':>6} "
-    f"{'srvMB':>6}  verdict, CPU-bound"
+    f"{'srvMB':>6} {'gc%':>4}  verdict, CPU-bound"
 )
 
 
@@ -423,7 +433,7 @@ def print_row(row: dict[str, Any], args: argparse.Namespace) -> None:
         f"{num(row['itl_ms']['max'], 6)} {num(row['sim_late_p99_ms'], 7)} "
         f"{num(p['simulator']['cpu_pct'], 5)} {srv:>11} "
         f"{loadgen:>5.0f} {num(row['other_cpu_pct'], 6)} "
-        f"{num(server['rss_mb'] if server else None, 6)}  "
+        f"{num(server['rss_mb'] if server else None, 6)} {num(row.get('server_gc_pct'), 4)}  "
         f"{'ok' if row['passes'] else 'MISS:' + '+'.join(row['failed'])} {row['cpu_bound']}"
         + (f"  [{row['kind']}]" if row["kind"] != "sweep" else "")
         + (f"  errors: {row['error_kinds']}" if row["errors"] else ""),

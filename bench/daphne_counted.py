@@ -1,21 +1,25 @@
-"""daphne, counting the database writes Slipstream makes: ``python bench/daphne_counted.py ARGS``.
+"""daphne, counting database writes and GC pauses: ``python bench/daphne_counted.py ARGS``.
 
 Takes daphne's own arguments. Before Django opens any connection it hooks every new database
 connection (``connection_created``) with an execute wrapper that counts INSERT, UPDATE and
 DELETE statements by verb and table (``"INSERT chat_message"``; an UPDATE with the columns it
-sets: ``"UPDATE chat_conversation (updated_at)"``); reads are not counted. On
-SIGUSR1 it writes the counts so far as JSON to ``$BENCH_DB_COUNTS``. The wrapper costs one
-Python call per statement; the application code is unchanged.
+sets: ``"UPDATE chat_conversation (updated_at)"``); reads are not counted. A ``gc.callbacks``
+hook adds up the garbage collector's pauses per generation. On SIGUSR1 it writes, as JSON to
+``$BENCH_DB_COUNTS``: ``writes`` (the counts so far), ``gc_seconds`` and ``gc_collections``
+(per generation, 0-2) and ``at`` (``time.monotonic()``). The hooks cost one Python call per
+statement and per collection; the application code is unchanged.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from types import FrameType
@@ -32,6 +36,18 @@ WRITE = re.compile(r'^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.I
 SET_COLUMN = re.compile(r'"(\w+)"\s*=')
 counts: Counter[str] = Counter()
 lock = threading.Lock()
+gc_seconds = [0.0, 0.0, 0.0]
+gc_collections = [0, 0, 0]
+gc_started = [0.0]
+
+
+def on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        gc_started[0] = time.perf_counter()
+    else:
+        generation = info["generation"]
+        gc_seconds[generation] += time.perf_counter() - gc_started[0]
+        gc_collections[generation] += 1
 
 
 def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -54,7 +70,12 @@ def hook(sender: Any, connection: Any, **kwargs: Any) -> None:
 
 def dump(signum: int, frame: FrameType | None) -> None:
     with lock:
-        snapshot = dict(counts)
+        snapshot = {
+            "writes": dict(counts),
+            "gc_seconds": list(gc_seconds),
+            "gc_collections": list(gc_collections),
+            "at": time.monotonic(),
+        }
     target = Path(os.environ["BENCH_DB_COUNTS"])
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(snapshot))
@@ -63,5 +84,6 @@ def dump(signum: int, frame: FrameType | None) -> None:
 
 if __name__ == "__main__":
     connection_created.connect(hook)
+    gc.callbacks.append(on_gc)
     signal.signal(signal.SIGUSR1, dump)
     CommandLineInterface().run(sys.argv[1:])

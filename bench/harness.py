@@ -194,8 +194,9 @@ class Slipstream:
             "X-CSRFToken": CSRF_TOKEN,
         }
 
-    def db_writes(self) -> dict[str, int]:
-        """INSERT/UPDATE/DELETE statements run so far, by verb and table (``count_writes``)."""
+    def counters(self) -> dict[str, Any]:
+        """What ``bench/daphne_counted.py`` counted so far (``count_writes``): ``writes`` (by
+        verb and table), ``gc_seconds`` and ``gc_collections`` per generation, ``at``."""
         if self.counts_file is None:
             return {}
         before = self.counts_file.stat().st_mtime_ns if self.counts_file.exists() else 0
@@ -204,7 +205,7 @@ class Slipstream:
         while time.monotonic() < deadline:
             if self.counts_file.exists() and self.counts_file.stat().st_mtime_ns != before:
                 with contextlib.suppress(ValueError):
-                    counts: dict[str, int] = json.loads(self.counts_file.read_text())
+                    counts: dict[str, Any] = json.loads(self.counts_file.read_text())
                     return counts
             time.sleep(0.02)
         raise RuntimeError("daphne did not write its statement counts")
@@ -214,7 +215,7 @@ def start_slipstream(tmp: Path, sim_url: str, *, count_writes: bool = False) -> 
     """Migrate a fresh SQLite database, create the bench user, slot and key, and start one
     daphne process (as ``manage.py serve`` does: ``daphne -b HOST -p PORT``). With
     ``count_writes`` daphne runs under ``bench/daphne_counted.py``, which counts the database
-    writes it makes (read with ``Slipstream.db_writes``)."""
+    writes it makes and its GC pauses (read with ``Slipstream.counters``)."""
     database = tmp / "db.sqlite3"
     counts_file = tmp / "db_writes.json" if count_writes else None
     env = {
@@ -472,10 +473,41 @@ def percentiles(values: list[float], digits: int = 3) -> dict[str, float | None]
     return out
 
 
+def code_version() -> dict[str, Any]:
+    """The commit checked out and whether the application's files differ from it, read without
+    touching the index (the code may change while a long run goes on)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "chat", "chatsite", "static", "templates"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"head": None, "app_changed": None}
+    return {"head": head, "app_changed": bool(changed)}
+
+
+# When this script started: the servers it starts load the application as it is now.
+CODE_AT_START = code_version()
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
+    """bench/results/<name>.json, with the code version the run started on."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    out.write_text(json.dumps({**data, "code": CODE_AT_START}, indent=2) + "\n")
     return out
 
 

@@ -317,6 +317,7 @@ def capacity_rows(results: dict[str, dict[str, Any] | None]) -> list[tuple[str, 
                     fmt(r.get("other_cpu_pct"), 0),
                     fmt(server["rss_mb"], 0) if server else "-",
                     fmt(server.get("threads_max")) if server else "-",
+                    fmt(r.get("server_gc_pct"), 1),
                     fmt(r.get("db_writes_per_answer")),
                     ("ok" if r["passes"] else "MISS:" + "+".join(r.get("failed", [])))
                     + (f" (rep {r['repeats']})" if r.get("repeats") else ""),
@@ -364,6 +365,7 @@ def main() -> None:
         steps[step] = run_step(step, lines[step], log)
         steps[step]["machine_busy_before_pct"] = busy
         steps[step]["waited_for_quiet_s"] = waited
+        steps[step]["code"] = harness.code_version()
         for name in OUTPUTS[step]:
             results[name] = load_json(name, since)
         # render.py exits 1 when it misses its target; what matters is that it measured.
@@ -410,6 +412,7 @@ def main() -> None:
                 "other%",
                 "srvMB",
                 "thr",
+                "gc%",
                 "writes",
                 "verdict",
                 "CPU-bound",
@@ -425,6 +428,20 @@ def main() -> None:
             print(f"  {item['pct']:>5.1f}%  {item['name']}  <- {item['app_caller']}")
         for name, cost in profile["per_request"]["costs"].items():
             print(f"  CPU per request, {name}: {cost['cpu_ms']} ms")
+    versions = {
+        f"{r['code']['head']}{'+changes' if r['code']['app_changed'] else ''}"
+        for r in steps.values()
+    }
+    if len(versions) > 1:
+        print(
+            "\nWARNING: the application changed during the run; each step measured the code of "
+            "its own start: "
+            + ", ".join(
+                f"{name} {r['code']['head']}{'+changes' if r['code']['app_changed'] else ''}"
+                for name, r in steps.items()
+            )
+        )
+    summary["code"] = {name: r["code"] for name, r in steps.items()}
     failed = [s for s, r in steps.items() if not r["ok"]]
     if failed:
         print(f"\nsteps that failed: {', '.join(failed)} (see {log.relative_to(harness.ROOT)})")
