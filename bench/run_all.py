@@ -361,11 +361,11 @@ def main() -> None:
     results: dict[str, dict[str, Any] | None] = {n: None for ns in OUTPUTS.values() for n in ns}
     for step in chosen:
         waited, busy = harness.wait_quiet(args.wait_quiet)
-        since = time.time()
+        since, code = time.time(), harness.code_version()
         steps[step] = run_step(step, lines[step], log)
         steps[step]["machine_busy_before_pct"] = busy
         steps[step]["waited_for_quiet_s"] = waited
-        steps[step]["code"] = harness.code_version()
+        steps[step]["code"] = code
         for name in OUTPUTS[step]:
             results[name] = load_json(name, since)
         # render.py exits 1 when it misses its target; what matters is that it measured.
