@@ -471,7 +471,7 @@ def main() -> None:
         help="repeat a row (twice at most) when other work used more CPU than this meanwhile",
     )
     parser.add_argument(
-        "--quiet-budget-s", type=float, default=180, help="most time spent waiting for quiet"
+        "--quiet-budget-s", type=float, default=120, help="most time spent waiting for quiet"
     )
     args = parser.parse_args()
     harness.raise_fd_limit()
