@@ -74,3 +74,32 @@ export async function playAnswer(view, url, payload, { csrfToken, headers, signa
   view.finish({ ...done, status, error });
   return status;
 }
+
+/**
+ * The composer both pages share: Enter sends, Shift+Enter is a new line, Send and Stop swap
+ * while an answer streams, Stop and Esc stop it.
+ * @param {{form: HTMLFormElement, box: HTMLTextAreaElement, send: HTMLButtonElement,
+ *          stop: HTMLButtonElement, onSubmit: () => void, onStop: () => void}} parts
+ * @returns {(streaming: boolean) => void} shows the composer as streaming, or not
+ */
+export function wireComposer({ form, box, send, stop, onSubmit, onStop }) {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    onSubmit();
+  });
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      onSubmit();
+    }
+  });
+  stop.addEventListener("click", onStop);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") onStop();
+  });
+  return (streaming) => {
+    send.hidden = streaming;
+    stop.hidden = !streaming;
+    box.readOnly = streaming;
+  };
+}

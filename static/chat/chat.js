@@ -1,5 +1,5 @@
 // The chat page: the composer, Stop, resume, edit, regenerate and copy, around answer.js.
-import { playAnswer } from "./answer.js";
+import { playAnswer, wireComposer } from "./answer.js";
 import { AnswerView, hydrateAnswers, userMessage } from "./render.js";
 
 const chat = document.getElementById("chat");
@@ -19,11 +19,9 @@ function nearBottom() {
   return messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
 }
 
-function setStreaming(streaming) {
-  send.hidden = streaming;
-  stop.hidden = !streaming;
-  box.readOnly = streaming;
-}
+const setStreaming = wireComposer({
+  form, box, send, stop, onSubmit: () => submit(), onStop: () => stopAnswer(),
+});
 
 let generationId = null; // the answer streaming now, for Stop
 let stopPending = false; // Stop pressed before the server said which generation it is
@@ -187,17 +185,6 @@ async function runAnswer(view, url, payload) {
   box.focus();
 }
 
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  submit();
-});
-
-box.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    submit();
-  }
-});
 
 async function stopAnswer() {
   if (!controller) return;
@@ -220,10 +207,6 @@ async function stopAnswer() {
   }
 }
 
-stop.addEventListener("click", stopAnswer);
-document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape") stopAnswer();
-});
 
 jumpLatest.addEventListener("click", () => {
   messages.scrollTop = messages.scrollHeight;

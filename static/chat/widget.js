@@ -5,7 +5,7 @@
 // hands it back in the iframe URL's fragment (#v=…, never sent to a server); the iframe's own
 // localStorage is used too where it works (the plain <iframe> snippet). Stop and closing the
 // panel cancel the answer.
-import { playAnswer } from "./answer.js";
+import { playAnswer, wireComposer } from "./answer.js";
 import { AnswerView, userMessage } from "./render.js";
 
 const root = document.getElementById("widget");
@@ -110,11 +110,15 @@ async function showHistory() {
   messages.scrollTop = messages.scrollHeight;
 }
 
-function setStreaming(streaming) {
-  send.hidden = streaming;
-  stop.hidden = !streaming;
-  box.readOnly = streaming;
-}
+// In the widget, closing the stream is stopping: the server cancels an answer nobody reads.
+const setStreaming = wireComposer({
+  form: document.getElementById("composer"),
+  box,
+  send,
+  stop,
+  onSubmit: () => submit(),
+  onStop: () => controller?.abort(),
+});
 
 async function submit() {
   const content = box.value;
@@ -151,21 +155,6 @@ async function submit() {
   box.focus();
 }
 
-document.getElementById("composer").addEventListener("submit", (event) => {
-  event.preventDefault();
-  submit();
-});
-box.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-    event.preventDefault();
-    submit();
-  }
-});
-// In the widget, closing the stream is stopping: the server cancels an answer nobody reads.
-stop.addEventListener("click", () => controller?.abort());
-document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape") controller?.abort();
-});
 
 await showHistory();
 root.dataset.ready = "true"; // for tests: the composer is wired
