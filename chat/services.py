@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.db import DatabaseError
 from django.utils import timezone
 
 from chat import readcache
 from chat.models import ApiCall, ApiKey, Conversation, Message, Slot
+from chat.relay import checks
 from chat.relay.dispatch import SlotConfig
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, find
@@ -132,33 +134,47 @@ def chat_request(conversation: Conversation, history: list[dict[str, str]]) -> d
 
 def generation_fields(generation: Generation, *, status: str | None = None) -> dict[str, Any]:
     """What a generation stores on its message: its answer so far, with its own status unless
-    ``status`` says otherwise (a client that left a shared generation stopped watching it)."""
+    ``status`` says otherwise (a client that left a shared generation stopped watching it).
+    Upstream values are made storable (``checks``): no NUL characters, a ``finish_reason``
+    within its column, only well-formed usage counts."""
     acc = generation.accumulator
-    content = acc.content() or acc.refusal()
     return {
-        "content": content,
-        "reasoning": acc.reasoning(),
-        "tool_calls": acc.tool_calls(),
-        "slot_name": generation.slot,
+        **_text_fields(generation),
+        "slot_name": generation.slot[:100],
         "status": status or generation.status,
-        "finish_reason": acc.finish_reason() or "",
-        "usage": acc.usage,
-        "error": generation.error.envelope() if generation.error else None,
+        "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
+        "usage": checks.clean_usage(acc.usage),
+        "error": checks.without_nul(generation.error.envelope()) if generation.error else None,
         "ttft_ms": generation.ttft_ms,
         "tokens_per_s": generation.tokens_per_s,
     }
 
 
+FINISH_REASON_LENGTH = Message._meta.get_field("finish_reason").max_length or 32
+
+
+def _text_fields(generation: Generation) -> dict[str, Any]:
+    """The answer's text: what must be stored whatever else fails."""
+    acc = generation.accumulator
+    return {
+        "content": checks.without_nul(acc.content() or acc.refusal()),
+        "reasoning": checks.without_nul(acc.reasoning()),
+        "tool_calls": checks.without_nul(acc.tool_calls()),
+    }
+
+
 async def message_acheckpoint(*, message_id: int, generation: Generation) -> None:
     """Store the text so far of an answer still streaming (one UPDATE, about once a second),
-    so a process that dies mid-answer loses at most the last second of it."""
-    acc = generation.accumulator
-    await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
-        content=acc.content() or acc.refusal(),
-        reasoning=acc.reasoning(),
-        tool_calls=acc.tool_calls(),
-        updated_at=timezone.now(),
-    )
+    so a process that dies mid-answer loses at most the last second of it. A failure is
+    logged, never raised: the next checkpoint or the final write tries again."""
+    try:
+        await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
+            **_text_fields(generation), updated_at=timezone.now()
+        )
+    except DatabaseError:
+        logger.exception(
+            "message %s: checkpoint of generation %s failed", message_id, generation.id
+        )
 
 
 async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
@@ -207,12 +223,31 @@ async def message_afinalise(
     *, message_id: int, conversation_id: Any, generation: Generation, status: str | None = None
 ) -> None:
     """Store the finished answer in one UPDATE, and bump its conversation in the sidebar.
-    ``status`` overrides the generation's (an answer stopped while its generation goes on)."""
+    ``status`` overrides the generation's (an answer stopped while its generation goes on).
+
+    Never raises: when the full row cannot be stored (a value the database refuses), the
+    failure is logged once with the message id and the answer's text and status are stored
+    without the rest, so an error in storing usage costs the usage, never the answer."""
     now = timezone.now()
-    await Message.objects.filter(pk=message_id).aupdate(
-        **generation_fields(generation, status=status), updated_at=now
-    )
-    await Conversation.objects.filter(pk=conversation_id).aupdate(updated_at=now)
+    fields = generation_fields(generation, status=status)
+    try:
+        await Message.objects.filter(pk=message_id).aupdate(**fields, updated_at=now)
+    except DatabaseError:
+        logger.exception(
+            "message %s: storing generation %s failed; storing its text and status only",
+            message_id,
+            generation.id,
+        )
+        try:
+            await Message.objects.filter(pk=message_id).aupdate(
+                **_text_fields(generation), status=fields["status"], updated_at=now
+            )
+        except DatabaseError:
+            logger.exception("message %s: storing its text failed too", message_id)
+    try:
+        await Conversation.objects.filter(pk=conversation_id).aupdate(updated_at=now)
+    except DatabaseError:
+        logger.exception("conversation %s: bumping updated_at failed", conversation_id)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,32 +318,35 @@ async def api_call_arecord(
     error: RelayError | None = None,
 ) -> None:
     """Record one finished ``/v1`` call (one INSERT; the key's last-used time at most once a
-    minute). ``started_at`` is ``time.monotonic()`` at the call's start."""
-    if generation is not None:
-        usage = generation.accumulator.usage
-    usage = usage or {}
-    await ApiCall.objects.acreate(
-        api_key=api_key,
-        endpoint=endpoint,
-        slot_name=slot_name,
-        stream=stream,
-        http_status=http_status,
-        outcome=outcome,
-        error_code=(error.code or error.type) if error else "",
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=generation.accumulator.completion_tokens()
-        if generation
-        else usage.get("completion_tokens"),
-        ttft_ms=generation.ttft_ms if generation else None,
-        duration_ms=(time.monotonic() - started_at) * 1000,
-    )
-    now = timezone.now()
-    # The key may be a cached copy (readcache) whose last_used_at never moves: remember here
-    # when this process last wrote it.
-    last = _last_used_written.get(api_key.pk) or api_key.last_used_at
-    if last is None or now - last > LAST_USED_RESOLUTION:
-        _last_used_written[api_key.pk] = now
-        await ApiKey.objects.filter(pk=api_key.pk).aupdate(last_used_at=now)
+    minute). ``started_at`` is ``time.monotonic()`` at the call's start. Upstream usage is
+    cleaned first (``checks.clean_usage``); a failed INSERT is logged, never raised."""
+    usage = checks.clean_usage(generation.accumulator.usage if generation else usage) or {}
+    try:
+        await ApiCall.objects.acreate(
+            api_key=api_key,
+            endpoint=endpoint[:40],
+            slot_name=slot_name[:100],
+            stream=stream,
+            http_status=http_status,
+            outcome=outcome,
+            error_code=((error.code or error.type) if error else "")[:64],
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=generation.accumulator.completion_tokens()
+            if generation
+            else usage.get("completion_tokens"),
+            ttft_ms=generation.ttft_ms if generation else None,
+            duration_ms=(time.monotonic() - started_at) * 1000,
+        )
+        now = timezone.now()
+        # The key may be a cached copy (readcache) whose last_used_at never moves: remember
+        # here when this process last wrote it.
+        last = _last_used_written.get(api_key.pk) or api_key.last_used_at
+        if last is None or now - last > LAST_USED_RESOLUTION:
+            _last_used_written[api_key.pk] = now
+            await ApiKey.objects.filter(pk=api_key.pk).aupdate(last_used_at=now)
+    except DatabaseError:
+        # The call was answered; a record that cannot be stored must not hold its end.
+        logger.exception("API call of key %s to %s: recording failed", api_key.pk, slot_name)
 
 
 async def api_conversation_astore(
@@ -327,15 +365,18 @@ async def api_conversation_astore(
     text = last_user.get("content")
     if not isinstance(text, str):
         text = json.dumps(text) if text else ""
-    conversation = await Conversation.objects.acreate(
-        user=api_key.user, slot=slot, title=title_from(f"API: {text}")
-    )
-    await message_acreate_user(conversation=conversation, content=text)
-    await Message.objects.acreate(
-        conversation=conversation,
-        role=Message.Role.ASSISTANT,
-        **generation_fields(generation, status=status),
-    )
+    try:
+        conversation = await Conversation.objects.acreate(
+            user=api_key.user, slot=slot, title=title_from(f"API: {text}")
+        )
+        await message_acreate_user(conversation=conversation, content=checks.without_nul(text))
+        await Message.objects.acreate(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            **generation_fields(generation, status=status),
+        )
+    except DatabaseError:
+        logger.exception("API call of key %s: keeping it as a conversation failed", api_key.pk)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat.relay.checks import clean_usage
+
 
 @dataclass(slots=True)
 class ChoiceState:
@@ -33,7 +35,8 @@ class ChoiceState:
 class MessageAccumulator:
     """Accumulates ``chat.completion.chunk`` (or legacy ``text_completion``) objects.
 
-    ``add`` costs O(size of the chunk); joins happen once, when the text is read.
+    ``add`` costs O(size of the chunk); joins happen once, when the text is read. Chunks must have
+    passed ``checks.chunk_problem`` (``UpstreamStream`` checks every chunk it yields).
     """
 
     def __init__(self) -> None:
@@ -52,7 +55,9 @@ class MessageAccumulator:
             self.created = chunk.get("created")
         usage = chunk.get("usage")
         if usage:
-            self.usage = usage
+            # Stored and shown as is: only well-formed counts (an upstream's -5 or "many" would
+            # fail the database's checks and cost the whole answer).
+            self.usage = clean_usage(usage)
         carried = False
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from chat.relay import checks, upstream
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, Phase, find
@@ -58,13 +58,19 @@ SINGLE_FLIGHT_MODES = ("off", "not_ready", "always")
 # OpenAI accepts at most 4 stop sequences (API reference, ``stop``); the relay enforces all of
 # them itself and sends the upstream only the first 4, so a strict upstream does not refuse.
 UPSTREAM_STOP_LIMIT = 4
-RETRY_BASE_S = 0.25
-RETRY_CAP_S = 4.0
 # Retry-After for a slot still warming after its cold-boot timeout: model loads take tens of
 # seconds, so a client should not come back at once.
 WARMING_RETRY_AFTER_S = 10.0
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
-RETRYABLE_CODES = frozenset({"upstream_unreachable", "upstream_disconnected", "upstream_timeout"})
+RETRYABLE_CODES = frozenset(
+    {
+        upstream.REFUSED,
+        upstream.UNREACHABLE,
+        upstream.RESET,
+        upstream.CONNECT_TIMEOUT,
+        upstream.TIMEOUT,
+    }
+)
 # Stream-only request fields: they change how an answer is delivered, not what it is.
 _STREAM_ONLY_FIELDS = ("stream", "stream_options")
 
@@ -241,7 +247,7 @@ async def _run(
             StopEnforcer(all_stops(cfg, request), chat=chat) if all_stops(cfg, request) else None
         )
         stream = await UpstreamStream.open(cfg.backend, endpoint, body)
-        cfg.runtime().set_state(READY)
+        cfg.runtime().call_succeeded()
         generation.set_phase(Phase("streaming", cfg.name))
         generation.set_slot(cfg.name)
         try:
@@ -275,9 +281,10 @@ async def _run(
         status, error = "error", exc
     except asyncio.CancelledError:
         status = "stopped"
-    except Exception as exc:  # a bug must still end the answer, never leave it "streaming"
+    except Exception:  # a bug must still end the answer, never leave it "streaming"
         logger.exception("generation %s failed", generation.id)
-        status, error = "error", RelayError(f"internal error: {type(exc).__name__}", status=500)
+        # The client learns that it failed, never how: class names and tracebacks stay in the log.
+        status, error = "error", RelayError("internal error", status=500, code="internal_error")
     finally:
         if key is not None and runtime.coalescing.get(key) is generation:
             del runtime.coalescing[key]
@@ -298,12 +305,22 @@ async def complete(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -> 
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
         result = await request_json(cfg.backend, "POST", endpoint, body)
-        cfg.runtime().set_state(READY)
+        cfg.runtime().call_succeeded()
         if not isinstance(result, dict):
             raise RelayError(
                 "upstream answered with a body that is not an object",
                 code="upstream_malformed_body",
             )
+        problem = checks.completion_problem(result, chat=chat)
+        if problem is not None:
+            raise RelayError(
+                f"upstream answered with a malformed completion: {problem}",
+                code=upstream.INCOMPLETE
+                if "finish_reason" in problem
+                else "upstream_malformed_body",
+            )
+        if checks.has_nul(json.dumps(result)):
+            result = checks.without_nul(result)
         _cut_at_stops(result, all_stops(cfg, request), chat=chat)
         return result
 
@@ -417,56 +434,68 @@ async def _attempts(
     published: Callable[[], bool],
     generation: Generation | None,
 ) -> _T:
+    """Call the upstream until an answer begins, under the slot's protection rule (README,
+    "Slots"): while the slot's calls fail, one request at a time calls it, spaced by the
+    slot-wide backoff (``SlotRuntime.take_turn``). A warming upstream (503, or a refusal after
+    being seen up) holds the request up to ``cold_boot_timeout_s``, then 503 ``slot_warming``;
+    transient failures (resets, timeouts, 502/504, refusals of a server never seen up) are
+    retried ``max_retries`` times; anything else is raised at once."""
     retries = 0
-    warm_deadline: float | None = None
-    polls = 0
+    warm_deadline = time.monotonic() + cfg.cold_boot_timeout_s
     while True:
+        if runtime.suspect and runtime.state == WARMING and generation is not None:
+            generation.set_phase(Phase("warming", cfg.name))
+        try:
+            turn = await runtime.take_turn(max(0.0, warm_deadline - time.monotonic()))
+        except TimeoutError:
+            raise _still_warming(cfg, runtime.last_error) from None
         try:
             return await attempt(cfg, body)
         except RelayError as exc:
             if published():
                 raise
-            if _warming(exc, runtime):
-                now = time.monotonic()
-                warm_deadline = warm_deadline or now + cfg.cold_boot_timeout_s
-                runtime.set_state(WARMING, exc.message)
-                if now >= warm_deadline:
-                    raise RelayError(
-                        f"Slot {cfg.name} is still warming up after "
-                        f"{cfg.cold_boot_timeout_s:g} s. Try again shortly.",
-                        status=503,
-                        type="service_unavailable",
-                        code="slot_warming",
-                        retry_after=WARMING_RETRY_AFTER_S,
-                    ) from exc
+            warming = _warming(exc, runtime)
+            if not warming and not _retryable(exc):
+                raise
+            runtime.call_failed(exc.message, warming=warming)
+            if warming:
+                if time.monotonic() >= warm_deadline:
+                    raise _still_warming(cfg, exc.message) from exc
                 if generation is not None:
                     generation.set_phase(Phase("warming", cfg.name))
-                # Poll fast at first (a model that is nearly loaded), then every 2 s; a probe
-                # that sees the slot ready wakes us at once.
-                polls = min(polls + 1, 5)
-                wait = min(2.0, 0.1 * 2**polls, warm_deadline - now)
-                await runtime.wait_changed(wait)
                 continue
-            if not _retryable(exc):
-                raise
             if retries >= cfg.max_retries:
                 runtime.set_state(ERROR, exc.message)
                 raise
             retries += 1
-            delay = random.uniform(0, min(RETRY_CAP_S, RETRY_BASE_S * 2**retries))
+            delay = max(0.0, runtime.next_call_at - time.monotonic())
             if generation is not None:
                 generation.set_phase(
                     Phase("retrying", cfg.name, attempt=retries, retry_in_s=round(delay, 2))
                 )
             logger.info("slot %s: retry %d in %.2f s after %s", cfg.name, retries, delay, exc)
-            await asyncio.sleep(delay)
+        finally:
+            runtime.end_turn(turn)
+
+
+def _still_warming(cfg: SlotConfig, error: str) -> RelayError:
+    return RelayError(
+        f"Slot {cfg.name} is still warming up after {cfg.cold_boot_timeout_s:g} s. "
+        "Try again shortly.",
+        status=503,
+        type="service_unavailable",
+        code="slot_warming",
+        retry_after=WARMING_RETRY_AFTER_S,
+    )
 
 
 def _warming(exc: RelayError, runtime: SlotRuntime) -> bool:
-    """503 ("Loading model"), or a refused connection from a backend seen up before."""
+    """503 ("Loading model", or a server shedding load), or a refused connection from a
+    backend seen up before (restarting). Resets and timeouts are not: a server that drops
+    connections is failing, not loading."""
     if exc.upstream_status == 503:
         return True
-    return exc.code == "upstream_unreachable" and runtime.seen_up
+    return exc.code == upstream.REFUSED and runtime.seen_up
 
 
 def _retryable(exc: RelayError) -> bool:

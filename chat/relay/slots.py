@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import weakref
 from collections import deque
@@ -39,6 +40,21 @@ PROBE_INTEREST_S = 600.0
 # Retry-After for a full queue (429): long enough to let one answer finish, short enough that a
 # person retrying by hand does not wait for nothing.
 QUEUE_RETRY_AFTER_S = 5.0
+# Calls to a slot whose last call failed (warming or failing) are spaced by a slot-wide backoff:
+# exponential from the base, capped, with "equal jitter" (half fixed, half random), so two calls
+# are never closer than half the current delay. With the cap at 2 s a slot that keeps failing
+# gets at most one call a second from this process, however many requests wait on it.
+CALL_BACKOFF_BASE_S = 0.25
+CALL_BACKOFF_CAP_S = 2.0
+# When a call succeeds again, the requests that waited on the slot are let go this far apart (s),
+# oldest first, so a server that just came up is not hit by all of them in the same millisecond.
+RELEASE_STAGGER_S = 0.05
+# Listeners (a database UPDATE and a log line) hear of state changes at most this often (s): a
+# flapping slot costs one write a second, and the last state always lands.
+STATE_TELL_INTERVAL_S = 1.0
+# A health probe's 2xx does not overrule a failed real call (a server may answer /health or
+# /v1/models while its completions still answer 503); it counts once no call failed for this long.
+PROBE_OVERRULES_AFTER_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,25 +94,48 @@ class SlotRuntime:
         self._probe_until = 0.0
         self._changed: asyncio.Event = asyncio.Event()
         self._tell_lock = asyncio.Lock()
+        self._tell_pending = False
+        self._told: tuple[str, str] | None = None
+        self._told_at = -STATE_TELL_INTERVAL_S
+        # Upstream protection (``take_turn``): while real calls fail, one request at a time
+        # calls the upstream, no sooner than ``next_call_at``; the others wait their turn.
+        self.suspect = False
+        self.failures = 0
+        self.failed_at = 0.0
+        self.next_call_at = 0.0
+        self._turn: int | None = None
+        self._turns = 0
+        self._turn_waiters: deque[asyncio.Future[None]] = deque()
 
     # -- state --
 
     def set_state(self, state: str, error: str = "") -> None:
+        """Change the slot's state in this process at once; listeners hear of it within
+        ``STATE_TELL_INTERVAL_S`` (debounced: they get the latest state, not every flap)."""
         if state == READY:
             self.seen_up = True
             error = ""
         if state == self.state:
             return  # the first error of a spell is kept: probes and requests word it differently
         self.state, self.last_error, self.changed_at = state, error, time.time()
-        logger.info("slot %s: %s %s", self.name, state, error)
         self._changed.set()
         self._changed = asyncio.Event()
-        change = StateChange(self.slot_id, self.name, state, error, self.changed_at)
-        spawn(self._tell(change))
+        if not self._tell_pending:
+            self._tell_pending = True
+            delay = self._told_at + STATE_TELL_INTERVAL_S - time.monotonic()
+            spawn(self._tell(max(0.0, delay)))
         if state != READY:
             self.probe_soon()
 
-    async def _tell(self, change: StateChange) -> None:
+    async def _tell(self, delay_s: float) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        self._tell_pending = False
+        if self._told == (self.state, self.last_error):
+            return  # it flapped back to what listeners already know
+        self._told, self._told_at = (self.state, self.last_error), time.monotonic()
+        change = StateChange(self.slot_id, self.name, self.state, self.last_error, self.changed_at)
+        logger.info("slot %s: %s %s", self.name, change.state, change.last_error)
         # One change at a time, in order (asyncio.Lock is FIFO): a slow write of "warming" must
         # not land after the "ready" that followed it.
         async with self._tell_lock:
@@ -107,6 +146,82 @@ class SlotRuntime:
                         await result
                 except Exception:
                     logger.exception("slot %s: state listener failed", self.name)
+
+    # -- upstream protection --
+
+    async def take_turn(self, timeout_s: float) -> int | None:
+        """Wait until this request may call the upstream. While the slot's last real call
+        failed (``suspect``), at most one request per slot in this process calls it at a time
+        (the turn, handed on in FIFO order), and no sooner than the slot-wide backoff allows
+        (``next_call_at``); the others wait for its result. Returns the turn to give back with
+        ``end_turn`` (None: the slot is healthy, call at once). Raises ``TimeoutError`` after
+        ``timeout_s`` without a turn."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.suspect:
+            if self._turn is None:
+                self._turns += 1
+                turn = self._turn = self._turns
+                try:
+                    while self.suspect and (wait := self.next_call_at - time.monotonic()) > 0:
+                        if loop.time() + wait > deadline:
+                            raise TimeoutError
+                        await asyncio.sleep(wait)
+                except BaseException:
+                    self.end_turn(turn)
+                    raise
+                if not self.suspect:  # another process's call or a probe cleared it meanwhile
+                    self.end_turn(turn)
+                    return None
+                return turn
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._turn_waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._turn_waiters.remove(waiter)
+        return None
+
+    def end_turn(self, turn: int | None) -> None:
+        """Give the turn back (no-op for None or a turn a success already ended): the next
+        waiter takes it."""
+        if turn is None or turn != self._turn:
+            return
+        self._turn = None
+        while self._turn_waiters:
+            waiter = self._turn_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def call_failed(self, error: str, *, warming: bool) -> None:
+        """A real call failed before its answer began: the slot is suspect and the next call
+        backs off. ``warming`` (503, or refused after being seen up) makes the state warming;
+        other failures (resets, timeouts, 502/504) leave the state to the retry rule."""
+        now = time.monotonic()
+        self.suspect, self.failed_at = True, now
+        self.failures += 1
+        delay = min(CALL_BACKOFF_CAP_S, CALL_BACKOFF_BASE_S * 2 ** (self.failures - 1))
+        self.next_call_at = now + delay / 2 + random.uniform(0, delay / 2)
+        if warming:
+            self.set_state(WARMING, error)
+
+    def call_succeeded(self) -> None:
+        """A real call opened: the slot is ready, the turn ends, and the requests waiting for
+        a turn go, ``RELEASE_STAGGER_S`` apart in their order."""
+        self.set_state(READY)
+        if not self.suspect:
+            return
+        self.suspect, self.failures, self.next_call_at = False, 0, 0.0
+        self._turn = None
+        loop = asyncio.get_running_loop()
+        for position, waiter in enumerate(self._turn_waiters):
+            loop.call_later(position * RELEASE_STAGGER_S, _wake, waiter)
+        self._turn_waiters.clear()
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Return when the state changes, or after ``timeout_s``."""
@@ -129,7 +244,8 @@ class SlotRuntime:
 
     async def _probe_loop(self) -> None:
         while time.monotonic() < self._probe_until:
-            await self.probe()
+            if self._turn is None:  # a request calling the upstream is probe enough
+                await self.probe()
             if self.state == READY:
                 return
             await self.wait_changed(PROBE_INTERVAL_S.get(self.state, 5.0))
@@ -154,6 +270,10 @@ class SlotRuntime:
             self.set_state(ERROR, f"health check failed: {exc or type(exc).__name__}")
             return self.state
         if response.status_code < 300:
+            if self.suspect and time.monotonic() - self.failed_at < PROBE_OVERRULES_AFTER_S:
+                return self.state  # the last real call failed: calls, not /health, decide
+            if self.suspect:
+                self.call_succeeded()
             self.set_state(READY)
         elif response.status_code == 503:
             self.set_state(WARMING, "the backend is loading its model (HTTP 503)")
@@ -221,6 +341,11 @@ class SlotRuntime:
         for position, (_, generation) in enumerate(self.waiters, start=1):
             if generation is not None:
                 generation.set_phase(Phase("queued", self.name, position=position))
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # Runtimes hold asyncio objects bound to the loop that made them, so they are per loop (one loop

@@ -8,6 +8,7 @@ SSE error event when it fails later (``UpstreamStream.chunks`` raises ``MidStrea
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from chat.relay import checks
 from chat.relay.errors import MidStreamError, RelayError
 from chat.relay.netbackend import AsyncioBackend
 from chat.relay.sse import DONE_DATA, SSEDecoder
@@ -132,6 +134,59 @@ def error_from_response(status: int, body: bytes) -> RelayError:
     )
 
 
+# Codes for an upstream that did not answer, told apart because each means something different
+# to the dispatcher (README, "Slots"): a refusal from a server seen up before is a restart in
+# progress (held as warming); a reset or a timeout is a transient fault (retried with backoff,
+# a bounded number of times); an unreachable host (DNS, no route) is a network or
+# configuration failure.
+REFUSED = "upstream_refused"
+RESET = "upstream_reset"
+CONNECT_TIMEOUT = "upstream_connect_timeout"
+TIMEOUT = "upstream_timeout"
+UNREACHABLE = "upstream_unreachable"
+BAD_RESPONSE = "upstream_bad_response"
+# A stream that ended with no [DONE] and a choice without its finish_reason: cut off.
+INCOMPLETE = "upstream_incomplete"
+
+
+def connection_error(exc: httpx.HTTPError) -> RelayError:
+    """The ``RelayError`` for an upstream that failed before answering (no response head):
+    502 ``upstream_refused`` / ``upstream_unreachable`` / ``upstream_reset`` /
+    ``upstream_bad_response``, or 504 ``upstream_connect_timeout`` / ``upstream_timeout``."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout):
+        return RelayError(
+            f"upstream did not accept a connection in time: {detail}",
+            status=504,
+            code=CONNECT_TIMEOUT,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return RelayError(f"upstream timed out: {detail}", status=504, code=TIMEOUT)
+    if isinstance(exc, httpx.ConnectError):
+        if _refused(exc):
+            return RelayError(f"upstream refused the connection: {detail}", code=REFUSED)
+        return RelayError(f"upstream unreachable: {detail}", code=UNREACHABLE)
+    if isinstance(exc, httpx.TransportError):  # ReadError, WriteError, RemoteProtocolError
+        return RelayError(f"upstream closed the connection before answering: {detail}", code=RESET)
+    return RelayError(f"upstream answered with a broken response: {detail}", code=BAD_RESPONSE)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect failure was a refusal (RST to our SYN: nothing listens on the port).
+    asyncio reports a host with several addresses as one OSError "Multiple exceptions: …"
+    listing each failure, hence the errno text check."""
+    refused_text = f"[Errno {errno.ECONNREFUSED}]"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        text = str(cause)
+        if isinstance(cause, OSError) and text.startswith("Multiple exceptions"):
+            return text.count("[Errno ") == text.count(refused_text) > 0
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 @dataclass(slots=True)
 class Chunk:
     """One decoded upstream SSE event carrying JSON: the raw ``data`` text (relayed unchanged
@@ -160,6 +215,8 @@ class UpstreamStream:
         self.deadline = deadline
         self.done = False  # saw [DONE] or the end of a complete stream
         self.chunk_count = 0
+        self._choices_seen: set[int] = set()
+        self._choices_finished: set[int] = set()
 
     @classmethod
     async def open(cls, backend: BackendConfig, path: str, body: dict[str, Any]) -> UpstreamStream:
@@ -175,22 +232,8 @@ class UpstreamStream:
         )
         try:
             response = await client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise RelayError(
-                f"upstream timed out: {type(exc).__name__}", status=504, code="upstream_timeout"
-            ) from exc
-        except httpx.ConnectError as exc:
-            raise RelayError(
-                f"upstream unreachable: {exc or type(exc).__name__}",
-                status=502,
-                code="upstream_unreachable",
-            ) from exc
         except httpx.HTTPError as exc:
-            raise RelayError(
-                f"upstream connection lost before answering: {exc or type(exc).__name__}",
-                status=502,
-                code="upstream_disconnected",
-            ) from exc
+            raise connection_error(exc) from exc
         if response.status_code >= 400:
             try:
                 raw = await response.aread()
@@ -204,10 +247,14 @@ class UpstreamStream:
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         """Yield each JSON chunk in order until ``[DONE]`` or the end of the body.
 
-        Comments and empty keep-alive events are skipped. Raises ``MidStreamError`` on a dropped
-        connection, a read gap over ``read_timeout_s``, the total deadline, a chunk that is not
-        a JSON object, or an error the upstream sends inside the stream (a top-level ``error``
-        key as OpenRouter does, or ``event: error`` as Groq does).
+        Comments and empty keep-alive events are skipped. Raises ``MidStreamError`` on a reset
+        connection (``upstream_reset``), a read gap over ``read_timeout_s`` or the total
+        deadline (``upstream_timeout``), a chunk that is not a well-formed chunk object
+        (``upstream_malformed_chunk``, ``checks.chunk_problem``), an error the upstream sends
+        inside the stream (a top-level ``error`` key as OpenRouter does, or ``event: error`` as
+        Groq does), and a body that ends without ``[DONE]`` while a choice has no
+        ``finish_reason`` (``upstream_incomplete``: a close-delimited body cut short looks like
+        a clean end to HTTP).
         """
         decoder = SSEDecoder()
         try:
@@ -216,36 +263,37 @@ class UpstreamStream:
                     chunk = self._chunk(event.data, event.event)
                     if chunk is None:
                         return
-                    self.chunk_count += 1
                     yield chunk
                 if time.monotonic() > self.deadline:
                     raise MidStreamError(
-                        "upstream exceeded its total time limit",
-                        status=504,
-                        code="upstream_timeout",
+                        "upstream exceeded its total time limit", status=504, code=TIMEOUT
                     )
             for event in decoder.flush():
                 chunk = self._chunk(event.data, event.event)
                 if chunk is None:
                     return
-                self.chunk_count += 1
                 yield chunk
         except httpx.TimeoutException as exc:
             raise MidStreamError(
-                "upstream stopped sending (read timeout)", status=504, code="upstream_timeout"
+                "upstream stopped sending (read timeout)", status=504, code=TIMEOUT
             ) from exc
         except httpx.HTTPError as exc:
             raise MidStreamError(
-                f"upstream connection lost: {exc or type(exc).__name__}",
-                code="upstream_disconnected",
+                f"upstream connection lost: {exc or type(exc).__name__}", code=RESET
             ) from exc
-        if not self.done and not self.chunk_count:
+        if not self.chunk_count:
             # llama-cpp-python answers a streaming context overflow with 200 and an empty body.
             raise MidStreamError(
                 "upstream ended the stream without sending anything", code="upstream_empty_stream"
             )
-        # The body ended without [DONE]. Some servers (Groq after an error event, partial
-        # recordings) do this; a body that carried chunks is taken as complete.
+        unfinished = self._choices_seen - self._choices_finished
+        if unfinished or not self._choices_seen:
+            raise MidStreamError(
+                "upstream ended the stream without [DONE] before the answer finished (no "
+                "finish_reason): the answer is cut off",
+                code=INCOMPLETE,
+            )
+        # No [DONE], but every choice said how it finished (some servers end so): complete.
         self.done = True
 
     def _chunk(self, data: str, event: str) -> Chunk | None:
@@ -253,7 +301,7 @@ class UpstreamStream:
             self.done = True
             return None
         try:
-            obj = json.loads(data)
+            obj = checks.loads(data)
         except ValueError as exc:
             raise MidStreamError(
                 f"upstream sent a malformed chunk: {data[:200]!r}", code="upstream_malformed_chunk"
@@ -268,10 +316,25 @@ class UpstreamStream:
             if not isinstance(error, dict):
                 error = {"message": str(error or obj)}
             raise MidStreamError(
-                str(error.get("message") or "upstream error"),
-                type=str(error.get("type") or "api_error"),
-                code=None if error.get("code") is None else str(error.get("code")),
+                str(error.get("message") or "upstream error")[:2000],
+                type=str(error.get("type") or "api_error")[:100],
+                code=None if error.get("code") is None else str(error.get("code"))[:100],
             )
+        problem = checks.chunk_problem(obj)
+        if problem is not None:
+            raise MidStreamError(
+                f"upstream sent a malformed chunk ({problem}): {data[:200]!r}",
+                code="upstream_malformed_chunk",
+            )
+        if checks.has_nul(data):
+            obj = checks.without_nul(obj)
+            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        for choice in obj.get("choices") or ():
+            index = choice.get("index", 0)
+            self._choices_seen.add(index)
+            if choice.get("finish_reason"):
+                self._choices_finished.add(index)
+        self.chunk_count += 1
         return Chunk(data, obj)
 
     async def aclose(self) -> None:
@@ -291,18 +354,12 @@ async def request_json(
     client = client_for(backend)
     try:
         response = await client.request(method, backend.url(path), json=body)
-    except httpx.TimeoutException as exc:
-        raise RelayError("upstream timed out", status=504, code="upstream_timeout") from exc
     except httpx.HTTPError as exc:
-        raise RelayError(
-            f"upstream unreachable: {exc or type(exc).__name__}",
-            status=502,
-            code="upstream_unreachable",
-        ) from exc
+        raise connection_error(exc) from exc
     if response.status_code >= 400:
         raise error_from_response(response.status_code, response.content)
     try:
-        return response.json()
+        return checks.loads(response.content)
     except ValueError as exc:
         raise RelayError(
             "upstream answered with a body that is not JSON", code="upstream_malformed_body"

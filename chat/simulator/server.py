@@ -26,7 +26,9 @@ import json
 import logging
 import random
 import re
+import socket
 import string
+import struct
 import threading
 import time
 import typing
@@ -73,6 +75,13 @@ class SimConfig:
     fail_requests: int = 0  # the next N completion requests answer ``fail_status`` (set by
     # configure(), which starts the count; a per-request override has no effect)
     fail_status: int = 502  # the HTTP status of those failures (502, 503, 504, 500, 429, ...)
+    fail_with: str = "status"  # how those requests fail: "status" (answer fail_status),
+    # "reset" (close with a TCP RST, no answer) or "close" (close with a FIN, no answer)
+    close_delimited: bool = False  # stream without chunked coding or Content-Length: the body
+    # ends when the connection closes (RFC 9112 §6.3), so a drop looks like a clean end
+    usage_json: str | None = None  # the usage object, replaced by this JSON text verbatim
+    inject_after: int | None = None  # after N tokens: one extra ``data: <inject_data>`` event
+    inject_data: str = ""  # that event's data, verbatim (a chunk with bad values, say)
     ignore_stop: bool = False  # ignore the request's ``stop`` strings (else content is cut)
     replay: str | None = None  # stream this replay-dir file verbatim (always streamed, paced
     # per event; the request's n, max_tokens and stop are ignored)
@@ -231,6 +240,7 @@ class _Plan:
     include_usage: bool
     id: str
     created: int
+    usage_json: str | None = None
 
     def usage(self) -> dict[str, Any]:
         completion = sum(c.tokens for c in self.choices)
@@ -313,6 +323,7 @@ def _plan(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: str) ->
         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         id=_new_id("chatcmpl-" if chat else "cmpl-"),
         created=int(time.time()),
+        usage_json=cfg.usage_json,
     )
 
 
@@ -419,6 +430,13 @@ def _interleave(streams: list[Iterator[bytes]]) -> Iterator[bytes]:
         yield b"".join(parts)
 
 
+def _with_usage(plan: _Plan, obj: Any) -> bytes:
+    """One SSE event of ``obj`` with its ``_HOLE`` usage filled: the plan's usage, or the
+    configured ``usage_json`` text verbatim."""
+    pre, post = _template(obj)
+    return pre + (plan.usage_json.encode() if plan.usage_json else _dumps(plan.usage())) + post
+
+
 def _stream_body(plan: _Plan) -> tuple[Iterator[bytes], bytes]:
     streams = [_choice_steps(plan, i) for i in range(len(plan.choices))]
     tail = b""
@@ -430,11 +448,11 @@ def _stream_body(plan: _Plan) -> tuple[Iterator[bytes], bytes]:
             "model": plan.model,
         }
         if plan.chat:
-            tail = _event(
-                {**head, "system_fingerprint": "fp_sim", "choices": [], "usage": plan.usage()}
+            tail = _with_usage(
+                plan, {**head, "system_fingerprint": "fp_sim", "choices": [], "usage": _HOLE}
             )
         else:
-            tail = _event({**head, "usage": plan.usage(), "choices": []})
+            tail = _with_usage(plan, {**head, "usage": _HOLE, "choices": []})
     return (streams[0] if len(streams) == 1 else _interleave(streams)), tail + b"data: [DONE]\n\n"
 
 
@@ -466,7 +484,7 @@ def _complete_body(plan: _Plan) -> dict[str, Any]:
         "created": plan.created,
         "model": plan.model,
         "choices": choices,
-        "usage": plan.usage(),
+        "usage": _HOLE if plan.usage_json else plan.usage(),
     }
     return body | {"system_fingerprint": "fp_sim"} if plan.chat else body
 
@@ -582,6 +600,15 @@ class _Conn:
             self._victim.cancel()
 
 
+def _hang_up(conn: _Conn, *, reset: bool) -> None:
+    """Close a connection without answering: with a RST (SO_LINGER 0, as a crashing or
+    overloaded server's kernel does) or a FIN."""
+    sock = conn.writer.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.writer.close()
+
+
 def _head(
     status: int,
     headers: list[tuple[str, str]],
@@ -656,7 +683,13 @@ class Simulator:
         }
 
     def _zero(self) -> None:
-        self._counts = {"requests": 0, "streams_started": 0, "completed": 0, "cancelled": 0}
+        self._counts = {
+            "requests": 0,
+            "streams_started": 0,
+            "completed": 0,
+            "cancelled": 0,
+            "health_checks": 0,
+        }
         self._cancel_times: deque[float] = deque(maxlen=HISTORY_SIZE)
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self._last_request: Any = None
@@ -690,6 +723,7 @@ class Simulator:
     @property
     def stats(self) -> Stats:
         """A snapshot: ``requests``, ``streams_started``, ``completed``, ``cancelled``, ``active``,
+        ``health_checks`` (``GET /health`` and ``GET /v1/models``),
         ``cancel_times`` (monotonic s), ``last_request`` (last JSON body or None) and
         ``history``: per request ``{"id", "path", "stream", "started_at", "ended_at",
         "cancelled_at", "outcome"}`` with outcome active|completed|cancelled|error|dropped
@@ -838,12 +872,14 @@ class Simulator:
     # -- endpoints --
 
     async def _health(self, conn: _Conn, req: _Request) -> None:
+        self._counts["health_checks"] += 1
         cold = self._is_cold(self.config)
         await self._send_json(
             conn, 503 if cold else 200, _LOADING if cold else {"status": "ok"}, req.keep_alive
         )
 
     async def _models(self, conn: _Conn, req: _Request) -> None:
+        self._counts["health_checks"] += 1
         if self._is_cold(self.config):
             await self._send_json(conn, 503, _LOADING, req.keep_alive)
             return
@@ -940,6 +976,9 @@ class Simulator:
                 return
             if self._fail_left > 0:
                 self._fail_left -= 1
+                if self.config.fail_with in ("reset", "close"):
+                    _hang_up(conn, reset=self.config.fail_with == "reset")
+                    return
                 status = self.config.fail_status
                 message = f"Simulated failure: HTTP {status}"
                 await self._send_json(
@@ -1022,8 +1061,11 @@ class Simulator:
         """Headers at once, then the first step at t0 + ttft and one step per 1/tokens_per_s,
         on an absolute schedule so a slow wakeup does not push every later token back."""
         loop = asyncio.get_running_loop()
+        if cfg.close_delimited:
+            conn.chunked = False
+        keep_alive = req.keep_alive and not cfg.close_delimited
         conn.writer.write(
-            _head(200, _SSE_HEADERS, keep_alive=req.keep_alive, length=None, chunked=conn.chunked)
+            _head(200, _SSE_HEADERS, keep_alive=keep_alive, length=None, chunked=conn.chunked)
         )
         self._counts["streams_started"] += 1
         due = t0 + cfg.ttft_ms / 1000
@@ -1044,6 +1086,8 @@ class Simulator:
                 conn.end()
                 await conn.writer.drain()
                 return "error"
+            if sent == cfg.inject_after:
+                conn.send(b"data: " + cfg.inject_data.encode() + b"\n\n")
             if sent == cfg.malformed_after:
                 if data is None:
                     tail = _MALFORMED + tail
@@ -1066,6 +1110,9 @@ class Simulator:
         conn.send(tail)
         conn.end()
         await conn.writer.drain()
+        if cfg.close_delimited:
+            await conn.unwatch()
+            conn.writer.close()  # the end of a close-delimited body
         return "completed"
 
     async def _respond(
@@ -1097,6 +1144,8 @@ class Simulator:
             )
             return "error"
         body = _dumps(_complete_body(plan))
+        if plan.usage_json:
+            body = body.replace(_HOLE_JSON, plan.usage_json.encode())
         if cfg.malformed_after is not None:
             body = body[: len(body) // 2]
         await self._send_json(conn, 200, None, req.keep_alive, body=body)

@@ -258,12 +258,12 @@ def test_upstream_4xx_is_passed_on(openai_client, slot, sim) -> None:
     assert "no_such_knob" in caught.value.message
 
 
-def test_upstream_unreachable_is_502(openai_client, transactional_db) -> None:
+def test_upstream_refusing_is_502(openai_client, transactional_db) -> None:
     make_slot(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(openai.APIStatusError) as caught:
         openai_client.chat.completions.create(model="primary", messages=HELLO, stream=True)
     assert caught.value.status_code == 502
-    assert caught.value.code == "upstream_unreachable"
+    assert caught.value.code == "upstream_refused"
     assert ApiCall.objects.get().outcome == "error"
 
 
