@@ -276,3 +276,29 @@ def test_odd_values_are_stored_as_the_client_got_them(slot, sim, browser_session
     assert message.content == answer.content and len(answer.content.split()) == 11
     assert "\x00" not in message.content
     assert message.finish_reason == answer.meta("slipstream.done")["finish_reason"][:32]
+
+
+FAULTS = {
+    "drop": {"drop_after": 4},
+    "error event": {"error_after": 4},
+    "malformed": {"malformed_after": 4},
+    "close-delimited cut": {"close_delimited": True, "drop_after": 4},
+    "bad chunk": {"inject_after": 4, "inject_data": chunk_with({"delta": {"content": 1}})},
+    "NUL": {"inject_after": 4, "inject_data": chunk_with({"delta": {"content": " \u0000"}})},
+    "bad usage": {"usage_json": '{"prompt_tokens": -5}'},
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+def test_the_stored_answer_is_what_the_client_received(slot, sim, browser_session, fault):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=8, **fault)
+    answer = post_message(browser_session, "Hello")
+    last = answer.events[-1].data
+    message = Message.objects.get(role="assistant")
+    assert message.content == answer.content and answer.content
+    if last == "[DONE]":
+        assert message.status == "complete"
+    else:
+        assert message.status == "error"
+        assert message.error == json.loads(last)
