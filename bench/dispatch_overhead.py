@@ -96,7 +96,7 @@ async def run(base_url: str, requests: int) -> dict[str, Any]:
     }
     results: dict[str, Any] = {}
     for label, slot in slots.items():
-        body = dispatch.chat_body(slot, request, stream=True)
+        body = dispatch.request_body(slot, request, chat=True, stream=True)
         for _ in range(20):  # warm the pool, the simulator and the code paths
             await direct(backend, body)
             await dispatched(slot, request)

@@ -17,6 +17,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
+from chat.relay.generation import Status as GenerationStatus
+from chat.relay.slots import SlotState
 from chat.relay.upstream import BackendConfig
 
 ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9a-fA-F:]+\](:\d{1,5})?")
@@ -79,10 +81,11 @@ class Slot(models.Model):
     """A named, routable model on a backend, with the defaults its requests get."""
 
     class State(models.TextChoices):
-        COLD = "cold"
-        WARMING = "warming"
-        READY = "ready"
-        ERROR = "error"
+        # The relay's states (chat.relay.slots.SlotState), stored.
+        COLD = SlotState.COLD.value
+        WARMING = SlotState.WARMING.value
+        READY = SlotState.READY.value
+        ERROR = SlotState.ERROR.value
 
     name = models.SlugField(
         max_length=100, unique=True, help_text='What clients put in "model", e.g. "primary".'
@@ -273,11 +276,12 @@ class Message(models.Model):
         TOOL = "tool"
 
     class Status(models.TextChoices):
-        STREAMING = "streaming"
-        COMPLETE = "complete"
-        STOPPED = "stopped"
-        ERROR = "error"
-        INTERRUPTED = "interrupted"
+        # A generation's statuses (chat.relay.generation.Status), and one of storage's own.
+        STREAMING = GenerationStatus.STREAMING.value
+        COMPLETE = GenerationStatus.COMPLETE.value
+        STOPPED = GenerationStatus.STOPPED.value
+        ERROR = GenerationStatus.ERROR.value
+        INTERRUPTED = "interrupted"  # its process died mid-answer (services.sweep_interrupted)
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"

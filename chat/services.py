@@ -106,12 +106,6 @@ async def message_acreate_assistant(
     )
 
 
-async def conversation_aset_slot(*, conversation: Conversation, slot: Slot) -> None:
-    """The slot the conversation continues with (the header's model picker)."""
-    conversation.slot = slot
-    await Conversation.objects.filter(pk=conversation.pk).aupdate(slot=slot)
-
-
 async def conversation_aset_leaf(*, conversation: Conversation, leaf: Message) -> None:
     """Show the branch through ``leaf`` (after an edit, a regenerate, or a branch switch)."""
     conversation.current_leaf = leaf

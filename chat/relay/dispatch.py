@@ -37,16 +37,9 @@ from typing import Any, TypeVar
 from chat.relay import checks, upstream
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
-from chat.relay.generation import Generation, Phase, find
+from chat.relay.generation import Generation, Phase, PhaseState, Status, find
 from chat.relay.shared import shared
-from chat.relay.slots import (
-    ERROR,
-    QUEUE_RETRY_AFTER_S,
-    READY,
-    WARMING,
-    SlotRuntime,
-    runtime_for,
-)
+from chat.relay.slots import QUEUE_RETRY_AFTER_S, SlotRuntime, SlotState, runtime_for
 from chat.relay.stops import StopEnforcer, stop_strings
 from chat.relay.upstream import BackendConfig, UpstreamStream, request_json
 
@@ -152,11 +145,6 @@ def request_body(
     return body
 
 
-def chat_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-    """``request_body`` for ``/v1/chat/completions``."""
-    return request_body(slot, request, chat=True, stream=stream)
-
-
 def all_stops(slot: SlotConfig, request: dict[str, Any]) -> list[str]:
     """The slot's stop strings then the request's, each once."""
     return list(dict.fromkeys([*slot.stop, *stop_strings(request.get("stop"))]))
@@ -192,12 +180,12 @@ async def submit(
     runtime = slot.runtime()
     key = None
     if slot.single_flight == "always" or (
-        slot.single_flight == "not_ready" and runtime.state != READY
+        slot.single_flight == "not_ready" and runtime.state != SlotState.READY
     ):
         body = request_body(slot, request, chat=_is_chat(endpoint), stream=True)
         key = coalescing_key(endpoint, body)
         joined = runtime.coalescing.get(key)
-        if joined is not None and joined.status == "streaming":
+        if joined is not None and joined.status == Status.STREAMING:
             joined.attach()
             return joined, True
     store = shared()
@@ -239,7 +227,7 @@ async def _run(
     key: str | None,
 ) -> None:
     """The generation's task: dispatch, relay every chunk into the buffer, finish once."""
-    status, error = "stopped", None
+    status, error = Status.STOPPED, None
     chat = _is_chat(endpoint)
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> None:
@@ -248,7 +236,7 @@ async def _run(
         )
         stream = await UpstreamStream.open(cfg.backend, endpoint, body)
         cfg.runtime().call_succeeded()
-        generation.set_phase(Phase("streaming", cfg.name))
+        generation.set_phase(Phase(PhaseState.STREAMING, cfg.name))
         generation.set_slot(cfg.name)
         try:
             async with aclosing(stream.chunks()) as chunks:
@@ -276,15 +264,18 @@ async def _run(
             published=lambda: bool(generation.chunks),
             generation=generation,
         )
-        status = "complete"
+        status = Status.COMPLETE
     except RelayError as exc:
-        status, error = "error", exc
+        status, error = Status.ERROR, exc
     except asyncio.CancelledError:
-        status = "stopped"
+        status = Status.STOPPED
     except Exception:  # a bug must still end the answer, never leave it "streaming"
         logger.exception("generation %s failed", generation.id)
         # The client learns that it failed, never how: class names and tracebacks stay in the log.
-        status, error = "error", RelayError("internal error", status=500, code="internal_error")
+        status, error = (
+            Status.ERROR,
+            RelayError("internal error", status=500, code="internal_error"),
+        )
     finally:
         if key is not None and runtime.coalescing.get(key) is generation:
             del runtime.coalescing[key]
@@ -368,7 +359,7 @@ async def dispatch(
     for position, cfg in enumerate(chain):
         last = position == len(chain) - 1
         runtime = cfg.runtime()
-        if runtime.state == ERROR and not last:
+        if runtime.state == SlotState.ERROR and not last:
             runtime.probe_soon()  # it may come back; meanwhile the fallback answers
             continue
         body = request_body(cfg, request, chat=chat, stream=stream)
@@ -443,8 +434,8 @@ async def _attempts(
     retries = 0
     warm_deadline = time.monotonic() + cfg.cold_boot_timeout_s
     while True:
-        if runtime.suspect and runtime.state == WARMING and generation is not None:
-            generation.set_phase(Phase("warming", cfg.name))
+        if runtime.suspect and runtime.state == SlotState.WARMING and generation is not None:
+            generation.set_phase(Phase(PhaseState.WARMING, cfg.name))
         try:
             turn = await runtime.take_turn(max(0.0, warm_deadline - time.monotonic()))
         except TimeoutError:
@@ -462,16 +453,18 @@ async def _attempts(
                 if time.monotonic() >= warm_deadline:
                     raise _still_warming(cfg, exc.message) from exc
                 if generation is not None:
-                    generation.set_phase(Phase("warming", cfg.name))
+                    generation.set_phase(Phase(PhaseState.WARMING, cfg.name))
                 continue
             if retries >= cfg.max_retries:
-                runtime.set_state(ERROR, exc.message)
+                runtime.set_state(SlotState.ERROR, exc.message)
                 raise
             retries += 1
             delay = max(0.0, runtime.next_call_at - time.monotonic())
             if generation is not None:
                 generation.set_phase(
-                    Phase("retrying", cfg.name, attempt=retries, retry_in_s=round(delay, 2))
+                    Phase(
+                        PhaseState.RETRYING, cfg.name, attempt=retries, retry_in_s=round(delay, 2)
+                    )
                 )
             logger.info("slot %s: retry %d in %.2f s after %s", cfg.name, retries, delay, exc)
         finally:

@@ -18,6 +18,7 @@ import uuid
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Final
 
 from chat.relay.accumulate import MessageAccumulator
@@ -28,16 +29,35 @@ from chat.relay.upstream import Chunk
 logger = logging.getLogger(__name__)
 
 
+class Status(StrEnum):
+    """How a generation ends (``streaming`` until then); ``Message.Status`` stores the same
+    values, plus ``interrupted`` for an answer whose process died."""
+
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+class PhaseState(StrEnum):
+    """What a generation waits on before its answer streams (``Phase.state``)."""
+
+    QUEUED = "queued"
+    WARMING = "warming"
+    RETRYING = "retrying"
+    STREAMING = "streaming"
+
+
 @dataclass(frozen=True, slots=True)
 class Phase:
     """What a generation is doing before its answer streams, for status lines in the chat.
 
-    ``state`` is ``"queued"`` (``position`` 1 is next in line), ``"warming"`` (the slot's model
-    is loading), ``"retrying"`` (``attempt`` n, next try in ``retry_in_s`` s) or
-    ``"streaming"``; ``slot`` names the slot it waits on (a fallback slot's name once used).
+    ``state`` is ``queued`` (``position`` 1 is next in line), ``warming`` (the slot's model
+    is loading), ``retrying`` (``attempt`` n, next try in ``retry_in_s`` s) or ``streaming``;
+    ``slot`` names the slot it waits on (a fallback slot's name once used).
     """
 
-    state: str
+    state: PhaseState
     slot: str
     position: int | None = None
     attempt: int | None = None
@@ -103,7 +123,7 @@ class Generation:
         self.started_at = started_at if started_at is not None else time.monotonic()
         self.first_token_at: float | None = None
         self.ended_at: float | None = None
-        self.status = "streaming"
+        self.status = Status.STREAMING
         self.error: RelayError | None = None
         self.ended = False
         # Keep generating when nobody watches (the chat page, which can resume); otherwise the
@@ -173,23 +193,19 @@ class Generation:
         finally:
             self._checkpointing = None
 
-    def remove_finish_callback(self, callback: FinishCallback) -> None:
-        if callback in self._callbacks:
-            self._callbacks.remove(callback)
-
     def add_finish_callback(self, callback: FinishCallback) -> bool:
         """Run ``callback(generation)`` once the answer ends, before subscribers see the end.
         Returns False when it is too late (the generation is already finishing)."""
-        if self.status != "streaming":
+        if self.status != Status.STREAMING:
             return False
         self._callbacks.append(callback)
         return True
 
-    async def finish(self, status: str, error: RelayError | None = None) -> None:
+    async def finish(self, status: Status, error: RelayError | None = None) -> None:
         """End the generation: record the outcome, run the finish callbacks (each failure is
         logged, never raised), then wake subscribers to the end. Called once, by the
         dispatcher's task; shield it from cancellation so the answer is stored."""
-        if self.status != "streaming":
+        if self.status != Status.STREAMING:
             return
         self.status, self.error = status, error
         self.ended_at = time.monotonic()

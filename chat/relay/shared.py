@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
-from chat.relay.generation import Generation, Phase, find
+from chat.relay.generation import Generation, Phase, Status, find
 from chat.relay.upstream import Chunk
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Shared:
                     if not await self.redis.exists(key) or not await self.is_live(mirror.id):
                         # Gone, or its process died: the sweeper marks its message.
                         await mirror.finish(
-                            "error",
+                            Status.ERROR,
                             RelayError("the answer's process stopped", code="generation_lost"),
                         )
                         return
@@ -151,13 +151,13 @@ class Shared:
                         end = json.loads(fields["d"])
                         error = end.get("error")
                         await mirror.finish(
-                            end["status"],
+                            Status(end["status"]),
                             RelayError(**error) if error else None,
                         )
                         return
         except asyncio.CancelledError:
             # Nobody here reads it any more; the generation itself goes on where it runs.
-            await asyncio.shield(mirror.finish("stopped"))
+            await asyncio.shield(mirror.finish(Status.STOPPED))
             raise
 
     async def is_live(self, generation_id: str) -> bool:

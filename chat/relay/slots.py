@@ -19,6 +19,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import httpx
@@ -32,8 +33,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLD, WARMING, READY, ERROR = "cold", "warming", "ready", "error"
-PROBE_INTERVAL_S = {WARMING: 1.0, ERROR: 5.0, COLD: 5.0}
+
+class SlotState(StrEnum):
+    """A slot's lifecycle state, as DESIGN.md names it; the values are ``Slot.State``'s."""
+
+    COLD = "cold"
+    WARMING = "warming"
+    READY = "ready"
+    ERROR = "error"
+
+
+PROBE_INTERVAL_S = {SlotState.WARMING: 1.0, SlotState.ERROR: 5.0, SlotState.COLD: 5.0}
 # Probing stops this long after anyone last asked about the slot (a request, a page showing its
 # state), so a slot nobody uses, or one deleted, is not probed forever.
 PROBE_INTEREST_S = 600.0
@@ -64,7 +74,7 @@ class StateChange:
 
     slot_id: int
     name: str
-    state: str
+    state: SlotState
     last_error: str
     at: float
 
@@ -81,7 +91,7 @@ class SlotRuntime:
     def __init__(self, slot_id: int, name: str) -> None:
         self.slot_id = slot_id
         self.name = name
-        self.state = COLD
+        self.state: SlotState = SlotState.COLD
         self.last_error = ""
         self.changed_at = time.time()
         self.seen_up = False
@@ -109,10 +119,10 @@ class SlotRuntime:
 
     # -- state --
 
-    def set_state(self, state: str, error: str = "") -> None:
+    def set_state(self, state: SlotState, error: str = "") -> None:
         """Change the slot's state in this process at once; listeners hear of it within
         ``STATE_TELL_INTERVAL_S`` (debounced: they get the latest state, not every flap)."""
-        if state == READY:
+        if state == SlotState.READY:
             self.seen_up = True
             error = ""
         if state == self.state:
@@ -124,7 +134,7 @@ class SlotRuntime:
             self._tell_pending = True
             delay = self._told_at + STATE_TELL_INTERVAL_S - time.monotonic()
             spawn(self._tell(max(0.0, delay)))
-        if state != READY:
+        if state != SlotState.READY:
             self.probe_soon()
 
     async def _tell(self, delay_s: float) -> None:
@@ -208,12 +218,12 @@ class SlotRuntime:
         delay = min(CALL_BACKOFF_CAP_S, CALL_BACKOFF_BASE_S * 2 ** (self.failures - 1))
         self.next_call_at = now + delay / 2 + random.uniform(0, delay / 2)
         if warming:
-            self.set_state(WARMING, error)
+            self.set_state(SlotState.WARMING, error)
 
     def call_succeeded(self) -> None:
         """A real call opened: the slot is ready, the turn ends, and the requests waiting for
         a turn go, ``RELEASE_STAGGER_S`` apart in their order."""
-        self.set_state(READY)
+        self.set_state(SlotState.READY)
         if not self.suspect:
             return
         self.suspect, self.failures, self.next_call_at = False, 0, 0.0
@@ -222,6 +232,10 @@ class SlotRuntime:
         for position, waiter in enumerate(self._turn_waiters):
             loop.call_later(position * RELEASE_STAGGER_S, _wake, waiter)
         self._turn_waiters.clear()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == SlotState.READY
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Return when the state changes, or after ``timeout_s``."""
@@ -244,15 +258,14 @@ class SlotRuntime:
 
     async def _probe_loop(self) -> None:
         while time.monotonic() < self._probe_until:
-            if self._turn is None:  # a request calling the upstream is probe enough
-                await self.probe()
-            if self.state == READY:
+            state = await self.probe() if self._turn is None else self.state
+            if state == SlotState.READY:
                 return
-            await self.wait_changed(PROBE_INTERVAL_S.get(self.state, 5.0))
-            if self.state == READY:
+            await self.wait_changed(PROBE_INTERVAL_S.get(state, 5.0))
+            if self.ready:
                 return
 
-    async def probe(self) -> str:
+    async def probe(self) -> SlotState:
         """GET the backend's health path once and set the state from the answer: 2xx ready,
         503 warming, refused connection warming (when seen up before) or error, anything else
         error. Returns the new state."""
@@ -264,21 +277,23 @@ class SlotRuntime:
                 backend.url(self.health_path), timeout=backend.connect_timeout_s
             )
         except httpx.ConnectError as exc:
-            self.set_state(WARMING if self.seen_up else ERROR, f"unreachable: {exc}")
+            self.set_state(
+                SlotState.WARMING if self.seen_up else SlotState.ERROR, f"unreachable: {exc}"
+            )
             return self.state
         except httpx.HTTPError as exc:
-            self.set_state(ERROR, f"health check failed: {exc or type(exc).__name__}")
+            self.set_state(SlotState.ERROR, f"health check failed: {exc or type(exc).__name__}")
             return self.state
         if response.status_code < 300:
             if self.suspect and time.monotonic() - self.failed_at < PROBE_OVERRULES_AFTER_S:
                 return self.state  # the last real call failed: calls, not /health, decide
             if self.suspect:
                 self.call_succeeded()
-            self.set_state(READY)
+            self.set_state(SlotState.READY)
         elif response.status_code == 503:
-            self.set_state(WARMING, "the backend is loading its model (HTTP 503)")
+            self.set_state(SlotState.WARMING, "the backend is loading its model (HTTP 503)")
         else:
-            self.set_state(ERROR, f"health check answered HTTP {response.status_code}")
+            self.set_state(SlotState.ERROR, f"health check answered HTTP {response.status_code}")
         return self.state
 
     # -- admission --
@@ -287,7 +302,7 @@ class SlotRuntime:
         self, *, limit: int, timeout_s: float, generation: Generation | None = None
     ) -> None:
         """Take one of the slot's ``limit`` places, waiting in FIFO order up to ``timeout_s``.
-        Queue positions are published on ``generation`` as ``Phase("queued")``. Raises
+        Queue positions are published on ``generation`` as ``Phase(PhaseState.QUEUED)``. Raises
         ``RelayError`` 429 (with ``retry_after``) when the wait times out."""
         if self.in_flight < limit and not self.waiters:
             self.in_flight += 1
@@ -336,11 +351,11 @@ class SlotRuntime:
         self._announce_positions()
 
     def _announce_positions(self) -> None:
-        from chat.relay.generation import Phase
+        from chat.relay.generation import Phase, PhaseState
 
         for position, (_, generation) in enumerate(self.waiters, start=1):
             if generation is not None:
-                generation.set_phase(Phase("queued", self.name, position=position))
+                generation.set_phase(Phase(PhaseState.QUEUED, self.name, position=position))
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
