@@ -22,7 +22,7 @@ import django  # noqa: E402
 
 django.setup()  # the test helpers imported below import models
 
-from chat.simulator.server import SimulatorThread  # noqa: E402
+from chat.simulator.thread import SimulatorThread  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.e2e.test_render import MARKDOWN, chat_stream, pieces  # noqa: E402
 from tests.support.daphne_server import DaphneServer  # noqa: E402

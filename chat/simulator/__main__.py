@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chat.simulator.server import SimConfig, Simulator
+from chat.simulator.config import SimConfig
+from chat.simulator.server import Simulator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

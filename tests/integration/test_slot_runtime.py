@@ -15,7 +15,7 @@ from chat.relay.errors import RelayError
 from chat.relay.generation import Generation
 from chat.relay.slots import SlotRuntime, state_listeners
 from chat.relay.upstream import BackendConfig, Chunk, aclose_clients
-from chat.simulator.server import SimulatorThread
+from chat.simulator.thread import SimulatorThread
 from tests.support.llama_server import free_port
 
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}

@@ -20,7 +20,7 @@ from chat.relay.background import cancel_all
 from chat.relay.dispatch import SlotConfig
 from chat.relay.slots import StateChange, state_listeners
 from chat.relay.upstream import BackendConfig, aclose_clients
-from chat.simulator.server import SimulatorThread
+from chat.simulator.thread import SimulatorThread
 from tests.conftest import make_slot
 from tests.support.llama_server import free_port
 from tests.support.sse_client import post_message

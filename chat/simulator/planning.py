@@ -1,0 +1,394 @@
+"""The simulated answer: decided up front as a plan, then rendered to the exact bytes of an
+OpenAI response (streamed chunks or one JSON body). Pure: no I/O, no clock but ``created``.
+
+Protocol sources:
+- OpenAI API reference, "Chat Completions" (the ``chat.completion`` object and the streamed
+  ``chat.completion.chunk`` objects) and the legacy "Completions" (``text_completion``); the
+  shapes are checked against the recordings in ``tests/fixtures/sse/``.
+- WHATWG HTML, "Server-sent events": ``data:`` lines, a blank line ends an event.
+
+Answers are deterministic: the words come from a fixed list, chosen by an RNG seeded from the
+request's messages (or prompt) and ``seed``, so identical requests give identical answers and a
+request with ``max_tokens=k`` gets the first k words of the uncapped answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import string
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from chat.simulator.config import SimConfig
+from chat.simulator.http import RequestError, dumps
+
+# --- Deterministic text ---------------------------------------------------------------------
+
+_WORD_TEXT = """stream token relay river lamp window harbor signal quiet bright garden paper morning
+    winter copper violet meadow lantern orbit pixel canvas ember falcon glacier horizon island
+    jasmine kernel ladder marble nebula ocean pebble quartz ribbon saddle thunder umbrella valley
+    willow yarrow zephyr anchor beacon cedar delta echo fable granite hollow ivory juniper kettle
+    lunar maple nectar opal prairie quiver raven summit tundra velvet walnut"""
+_WORDS = tuple(_WORD_TEXT.split())
+# Content tokens are these strings (first token bare, then with a leading space); their JSON
+# string literals are encoded once here so that streaming a token allocates only its chunk.
+_FIRST = _WORDS
+_NEXT = tuple(" " + w for w in _WORDS)
+_LITERALS = {w: json.dumps(w).encode() for w in _FIRST + _NEXT}
+_ID_CHARS = string.ascii_letters + string.digits
+_ids = random.Random()
+
+
+def _literal(text: str) -> bytes:
+    lit = _LITERALS.get(text)
+    return lit if lit is not None else json.dumps(text, ensure_ascii=False).encode()
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + "".join(_ids.choices(_ID_CHARS, k=24))
+
+
+_HOLE = "\x00"
+HOLE_JSON = b'"\\u0000"'  # how json.dumps writes _HOLE, whatever ensure_ascii says
+
+
+def _template(obj: Any) -> tuple[bytes, bytes]:
+    """Split one SSE event around the ``_HOLE`` string in ``obj``: event = pre + literal + post.
+
+    Rendering the whole object once keeps the wire shape exactly json.dumps' without
+    hand-written braces, and leaves one concatenation per token.
+    """
+    pre, post = dumps(obj).split(HOLE_JSON)
+    return b"data: " + pre, post + b"\n\n"
+
+
+def event(obj: Any) -> bytes:
+    """One SSE event, ``data: <compact JSON>`` and a blank line."""
+    return b"data: " + dumps(obj) + b"\n\n"
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt_words(body: Mapping[str, Any]) -> int:
+    if "messages" not in body:
+        prompt = body.get("prompt", "")
+        return sum(_words(p) for p in ([prompt] if isinstance(prompt, str) else prompt))
+    count = 0
+    for message in body["messages"]:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            count += _words(content)
+        elif isinstance(content, list):
+            count += sum(_words(p.get("text", "")) for p in content if isinstance(p, dict))
+    return count
+
+
+def _cut_at_stop(tokens: list[str], stops: Sequence[str]) -> list[str] | None:
+    """Tokens up to (not including) the earliest stop string, or None when none occurs."""
+    text = "".join(tokens)
+    hits = [i for s in stops if s and (i := text.find(s)) >= 0]
+    if not hits:
+        return None
+    cut, kept, pos = min(hits), [], 0
+    for tok in tokens:
+        if pos + len(tok) > cut:
+            if cut > pos:
+                kept.append(tok[: cut - pos])
+            break
+        kept.append(tok)
+        pos += len(tok)
+    return kept
+
+
+def _tool_arguments(tool: Mapping[str, Any], rng: random.Random) -> str:
+    """A JSON arguments string that fits the tool's parameter schema (top-level properties)."""
+    props = tool.get("parameters", {}).get("properties") or {"query": {"type": "string"}}
+    args: dict[str, Any] = {}
+    for key, schema in props.items():
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if isinstance(schema, dict) and schema.get("enum"):
+            args[key] = schema["enum"][0]
+        elif kind in ("integer", "number"):
+            args[key] = rng.randint(1, 100)
+        elif kind == "boolean":
+            args[key] = True
+        elif kind == "array":
+            args[key] = [rng.choice(_WORDS)]
+        elif kind == "object":
+            args[key] = {}
+        else:
+            args[key] = " ".join(rng.choices(_WORDS, k=2))
+    return json.dumps(args, separators=(",", ":"))
+
+
+@dataclass
+class _Choice:
+    reasoning: list[str]
+    content: list[str]
+    finish_reason: str
+    tool: tuple[str, str, list[str]] | None = None  # (call id, name, argument fragments)
+
+    @property
+    def tokens(self) -> int:
+        # Steps as streamed: the tool call's opening delta rides on its first argument fragment.
+        extra = len(self.tool[2]) if self.tool else 0
+        return len(self.reasoning) + len(self.content) + extra
+
+
+@dataclass
+class Plan:
+    """The whole answer to one request, decided before the first byte: one ``_Choice`` per
+    ``n``, plus what every chunk repeats (id, created in Unix seconds, model)."""
+
+    chat: bool  # chat.completion(.chunk), else legacy text_completion
+    model: str
+    choices: list[_Choice]
+    prompt_tokens: int
+    include_usage: bool
+    id: str
+    created: int
+    usage_json: str | None = None
+
+    def usage(self) -> dict[str, Any]:
+        completion = sum(c.tokens for c in self.choices)
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+        if reasoning := sum(len(c.reasoning) for c in self.choices):
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        return usage
+
+
+def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: str) -> Plan:
+    """Decide the whole answer up front (it is cheap), so streaming only renders and paces.
+
+    ``RequestError`` (400) for a bad ``n`` or ``max_tokens``; ``chat`` picks chat.completion
+    over the legacy text_completion."""
+    n = body.get("n") or 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
+        raise RequestError("n must be an integer from 1 to 128", "n")
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    if cap is not None and (not isinstance(cap, int) or cap < 0):
+        raise RequestError("max_tokens must be a non-negative integer", "max_tokens")
+    length = cfg.length if cfg.length is not None else cfg.max_tokens_default
+    finish = "stop"
+    if cap is not None and cap <= length:
+        length, finish = cap, "length"
+    stop = body.get("stop")
+    stops: list[str] = (
+        [] if cfg.ignore_stop or stop is None else [stop] if isinstance(stop, str) else list(stop)
+    )
+    tools = [t.get("function", {}) for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        wanted = choice.get("function", {}).get("name")
+        tools = [t for t in tools if t.get("name") == wanted] or tools
+    use_tool = chat and (cfg.tool_call or bool(tools)) and choice != "none"
+
+    source = body.get("messages") if chat else body.get("prompt")
+    digest = hashlib.blake2b(
+        json.dumps([source, body.get("seed")], sort_keys=True, default=str).encode(), digest_size=8
+    ).digest()
+    base_seed = int.from_bytes(digest, "big")
+    choices = []
+    for index in range(n):
+        rng = random.Random(base_seed + index)
+        reasoning = _pick(rng, cfg.reasoning_tokens) if chat else []
+        if use_tool:
+            tool = tools[0] if tools else {"name": "sim_tool"}
+            fragments = re.findall(r"\w+|\W+", _tool_arguments(tool, rng))
+            call = (_new_id("call_"), str(tool.get("name", "sim_tool")), fragments)
+            choices.append(_Choice(reasoning, [], "tool_calls", call))
+            continue
+        content = _pick(rng, length)
+        cut = _cut_at_stop(content, stops) if stops else None
+        choices.append(
+            _Choice(
+                reasoning, content if cut is None else cut, "stop" if cut is not None else finish
+            )
+        )
+    return Plan(
+        chat=chat,
+        model=model,
+        choices=choices,
+        prompt_tokens=_prompt_words(body),
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        id=_new_id("chatcmpl-" if chat else "cmpl-"),
+        created=int(time.time()),
+        usage_json=cfg.usage_json,
+    )
+
+
+def _pick(rng: random.Random, count: int) -> list[str]:
+    picks = rng.choices(range(len(_WORDS)), k=count)
+    return [_FIRST[p] if i == 0 else _NEXT[p] for i, p in enumerate(picks)]
+
+
+# --- Rendering ------------------------------------------------------------------------------
+
+
+def _chat_chunk(plan: Plan, index: int, delta: dict[str, Any], finish: str | None = None) -> Any:
+    return {
+        "id": plan.id,
+        "object": "chat.completion.chunk",
+        "created": plan.created,
+        "model": plan.model,
+        "system_fingerprint": "fp_sim",
+        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def _text_chunk(plan: Plan, index: int, text: str, finish: str | None = None) -> Any:
+    # Field order as recorded from api.openai.com (openai-completions-include-usage.sse):
+    # choices before model, and "usage": null on every chunk when usage was asked for.
+    chunk: dict[str, Any] = {
+        "id": plan.id,
+        "object": "text_completion",
+        "created": plan.created,
+        "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}],
+        "model": plan.model,
+    }
+    if plan.include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+Segment = tuple[bytes, tuple[bytes, bytes], list[str]]  # (head, (pre, post), tokens)
+
+
+def _steps(
+    segments: list[Segment], finish: bytes, last: tuple[bytes, bytes] | None
+) -> Iterator[bytes]:
+    """One bytes per token: a segment's head rides on its first token and ``finish`` on the very
+    last one (the finish chunk follows the last token at once, as OpenAI sends it); ``last``
+    replaces the template of the last token (legacy completions put finish_reason there)."""
+    total = sum(len(tokens) for _, _, tokens in segments)
+    carry, k = b"", 0
+    for head, (pre, post), tokens in segments:
+        carry += head
+        for tok in tokens:
+            k += 1
+            if k < total:
+                yield b"".join((carry, pre, _literal(tok), post))
+            else:
+                pre, post = last or (pre, post)
+                yield b"".join((carry, pre, _literal(tok), post, finish))
+            carry = b""
+    if total == 0:
+        yield carry + (last[0] + b'""' + last[1] if last else b"") + finish
+
+
+def _choice_steps(plan: Plan, i: int) -> Iterator[bytes]:
+    c = plan.choices[i]
+    if not plan.chat:
+        text = _template(_text_chunk(plan, i, _HOLE))
+        return _steps(
+            [(b"", text, c.content)], b"", _template(_text_chunk(plan, i, _HOLE, c.finish_reason))
+        )
+    role = event(_chat_chunk(plan, i, {"role": "assistant", "content": ""}))
+    reasoning = _template(_chat_chunk(plan, i, {"reasoning_content": _HOLE}))
+    finish = event(_chat_chunk(plan, i, {}, c.finish_reason))
+    if c.tool is None:
+        content = _template(_chat_chunk(plan, i, {"content": _HOLE}))
+        return _steps([(role, reasoning, c.reasoning), (b"", content, c.content)], finish, None)
+    # A tool call streams as OpenAI's: the first delta carries index, id, type, name and
+    # arguments "", later deltas only argument fragments (openai-chat-tool-calls.sse).
+    call_id, name, fragments = c.tool
+    call = {
+        "index": 0,
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": ""},
+    }
+    start: dict[str, Any] = {"tool_calls": [call]}
+    if not c.reasoning:
+        start = {"role": "assistant", "content": None, **start}
+    args = _template(
+        _chat_chunk(plan, i, {"tool_calls": [{"index": 0, "function": {"arguments": _HOLE}}]})
+    )
+    segments = [
+        (role if c.reasoning else b"", reasoning, c.reasoning),
+        (event(_chat_chunk(plan, i, start)), args, fragments),
+    ]
+    return _steps(segments, finish, None)
+
+
+def _interleave(streams: list[Iterator[bytes]]) -> Iterator[bytes]:
+    """n > 1: one step carries the next chunk of every unfinished choice, index order."""
+    while streams:
+        parts = [part for s in streams if (part := next(s, None)) is not None]
+        if not parts:
+            return
+        yield b"".join(parts)
+
+
+def _with_usage(plan: Plan, obj: Any) -> bytes:
+    """One SSE event of ``obj`` with its ``_HOLE`` usage filled: the plan's usage, or the
+    configured ``usage_json`` text verbatim."""
+    pre, post = _template(obj)
+    return pre + (plan.usage_json.encode() if plan.usage_json else dumps(plan.usage())) + post
+
+
+def stream_body(plan: Plan) -> tuple[Iterator[bytes], bytes]:
+    """The streamed answer as (steps, tail): one bytes of SSE events per paced step, then the
+    usage event (when asked for) and ``data: [DONE]``."""
+    streams = [_choice_steps(plan, i) for i in range(len(plan.choices))]
+    tail = b""
+    if plan.include_usage:
+        head: dict[str, Any] = {
+            "id": plan.id,
+            "object": "chat.completion.chunk" if plan.chat else "text_completion",
+            "created": plan.created,
+            "model": plan.model,
+        }
+        if plan.chat:
+            tail = _with_usage(
+                plan, {**head, "system_fingerprint": "fp_sim", "choices": [], "usage": _HOLE}
+            )
+        else:
+            tail = _with_usage(plan, {**head, "usage": _HOLE, "choices": []})
+    return (streams[0] if len(streams) == 1 else _interleave(streams)), tail + b"data: [DONE]\n\n"
+
+
+def complete_body(plan: Plan) -> dict[str, Any]:
+    """The non-streamed answer object; its usage is the ``_HOLE`` string when the plan has a
+    ``usage_json`` to put in its place (``HOLE_JSON`` in the dumped bytes)."""
+    choices: list[dict[str, Any]] = []
+    for i, c in enumerate(plan.choices):
+        if not plan.chat:
+            text = "".join(c.content)
+            choices.append(
+                {"text": text, "index": i, "logprobs": None, "finish_reason": c.finish_reason}
+            )
+            continue
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if c.tool else "".join(c.content),
+            "refusal": None,
+        }
+        if c.reasoning:
+            message["reasoning_content"] = "".join(c.reasoning)
+        if c.tool:
+            function = {"name": c.tool[1], "arguments": "".join(c.tool[2])}
+            message["tool_calls"] = [{"id": c.tool[0], "type": "function", "function": function}]
+        choices.append(
+            {"index": i, "message": message, "logprobs": None, "finish_reason": c.finish_reason}
+        )
+    body = {
+        "id": plan.id,
+        "object": "chat.completion" if plan.chat else "text_completion",
+        "created": plan.created,
+        "model": plan.model,
+        "choices": choices,
+        "usage": _HOLE if plan.usage_json else plan.usage(),
+    }
+    return body | {"system_fingerprint": "fp_sim"} if plan.chat else body
