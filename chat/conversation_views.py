@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import selectors, services
+from chat import exports, selectors, services
 from chat.forms import ConversationSettingsForm
 from chat.http import signed_in
 from chat.models import Conversation
@@ -78,8 +78,7 @@ def branch(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
         message = conversation.messages.get(pk=int(request.POST.get("message", "")))
     except (ValueError, conversation.messages.model.DoesNotExist) as exc:
         raise Http404("No such message") from exc
-    conversation.current_leaf = message
-    conversation.save(update_fields=["current_leaf"])
+    services.conversation_set_leaf(conversation=conversation, leaf=message)
     return render(
         request,
         "chat/_thread.html",
@@ -165,13 +164,14 @@ def export(request: HttpRequest, conversation_id: UUID, fmt: str) -> HttpRespons
     if fmt not in ("md", "json"):
         raise Http404("Export as .md or .json")
     conversation = _own(request, conversation_id)
-    thread = selectors.message_list(conversation=conversation)
+    thread = selectors.message_thread(conversation=conversation)
     name = slugify(str(conversation))[:60] or "conversation"
     if fmt == "json":
-        body = json.dumps(services.export_json(conversation, thread), indent=2, ensure_ascii=False)
+        exported = exports.as_json(conversation=conversation, thread=thread)
+        body = json.dumps(exported, indent=2, ensure_ascii=False)
         content_type = "application/json"
     else:
-        body = services.export_markdown(conversation, thread)
+        body = exports.as_markdown(conversation=conversation, thread=thread)
         content_type = "text/markdown; charset=utf-8"
     response = HttpResponse(body, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'

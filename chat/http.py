@@ -9,7 +9,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse, StreamingHttpResponse
 
-from chat.relay.errors import RelayError
+from chat.relay.errors import EnvelopeError
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -26,7 +26,7 @@ def sse_response(events: AsyncGenerator[bytes, None]) -> StreamingHttpResponse:
     )
 
 
-def error_response(error: RelayError) -> JsonResponse:
+def error_response(error: EnvelopeError) -> JsonResponse:
     """OpenAI's error envelope with the error's HTTP status, and ``Retry-After`` (whole seconds,
     RFC 9110 §10.2.3) when the error says when to come back (429, 503)."""
     headers = {}
@@ -37,9 +37,9 @@ def error_response(error: RelayError) -> JsonResponse:
 
 def invalid(
     message: str, *, param: str | None = None, code: str | None = None, status: int = 400
-) -> RelayError:
-    """An ``invalid_request_error`` (400 unless said otherwise)."""
-    return RelayError(message, status=status, type="invalid_request_error", param=param, code=code)
+) -> Refusal:
+    """An ``invalid_request_error`` refusal (400 unless said otherwise)."""
+    return Refusal(message, status=status, type="invalid_request_error", param=param, code=code)
 
 
 def signed_in(user: User | AnonymousUser) -> User:
@@ -47,3 +47,22 @@ def signed_in(user: User | AnonymousUser) -> User:
     if not isinstance(user, User):
         raise PermissionDenied
     return user
+
+
+class Refusal(EnvelopeError):
+    """The app refusing a request (bad input, no such thing, not allowed, too many), shown as
+    OpenAI's error envelope: no upstream took part, unlike a ``RelayError``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, status=status, type=type, code=code, param=param, retry_after=retry_after
+        )

@@ -6,6 +6,7 @@ requests address by its ``name`` (the ``model`` field of an OpenAI request).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import uuid
@@ -281,7 +282,7 @@ class Message(models.Model):
         COMPLETE = GenerationStatus.COMPLETE.value
         STOPPED = GenerationStatus.STOPPED.value
         ERROR = GenerationStatus.ERROR.value
-        INTERRUPTED = "interrupted"  # its process died mid-answer (services.sweep_interrupted)
+        INTERRUPTED = "interrupted"  # its process died mid-answer (answers.sweep_interrupted)
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
@@ -312,6 +313,14 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+API_KEY_PREFIX = "sk-slip-"
+
+
+def api_key_digest(raw: str) -> str:
+    """What is stored of a raw API key: its SHA-256, hex."""
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 class ApiKey(models.Model):

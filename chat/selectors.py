@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
+from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from chat import readcache
-from chat.models import ApiKey, Conversation, Message, Slot
+from chat.models import API_KEY_PREFIX, ApiKey, Conversation, Message, Slot, Widget, api_key_digest
 
 
 def conversation_list(*, user: User, query: str = "") -> QuerySet[Conversation]:
@@ -70,18 +72,82 @@ async def conversation_aget(*, user: User, conversation_id: Any) -> Conversation
     )
 
 
-def message_list(*, conversation: Conversation) -> list[Message]:
-    """The messages shown for ``conversation``: its current branch, root first, each with
-    ``branch_index`` (1-based), ``branch_count`` and ``branch_ids`` (its siblings' ids, itself
-    included, oldest first) for the "< 1/2 >" pager."""
-    return thread_of(
-        list(conversation.messages.order_by("created_at", "id")), conversation.current_leaf_id
+@dataclass(frozen=True, slots=True)
+class ThreadItem:
+    """One message of the shown thread with its versions, for the "< 1/2 >" pager:
+    ``version_ids`` (its siblings' ids, itself included, oldest first), ``version`` (its
+    1-based place among them) and ``versions`` (how many)."""
+
+    message: Message
+    version_ids: list[int]
+    version: int
+    versions: int
+
+
+async def conversation_aget_for_visitor(
+    *, widget: Widget, visitor_id: UUID, conversation_id: str | None
+) -> Conversation | None:
+    """The widget visitor's conversation with that id, or None (no id, a malformed one, or
+    someone else's)."""
+    if not conversation_id:
+        return None
+    try:
+        pk = UUID(conversation_id)
+    except ValueError:
+        return None
+    return await Conversation.objects.filter(pk=pk, widget=widget, visitor_id=visitor_id).afirst()
+
+
+async def conversation_alatest_for_visitor(
+    *, widget: Widget, visitor_id: UUID
+) -> Conversation | None:
+    """The widget visitor's most recently active conversation, or None."""
+    return (
+        await Conversation.objects.filter(widget=widget, visitor_id=visitor_id)
+        .order_by("-updated_at")
+        .afirst()
     )
 
 
+def message_list(*, conversation: Conversation) -> list[ThreadItem]:
+    """The messages shown for ``conversation``: its current branch, root first, each with its
+    versions."""
+    messages = list(conversation.messages.order_by("created_at", "id"))
+    return with_versions(messages, thread_of(messages, conversation.current_leaf_id))
+
+
+def message_thread(*, conversation: Conversation) -> list[Message]:
+    """The messages shown for ``conversation``: its current branch, root first."""
+    messages = list(conversation.messages.order_by("created_at", "id"))
+    return thread_of(messages, conversation.current_leaf_id)
+
+
 async def message_alist(*, conversation: Conversation) -> list[Message]:
+    """``message_thread``, async."""
     messages = [m async for m in conversation.messages.order_by("created_at", "id")]
     return thread_of(messages, conversation.current_leaf_id)
+
+
+async def message_apath_to(*, message: Message) -> list[Message]:
+    """The path from the root of ``message``'s conversation to ``message``, inclusive."""
+    messages = [
+        m
+        async for m in Message.objects.filter(conversation_id=message.conversation_id).order_by(
+            "created_at", "id"
+        )
+    ]
+    return _path_to({m.pk: m for m in messages}, message)
+
+
+async def message_alist_streaming(*, updated_before: datetime) -> list[tuple[int, str]]:
+    """``(id, generation_id)`` of every answer still ``streaming`` and not written since
+    ``updated_before`` (the sweeper's candidates)."""
+    return [
+        (pk, generation_id)
+        async for pk, generation_id in Message.objects.filter(
+            status=Message.Status.STREAMING, updated_at__lt=updated_before
+        ).values_list("pk", "generation_id")
+    ]
 
 
 def thread_of(messages: list[Message], leaf_id: int | None) -> list[Message]:
@@ -89,25 +155,40 @@ def thread_of(messages: list[Message], leaf_id: int | None) -> list[Message]:
     newest child at each step (so an answer added under the leaf shows without moving it).
     With no leaf, it starts from the newest root. ``messages`` are oldest first."""
     by_id = {m.pk: m for m in messages}
-    children: dict[int | None, list[Message]] = {}
-    for message in messages:
-        children.setdefault(message.parent_id, []).append(message)
+    children = _children(messages)
     leaf = by_id.get(leaf_id) if leaf_id is not None else None
     if leaf is None:
         roots = children.get(None)
         if not roots:
             return []
         leaf = roots[-1]
-    path = [leaf]
-    while path[0].parent_id is not None and path[0].parent_id in by_id:
-        path.insert(0, by_id[path[0].parent_id])
+    path = _path_to(by_id, leaf)
     while children.get(path[-1].pk):
         path.append(children[path[-1].pk][-1])
-    for message in path:
-        siblings = children.get(message.parent_id, [message])
-        message.branch_ids = [m.pk for m in siblings]  # type: ignore[attr-defined]
-        message.branch_index = message.branch_ids.index(message.pk) + 1  # type: ignore[attr-defined]
-        message.branch_count = len(siblings)  # type: ignore[attr-defined]
+    return path
+
+
+def with_versions(messages: list[Message], thread: list[Message]) -> list[ThreadItem]:
+    """``thread`` (from ``thread_of(messages, …)``) with each message's versions."""
+    children = _children(messages)
+    items = []
+    for message in thread:
+        ids = [m.pk for m in children.get(message.parent_id, [message])]
+        items.append(ThreadItem(message, ids, ids.index(message.pk) + 1, len(ids)))
+    return items
+
+
+def _children(messages: list[Message]) -> dict[int | None, list[Message]]:
+    children: dict[int | None, list[Message]] = {}
+    for message in messages:
+        children.setdefault(message.parent_id, []).append(message)
+    return children
+
+
+def _path_to(by_id: dict[int, Message], message: Message) -> list[Message]:
+    path = [by_id.get(message.pk, message)]
+    while path[0].parent_id is not None and path[0].parent_id in by_id:
+        path.insert(0, by_id[path[0].parent_id])
     return path
 
 
@@ -141,7 +222,7 @@ async def message_aget_by_generation(*, user: User, generation_id: str) -> Messa
     )
 
 
-# A slot with its backend and two fallbacks deep (services.FALLBACK_DEPTH), in one query.
+# A slot with its backend and two fallbacks deep (slotconfig.FALLBACK_DEPTH), in one query.
 SLOT_RELATED = (
     "backend",
     "fallback__backend",
@@ -172,6 +253,33 @@ async def slot_aget_cached(*, name: str, user: User) -> Slot | None:
     return await readcache.aget_or_load(
         f"slot:{name}:{user.pk}", lambda: slot_aget(name=name, user=user)
     )
+
+
+async def api_key_aget_active(*, raw: str) -> ApiKey | None:
+    """The active key (not revoked, its user active) whose digest matches the raw key ``raw``,
+    with its user, through ``readcache``; None for any other string."""
+    if not raw.startswith(API_KEY_PREFIX):
+        return None
+    digest = api_key_digest(raw)
+
+    async def load() -> ApiKey | None:
+        return (
+            await ApiKey.objects.select_related("user")
+            .filter(digest=digest, revoked_at__isnull=True, user__is_active=True)
+            .afirst()
+        )
+
+    return await readcache.aget_or_load(f"key:{digest}", load)
+
+
+def widget_get(*, public_key: str) -> Widget | None:
+    """The widget with that public key (enabled or not), with its slot, or None."""
+    return Widget.objects.select_related("slot").filter(public_key=public_key).first()
+
+
+async def widget_aget(*, public_key: str) -> Widget | None:
+    """``widget_get``, async."""
+    return await Widget.objects.select_related("slot").filter(public_key=public_key).afirst()
 
 
 def api_key_list(*, user: User) -> QuerySet[ApiKey]:

@@ -3,8 +3,6 @@ one update when it ends (DESIGN.md, "Persistence")."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import logging
 import secrets
@@ -12,51 +10,31 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.db import DatabaseError
 from django.utils import timezone
 
 from chat import readcache
-from chat.models import ApiCall, ApiKey, Conversation, Message, Slot
+from chat.models import (
+    API_KEY_PREFIX,
+    ApiCall,
+    ApiKey,
+    Conversation,
+    Message,
+    Slot,
+    Widget,
+    api_key_digest,
+)
 from chat.relay import checks
-from chat.relay.dispatch import SlotConfig
-from chat.relay.errors import RelayError
-from chat.relay.generation import Generation, find
-from chat.relay.shared import shared
+from chat.relay.errors import EnvelopeError
+from chat.relay.generation import Generation
 from chat.relay.slots import StateChange
 
 logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
-# How many fallbacks deep a slot's chain is loaded (selectors.SLOT_RELATED matches it).
-FALLBACK_DEPTH = 2
-
-
-def slot_config(slot: Slot, *, depth: int = 0) -> SlotConfig:
-    """The relay's ORM-free view of a slot and its fallbacks (needs ``slot.backend`` and the
-    fallback chain loaded, as ``selectors.slot_aget`` does: two fallbacks deep)."""
-    fallback = None
-    if depth < FALLBACK_DEPTH and slot.fallback_id is not None:
-        candidate = slot.fallback
-        if candidate is not None and candidate.enabled:
-            fallback = slot_config(candidate, depth=depth + 1)
-    return SlotConfig(
-        id=slot.pk,
-        name=slot.name,
-        upstream_model=slot.upstream_model,
-        backend=slot.backend.config(),
-        system_prompt=slot.system_prompt,
-        defaults=slot.defaults(),
-        stop=slot.stop_strings(),
-        health_path=slot.backend.health_path,
-        single_flight=slot.single_flight,
-        max_concurrency=max(1, slot.max_concurrency),
-        queue_timeout_s=slot.queue_timeout_s,
-        cold_boot_timeout_s=slot.cold_boot_timeout_s,
-        max_retries=slot.max_retries,
-        fallback=fallback,
-    )
 
 
 async def slot_astore_state(change: StateChange) -> None:
@@ -78,6 +56,19 @@ def title_from(text: str) -> str:
 
 async def conversation_acreate(*, user: User, slot: Slot, first_message: str) -> Conversation:
     return await Conversation.objects.acreate(user=user, slot=slot, title=title_from(first_message))
+
+
+async def conversation_acreate_for_visitor(
+    *, widget: Widget, visitor_id: UUID, slot: Slot, first_message: str
+) -> Conversation:
+    """A widget visitor's new conversation, with the widget's system prompt."""
+    return await Conversation.objects.acreate(
+        widget=widget,
+        visitor_id=visitor_id,
+        slot=slot,
+        title=title_from(first_message),
+        system_prompt=widget.system_prompt,
+    )
 
 
 async def message_acreate_user(
@@ -106,24 +97,16 @@ async def message_acreate_assistant(
     )
 
 
+def conversation_set_leaf(*, conversation: Conversation, leaf: Message) -> None:
+    """Show the branch through ``leaf`` (the "< 1/2 >" pager)."""
+    conversation.current_leaf = leaf
+    conversation.save(update_fields=["current_leaf"])
+
+
 async def conversation_aset_leaf(*, conversation: Conversation, leaf: Message) -> None:
     """Show the branch through ``leaf`` (after an edit, a regenerate, or a branch switch)."""
     conversation.current_leaf = leaf
     await Conversation.objects.filter(pk=conversation.pk).aupdate(current_leaf=leaf)
-
-
-def chat_request(conversation: Conversation, history: list[dict[str, str]]) -> dict[str, Any]:
-    """The OpenAI request for the next answer in ``conversation``: its history, and its own
-    settings over the slot's (a system prompt of its own replaces the slot's)."""
-    messages: list[dict[str, str]] = list(history)
-    if conversation.system_prompt.strip():
-        messages.insert(0, {"role": "system", "content": conversation.system_prompt})
-    request: dict[str, Any] = {"messages": messages}
-    if conversation.temperature is not None:
-        request["temperature"] = conversation.temperature
-    if conversation.max_tokens is not None:
-        request["max_tokens"] = conversation.max_tokens
-    return request
 
 
 def generation_fields(generation: Generation, *, status: str | None = None) -> dict[str, Any]:
@@ -171,46 +154,12 @@ async def message_acheckpoint(*, message_id: int, generation: Generation) -> Non
         )
 
 
-async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
-    """Mark ``interrupted`` every streaming answer whose generation no process runs any more
-    (its process died or restarted), keeping its checkpointed text. A generation counts as
-    running when this process has it, or (with ``REDIS_URL``) its liveness key exists. Returns
-    how many were marked."""
-    store = shared()
-    cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    candidates = [
-        (pk, generation_id)
-        async for pk, generation_id in Message.objects.filter(
-            status=Message.Status.STREAMING, updated_at__lt=cutoff
-        ).values_list("pk", "generation_id")
-    ]
-    lost = []
-    for pk, generation_id in candidates:
-        running = find(generation_id) if generation_id else None
-        if running is not None and not running.ended and not running.is_mirror:
-            continue
-        if store is not None and generation_id and await store.is_live(generation_id):
-            continue
-        lost.append(pk)
-    if not lost:
-        return 0
-    return await Message.objects.filter(pk__in=lost, status=Message.Status.STREAMING).aupdate(
-        status=Message.Status.INTERRUPTED, finish_reason="", updated_at=timezone.now()
-    )
-
-
-async def sweep_forever(*, every_s: float = 2.0) -> None:
-    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process."""
-    while True:
-        try:
-            swept = await sweep_interrupted()
-            if swept:
-                logger.warning("marked %d answers interrupted (their process is gone)", swept)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("sweep of interrupted answers failed")
-        await asyncio.sleep(every_s)
+async def message_amark_interrupted(*, message_ids: list[int]) -> int:
+    """Mark those answers ``interrupted`` (their process died), keeping their checkpointed text,
+    unless they ended meanwhile. Returns how many were marked."""
+    return await Message.objects.filter(
+        pk__in=message_ids, status=Message.Status.STREAMING
+    ).aupdate(status=Message.Status.INTERRUPTED, finish_reason="", updated_at=timezone.now())
 
 
 async def message_afinalise(
@@ -247,14 +196,9 @@ async def message_afinalise(
 # ------------------------------------------------------------------------------------------------
 # API keys and calls
 # ------------------------------------------------------------------------------------------------
-API_KEY_PREFIX = "sk-slip-"
 # last_used_at is for humans ("used 3 minutes ago"): one write a minute per key is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _last_used_written: dict[int, datetime] = {}
-
-
-def api_key_digest(raw: str) -> str:
-    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def api_key_create(
@@ -282,22 +226,6 @@ def api_key_revoke(*, user: User, key_id: int) -> bool:
     return updated == 1
 
 
-async def api_key_aauthenticate(*, raw: str) -> ApiKey | None:
-    """The active key whose digest matches ``raw``, with its user, or None."""
-    if not raw.startswith(API_KEY_PREFIX):
-        return None
-    digest = api_key_digest(raw)
-
-    async def load() -> ApiKey | None:
-        return (
-            await ApiKey.objects.select_related("user")
-            .filter(digest=digest, revoked_at__isnull=True, user__is_active=True)
-            .afirst()
-        )
-
-    return await readcache.aget_or_load(f"key:{digest}", load)
-
-
 async def api_call_arecord(
     *,
     api_key: ApiKey,
@@ -309,7 +237,7 @@ async def api_call_arecord(
     started_at: float,
     generation: Generation | None = None,
     usage: dict[str, Any] | None = None,
-    error: RelayError | None = None,
+    error: EnvelopeError | None = None,
 ) -> None:
     """Record one finished ``/v1`` call (one INSERT; the key's last-used time at most once a
     minute). ``started_at`` is ``time.monotonic()`` at the call's start. Upstream usage is
@@ -390,51 +318,3 @@ def conversation_share(*, conversation: Conversation, shared: bool) -> None:
     """Share read-only with signed-in members (a new unguessable link each time), or stop."""
     conversation.share_id = uuid.uuid4() if shared else None
     conversation.save(update_fields=["share_id"])
-
-
-def export_json(conversation: Conversation, thread: list[Message]) -> dict[str, Any]:
-    """The shown thread as JSON: title, timestamps, and each message with its role, content,
-    reasoning, tool calls, status, slot, usage and timing."""
-    return {
-        "id": str(conversation.pk),
-        "title": str(conversation),
-        "created_at": conversation.created_at.isoformat(),
-        "updated_at": conversation.updated_at.isoformat(),
-        "messages": [
-            {
-                "role": m.role,
-                "content": m.content,
-                "reasoning": m.reasoning,
-                "tool_calls": m.tool_calls,
-                "status": m.status,
-                "slot": m.slot_name,
-                "finish_reason": m.finish_reason,
-                "usage": m.usage,
-                "ttft_ms": m.ttft_ms,
-                "tokens_per_s": m.tokens_per_s,
-                "created_at": m.created_at.isoformat(),
-            }
-            for m in thread
-        ],
-    }
-
-
-def export_markdown(conversation: Conversation, thread: list[Message]) -> str:
-    """The shown thread as Markdown: a heading per turn, reasoning as a quote, tool calls as
-    JSON blocks."""
-    lines = [f"# {conversation}", ""]
-    for m in thread:
-        who = "You" if m.role == Message.Role.USER else (m.slot_name or m.role.title())
-        lines += [f"## {who}", ""]
-        if m.reasoning:
-            quoted = [f"> {line}" for line in m.reasoning.splitlines()]
-            lines += ["> **Thinking**", ">", *quoted, ""]
-        if m.content:
-            lines += [m.content, ""]
-        for call in m.tool_calls or ():
-            function = call.get("function", {}) if isinstance(call, dict) else {}
-            lines += [f"Tool call `{function.get('name', '?')}`:", "", "```json"]
-            lines += [str(function.get("arguments", "")), "```", ""]
-        if m.status not in (Message.Status.COMPLETE, Message.Status.STREAMING):
-            lines += [f"*({m.status})*", ""]
-    return "\n".join(lines).rstrip() + "\n"

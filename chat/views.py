@@ -1,19 +1,14 @@
-"""Chat pages, htmx partials and the browser's stream endpoint. Thin: reads go through
-``selectors``, writes through ``services``, streaming through ``chat.relay``."""
+"""Chat pages, htmx partials and the browser's stream endpoints: HTTP adapters that parse,
+authorise and call one function (reads in ``selectors``, writes in ``services``, answers in
+``answers``, their SSE in ``streaming``)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.http import (
     Http404,
     HttpRequest,
@@ -25,20 +20,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import selectors, services
+from chat import answers, jsonbody, selectors, services, streaming
 from chat.conversation_views import sidebar_context
 from chat.forms import ConversationSettingsForm
 from chat.http import error_response, invalid, signed_in, sse_response
 from chat.models import Conversation, Message
-from chat.relay import dispatch
-from chat.relay.generation import Generation, Phase, find
-from chat.relay.shared import shared
-from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_event
-from chat.relay.upstream import Chunk
+from chat.relay.errors import EnvelopeError
+from chat.slotconfig import slot_config
 
 logger = logging.getLogger(__name__)
-
-MAX_MESSAGE_CHARS = 100_000
 
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
@@ -74,11 +64,8 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_GET
 @login_required
 def conversation_detail(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
-    conversation = (
-        selectors.conversation_list(user=signed_in(request.user))
-        .select_related("slot")
-        .filter(pk=conversation_id)
-        .first()
+    conversation = selectors.conversation_get(
+        user=signed_in(request.user), conversation_id=conversation_id
     )
     if conversation is None:
         raise Http404("No such conversation")
@@ -94,8 +81,8 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
     user = signed_in(await request.auser())
     slots = [slot async for slot in selectors.slot_list_enabled(user=user)]
     for slot in slots:
-        runtime = services.slot_config(slot).runtime()
-        if runtime.state != "ready":
+        runtime = slot_config(slot).runtime()
+        if not runtime.ready:
             runtime.probe_soon()
     return JsonResponse(
         {
@@ -117,6 +104,26 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
 
 def _bad_request(message: str, *, param: str | None = None, status: int = 400) -> JsonResponse:
     return error_response(invalid(message, param=param, status=status))
+
+
+# The stream endpoint's fields and their JSON types (null is always allowed: absent).
+_STREAM_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("content", str, "a string"),
+    ("conversation", str, "a string (a conversation id)"),
+    ("slot", str, "a string (a model name)"),
+    ("parent", int, "an integer (a message id)"),
+    ("regenerate", int, "an integer (a message id)"),
+)
+
+
+def _check_type(payload: dict[str, Any], name: str, kind: type, expected: str) -> None:
+    """Raises ``Refusal`` 400 naming ``name`` when its value is not null nor of ``kind``
+    (a bool is not an integer here, though Python says it is)."""
+    value = payload.get(name)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise invalid(
+            f"Invalid type for '{name}': expected {expected}.", param=name, code="invalid_type"
+        )
 
 
 @require_POST
@@ -146,143 +153,43 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     conversation or message answers 404.
     """
     try:
-        payload = json.loads(request.body or b"{}")
-    except ValueError:
-        return _bad_request("Request body is not valid JSON.")
-    if not isinstance(payload, dict):
-        return _bad_request("Request body must be a JSON object.")
-    regenerate = payload.get("regenerate")
-    content = payload.get("content")
-    if regenerate is None:
-        if not isinstance(content, str) or not content.strip():
-            return _bad_request("Message is empty.", param="content")
-        if len(content) > MAX_MESSAGE_CHARS:
-            return _bad_request(f"Message is over {MAX_MESSAGE_CHARS} characters.", param="content")
-
-    user = signed_in(await request.auser())
-    conversation: Conversation | None = None
-    if payload.get("conversation"):
-        try:
-            conversation_id = UUID(str(payload["conversation"]))
-        except ValueError:
-            return _bad_request("Unknown conversation.", param="conversation", status=404)
-        conversation = await selectors.conversation_aget(user=user, conversation_id=conversation_id)
-        if conversation is None:
-            return _bad_request("Unknown conversation.", param="conversation", status=404)
-
-    slot_name = payload.get("slot") or (
-        conversation.slot.name if conversation and conversation.slot else None
-    )
-    slot = await selectors.slot_aget(
-        name=slot_name if isinstance(slot_name, str) else None, user=user
-    )
-    if slot is None:
-        return _bad_request("No model is available.", param="slot", status=404)
-
-    thread = await selectors.message_alist(conversation=conversation) if conversation else []
-    by_id = {m.pk: m for m in thread}
-    new_leaf = False  # the new messages are not under the shown leaf: move it
-    if regenerate is not None:
-        if conversation is None:
-            return _bad_request("Regenerate needs its conversation.", param="conversation")
-        asked = await _own_message(user, conversation, regenerate)
-        if asked is None or asked.role != Message.Role.USER:
-            return _bad_request("Unknown message to regenerate.", param="regenerate", status=404)
-        user_message = asked
-        history_thread = await _thread_to(conversation, asked)
-        new_leaf = True
-    else:
-        assert isinstance(content, str)
-        parent: Message | None = thread[-1] if thread else None
-        if "parent" in payload:
-            if payload["parent"] is None:
-                parent = None
-            else:
-                parent = by_id.get(payload["parent"]) or await _own_message(
-                    user, conversation, payload["parent"]
-                )
-                if parent is None:
-                    return _bad_request("Unknown parent message.", param="parent", status=404)
-            new_leaf = bool(thread) and (parent is None or parent.pk != thread[-1].pk)
-        if conversation is None:
-            conversation = await services.conversation_acreate(
-                user=user, slot=slot, first_message=content
-            )
-        user_message = await services.message_acreate_user(
-            conversation=conversation, content=content, parent=parent
-        )
-        history_thread = [*(await _thread_to(conversation, parent) if parent else []), user_message]
-
-    generation, _ = await dispatch.submit(
-        services.slot_config(slot),
-        "chat/completions",
-        services.chat_request(conversation, selectors.history_for_upstream(history_thread)),
-        keep_running=True,
-    )
-    try:
-        assistant = await services.message_acreate_assistant(
-            conversation=conversation,
-            slot_name=slot.name,
-            parent=user_message,
-            generation_id=generation.id,
-        )
-        if new_leaf:
-            await services.conversation_aset_leaf(conversation=conversation, leaf=user_message)
-    except BaseException:
-        generation.detach()
-        raise
-    await keep_answer(generation, message=assistant, conversation_id=conversation.pk)
+        turn = _chat_turn(jsonbody.read_object(request))
+        started = await answers.start_chat_answer(user=signed_in(await request.auser()), turn=turn)
+    except EnvelopeError as exc:
+        return error_response(exc)
+    conversation, user_message = started.conversation, started.user_message
     meta = {
         "conversation_id": str(conversation.pk),
         "conversation_url": reverse("chat:conversation", args=[conversation.pk]),
         "title": conversation.title,
         "user_message_id": user_message.pk,
-        "assistant_message_id": assistant.pk,
+        "assistant_message_id": started.assistant.pk,
         "parent_id": user_message.parent_id,
-        "slot": slot.name,
-        "generation_id": generation.id,
+        "slot": started.slot.name,
+        "generation_id": started.generation.id,
     }
-    return sse_response(answer_events(generation, meta))
+    return sse_response(streaming.answer_sse(started.generation, meta))
 
 
-async def keep_answer(generation: Generation, *, message: Message, conversation_id: Any) -> None:
-    """Store ``message`` from ``generation``: its text about once a second while it streams,
-    and once when it ends, unless it was stopped on its own meanwhile (a shared single-flight
-    answer that this person stopped: ``generation_stop`` stored it then)."""
-    generation.owners.add(message.pk)
-
-    async def store(finished: Generation) -> None:
-        if message.pk in finished.owners:
-            await services.message_afinalise(
-                message_id=message.pk, conversation_id=conversation_id, generation=finished
-            )
-
-    async def checkpoint(running: Generation) -> None:
-        if message.pk in running.owners:
-            await services.message_acheckpoint(message_id=message.pk, generation=running)
-
-    generation.add_checkpoint_callback(checkpoint)
-    if not generation.add_finish_callback(store):
-        await store(generation)  # it ended while the message was being created
-
-
-async def _own_message(
-    user: User, conversation: Conversation | None, message_id: Any
-) -> Message | None:
-    if conversation is None or not isinstance(message_id, int) or isinstance(message_id, bool):
-        return None
-    message = await selectors.message_aget(user=user, message_id=message_id)
-    return message if message and message.conversation_id == conversation.pk else None
-
-
-async def _thread_to(conversation: Conversation, message: Message) -> list[Message]:
-    """The path from the root to ``message``, inclusive."""
-    messages = [m async for m in conversation.messages.order_by("created_at", "id")]
-    by_id = {m.pk: m for m in messages}
-    path = [by_id.get(message.pk, message)]
-    while path[0].parent_id is not None and path[0].parent_id in by_id:
-        path.insert(0, by_id[path[0].parent_id])
-    return path
+def _chat_turn(payload: dict[str, Any]) -> answers.ChatTurn:
+    """The stream endpoint's body as a ``ChatTurn``. Raises ``Refusal`` 400 for a field of the
+    wrong type, 404 for a conversation id that is no id."""
+    for name, kind, expected in _STREAM_FIELDS:
+        _check_type(payload, name, kind, expected)
+    conversation_id = None
+    if payload.get("conversation"):
+        try:
+            conversation_id = UUID(payload["conversation"])
+        except ValueError:
+            raise invalid("Unknown conversation.", param="conversation", status=404) from None
+    return answers.ChatTurn(
+        content=payload.get("content"),
+        conversation_id=conversation_id,
+        slot_name=payload.get("slot") or None,
+        parent_given="parent" in payload,
+        parent_id=payload.get("parent"),
+        regenerate_id=payload.get("regenerate"),
+    )
 
 
 @require_GET
@@ -292,7 +199,7 @@ async def generation_events(
 ) -> HttpResponse | StreamingHttpResponse:
     """Resume an answer: ``GET /chat/generations/<id>/?after=N`` streams, as ``stream`` does,
     every chunk after sequence number N, then the live ones, then the end. A reloaded page or a
-    second tab reattaches this way. When the generation is no longer running here, 410 with the
+    second tab reattaches this way. When the generation is no longer running, 410 with the
     stored message as JSON (``status``, ``content``, ``reasoning``, ``tool_calls``, …) so the page
     can show it whole. Another user's generation: 404."""
     user = signed_in(await request.auser())
@@ -303,19 +210,9 @@ async def generation_events(
         after = max(0, int(request.GET.get("after", "0")))
     except ValueError:
         return _bad_request("after must be an integer.", param="after")
-    generation = find(generation_id)
-    store = shared()
-    running_elsewhere = (
-        generation is None
-        and store is not None
-        and message.status == Message.Status.STREAMING
-        and await store.exists(generation_id)
-    )
-    if running_elsewhere and store is not None:  # follow its buffer from its process
-        generation = store.mirror(generation_id, slot=message.slot_name, keep_running=False)
+    generation = await answers.resume(message=message)
     if generation is None:
         return JsonResponse(_message_json(message), status=410)
-    generation.attach()
     meta = {
         "conversation_id": str(message.conversation_id),
         "assistant_message_id": message.pk,
@@ -323,7 +220,7 @@ async def generation_events(
         "slot": generation.slot,
         "resumed_after": after,
     }
-    return sse_response(answer_events(generation, meta, after=after))
+    return sse_response(streaming.answer_sse(generation, meta, after=after))
 
 
 @require_POST
@@ -335,35 +232,7 @@ async def generation_stop(request: HttpRequest, generation_id: str) -> JsonRespo
     message = await selectors.message_aget_by_generation(user=user, generation_id=generation_id)
     if message is None:
         raise Http404("No such answer")
-    generation = find(generation_id)
-    if generation is not None and generation.is_mirror:
-        generation = None  # a copy of one running elsewhere: ask its own process
-    store = shared()
-    if generation is None and store is not None and message.status == Message.Status.STREAMING:
-        await store.request_stop(generation_id)
-        for _ in range(100):  # its process stores it as stopped, usually within milliseconds
-            await message.arefresh_from_db()
-            if message.status != Message.Status.STREAMING:
-                break
-            await asyncio.sleep(0.05)
-        return JsonResponse(_message_json(message))
-    if generation is not None and not generation.ended:
-        if generation.owners - {message.pk}:
-            # Shared (single-flight) with someone else's answer: keep it going for them and
-            # store this one as stopped where it is.
-            generation.owners.discard(message.pk)
-            await services.message_afinalise(
-                message_id=message.pk,
-                conversation_id=message.conversation_id,
-                generation=generation,
-                status="stopped",
-            )
-        else:
-            generation.cancel()  # its finish callback stores the answer as stopped
-            if generation.task is not None:
-                await asyncio.wait((generation.task,), timeout=5)
-        await message.arefresh_from_db()
-    return JsonResponse(_message_json(message))
+    return JsonResponse(_message_json(await answers.stop(message=message)))
 
 
 def _message_json(message: Message) -> dict[str, Any]:
@@ -380,43 +249,6 @@ def _message_json(message: Message) -> dict[str, Any]:
         "usage": message.usage,
         "slot": message.slot_name,
     }
-
-
-async def answer_events(
-    generation: Generation, meta: dict[str, Any], *, after: int = 0
-) -> AsyncGenerator[bytes, None]:
-    """The SSE byte stream of one answer, from chunk ``after`` + 1. The generation stores the
-    answer when it ends, however it ends; a client that goes away only detaches (the chat's
-    generations keep running for a resume; Stop ends them)."""
-    try:
-        yield encode_event(json.dumps(meta), event="slipstream.message")
-        sequence = after
-        async with aclosing(
-            generation.subscribe(after=after, keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S)
-        ) as events:
-            async for item in events:
-                if isinstance(item, Chunk):
-                    sequence += 1
-                    yield b"id: %d\ndata: %s\n\n" % (sequence, item.data.encode())
-                elif isinstance(item, Phase):
-                    yield encode_event(json.dumps(item.as_dict()), event="slipstream.status")
-                else:
-                    yield KEEPALIVE_COMMENT
-    finally:
-        generation.detach()
-    done = {
-        "status": generation.status,
-        "slot": generation.slot,
-        "finish_reason": generation.accumulator.finish_reason(),
-        "ttft_ms": generation.ttft_ms,
-        "tokens_per_s": generation.tokens_per_s,
-        "usage": generation.accumulator.usage,
-    }
-    yield encode_event(json.dumps(done), event="slipstream.done")
-    if generation.error is not None:
-        yield encode_event(json.dumps(generation.error.envelope()))
-    else:
-        yield DONE_EVENT
 
 
 @login_required

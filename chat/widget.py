@@ -33,13 +33,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from django_ratelimit.core import is_ratelimited
 
-from chat import services
-from chat.http import error_response, invalid, sse_response
-from chat.models import Conversation, Message, Widget, normalise_origin
-from chat.relay import dispatch
-from chat.relay.errors import RelayError
-from chat.selectors import history_for_upstream, slot_aget, thread_of
-from chat.views import MAX_MESSAGE_CHARS, answer_events, keep_answer
+from chat import answers, jsonbody, selectors, streaming
+from chat.http import Refusal, error_response, invalid, sse_response
+from chat.models import Widget, normalise_origin
+from chat.relay.errors import EnvelopeError
 
 VISITOR_HEADER = "X-Widget-Visitor"
 VISITOR_SALT = "slipstream.widget.visitor"
@@ -84,7 +81,7 @@ def visitor_of(request: HttpRequest, widget: Widget) -> uuid.UUID | None:
 def refused(
     message: str, *, status: int, code: str, retry_after: float | None = None
 ) -> JsonResponse:
-    error = RelayError(
+    error = Refusal(
         message,
         status=status,
         type="invalid_request_error" if status < 429 else "rate_limit_error",
@@ -97,7 +94,7 @@ def refused(
 
 
 async def _awidget(key: str) -> Widget:
-    widget = await Widget.objects.select_related("slot").filter(public_key=key).afirst()
+    widget = await selectors.widget_aget(public_key=key)
     if widget is None:
         raise Http404("No such widget")
     return widget
@@ -110,7 +107,7 @@ async def _awidget(key: str) -> Widget:
 @xframe_options_exempt  # framing is governed by the CSP below, per widget
 def page(request: HttpRequest, key: str) -> HttpResponse:
     """The chat-only page that runs in the iframe (or on its own, for a quick look)."""
-    widget = Widget.objects.select_related("slot").filter(public_key=key).first()
+    widget = selectors.widget_get(public_key=key)
     if widget is None:
         raise Http404("No such widget")
     response = render(request, "widget/widget.html", {"widget": widget})
@@ -123,7 +120,7 @@ def embed_js(request: HttpRequest, key: str) -> HttpResponse:
     """``<script src=".../embed.js" async></script>`` on the host page adds a launcher button
     that opens and closes the widget's iframe panel. Closing the panel removes the iframe, which
     cancels an answer in progress."""
-    widget = Widget.objects.filter(public_key=key).first()
+    widget = selectors.widget_get(public_key=key)
     if widget is None:
         raise Http404("No such widget")
     config = {
@@ -192,14 +189,9 @@ async def conversation(request: HttpRequest, key: str) -> JsonResponse:
         if request.headers.get(VISITOR_HEADER):
             return refused("Unknown visitor.", status=401, code="invalid_visitor")
         return JsonResponse({"conversation": None, "messages": []})
-    latest = (
-        await Conversation.objects.filter(widget=widget, visitor_id=visitor_id)
-        .order_by("-updated_at")
-        .afirst()
-    )
+    latest = await selectors.conversation_alatest_for_visitor(widget=widget, visitor_id=visitor_id)
     if latest is None:
         return JsonResponse({"conversation": None, "messages": []})
-    messages = [m async for m in latest.messages.order_by("created_at", "id")]
     return JsonResponse(
         {
             "conversation": str(latest.pk),
@@ -211,7 +203,7 @@ async def conversation(request: HttpRequest, key: str) -> JsonResponse:
                     "tool_calls": m.tool_calls,
                     "status": m.status,
                 }
-                for m in thread_of(messages, latest.current_leaf_id)
+                for m in await selectors.message_alist(conversation=latest)
             ],
         }
     )
@@ -248,14 +240,11 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
     if visitor_id is None:
         return refused("Unknown visitor: reload the chat.", status=401, code="invalid_visitor")
     try:
-        payload = json.loads(request.body or b"{}")
-    except ValueError:
-        return error_response(invalid("Request body is not valid JSON."))
-    content = payload.get("content") if isinstance(payload, dict) else None
-    if not isinstance(content, str) or not content.strip():
-        return error_response(invalid("Message is empty.", param="content"))
-    if len(content) > MAX_MESSAGE_CHARS:
-        return error_response(invalid("Message is too long.", param="content"))
+        payload = jsonbody.read_object(request)
+        content = answers.check_message(payload.get("content"))
+        conversation_id = _conversation_id(payload)
+    except EnvelopeError as exc:
+        return error_response(exc)
     period = await _limited(request, widget, visitor_id)
     if period is not None:
         return refused(
@@ -264,55 +253,33 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
             code="rate_limited",
             retry_after=60 if period == "minute" else 3600,
         )
-    slot = await slot_aget(name=widget.slot.name)  # enabled, with backend and fallbacks
+    slot = await selectors.slot_aget(name=widget.slot.name)  # enabled, with its fallbacks
     if slot is None:
         return refused("This chat has no model right now.", status=503, code="no_model")
-
-    conversation = None
-    if payload.get("conversation"):
-        try:
-            conversation = await Conversation.objects.filter(
-                pk=uuid.UUID(str(payload["conversation"])), widget=widget, visitor_id=visitor_id
-            ).afirst()
-        except ValueError:
-            conversation = None
-    if conversation is None:
-        conversation = await Conversation.objects.acreate(
-            widget=widget,
-            visitor_id=visitor_id,
-            slot=slot,
-            title=services.title_from(content),
-            system_prompt=widget.system_prompt,
-        )
-        thread: list[Message] = []
-    else:
-        messages = [m async for m in conversation.messages.order_by("created_at", "id")]
-        thread = thread_of(messages, conversation.current_leaf_id)
-    user_message = await services.message_acreate_user(
-        conversation=conversation, content=content, parent=thread[-1] if thread else None
+    started = await answers.start_widget_answer(
+        widget=widget,
+        visitor_id=visitor_id,
+        slot=slot,
+        content=content,
+        conversation_id=conversation_id,
     )
-    request_body = services.chat_request(
-        conversation, history_for_upstream([*thread, user_message])
-    )
-    generation, _ = await dispatch.submit(
-        services.slot_config(slot), "chat/completions", request_body, keep_running=False
-    )
-    try:
-        assistant = await services.message_acreate_assistant(
-            conversation=conversation,
-            slot_name=slot.name,
-            parent=user_message,
-            generation_id=generation.id,
-        )
-    except BaseException:
-        generation.detach()
-        raise
-    await keep_answer(generation, message=assistant, conversation_id=conversation.pk)
     meta: dict[str, Any] = {
-        "conversation_id": str(conversation.pk),
-        "user_message_id": user_message.pk,
-        "assistant_message_id": assistant.pk,
-        "generation_id": generation.id,
+        "conversation_id": str(started.conversation.pk),
+        "user_message_id": started.user_message.pk,
+        "assistant_message_id": started.assistant.pk,
+        "generation_id": started.generation.id,
         "slot": slot.name,
     }
-    return sse_response(answer_events(generation, meta))
+    return sse_response(streaming.answer_sse(started.generation, meta))
+
+
+def _conversation_id(payload: dict[str, Any]) -> str | None:
+    """The body's ``conversation``: None or a string. Raises ``Refusal`` 400 otherwise."""
+    conversation_id = payload.get("conversation")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise invalid(
+            "Invalid type for 'conversation': expected a string (a conversation id).",
+            param="conversation",
+            code="invalid_type",
+        )
+    return conversation_id

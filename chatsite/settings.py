@@ -72,6 +72,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so its process_exception sees a view's exception first: JSON errors for /v1 and
+    # the browser's JSON endpoints.
+    "chat.middleware.JsonErrorMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from chat import api
 
@@ -14,6 +14,12 @@ urlpatterns = [
     path("v1/models/<str:model>", api.models, name="api-model"),
     path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
     path("v1/completions", api.completions, name="api-completions"),
+    # Everything else under /v1: OpenAI's "Invalid URL" 404 envelope, never an HTML page.
+    re_path(r"^v1(?:/|$)", api.unknown_url, name="api-unknown-url"),
     path("widget/", include("chat.widget_urls")),
     path("", include("chat.urls")),
 ]
+
+# JSON for /v1 and the browser's JSON endpoints when a failure happens outside a view.
+handler400 = "chat.middleware.bad_request"
+handler500 = "chat.middleware.server_error"

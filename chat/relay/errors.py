@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 
-class RelayError(Exception):
-    """A failure the relay reports to its client as an OpenAI error envelope.
+class EnvelopeError(Exception):
+    """A failure a client sees as OpenAI's error envelope.
 
-    ``status`` is the HTTP status to answer with when no byte has been sent yet; once a stream has
-    begun, the same envelope travels as one final SSE ``data:`` event instead. ``retry_after``
-    (s) becomes a ``Retry-After`` header on 429 and 503 answers; ``upstream_status`` is the HTTP
-    status the upstream itself answered (a 500 is reported as 502 but is not a 502), which the
-    dispatcher's retry rule reads.
+    ``status`` is the HTTP status to answer with when no byte has been sent yet; once a stream
+    has begun, the same envelope travels as one final SSE ``data:`` event instead.
+    ``retry_after`` (s) becomes a ``Retry-After`` header on 429 and 503 answers.
+    ``to_dict``/``from_dict`` carry every field across processes (``chat.relay.shared``).
     """
 
     def __init__(
@@ -28,13 +27,11 @@ class RelayError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,
-        upstream_status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after = retry_after
-        self.upstream_status = upstream_status
         self.type = type
         self.code = code
         self.param = param
@@ -49,6 +46,52 @@ class RelayError(Exception):
                 "code": self.code,
             }
         }
+
+
+class RelayError(EnvelopeError):
+    """A failure of the relay: an upstream that failed or refused, a slot that could not take
+    the request (queue, cold boot), a generation that ended badly.
+
+    ``upstream_status`` is the HTTP status the upstream itself answered (a 500 is reported as
+    502 but is not a 502), which the dispatcher's retry rule reads.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        type: str = "api_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(
+            message, status=status, type=type, code=code, param=param, retry_after=retry_after
+        )
+        self.upstream_status = upstream_status
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, as JSON-ready values (``from_dict`` reads it back)."""
+        return {
+            "message": self.message,
+            "status": self.status,
+            "type": self.type,
+            "code": self.code,
+            "param": self.param,
+            "retry_after": self.retry_after,
+            "upstream_status": self.upstream_status,
+        }
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> RelayError:
+        """The error ``to_dict`` described (unknown keys ignored; a missing message is one)."""
+        known = ("status", "type", "code", "param", "retry_after", "upstream_status")
+        return cls(
+            str(fields.get("message") or "upstream error"),
+            **{k: fields[k] for k in known if fields.get(k) is not None},
+        )
 
 
 class MidStreamError(RelayError):

@@ -130,9 +130,6 @@ class Generation:
         # last subscriber to leave cancels the upstream call (the API, the widget).
         self.keep_running = keep_running
         self.subscribers = 0
-        # Who is waiting for this answer to be stored (message ids): with single-flight, one
-        # answer can be several people's, and one person's Stop must not end another's.
-        self.owners: set[object] = set()
         self.task: asyncio.Task[None] | None = None
         # Fed from another process's buffer (chat.relay.shared) rather than run here.
         self.is_mirror = False

@@ -384,8 +384,8 @@ def test_recorded_openai_stream_comes_out_with_the_same_framing(
 
 
 def test_rewriter_swaps_id_and_model_in_the_upstream_text_or_reserialises() -> None:
-    from chat.api import ChunkRewriter
     from chat.relay.upstream import Chunk
+    from chat.streaming import ChunkRewriter
 
     rewrite = ChunkRewriter(
         completion_id="chatcmpl-new", model="primary", include_usage=False, chat=True

@@ -75,11 +75,15 @@ class DaphneServer:
         self.__exit__(None, None, None)
         raise RuntimeError(f"daphne did not start:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_text(self) -> str:
+        """Everything the process wrote so far (stdout and stderr)."""
         if self.log is None:
             return ""
         self.log.flush()
-        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+        return Path(self.log.name).read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def __exit__(
         self,

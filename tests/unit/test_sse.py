@@ -15,6 +15,7 @@ from chat.relay.sse import (
     SSEDecodeError,
     SSEDecoder,
     encode_comment,
+    encode_data,
     encode_event,
 )
 
@@ -456,6 +457,17 @@ def test_encode_event_round_trip(data: str, expected: str) -> None:
 def test_encode_event_round_trip_any_text(data: str, event: str | None, id_: str | None) -> None:
     expected = ServerSentEvent(re.sub(r"\r\n|\r", "\n", data), event or "message", id_)
     assert decode(encode_event(data, event=event, id=id_)) == [expected]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.text(), id_=st.none() | st.integers(min_value=0))
+def test_encode_data_equals_encode_event(data: str, id_: int | None) -> None:
+    fast = encode_data(data, id=id_)
+    assert fast == encode_event(data, id=None if id_ is None else str(id_))
+    expected = ServerSentEvent(
+        re.sub(r"\r\n|\r", "\n", data), "message", None if id_ is None else str(id_)
+    )
+    assert decode(fast) == [expected]
 
 
 @pytest.mark.parametrize(

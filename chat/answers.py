@@ -1,0 +1,408 @@
+"""The answer lifecycle, for the chat, the widget and ``/v1``: start, keep, resume, stop, record.
+
+An *answer* is one assistant message (or one ``/v1`` call) fed by one relay ``Generation``.
+The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one function here:
+
+- ``start_chat_answer`` / ``start_widget_answer``: store the user's message (a new turn, an edit
+  as a sibling branch, or a regenerate of an earlier one), submit the history to the slot's
+  dispatcher, store the assistant's row as ``streaming`` and ``keep`` it.
+- ``keep``: this process stores the message from the generation: its text about once a second
+  while it streams (``CHECKPOINT_INTERVAL_S``) and once when it ends. Who owns a generation's
+  outcome is kept here, by message id, not in the relay: with single-flight one generation can
+  be several people's answers, and one person's Stop must not end another's.
+- ``resume``: the running generation of a message, from this process or (with ``REDIS_URL``)
+  mirrored from the process that runs it.
+- ``stop``: end an answer, here or in the process that runs it.
+- ``record_api_call``: a ``/v1`` call's record, and its conversation when the key keeps them.
+- ``sweep_forever``: mark ``interrupted`` the answers whose process died.
+
+Raises ``Refusal`` (``chat.http``) for requests that name what the user may not reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from chat import selectors, services
+from chat.http import Refusal, invalid
+from chat.models import ApiKey, Conversation, Message, Slot, Widget
+from chat.relay import dispatch
+from chat.relay.generation import Generation, Status, find
+from chat.relay.shared import shared
+from chat.slotconfig import slot_config
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 100_000
+# A Stop for an answer running in another process is answered once that process stored it,
+# usually within milliseconds; after this long, with the message as it stands.
+STOP_WAIT_S = 5.0
+SWEEP_EVERY_S = 2.0
+
+# Message ids whose answer each running generation of this process stores (see the module).
+_owners: dict[str, set[int]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """What the chat's stream endpoint asks for, its types already checked.
+
+    ``content`` is the new user message (None for a regenerate); ``parent_given`` tells an
+    explicit ``parent`` (``parent_id`` None: a new root) from an absent one (follow the shown
+    thread); ``regenerate_id`` answers that user message again."""
+
+    content: str | None = None
+    conversation_id: UUID | None = None
+    slot_name: str | None = None
+    parent_given: bool = False
+    parent_id: int | None = None
+    regenerate_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A started answer: the ``generation`` (attached for the caller, who must stream it or
+    ``detach``), its ``conversation``, the ``user_message`` it answers, the ``assistant`` row
+    and the ``slot`` it was asked of."""
+
+    generation: Generation
+    conversation: Conversation
+    user_message: Message
+    assistant: Message
+    slot: Slot
+
+
+# ------------------------------------------------------------------------------------------------
+# Start
+# ------------------------------------------------------------------------------------------------
+async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
+    """A signed-in user's new message, edit or regenerate, answered. Raises ``Refusal`` 400
+    (empty or too long a message, a regenerate without its conversation) or 404 (a
+    conversation, message or slot the user does not have)."""
+    if turn.regenerate_id is None:
+        check_message(turn.content)
+    conversation = await _own_conversation(user, turn.conversation_id)
+    slot = await _slot_for(user, turn.slot_name, conversation)
+    if turn.regenerate_id is not None:
+        if conversation is None:
+            raise invalid("Regenerate needs its conversation.", param="conversation")
+        user_message = await _own_user_message(user, conversation, turn.regenerate_id)
+        history = await selectors.message_apath_to(message=user_message)
+        return await _answer(
+            conversation, slot, user_message, history, keep_running=True, move_leaf=True
+        )
+    assert turn.content is not None
+    thread = await selectors.message_alist(conversation=conversation) if conversation else []
+    parent = await _parent(user, conversation, thread, turn)
+    # The new turn is not under the shown leaf (an edit, a new root): show its branch.
+    move_leaf = turn.parent_given and bool(thread) and (parent is None or parent != thread[-1])
+    if conversation is None:
+        conversation = await services.conversation_acreate(
+            user=user, slot=slot, first_message=turn.content
+        )
+    user_message = await services.message_acreate_user(
+        conversation=conversation, content=turn.content, parent=parent
+    )
+    history = [*(await selectors.message_apath_to(message=parent) if parent else []), user_message]
+    return await _answer(
+        conversation, slot, user_message, history, keep_running=True, move_leaf=move_leaf
+    )
+
+
+async def start_widget_answer(
+    *, widget: Widget, visitor_id: UUID, slot: Slot, content: str, conversation_id: str | None
+) -> Started:
+    """A widget visitor's message, answered in their conversation ``conversation_id`` (a new
+    one when it is not theirs on this widget). The answer is cancelled when the visitor goes
+    away. Raises ``Refusal`` 400 for an empty or too long message."""
+    check_message(content)
+    conversation = await selectors.conversation_aget_for_visitor(
+        widget=widget, visitor_id=visitor_id, conversation_id=conversation_id
+    )
+    thread: list[Message] = []
+    if conversation is None:
+        conversation = await services.conversation_acreate_for_visitor(
+            widget=widget, visitor_id=visitor_id, slot=slot, first_message=content
+        )
+    else:
+        thread = await selectors.message_alist(conversation=conversation)
+    user_message = await services.message_acreate_user(
+        conversation=conversation, content=content, parent=thread[-1] if thread else None
+    )
+    return await _answer(
+        conversation, slot, user_message, [*thread, user_message], keep_running=False
+    )
+
+
+def check_message(content: str | None) -> str:
+    """A user message's text, or ``Refusal`` 400 (empty, over ``MAX_MESSAGE_CHARS``)."""
+    if not isinstance(content, str) or not content.strip():
+        raise invalid("Message is empty.", param="content")
+    if len(content) > MAX_MESSAGE_CHARS:
+        raise invalid(f"Message is over {MAX_MESSAGE_CHARS} characters.", param="content")
+    return content
+
+
+async def _answer(
+    conversation: Conversation,
+    slot: Slot,
+    user_message: Message,
+    history: list[Message],
+    *,
+    keep_running: bool,
+    move_leaf: bool = False,
+) -> Started:
+    """Submit ``history`` to ``slot`` and store the assistant's row; ``keep_running``: the
+    answer goes on without a reader (the chat resumes it), else it ends with its last one."""
+    generation, _ = await dispatch.submit(
+        slot_config(slot),
+        "chat/completions",
+        chat_request(conversation=conversation, history=selectors.history_for_upstream(history)),
+        keep_running=keep_running,
+    )
+    try:
+        assistant = await services.message_acreate_assistant(
+            conversation=conversation,
+            slot_name=slot.name,
+            parent=user_message,
+            generation_id=generation.id,
+        )
+        if move_leaf:
+            await services.conversation_aset_leaf(conversation=conversation, leaf=user_message)
+    except BaseException:
+        generation.detach()
+        raise
+    await keep(generation, message_id=assistant.pk, conversation_id=conversation.pk)
+    return Started(generation, conversation, user_message, assistant, slot)
+
+
+def chat_request(*, conversation: Conversation, history: list[dict[str, str]]) -> dict[str, Any]:
+    """The OpenAI request for the next answer in ``conversation``: its history, and its own
+    settings over the slot's (a system prompt of its own replaces the slot's)."""
+    messages: list[dict[str, str]] = list(history)
+    if conversation.system_prompt.strip():
+        messages.insert(0, {"role": "system", "content": conversation.system_prompt})
+    request: dict[str, Any] = {"messages": messages}
+    if conversation.temperature is not None:
+        request["temperature"] = conversation.temperature
+    if conversation.max_tokens is not None:
+        request["max_tokens"] = conversation.max_tokens
+    return request
+
+
+async def _own_conversation(user: User, conversation_id: UUID | None) -> Conversation | None:
+    if conversation_id is None:
+        return None
+    conversation = await selectors.conversation_aget(user=user, conversation_id=conversation_id)
+    if conversation is None:
+        raise _not_found("Unknown conversation.", param="conversation")
+    return conversation
+
+
+async def _slot_for(user: User, name: str | None, conversation: Conversation | None) -> Slot:
+    """The slot asked for, else the conversation's, else the default one."""
+    name = name or (conversation.slot.name if conversation and conversation.slot else None)
+    slot = await selectors.slot_aget(name=name, user=user)
+    if slot is None:
+        raise _not_found("No model is available.", param="slot")
+    return slot
+
+
+async def _own_user_message(user: User, conversation: Conversation, message_id: int) -> Message:
+    message = await selectors.message_aget(user=user, message_id=message_id)
+    if message is None or message.conversation_id != conversation.pk:
+        raise _not_found("Unknown message to regenerate.", param="regenerate")
+    if message.role != Message.Role.USER:
+        raise _not_found("Unknown message to regenerate.", param="regenerate")
+    return message
+
+
+async def _parent(
+    user: User, conversation: Conversation | None, thread: list[Message], turn: ChatTurn
+) -> Message | None:
+    """The message the new one follows: the shown thread's last, unless ``parent`` was given."""
+    if not turn.parent_given:
+        return thread[-1] if thread else None
+    if turn.parent_id is None:
+        return None
+    shown = next((m for m in thread if m.pk == turn.parent_id), None)
+    if shown is not None:
+        return shown
+    message = await selectors.message_aget(user=user, message_id=turn.parent_id)
+    if conversation is None or message is None or message.conversation_id != conversation.pk:
+        raise _not_found("Unknown parent message.", param="parent")
+    return message
+
+
+def _not_found(message: str, *, param: str) -> Refusal:
+    return invalid(message, param=param, status=404)
+
+
+# ------------------------------------------------------------------------------------------------
+# Keep
+# ------------------------------------------------------------------------------------------------
+async def keep(generation: Generation, *, message_id: int, conversation_id: Any) -> None:
+    """Store message ``message_id`` from ``generation``: its text about once a second while it
+    streams, and once when it ends, unless it was stopped on its own meanwhile (``stop`` of a
+    shared single-flight answer stores it then)."""
+    owners = _owners.setdefault(generation.id, set())
+    owners.add(message_id)
+
+    async def store(finished: Generation) -> None:
+        if message_id in owners:
+            await services.message_afinalise(
+                message_id=message_id, conversation_id=conversation_id, generation=finished
+            )
+        owners.discard(message_id)
+        if not owners:
+            _owners.pop(finished.id, None)
+
+    async def checkpoint(running: Generation) -> None:
+        if message_id in owners:
+            await services.message_acheckpoint(message_id=message_id, generation=running)
+
+    generation.add_checkpoint_callback(checkpoint)
+    if not generation.add_finish_callback(store):
+        await store(generation)  # it ended while the message was being created
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume and stop
+# ------------------------------------------------------------------------------------------------
+async def resume(*, message: Message) -> Generation | None:
+    """The generation streaming ``message``, attached for the caller (who must ``detach``):
+    this process's, or with ``REDIS_URL`` a mirror of the one another process runs. None when
+    it runs nowhere any more: the stored message is the whole answer."""
+    generation = find(message.generation_id)
+    store = shared()
+    if (
+        generation is None
+        and store is not None
+        and message.status == Message.Status.STREAMING
+        and await store.exists(message.generation_id)
+    ):
+        generation = store.mirror(message.generation_id, slot=message.slot_name, keep_running=False)
+    if generation is not None:
+        generation.attach()
+    return generation
+
+
+async def stop(*, message: Message) -> Message:
+    """Stop ``message``'s answer (the Stop button): cancel its generation, which closes the
+    upstream response and stores the answer as ``stopped``. A generation shared with someone
+    else's answer (single-flight) goes on for them; only this message is stored as stopped. In
+    another process, the stop is sent there. Returns the message as stored."""
+    generation = find(message.generation_id)
+    if generation is not None and generation.is_mirror:
+        generation = None  # a copy of one running elsewhere: ask its own process
+    store = shared()
+    if generation is None and store is not None and message.status == Message.Status.STREAMING:
+        await store.request_stop(message.generation_id)
+        return await _stored(message)
+    if generation is None or generation.ended:
+        return message
+    owners = _owners.get(generation.id, set())
+    if owners - {message.pk}:
+        owners.discard(message.pk)
+        await services.message_afinalise(
+            message_id=message.pk,
+            conversation_id=message.conversation_id,
+            generation=generation,
+            status=Status.STOPPED,
+        )
+    else:
+        generation.cancel()  # its finish callback stores the answer as stopped
+        if generation.task is not None:
+            await asyncio.wait((generation.task,), timeout=STOP_WAIT_S)
+    await message.arefresh_from_db()
+    return message
+
+
+async def _stored(message: Message) -> Message:
+    """``message`` once no longer ``streaming`` (its process stores it when the stop arrives),
+    or as it stands after ``STOP_WAIT_S``: read every 50 ms, since that process's store
+    reaches this one only through the database."""
+    deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+    while True:
+        await message.arefresh_from_db()
+        if message.status != Message.Status.STREAMING:
+            return message
+        if asyncio.get_running_loop().time() >= deadline:
+            return message
+        await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# /v1 calls
+# ------------------------------------------------------------------------------------------------
+async def record_api_call(
+    *,
+    key: ApiKey,
+    slot: Slot,
+    endpoint: str,
+    messages: list[Any],
+    generation: Generation,
+    outcome: str,
+) -> None:
+    """Record a finished streamed ``/v1`` call (one ``ApiCall`` row), and keep it as a
+    conversation of the key's owner when the key says so (chat completions only)."""
+    await services.api_call_arecord(
+        api_key=key,
+        endpoint=endpoint,
+        slot_name=slot.name,
+        stream=True,
+        http_status=200,
+        outcome=outcome,
+        started_at=generation.started_at,
+        generation=generation,
+        error=generation.error,
+    )
+    if key.store_conversations and endpoint == "chat/completions":
+        await services.api_conversation_astore(
+            api_key=key, slot=slot, messages=messages, generation=generation, status=outcome
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweep
+# ------------------------------------------------------------------------------------------------
+async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
+    """Mark ``interrupted`` every streaming answer whose generation no process runs any more
+    (its process died or restarted), keeping its checkpointed text. A generation counts as
+    running when this process has it, or (with ``REDIS_URL``) its liveness key exists. Returns
+    how many were marked."""
+    store = shared()
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    lost = []
+    for pk, generation_id in await selectors.message_alist_streaming(updated_before=cutoff):
+        running = find(generation_id) if generation_id else None
+        if running is not None and not running.ended and not running.is_mirror:
+            continue
+        if store is not None and generation_id and await store.is_live(generation_id):
+            continue
+        lost.append(pk)
+    if not lost:
+        return 0
+    return await services.message_amark_interrupted(message_ids=lost)
+
+
+async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
+    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process."""
+    while True:
+        try:
+            swept = await sweep_interrupted()
+            if swept:
+                logger.warning("marked %d answers interrupted (their process is gone)", swept)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("sweep of interrupted answers failed")
+        await asyncio.sleep(every_s)

@@ -1,0 +1,204 @@
+"""Generations as SSE byte streams, for every surface.
+
+One loop reads a generation for all of them (``generation_sse``): subscribe from a sequence
+number, turn each chunk, phase and keep-alive into bytes, detach however the client leaves, then
+the final events. Two renderings sit on it:
+
+- ``answer_sse``, the chat's and the widget's: a named ``slipstream.message`` event first, the
+  upstream's chunks unchanged with ``id:`` their sequence number (WHATWG SSE "last event ID":
+  a reconnect resumes after it), ``slipstream.status`` events while the answer waits, then a
+  ``slipstream.done`` event and ``data: [DONE]`` or a final ``data: {"error": …}``.
+- ``api_sse``, ``/v1``'s: the chunks rewritten as OpenAI's (``ChunkRewriter``), keep-alive
+  comments, then ``data: [DONE]`` or one final ``data: {"error": …}`` (OpenAI API reference,
+  "Streaming"; the SDKs raise that as ``APIError``).
+
+Framing goes through ``chat.relay.sse`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any
+
+from django.conf import settings
+
+from chat.relay.generation import KEEPALIVE, Generation, Phase
+from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_data, encode_event
+from chat.relay.upstream import Chunk
+
+# What the end of a stream looks like to a surface, given the ended generation.
+EndRenderer = Callable[[Generation], bytes]
+# Called once when the client stops reading, with whether it read to the end; shielded from
+# cancellation (a client that leaves still gets its call recorded).
+LeaveHook = Callable[[bool], Awaitable[None]]
+
+
+async def generation_sse(
+    generation: Generation,
+    *,
+    render_chunk: Callable[[int, Chunk], bytes | None],
+    render_end: EndRenderer,
+    render_phase: Callable[[Phase], bytes] | None = None,
+    head: bytes = b"",
+    after: int = 0,
+    on_leave: LeaveHook | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """``head``, then every chunk after sequence number ``after`` (``render_chunk(sequence,
+    chunk)``; None skips it), phases while the answer waits, ``: keep-alive`` comments after
+    ``SLIPSTREAM_KEEPALIVE_S`` without news, and ``render_end(generation)`` once it ended.
+
+    The caller has ``attach``-ed the generation; this detaches it however the stream ends (a
+    client that goes away cancels this generator: Django does so for async streaming
+    responses), then runs ``on_leave``."""
+    read_to_end = False
+    try:
+        if head:
+            yield head
+        sequence = after
+        async with aclosing(
+            generation.subscribe(after=after, keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S)
+        ) as events:
+            async for item in events:
+                if isinstance(item, Chunk):
+                    sequence += 1
+                    data = render_chunk(sequence, item)
+                    if data is not None:
+                        yield data
+                elif item is KEEPALIVE:
+                    yield KEEPALIVE_COMMENT
+                elif render_phase is not None and isinstance(item, Phase):
+                    yield render_phase(item)
+        read_to_end = True
+    finally:
+        generation.detach()
+        if on_leave is not None:
+            await asyncio.shield(on_leave(read_to_end))
+    yield render_end(generation)
+
+
+# ------------------------------------------------------------------------------------------------
+# The chat and the widget
+# ------------------------------------------------------------------------------------------------
+def answer_sse(
+    generation: Generation, meta: dict[str, Any], *, after: int = 0
+) -> AsyncGenerator[bytes, None]:
+    """The browser's stream of one answer from chunk ``after`` + 1 (see the module). ``meta``
+    is the ``slipstream.message`` event's object (stored ids, generation id, slot)."""
+    return generation_sse(
+        generation,
+        head=encode_event(json.dumps(meta), event="slipstream.message"),
+        after=after,
+        render_chunk=lambda sequence, chunk: encode_data(chunk.data, id=sequence),
+        render_phase=_phase_event,
+        render_end=_answer_end,
+    )
+
+
+def _phase_event(phase: Phase) -> bytes:
+    return encode_event(json.dumps(phase.as_dict()), event="slipstream.status")
+
+
+def _answer_end(generation: Generation) -> bytes:
+    """``slipstream.done`` (``status``, ``slot``, ``finish_reason``, ``ttft_ms`` in ms,
+    ``tokens_per_s``, ``usage``), then ``[DONE]`` or the error envelope."""
+    done = {
+        "status": generation.status,
+        "slot": generation.slot,
+        "finish_reason": generation.accumulator.finish_reason(),
+        "ttft_ms": generation.ttft_ms,
+        "tokens_per_s": generation.tokens_per_s,
+        "usage": generation.accumulator.usage,
+    }
+    return encode_event(json.dumps(done), event="slipstream.done") + _final(generation)
+
+
+def _final(generation: Generation) -> bytes:
+    if generation.error is not None:
+        return encode_data(json.dumps(generation.error.envelope()))
+    return DONE_EVENT
+
+
+# ------------------------------------------------------------------------------------------------
+# /v1
+# ------------------------------------------------------------------------------------------------
+def api_sse(
+    generation: Generation, rewriter: ChunkRewriter, *, on_leave: LeaveHook
+) -> AsyncGenerator[bytes, None]:
+    """``/v1``'s stream of one completion (see the module). A client that disconnects detaches;
+    as the generation's last subscriber that cancels it, which closes the upstream response."""
+    return generation_sse(
+        generation,
+        render_chunk=lambda _, chunk: rewriter(chunk),
+        render_end=_final,
+        on_leave=on_leave,
+    )
+
+
+class ChunkRewriter:
+    """Makes upstream chunks OpenAI's: one ``chatcmpl-…`` (or ``cmpl-…``) id for the whole
+    stream, ``model`` set to the slot name, ``role`` on each choice's first delta, and the
+    usage-only chunk (``choices: []``) dropped unless the client asked for it with
+    ``stream_options.include_usage`` (Slipstream always asks upstream, to record tokens).
+    Returns the encoded SSE event, or None for a dropped chunk."""
+
+    def __init__(self, *, completion_id: str, model: str, include_usage: bool, chat: bool) -> None:
+        self.completion_id = completion_id
+        self.model = model
+        self._id_json = json.dumps(completion_id)
+        self._model_json = json.dumps(model)
+        self.include_usage = include_usage
+        self.chat = chat
+        self.seen_choices: set[int] = set()
+
+    def __call__(self, chunk: Chunk) -> bytes | None:
+        # The chunk is shared with every subscriber of the generation: copy, never mutate.
+        obj = chunk.obj
+        choices = obj.get("choices")
+        if not choices and obj.get("usage") and not self.include_usage:
+            return None
+        needs_role = (
+            self.chat
+            and choices
+            and any(
+                isinstance(c, dict) and c.get("index", 0) not in self.seen_choices for c in choices
+            )
+        )
+        if not needs_role:
+            fast = self._swap_id_and_model(chunk)
+            if fast is not None:
+                return encode_data(fast)
+        out = {**obj, "id": self.completion_id, "model": self.model}
+        if needs_role and isinstance(choices, list):
+            out["choices"] = [self._with_role(choice) for choice in choices]
+        return encode_data(json.dumps(out, separators=(",", ":"), ensure_ascii=False))
+
+    def _swap_id_and_model(self, chunk: Chunk) -> str | None:
+        """The chunk's own text with its ``id`` and ``model`` values replaced, when each
+        appears exactly once in the compact form ``"id":"…"``; else None (then the chunk is
+        re-serialised). Most chunks take this path: a text replacement instead of a JSON
+        encode per chunk, and the upstream's own bytes for everything else."""
+        data = chunk.data
+        for field, value in (("id", self._id_json), ("model", self._model_json)):
+            current = chunk.obj.get(field)
+            if not isinstance(current, str):
+                return None
+            old = f'"{field}":{json.dumps(current)}'
+            if data.count(old) != 1:
+                return None
+            data = data.replace(old, f'"{field}":{value}')
+        return data
+
+    def _with_role(self, choice: Any) -> Any:
+        if not isinstance(choice, dict):
+            return choice
+        index = choice.get("index", 0)
+        if index in self.seen_choices:
+            return choice
+        self.seen_choices.add(index)
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and "role" not in delta:
+            return {**choice, "delta": {"role": "assistant", **delta}}
+        return choice
