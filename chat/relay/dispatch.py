@@ -231,28 +231,7 @@ async def _run(
     chat = _is_chat(endpoint)
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> None:
-        enforcer = (
-            StopEnforcer(all_stops(cfg, request), chat=chat) if all_stops(cfg, request) else None
-        )
-        stream = await UpstreamStream.open(cfg.backend, endpoint, body)
-        cfg.runtime().call_succeeded()
-        generation.set_phase(Phase(PhaseState.STREAMING, cfg.name))
-        generation.set_slot(cfg.name)
-        try:
-            async with aclosing(stream.chunks()) as chunks:
-                async for chunk in chunks:
-                    if enforcer is None:
-                        generation.publish(chunk)
-                        continue
-                    for out in enforcer.apply(chunk):
-                        generation.publish(out)
-                    if enforcer.done:
-                        break  # the upstream ignored stop: closing it stops the compute
-            if enforcer is not None:
-                for out in enforcer.flush():
-                    generation.publish(out)
-        finally:
-            await stream.aclose()
+        await _relay(generation, cfg, endpoint, body, stops=all_stops(cfg, request), chat=chat)
 
     try:
         await dispatch(
@@ -277,13 +256,57 @@ async def _run(
             RelayError("internal error", status=500, code="internal_error"),
         )
     finally:
-        if key is not None and runtime.coalescing.get(key) is generation:
-            del runtime.coalescing[key]
-        store = shared()
-        if key is not None and store is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(store.unclaim(slot.name, key, generation.id))
+        await _forget(generation, slot.name, runtime=runtime, key=key)
         await asyncio.shield(generation.finish(status, error))
+
+
+async def _relay(
+    generation: Generation,
+    cfg: SlotConfig,
+    endpoint: str,
+    body: dict[str, Any],
+    *,
+    stops: list[str],
+    chat: bool,
+) -> None:
+    """One attempt: open the upstream stream on ``cfg`` and publish its chunks into the
+    generation, ``stops`` enforced. Raises ``RelayError`` (before the first chunk: the
+    dispatcher may retry) or ``MidStreamError``."""
+    stream = await UpstreamStream.open(cfg.backend, endpoint, body)
+    cfg.runtime().call_succeeded()
+    generation.set_phase(Phase(PhaseState.STREAMING, cfg.name))
+    generation.set_slot(cfg.name)
+    try:
+        async with aclosing(stream.chunks()) as chunks:
+            if not stops:
+                async for chunk in chunks:
+                    generation.publish(chunk)
+                return
+            enforcer = StopEnforcer(stops, chat=chat)
+            async for chunk in chunks:
+                for out in enforcer.apply(chunk):
+                    generation.publish(out)
+                if enforcer.done:
+                    break  # the upstream ignored stop: closing it stops the compute
+            for out in enforcer.flush():
+                generation.publish(out)
+    finally:
+        await stream.aclose()
+
+
+async def _forget(
+    generation: Generation, slot_name: str, *, runtime: SlotRuntime, key: str | None
+) -> None:
+    """Take an ended generation out of the single-flight table, and give up its claim across
+    processes."""
+    if key is None:
+        return
+    if runtime.coalescing.get(key) is generation:
+        del runtime.coalescing[key]
+    store = shared()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(store.unclaim(slot_name, key, generation.id))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,44 +454,63 @@ async def _attempts(
     being seen up) holds the request up to ``cold_boot_timeout_s``, then 503 ``slot_warming``;
     transient failures (resets, timeouts, 502/504, refusals of a server never seen up) are
     retried ``max_retries`` times; anything else is raised at once."""
-    retries = 0
-    warm_deadline = time.monotonic() + cfg.cold_boot_timeout_s
+    retries = _Retries(cfg, runtime, generation)
     while True:
-        if runtime.suspect and runtime.state == SlotState.WARMING and generation is not None:
-            generation.set_phase(Phase(PhaseState.WARMING, cfg.name))
-        try:
-            turn = await runtime.take_turn(max(0.0, warm_deadline - time.monotonic()))
-        except TimeoutError:
-            raise _still_warming(cfg, runtime.last_error) from None
+        turn = await retries.take_turn()
         try:
             return await attempt(cfg, body)
         except RelayError as exc:
             if published():
                 raise
-            warming = _warming(exc, runtime)
-            if not warming and not _retryable(exc):
-                raise
-            runtime.call_failed(exc.message, warming=warming)
-            if warming:
-                if time.monotonic() >= warm_deadline:
-                    raise _still_warming(cfg, exc.message) from exc
-                if generation is not None:
-                    generation.set_phase(Phase(PhaseState.WARMING, cfg.name))
-                continue
-            if retries >= cfg.max_retries:
-                runtime.set_state(SlotState.ERROR, exc.message)
-                raise
-            retries += 1
-            delay = max(0.0, runtime.next_call_at - time.monotonic())
-            if generation is not None:
-                generation.set_phase(
-                    Phase(
-                        PhaseState.RETRYING, cfg.name, attempt=retries, retry_in_s=round(delay, 2)
-                    )
-                )
-            logger.info("slot %s: retry %d in %.2f s after %s", cfg.name, retries, delay, exc)
+            retries.after(exc)
         finally:
             runtime.end_turn(turn)
+
+
+class _Retries:
+    """One request's way through a failing slot: its cold-boot deadline and retry count."""
+
+    def __init__(self, cfg: SlotConfig, runtime: SlotRuntime, generation: Generation | None):
+        self.cfg, self.runtime, self.generation = cfg, runtime, generation
+        self.retries = 0
+        self.warm_deadline = time.monotonic() + cfg.cold_boot_timeout_s
+
+    async def take_turn(self) -> int | None:
+        """``SlotRuntime.take_turn`` within the cold-boot deadline. Raises ``RelayError`` 503
+        ``slot_warming`` when the deadline passes first."""
+        if self.runtime.suspect and self.runtime.state == SlotState.WARMING:
+            self._phase(Phase(PhaseState.WARMING, self.cfg.name))
+        try:
+            return await self.runtime.take_turn(max(0.0, self.warm_deadline - time.monotonic()))
+        except TimeoutError:
+            raise _still_warming(self.cfg, self.runtime.last_error) from None
+
+    def after(self, exc: RelayError) -> None:
+        """Count a failed call before any chunk; return to try again, or raise to give up."""
+        warming = _warming(exc, self.runtime)
+        if not warming and not _retryable(exc):
+            raise exc
+        self.runtime.call_failed(exc.message, warming=warming)
+        if warming:
+            if time.monotonic() >= self.warm_deadline:
+                raise _still_warming(self.cfg, exc.message) from exc
+            self._phase(Phase(PhaseState.WARMING, self.cfg.name))
+            return
+        if self.retries >= self.cfg.max_retries:
+            self.runtime.set_state(SlotState.ERROR, exc.message)
+            raise exc
+        self.retries += 1
+        delay = max(0.0, self.runtime.next_call_at - time.monotonic())
+        self._phase(
+            Phase(
+                PhaseState.RETRYING, self.cfg.name, attempt=self.retries, retry_in_s=round(delay, 2)
+            )
+        )
+        logger.info("slot %s: retry %d in %.2f s after %s", self.cfg.name, self.retries, delay, exc)
+
+    def _phase(self, phase: Phase) -> None:
+        if self.generation is not None:
+            self.generation.set_phase(phase)
 
 
 def _still_warming(cfg: SlotConfig, error: str) -> RelayError:

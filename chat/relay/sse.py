@@ -94,19 +94,10 @@ class SSEDecoder:
         """
         if not chunk:
             return []
-        if self._skip_lf:
-            self._skip_lf = False
-            if chunk[0] == 0x0A:
-                chunk = chunk[1:]
-        if self._start:
-            if self._buf:  # only ever a partial BOM
-                chunk = self._buf.pop() + chunk
-            if len(chunk) < 3 and _BOM.startswith(chunk):
-                self._buf.append(chunk)  # maybe a BOM split across chunks: wait for more
+        if self._skip_lf or self._start:
+            chunk = self._prologue(chunk)
+            if not chunk:
                 return []
-            self._start = False
-            if chunk.startswith(_BOM):
-                chunk = chunk[3:]
         end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
         if end < 0:
             self._buf.append(chunk)
@@ -130,6 +121,23 @@ class SSEDecoder:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         return self._lines(text.split("\n"))
 
+    def _prologue(self, chunk: bytes) -> bytes:
+        """A chunk after one that ended with CR, or at the stream's start: drop the LF that
+        completes a CRLF, and one BOM, which may arrive split (b"": wait for more)."""
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+        if not self._start:
+            return chunk
+        if self._buf:  # only ever a partial BOM
+            chunk = self._buf.pop() + chunk
+        if len(chunk) < 3 and _BOM.startswith(chunk):
+            self._buf.append(chunk)  # maybe a BOM split across chunks: wait for more
+            return b""
+        self._start = False
+        return chunk[3:] if chunk.startswith(_BOM) else chunk
+
     def flush(self) -> list[ServerSentEvent]:
         """End of stream: return the last event if one is pending, then reset the decoder.
 
@@ -148,10 +156,8 @@ class SSEDecoder:
         for line in lines:
             if not line:  # blank line: dispatch if the data buffer is not empty
                 if data:
-                    event = self._event or "message"
-                    events.append(ServerSentEvent("\n".join(data), event, self._id, self._retry))
-                    data = self._data = []
-                    self._size = 0
+                    events.append(self._dispatch())
+                    data = self._data
                 self._event, self._id, self._retry = "", None, None
                 continue
             field, _, value = line.partition(":")
@@ -162,16 +168,26 @@ class SSEDecoder:
                 if self._size > self._max:
                     raise SSEDecodeError(f"SSE event data longer than {self._max} characters")
                 data.append(value)
-            elif not field:  # the line starts with ":": a comment
-                continue
-            elif field == "event":
-                self._event = value
-            elif field == "id":
-                if "\0" not in value:
-                    self._id = self.last_event_id = value
-            elif field == "retry" and value.isascii() and value.isdigit():
-                self._retry = int(value)
+            elif field:  # an empty field is a comment (the line starts with ":")
+                self._field(field, value)
         return events
+
+    def _dispatch(self) -> ServerSentEvent:
+        event = ServerSentEvent(
+            "\n".join(self._data), self._event or "message", self._id, self._retry
+        )
+        self._data, self._size = [], 0
+        return event
+
+    def _field(self, field: str, value: str) -> None:
+        """Any field but data; unknown ones are ignored, as the spec says."""
+        if field == "event":
+            self._event = value
+        elif field == "id":
+            if "\0" not in value:
+                self._id = self.last_event_id = value
+        elif field == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
 
 
 def encode_event(data: str, *, event: str | None = None, id: str | None = None) -> bytes:

@@ -121,36 +121,12 @@ class StopEnforcer:
         finishes: list[int] = []
         changed = False
         for choice in choices:
-            if not isinstance(choice, dict):
-                out_choices.append(choice)
-                continue
-            index = choice.get("index", 0)
-            holdback = self.choices.get(index)
-            if holdback is None:
-                holdback = self.choices[index] = StopHoldback(self.stops)
-            if holdback.stopped:  # cut by a stop string: the upstream's tail is dropped
-                changed = True
-                continue
-            text = self._text(choice)
-            emitted = holdback.feed(text) if text else ""
-            upstream_finished = choice.get("finish_reason") is not None
-            if upstream_finished and not holdback.stopped:
-                emitted += holdback.flush()
-            if holdback.stopped:
-                self.finished.add(index)
-                finishes.append(index)
-                changed = True
-                if emitted or self._has_more_than_text(choice):
-                    out_choices.append(self._with_text(choice, emitted, finish_reason=None))
-                continue
-            if upstream_finished:
-                self.finished.add(index)
-            if emitted == text:
-                out_choices.append(choice)
-                continue
-            changed = True
-            if emitted or self._has_more_than_text(choice) or choice.get("finish_reason"):
-                out_choices.append(self._with_text(choice, emitted))
+            kept, choice_changed, stopped = self._apply_choice(choice)
+            changed = changed or choice_changed
+            if kept is not None:
+                out_choices.append(kept)
+            if stopped is not None:
+                finishes.append(stopped)
         out: list[Chunk] = []
         if not changed:
             out.append(chunk)
@@ -159,6 +135,39 @@ class StopEnforcer:
             out.append(Chunk(_dumps(new), new))
         out.extend(self._finish_chunk(index) for index in finishes)
         return out
+
+    def _apply_choice(self, choice: Any) -> tuple[Any, bool, int | None]:
+        """One choice of a chunk: what to pass on (None: nothing), whether that differs from
+        what came, and the choice's index when a stop string has just ended it."""
+        if not isinstance(choice, dict):
+            return choice, False, None
+        index = choice.get("index", 0)
+        holdback = self.choices.get(index)
+        if holdback is None:
+            holdback = self.choices[index] = StopHoldback(self.stops)
+        if holdback.stopped:  # cut by a stop string: the upstream's tail is dropped
+            return None, True, None
+        text = self._text(choice)
+        emitted = holdback.feed(text) if text else ""
+        upstream_finished = choice.get("finish_reason") is not None
+        if upstream_finished and not holdback.stopped:
+            emitted += holdback.flush()
+        if holdback.stopped:
+            self.finished.add(index)
+            return self._cut(choice, emitted), True, index
+        if upstream_finished:
+            self.finished.add(index)
+        if emitted == text:
+            return choice, False, None
+        if emitted or self._has_more_than_text(choice) or choice.get("finish_reason"):
+            return self._with_text(choice, emitted), True, None
+        return None, True, None
+
+    def _cut(self, choice: dict[str, Any], emitted: str) -> dict[str, Any] | None:
+        """The last piece of a choice a stop string ended (its finish chunk follows)."""
+        if emitted or self._has_more_than_text(choice):
+            return self._with_text(choice, emitted, finish_reason=None)
+        return None
 
     def flush(self) -> list[Chunk]:
         """At the end of an upstream stream that never sent a ``finish_reason``: the held text

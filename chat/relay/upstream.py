@@ -281,6 +281,11 @@ class UpstreamStream:
             raise MidStreamError(
                 f"upstream connection lost: {exc or type(exc).__name__}", code=RESET
             ) from exc
+        self._ended_without_done()
+
+    def _ended_without_done(self) -> None:
+        """The body ended before ``[DONE]``: complete when every choice said how it finished
+        (some servers end so), else raise ``MidStreamError`` (empty, or cut off)."""
         if not self.chunk_count:
             # llama-cpp-python answers a streaming context overflow with 200 and an empty body.
             raise MidStreamError(
@@ -293,7 +298,6 @@ class UpstreamStream:
                 "finish_reason): the answer is cut off",
                 code=INCOMPLETE,
             )
-        # No [DONE], but every choice said how it finished (some servers end so): complete.
         self.done = True
 
     def _chunk(self, data: str, event: str) -> Chunk | None:
