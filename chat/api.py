@@ -373,7 +373,7 @@ async def _whole_completion(
 ) -> JsonResponse:
     """A non-streaming call, the upstream's answer passed through with ``id`` and ``model``
     made ours. Raises ``RelayError``."""
-    result = await dispatch.complete(slot_config(slot), call.endpoint, body)
+    result = await dispatch.complete_whole(slot_config(slot), call.endpoint, body)
     result["model"] = slot.name
     result["id"] = _id_prefix(call.endpoint == CHAT) + uuid.uuid4().hex
     await services.api_call_arecord(

@@ -18,7 +18,8 @@ Per request, in order (after hal0's dispatcher):
    (``stops.StopEnforcer``), whether or not the upstream honours them.
 
 Streaming requests become a ``Generation`` run as its own task (``submit``); non-streaming ones
-are one JSON call with the same admission, cold-boot, retry and fallback rules (``complete``).
+are one JSON call with the same admission, cold-boot, retry and fallback rules
+(``complete_whole``); both go through ``with_slot_policy``.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ async def _run(
         await _relay(generation, cfg, endpoint, body, stops=all_stops(cfg, request), chat=chat)
 
     try:
-        await dispatch(
+        await with_slot_policy(
             slot,
             request,
             chat=chat,
@@ -312,7 +313,9 @@ async def _forget(
 # ------------------------------------------------------------------------------------------------
 # Non-streaming
 # ------------------------------------------------------------------------------------------------
-async def complete(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+async def complete_whole(
+    slot: SlotConfig, endpoint: str, request: dict[str, Any]
+) -> dict[str, Any]:
     """A non-streaming call under the same rules as a stream: returns the upstream's JSON
     answer with the stop strings enforced on each choice's text. Raises ``RelayError``."""
     chat = _is_chat(endpoint)
@@ -338,7 +341,7 @@ async def complete(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -> 
         _cut_at_stops(result, all_stops(cfg, request), chat=chat)
         return result
 
-    return await dispatch(
+    return await with_slot_policy(
         slot, request, chat=chat, stream=False, attempt=attempt, published=lambda: False
     )
 
@@ -362,7 +365,7 @@ def _cut_at_stops(result: dict[str, Any], stops: list[str], *, chat: bool) -> No
 # ------------------------------------------------------------------------------------------------
 # The rules both share
 # ------------------------------------------------------------------------------------------------
-async def dispatch(
+async def with_slot_policy(
     slot: SlotConfig,
     request: dict[str, Any],
     *,
