@@ -148,47 +148,58 @@ def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "MISSED")
 
 
-def figures(
-    results: dict[str, dict[str, Any] | None], steps: dict[str, Any]
-) -> list[tuple[str, str, str, str]]:
-    """(figure, value, target, verdict) rows."""
-    out: list[tuple[str, str, str, str]] = []
+Results = dict[str, dict[str, Any] | None]
+Figure = tuple[str, str, str, str]
+
+
+def simulator_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     direct = results["capacity_direct"]
-    if direct:
-        top = max(direct["rows"], key=lambda r: r["streams"])
-        sim = top["processes"]["simulator"]
+    if not direct:
+        return []
+    top = max(direct["rows"], key=lambda r: r["streams"])
+    sim = top["processes"]["simulator"]
+    return [
+        (
+            "simulator alone: capacity",
+            f"{capacity_text(direct)}; at {top['streams']}: d/off "
+            f"{fmt(top['delivered_per_offered'], 3)}, CPU {fmt(sim['cpu_pct'], 0)}%",
+            "not the bottleneck",
+            verdict(direct["capacity_is_lower_bound"]),
+        )
+    ]
+
+
+def latency_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    latency = results["relay_latency"]
+    if not latency:
+        return []
+    out: list[Figure] = []
+    for key, who in (("added", "Slipstream"), ("added_litellm", "LiteLLM")):
+        if key not in latency:
+            continue
+        ttft, itl = latency[key]["ttft_ms"], latency[key]["itl_ms"]
+        mine = key == "added"
         out.append(
             (
-                "simulator alone: capacity",
-                f"{capacity_text(direct)}; at {top['streams']}: d/off "
-                f"{fmt(top['delivered_per_offered'], 3)}, CPU {fmt(sim['cpu_pct'], 0)}%",
-                "not the bottleneck",
-                verdict(direct["capacity_is_lower_bound"]),
+                f"added TTFT p50 / p99, {who} (1 stream)",
+                f"{fmt(ttft['p50'])} / {fmt(ttft['p99'])} ms",
+                "<= 1 / <= 10 ms" if mine else "(peer)",
+                verdict(ttft["p50"] <= 1 and ttft["p99"] <= 10) if mine else "",
             )
         )
-    latency = results["relay_latency"]
-    if latency:
-        for key, who in (("added", "Slipstream"), ("added_litellm", "LiteLLM")):
-            if key not in latency:
-                continue
-            ttft, itl = latency[key]["ttft_ms"], latency[key]["itl_ms"]
-            mine = key == "added"
-            out.append(
-                (
-                    f"added TTFT p50 / p99, {who} (1 stream)",
-                    f"{fmt(ttft['p50'])} / {fmt(ttft['p99'])} ms",
-                    "<= 1 / <= 10 ms" if mine else "(peer)",
-                    verdict(ttft["p50"] <= 1 and ttft["p99"] <= 10) if mine else "",
-                )
+        out.append(
+            (
+                f"added ITL p50 / p99, {who} (1 stream)",
+                f"{fmt(itl['p50'], 3)} / {fmt(itl['p99'])} ms",
+                "p50 <= 0.5 ms" if mine else "(peer)",
+                verdict(itl["p50"] <= 0.5) if mine else "",
             )
-            out.append(
-                (
-                    f"added ITL p50 / p99, {who} (1 stream)",
-                    f"{fmt(itl['p50'], 3)} / {fmt(itl['p99'])} ms",
-                    "p50 <= 0.5 ms" if mine else "(peer)",
-                    verdict(itl["p50"] <= 0.5) if mine else "",
-                )
-            )
+        )
+    return out
+
+
+def delivery_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
     for name, label in (("capacity_v1", "/v1"), ("capacity_chat", "/chat/stream/")):
         row = row_at(results[name], 500)
         if row:
@@ -204,65 +215,89 @@ def figures(
                     verdict(ratio >= 0.98),
                 )
             )
-    v1, peer = results["capacity_v1"], results["capacity_litellm"]
+    return out
+
+
+def capacity_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
     for name, label in (
         ("capacity_v1", "Slipstream /v1"),
         ("capacity_litellm", "LiteLLM"),
         ("capacity_chat", "Slipstream /chat/stream/"),
     ):
-        if results[name]:
-            criteria = results[name]["criteria"]
+        data = results[name]
+        if data:
+            criteria = data["criteria"]
             out.append(
                 (
                     f"capacity, {label}",
-                    capacity_text(results[name]),
+                    capacity_text(data),
                     f"p99 ITL <= {criteria['itl_p99_bound_ms']:g} ms, p99 TTFT <= "
                     f"{criteria['ttft_p99_bound_ms']:g} ms, d/sent and d/off >= "
                     f"{criteria['min_ratio']}, 0 errors",
                     "",
                 )
             )
-    if v1 and peer:
-        mine, theirs = v1["capacity_streams"], peer["capacity_streams"]
-        ratio = mine / theirs if theirs else None
-        value = f"{mine} / {theirs} = {fmt(ratio)}x" if ratio else f"{mine} / {theirs}"
-        if v1["capacity_is_lower_bound"]:
-            value += " (Slipstream's is a lower bound)"
-        out.append(
-            (
-                "capacity Slipstream / LiteLLM at equal p99 ITL",
-                value,
-                ">= 2x",
-                verdict(ratio >= 2 if ratio is not None else None),
-            )
+    return out
+
+
+def peer_ratio_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    v1, peer = results["capacity_v1"], results["capacity_litellm"]
+    if not (v1 and peer):
+        return []
+    mine, theirs = v1["capacity_streams"], peer["capacity_streams"]
+    ratio = mine / theirs if theirs else None
+    value = f"{mine} / {theirs} = {fmt(ratio)}x" if ratio else f"{mine} / {theirs}"
+    if v1["capacity_is_lower_bound"]:
+        value += " (Slipstream's is a lower bound)"
+    return [
+        (
+            "capacity Slipstream / LiteLLM at equal p99 ITL",
+            value,
+            ">= 2x",
+            verdict(ratio >= 2 if ratio is not None else None),
         )
+    ]
+
+
+def db_write_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     chat = results["capacity_chat"]
-    if chat:
-        measured = [r for r in chat["rows"] if r.get("db_writes") and r["completed"]]
-        if measured:
-            row = max(measured, key=lambda r: r["streams"])
-            per = row["db_writes_per_answer"]
-            checkpoints = row.get("db_checkpoint_writes_per_answer", 0)
-            seconds = chat["config"]["tokens"] / chat["config"]["rate"]
-            out.append(
-                (
-                    "DB writes per answer (chat)",
-                    f"{fmt(per)} at {row['streams']} streams: {fmt(per - checkpoints)} fixed + "
-                    f"{fmt(checkpoints)} checkpoints for {seconds:g}-s answers",
-                    "O(1)",
-                    verdict(checkpoints == 0),
-                )
-            )
-    render = results["render"]
-    if render:
-        out.append(
-            (
-                "render: longest main-thread task (median)",
-                f"{fmt(render['longest_task_ms_median'], 1)} ms",
-                "<= 50 ms",
-                verdict(render["meets_target"]),
-            )
+    if not chat:
+        return []
+    measured = [r for r in chat["rows"] if r.get("db_writes") and r["completed"]]
+    if not measured:
+        return []
+    row = max(measured, key=lambda r: r["streams"])
+    per = row["db_writes_per_answer"]
+    checkpoints = row.get("db_checkpoint_writes_per_answer", 0)
+    seconds = chat["config"]["tokens"] / chat["config"]["rate"]
+    return [
+        (
+            "DB writes per answer (chat)",
+            f"{fmt(per)} at {row['streams']} streams: {fmt(per - checkpoints)} fixed + "
+            f"{fmt(checkpoints)} checkpoints for {seconds:g}-s answers",
+            "O(1)",
+            verdict(checkpoints == 0),
         )
+    ]
+
+
+def render_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    render = results["render"]
+    if not render:
+        return []
+    return [
+        (
+            "render: longest main-thread task (median)",
+            f"{fmt(render['longest_task_ms_median'], 1)} ms",
+            "<= 50 ms",
+            verdict(render["meets_target"]),
+        )
+    ]
+
+
+def micro_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    out: list[Figure] = []
     micro = steps.get("micro", {}).get("output", "")
     if match := re.search(r"([\d.]+) µs/event", micro):
         out.append(("SSE decoder cost (in process)", f"{match.group(1)} µs/event", "", ""))
@@ -280,6 +315,24 @@ def figures(
             )
         )
     return out
+
+
+# The summary table's rows, in this order; each gives none when its results are missing.
+FIGURES = (
+    simulator_figures,
+    latency_figures,
+    delivery_figures,
+    capacity_figures,
+    peer_ratio_figures,
+    db_write_figures,
+    render_figures,
+    micro_figures,
+)
+
+
+def figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    """(figure, value, target, verdict) rows."""
+    return [row for rows_of in FIGURES for row in rows_of(results, steps)]
 
 
 def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
@@ -327,7 +380,7 @@ def capacity_rows(results: dict[str, dict[str, Any] | None]) -> list[tuple[str, 
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short sweeps: a smoke run")
     parser.add_argument("--only", nargs="+", choices=STEPS, help="run only these steps")
@@ -338,13 +391,13 @@ def main() -> None:
         default=60,
         help="before each step, wait at most this long for the machine to be < 30%% busy",
     )
-    args = parser.parse_args()
-    harness.RESULTS.mkdir(parents=True, exist_ok=True)
-    log = harness.RESULTS / "run_all.log"
-    log.write_text("")
-    started = time.monotonic()
+    return parser.parse_args()
 
-    waited, load = harness.wait_quiet(args.wait_quiet)
+
+def machine_before(wait_quiet: float) -> tuple[float, tuple[float, float, float]]:
+    """Wait (at most ``wait_quiet`` s) for a quiet machine and report how busy it was: (% of
+    one core busy, the 1/5/15-minute load averages)."""
+    waited, load = harness.wait_quiet(wait_quiet)
     load_avg = os.getloadavg()
     if waited:
         print(f"waited {waited:g} s for the machine to quieten")
@@ -354,13 +407,18 @@ def main() -> None:
     )
     if load > 30:
         print("WARNING: other work is running; every figure below is skewed by it")
+    return load, load_avg
 
-    chosen = [s for s in (args.only or STEPS) if s not in args.skip]
-    lines = commands(args.quick)
+
+def run_steps(
+    chosen: list[str], lines: dict[str, list[list[str]]], log: Path, wait_quiet: float
+) -> tuple[dict[str, Any], Results]:
+    """Run ``chosen`` in order; returns (each step's ``run_step`` record with how busy the
+    machine was and the code it measured, each output's results or None)."""
     steps: dict[str, Any] = {}
-    results: dict[str, dict[str, Any] | None] = {n: None for ns in OUTPUTS.values() for n in ns}
+    results: Results = {n: None for ns in OUTPUTS.values() for n in ns}
     for step in chosen:
-        waited, busy = harness.wait_quiet(args.wait_quiet)
+        waited, busy = harness.wait_quiet(wait_quiet)
         since, code = time.time(), harness.code_version()
         steps[step] = run_step(step, lines[step], log)
         steps[step]["machine_busy_before_pct"] = busy
@@ -372,6 +430,79 @@ def main() -> None:
         steps[step]["ok"] = steps[step]["ok"] or all(results[n] for n in OUTPUTS[step])
         if not steps[step]["ok"]:
             print(f"!!! step {step} failed (exit codes {steps[step]['exit_codes']})")
+    return steps, results
+
+
+def print_capacity_rows(results: Results) -> None:
+    rows = capacity_rows(results)
+    if not rows:
+        return
+    print(
+        "\ncapacity rows (TTFT/ITL ms p50/p99; CPU % of one core over the steady window: "
+        "server = process/main thread, other = everything else on the machine)\n"
+    )
+    print_table(
+        rows,
+        (
+            "target",
+            "streams",
+            "err",
+            "d/sent",
+            "d/off",
+            "ttft",
+            "itl",
+            "sim%",
+            "srv%",
+            "gen%",
+            "other%",
+            "srvMB",
+            "thr",
+            "gc%",
+            "writes",
+            "verdict",
+            "CPU-bound",
+        ),
+    )
+
+
+def print_profile(profile: dict[str, Any] | None) -> None:
+    if not profile or "steady" not in profile:
+        return
+    print(f"\nprofile: daphne under {profile['streams']} /v1 streams, top self time")
+    for item in profile["steady"]["self"][:10]:
+        print(f"  {item['pct']:>5.1f}%  {item['name']}  <- {item['app_caller']}")
+    print("profile: per request (one at a time), top self time")
+    for item in profile["per_request"]["profile"]["self"][:10]:
+        print(f"  {item['pct']:>5.1f}%  {item['name']}  <- {item['app_caller']}")
+    for name, cost in profile["per_request"]["costs"].items():
+        print(f"  CPU per request, {name}: {cost['cpu_ms']} ms")
+
+
+def warn_if_code_changed(steps: dict[str, Any]) -> None:
+    versions = {
+        f"{r['code']['head']}{'+changes' if r['code']['app_changed'] else ''}"
+        for r in steps.values()
+    }
+    if len(versions) > 1:
+        print(
+            "\nWARNING: the application changed during the run; each step measured the code of "
+            "its own start: "
+            + ", ".join(
+                f"{name} {r['code']['head']}{'+changes' if r['code']['app_changed'] else ''}"
+                for name, r in steps.items()
+            )
+        )
+
+
+def main() -> None:
+    args = parse_args()
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    log = harness.RESULTS / "run_all.log"
+    log.write_text("")
+    started = time.monotonic()
+    load, load_avg = machine_before(args.wait_quiet)
+    chosen = [s for s in (args.only or STEPS) if s not in args.skip]
+    steps, results = run_steps(chosen, commands(args.quick), log, args.wait_quiet)
     table = figures(results, steps)
     summary: dict[str, Any] = {
         "quick": args.quick,
@@ -390,57 +521,9 @@ def main() -> None:
         f"{harness.LITELLM_VERSION}; machine busy {load:.0f}% of 200% before the run)\n"
     )
     print_table(table, ("figure", "value", "target", "verdict"))
-    rows = capacity_rows(results)
-    if rows:
-        print(
-            "\ncapacity rows (TTFT/ITL ms p50/p99; CPU % of one core over the steady window: "
-            "server = process/main thread, other = everything else on the machine)\n"
-        )
-        print_table(
-            rows,
-            (
-                "target",
-                "streams",
-                "err",
-                "d/sent",
-                "d/off",
-                "ttft",
-                "itl",
-                "sim%",
-                "srv%",
-                "gen%",
-                "other%",
-                "srvMB",
-                "thr",
-                "gc%",
-                "writes",
-                "verdict",
-                "CPU-bound",
-            ),
-        )
-    profile = results["profile"]
-    if profile and "steady" in profile:
-        print(f"\nprofile: daphne under {profile['streams']} /v1 streams, top self time")
-        for item in profile["steady"]["self"][:10]:
-            print(f"  {item['pct']:>5.1f}%  {item['name']}  <- {item['app_caller']}")
-        print("profile: per request (one at a time), top self time")
-        for item in profile["per_request"]["profile"]["self"][:10]:
-            print(f"  {item['pct']:>5.1f}%  {item['name']}  <- {item['app_caller']}")
-        for name, cost in profile["per_request"]["costs"].items():
-            print(f"  CPU per request, {name}: {cost['cpu_ms']} ms")
-    versions = {
-        f"{r['code']['head']}{'+changes' if r['code']['app_changed'] else ''}"
-        for r in steps.values()
-    }
-    if len(versions) > 1:
-        print(
-            "\nWARNING: the application changed during the run; each step measured the code of "
-            "its own start: "
-            + ", ".join(
-                f"{name} {r['code']['head']}{'+changes' if r['code']['app_changed'] else ''}"
-                for name, r in steps.items()
-            )
-        )
+    print_capacity_rows(results)
+    print_profile(results["profile"])
+    warn_if_code_changed(steps)
     summary["code"] = {name: r["code"] for name, r in steps.items()}
     failed = [s for s, r in steps.items() if not r["ok"]]
     if failed:

@@ -109,32 +109,47 @@ def _find_bad(value: Any, path: list[str | int]) -> EnvelopeError | None:
             return None
         return _bad_string(_path(path), bad.group(), key=False)
     if isinstance(value, dict):
-        for key, item in value.items():
-            bad_key = _UNSTORABLE.search(key)
-            if bad_key is not None:  # named by its object: the key itself cannot be shown
-                return _bad_string(_path(path), bad_key.group(), key=True)
-            path.append(key)
-            error = _find_bad(item, path)
-            if error is not None:
-                return error
-            path.pop()
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            path.append(index)
-            error = _find_bad(item, path)
-            if error is not None:
-                return error
-            path.pop()
-    elif isinstance(value, _BadNumber):
-        where = _path(path)
-        return invalid(
-            f"Invalid value for '{where or 'body'}': {value.text[:40]} is not a number JSON can "
-            "carry (NaN and Infinity are not JSON, RFC 8259 §6; numbers must be finite and "
-            f"integers within ±{MAX_INT}).",
-            param=where or None,
-            code="invalid_value",
-        )
+        return _find_bad_in_object(value, path)
+    if isinstance(value, list):
+        return _find_bad_in_array(value, path)
+    if isinstance(value, _BadNumber):
+        return _bad_number(_path(path), value.text)
     return None
+
+
+def _find_bad_in_object(value: dict[str, Any], path: list[str | int]) -> EnvelopeError | None:
+    """``_find_bad`` for an object: each key, then its value, in order."""
+    for key, item in value.items():
+        bad_key = _UNSTORABLE.search(key)
+        if bad_key is not None:  # named by its object: the key itself cannot be shown
+            return _bad_string(_path(path), bad_key.group(), key=True)
+        path.append(key)
+        error = _find_bad(item, path)
+        if error is not None:
+            return error
+        path.pop()
+    return None
+
+
+def _find_bad_in_array(value: list[Any], path: list[str | int]) -> EnvelopeError | None:
+    """``_find_bad`` for an array: each item, in order."""
+    for index, item in enumerate(value):
+        path.append(index)
+        error = _find_bad(item, path)
+        if error is not None:
+            return error
+        path.pop()
+    return None
+
+
+def _bad_number(where: str, text: str) -> EnvelopeError:
+    return invalid(
+        f"Invalid value for '{where or 'body'}': {text[:40]} is not a number JSON can "
+        "carry (NaN and Infinity are not JSON, RFC 8259 §6; numbers must be finite and "
+        f"integers within ±{MAX_INT}).",
+        param=where or None,
+        code="invalid_value",
+    )
 
 
 def _bad_string(where: str, char: str, *, key: bool) -> EnvelopeError:

@@ -57,6 +57,18 @@ _MALFORMED = b'data: {"choices":[{"delta":{"content":"unterminated\n\n'
 _SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
 
 
+def _fault_steps(cfg: SimConfig) -> frozenset[int]:
+    """The step counts after which some ``*_after`` fault of ``cfg`` fires."""
+    afters = (
+        cfg.drop_after,
+        cfg.error_after,
+        cfg.inject_after,
+        cfg.malformed_after,
+        cfg.stall_after,
+    )
+    return frozenset(after for after in afters if after is not None)
+
+
 def _envelope(message: str, type_: str = "invalid_request_error", code: Any = None) -> Any:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
@@ -340,44 +352,14 @@ class Simulator:
         self._counts["requests"] += 1
         try:
             body, cfg = self._parse(req, chat=chat)
-            if self._is_cold(cfg):
-                await send_json(conn, 503, _LOADING, req.keep_alive)
+            if await self._refuse(conn, req, cfg):
                 return
-            if self._fail_left > 0:
-                self._fail_left -= 1
-                if self.config.fail_with in ("reset", "close"):
-                    hang_up(conn, reset=self.config.fail_with == "reset")
-                    return
-                status = self.config.fail_status
-                message = f"Simulated failure: HTTP {status}"
-                await send_json(
-                    conn,
-                    status,
-                    {"error": {"message": message, "type": "api_error", "code": status}},
-                    req.keep_alive,
-                )
-                return
-            model = body.get("model")
-            model = model if isinstance(model, str) else self.models[0]
-            if cfg.replay is not None:
-                plan, steps, tail = None, iter(self._replay_events(cfg.replay)), b""
-            else:
-                plan = plan_answer(body, cfg, chat=chat, model=model)
-                steps, tail = stream_body(plan)
+            plan, steps, tail = self._plan(body, cfg, chat=chat)
         except RequestError as e:
             await send_json(conn, e.status, e.envelope, req.keep_alive)
             return
         stream = plan is None or bool(body.get("stream"))
-        record: dict[str, Any] = {
-            "id": plan.id if plan else f"replay-{cfg.replay}",
-            "path": req.path,
-            "stream": stream,
-            "started_at": time.monotonic(),
-            "ended_at": None,
-            "cancelled_at": None,
-            "outcome": "active",
-        }
-        self._history.append(record)
+        record = self._record(req, cfg, plan, stream=stream)
         self._active += 1
         task = asyncio.current_task()
         assert task is not None
@@ -399,6 +381,61 @@ class Simulator:
             await conn.unwatch()
             self._active -= 1
             record["ended_at"] = time.monotonic()
+        self._count_outcome(conn, record, outcome)
+
+    async def _refuse(self, conn: Conn, req: Request, cfg: SimConfig) -> bool:
+        """Answer instead of generating while cold (503) or while ``fail_requests`` lasts (its
+        ``fail_status``, or a hang-up); whether it answered."""
+        if self._is_cold(cfg):
+            await send_json(conn, 503, _LOADING, req.keep_alive)
+            return True
+        if self._fail_left <= 0:
+            return False
+        self._fail_left -= 1
+        if self.config.fail_with in ("reset", "close"):
+            hang_up(conn, reset=self.config.fail_with == "reset")
+            return True
+        status = self.config.fail_status
+        message = f"Simulated failure: HTTP {status}"
+        await send_json(
+            conn,
+            status,
+            {"error": {"message": message, "type": "api_error", "code": status}},
+            req.keep_alive,
+        )
+        return True
+
+    def _plan(
+        self, body: dict[str, Any], cfg: SimConfig, *, chat: bool
+    ) -> tuple[Plan | None, Iterator[bytes], bytes]:
+        """(plan, steps, tail): the answer's plan (None for a replay), its paced steps and the
+        bytes after the last one. ``RequestError`` for a missing replay file."""
+        if cfg.replay is not None:
+            return None, iter(self._replay_events(cfg.replay)), b""
+        model = body.get("model")
+        model = model if isinstance(model, str) else self.models[0]
+        plan = plan_answer(body, cfg, chat=chat, model=model)
+        steps, tail = stream_body(plan)
+        return plan, steps, tail
+
+    def _record(
+        self, req: Request, cfg: SimConfig, plan: Plan | None, *, stream: bool
+    ) -> dict[str, Any]:
+        """A new ``history`` record (see ``stats``), appended as active."""
+        record: dict[str, Any] = {
+            "id": plan.id if plan else f"replay-{cfg.replay}",
+            "path": req.path,
+            "stream": stream,
+            "started_at": time.monotonic(),
+            "ended_at": None,
+            "cancelled_at": None,
+            "outcome": "active",
+        }
+        self._history.append(record)
+        return record
+
+    def _count_outcome(self, conn: Conn, record: dict[str, Any], outcome: str) -> None:
+        """Count a finished answer's ``outcome`` in ``stats`` and its ``history`` record."""
         record["outcome"] = outcome
         if outcome == "cancelled":
             self._counts["cancelled"] += 1
@@ -406,7 +443,7 @@ class Simulator:
             self._cancel_times.append(record["cancelled_at"])
         elif outcome == "completed":
             self._counts["completed"] += 1
-        logger.debug("simulator %s %s: %s", req.path, record["id"], outcome)
+        logger.debug("simulator %s %s: %s", record["path"], record["id"], outcome)
 
     async def _wait_until(self, conn: Conn, due: float, ping_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -430,45 +467,23 @@ class Simulator:
         """Headers at once, then the first step at t0 + ttft and one step per 1/tokens_per_s,
         on an absolute schedule so a slow wakeup does not push every later token back."""
         loop = asyncio.get_running_loop()
-        if cfg.close_delimited:
-            conn.chunked = False
-        keep_alive = req.keep_alive and not cfg.close_delimited
-        conn.writer.write(
-            response_head(
-                200, _SSE_HEADERS, keep_alive=keep_alive, length=None, chunked=conn.chunked
-            )
-        )
-        self._counts["streams_started"] += 1
+        self._send_head(conn, req, cfg)
         due = t0 + cfg.ttft_ms / 1000
         await self._wait_until(conn, due, cfg.keepalive_comment_s)
         interval = 1 / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
+        # One set lookup per step instead of a comparison per fault: this loop paces the
+        # benchmark's upstream (bench/simulator_capacity.py), so it stays this small.
+        fault_steps = _fault_steps(cfg)
         sent = 0
         while True:
             data = next(steps, None)
-            if sent == cfg.drop_after:
-                await conn.unwatch()  # our own close is not the client leaving
-                conn.writer.close()  # FIN after what was written; no last-chunk
-                return "dropped"
-            if sent == cfg.error_after:
-                error = _envelope(
-                    f"Simulated upstream error after {sent} tokens.", "server_error", "sim_error"
-                )
-                conn.send(event(error))
-                conn.end()
-                await conn.writer.drain()
-                return "error"
-            if sent == cfg.inject_after:
-                conn.send(b"data: " + cfg.inject_data.encode() + b"\n\n")
-            if sent == cfg.malformed_after:
-                if data is None:
-                    tail = _MALFORMED + tail
-                else:
-                    data = _MALFORMED + data
+            if sent in fault_steps:
+                outcome, data, tail, stalled = await self._fault(conn, cfg, sent, data, tail)
+                if outcome is not None:
+                    return outcome
+                due += stalled
             if data is None:
                 break
-            if sent == cfg.stall_after:
-                await self._wait_until(conn, loop.time() + cfg.stall_s, cfg.keepalive_comment_s)
-                due += cfg.stall_s
             if sent:
                 due += interval
                 if (delay := due - loop.time()) > 0:
@@ -478,6 +493,55 @@ class Simulator:
             conn.send(data)
             await conn.writer.drain()
             sent += 1
+        return await self._send_tail(conn, cfg, tail)
+
+    def _send_head(self, conn: Conn, req: Request, cfg: SimConfig) -> None:
+        """The SSE response's head: chunked, or close-delimited when ``cfg.close_delimited``."""
+        if cfg.close_delimited:
+            conn.chunked = False
+        keep_alive = req.keep_alive and not cfg.close_delimited
+        conn.writer.write(
+            response_head(
+                200, _SSE_HEADERS, keep_alive=keep_alive, length=None, chunked=conn.chunked
+            )
+        )
+        self._counts["streams_started"] += 1
+
+    async def _fault(
+        self, conn: Conn, cfg: SimConfig, sent: int, data: bytes | None, tail: bytes
+    ) -> tuple[str | None, bytes | None, bytes, float]:
+        """The faults due after ``sent`` steps, in this order: drop, error, inject, malformed,
+        stall. ``data`` is the next step (None once the answer is spent: a malformed line then
+        goes before the tail, and a stall does not happen). Returns (the outcome when the
+        stream ends here, else None; ``data`` and ``tail``, corrupted or not; seconds stalled,
+        which push every later step back)."""
+        if sent == cfg.drop_after:
+            await conn.unwatch()  # our own close is not the client leaving
+            conn.writer.close()  # FIN after what was written; no last-chunk
+            return "dropped", data, tail, 0.0
+        if sent == cfg.error_after:
+            error = _envelope(
+                f"Simulated upstream error after {sent} tokens.", "server_error", "sim_error"
+            )
+            conn.send(event(error))
+            conn.end()
+            await conn.writer.drain()
+            return "error", data, tail, 0.0
+        if sent == cfg.inject_after:
+            conn.send(b"data: " + cfg.inject_data.encode() + b"\n\n")
+        if sent == cfg.malformed_after:
+            if data is None:
+                tail = _MALFORMED + tail
+            else:
+                data = _MALFORMED + data
+        if data is None or sent != cfg.stall_after:
+            return None, data, tail, 0.0
+        loop = asyncio.get_running_loop()
+        await self._wait_until(conn, loop.time() + cfg.stall_s, cfg.keepalive_comment_s)
+        return None, data, tail, cfg.stall_s
+
+    async def _send_tail(self, conn: Conn, cfg: SimConfig, tail: bytes) -> str:
+        """The bytes after the last step and the end of the body; "completed"."""
         conn.send(tail)
         conn.end()
         await conn.writer.drain()

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from chat.bootstrap import bootstrap
+from chat.bootstrap import BootstrapResult, bootstrap
 from chat.models import Message
 
 
@@ -27,23 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 
     def handle(self, *args: Any, **options: Any) -> None:
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("collectstatic", interactive=False, verbosity=0)
-        result = bootstrap()
-        if not settings.REDIS_URL:
-            # One process, just starting: nothing can still be streaming. (With REDIS_URL other
-            # processes may be; the sweeper in each process marks only the orphans.)
-            interrupted = Message.objects.filter(status=Message.Status.STREAMING).update(
-                status=Message.Status.INTERRUPTED
-            )
-            if interrupted:
-                self.stdout.write(f"Marked {interrupted} unfinished answers as interrupted.")
-        if result.admin_username:
-            self.stdout.write(f"Created the admin account {result.admin_username!r}.")
-            if result.admin_password:
-                self.stdout.write(
-                    self.style.WARNING(f"Its password, shown this once: {result.admin_password}")
-                )
+        result = self._prepare()
         children: list[subprocess.Popen[bytes]] = []
         if result.uses_simulator:
             children.append(self._start_simulator())
@@ -62,6 +46,32 @@ class Command(BaseCommand):
             )
         )
         self.stdout.write(f"Slipstream: http://{options['host']}:{options['port']}/")
+        self._supervise(children)
+
+    def _prepare(self) -> BootstrapResult:
+        """Migrate, collect static files, bootstrap; report what that created or marked."""
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        result = bootstrap()
+        if not settings.REDIS_URL:
+            # One process, just starting: nothing can still be streaming. (With REDIS_URL other
+            # processes may be; the sweeper in each process marks only the orphans.)
+            interrupted = Message.objects.filter(status=Message.Status.STREAMING).update(
+                status=Message.Status.INTERRUPTED
+            )
+            if interrupted:
+                self.stdout.write(f"Marked {interrupted} unfinished answers as interrupted.")
+        if result.admin_username:
+            self.stdout.write(f"Created the admin account {result.admin_username!r}.")
+            if result.admin_password:
+                self.stdout.write(
+                    self.style.WARNING(f"Its password, shown this once: {result.admin_password}")
+                )
+        return result
+
+    def _supervise(self, children: list[subprocess.Popen[bytes]]) -> None:
+        """Wait until a child exits, SIGTERM or Ctrl-C; then stop every child (5 s each before
+        a kill)."""
 
         def stop(signum: int, frame: object) -> None:
             raise KeyboardInterrupt
