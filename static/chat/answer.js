@@ -29,25 +29,65 @@ export function showStatus(view, text) {
   line.textContent = text;
 }
 
+/** The pauses (ms) before each try to resume a dropped answer; then it is an error. */
+export const RESUME_DELAYS_MS = [250, 500, 1000];
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal?.aborted) {
+      resolve();
+      return;
+    }
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
 /**
  * Stream one answer into `view` and finish it.
+ *
+ * With `resumeUrl`, a connection that drops mid-answer (a network error while reading, or a
+ * body that ends early) is resumed: after a short pause, GET `resumeUrl(generationId, after)`,
+ * where `after` is the sequence number (the SSE `id`) of the last chunk rendered, so the
+ * server sends only what follows and the text on screen stays as it is. Up to
+ * `resumeDelaysMs.length` tries in a row, each after its pause; a try that brings a chunk
+ * starts the count again. Only the chat passes `resumeUrl`: its answers run on without a
+ * reader, whereas the widget's server cancels an answer whose stream closes.
  * @param {AnswerView} view
  * @param {string} url  POST target, or a resume URL when `payload` is null (GET)
  * @param {object|null} payload
  * @param {{csrfToken?: string, headers?: object, signal: AbortSignal,
- *          onMessage?: (meta: object) => void}} options  onMessage gets `slipstream.message`
+ *          onMessage?: (meta: object) => void,
+ *          resumeUrl?: (generationId: string, after: number) => string,
+ *          resumeDelaysMs?: number[]}} options
+ *   onMessage gets `slipstream.message` (each connection sends one)
  * @returns {Promise<string>} the final status: complete, stopped or error
  */
-export async function playAnswer(view, url, payload, { csrfToken, headers, signal, onMessage }) {
+export async function playAnswer(
+  view, url, payload,
+  { csrfToken, headers, signal, onMessage, resumeUrl, resumeDelaysMs = RESUME_DELAYS_MS },
+) {
   let done = {};
   let error = null;
-  const outcome = await streamAnswer(url, payload, {
+  let dropped = null; // why the last connection failed
+  let generationId = null;
+  let sequence = 0; // the SSE id of the last chunk rendered
+  let tries = 0;
+  const handlers = {
     csrfToken,
     headers,
     signal,
     onMeta(name, data) {
       if (name === "slipstream.message") {
+        generationId = data.generation_id;
         view.article.dataset.messageId = data.assistant_message_id;
+        showStatus(view, "");
         onMessage?.(data);
       } else if (name === "slipstream.status") {
         showStatus(view, statusText(data));
@@ -55,20 +95,41 @@ export async function playAnswer(view, url, payload, { csrfToken, headers, signa
         done = data;
       }
     },
-    onChunk(chunk) {
+    onChunk(chunk, id) {
+      if (id && id <= sequence) return; // rendered already (never sent twice, but cheap)
+      if (id) sequence = id;
+      tries = 0;
       const delta = chunk.choices?.[0]?.delta;
       if (delta) view.applyDelta(delta);
     },
     onGone(stored) {
-      // Ended before we reattached: show it as stored.
+      // Ended before we reattached: show it as stored, in place of what we had of it.
+      view.reset();
       view.applyDelta({ reasoning_content: stored.reasoning || "", content: stored.content || "" });
+      for (const [index, call] of (stored.tool_calls || []).entries()) {
+        view.applyDelta({ tool_calls: [{ index, ...call }] });
+      }
       done = stored;
       if (stored.error) error = stored.error.error?.message || "The answer failed.";
+    },
+    onDrop(message) {
+      dropped = message;
     },
     onError(envelope) {
       error = envelope?.error?.message || "The answer failed.";
     },
-  });
+  };
+  let outcome = await streamAnswer(url, payload, handlers);
+  while (outcome === "dropped" && resumeUrl && generationId && tries < resumeDelaysMs.length) {
+    showStatus(view, "Reconnecting…");
+    await pause(resumeDelaysMs[tries++], signal);
+    if (signal?.aborted) {
+      outcome = "aborted";
+      break;
+    }
+    outcome = await streamAnswer(resumeUrl(generationId, sequence), null, handlers);
+  }
+  if (outcome === "dropped") error = dropped;
   showStatus(view, "");
   const status = outcome === "aborted" ? "stopped" : error ? "error" : done.status || "complete";
   view.finish({ ...done, status, error });

@@ -134,12 +134,24 @@ document.body.addEventListener("htmx:afterSwap", (event) => {
   if (event.target === messages) hydrateAnswers(messages);
 });
 
+/** Where to read an answer from after its chunk number ``after`` (its SSE ``id``). */
+function resumeUrl(id, after) {
+  return generationUrl(id, `?after=${after}`);
+}
+
 /** Reattach to an answer that was streaming when the page loaded (a reload, a second tab). */
 async function resume(article) {
+  // The page shows the text of the answer's last checkpoint, which matches no chunk number, so
+  // the answer is read again from its first chunk into an empty view (after=0): the server
+  // keeps every chunk of a generation while it is findable, and the burst of buffered chunks is
+  // drawn once per animation frame. Resuming after N across a reload would mean keeping N with
+  // the answer's raw state (content before <think> splitting, tool-call fragments) per
+  // generation in sessionStorage, in step with every chunk: more to get wrong than the re-read
+  // costs. Within a page's life, a dropped connection resumes after the last chunk rendered.
   const view = new AnswerView(article.querySelector(".role")?.textContent || "");
   view.article.dataset.messageId = article.dataset.messageId;
   article.replaceWith(view.article);
-  await runAnswer(view, generationUrl(article.dataset.generationId, "?after=0"), null);
+  await runAnswer(view, resumeUrl(article.dataset.generationId, 0), null);
 }
 
 /** Stream one answer into ``view``: a POST of a new message, or a GET resuming one. */
@@ -160,6 +172,7 @@ async function runAnswer(view, url, payload) {
   const status = await playAnswer(view, url, payload, {
     csrfToken,
     signal: controller.signal,
+    resumeUrl,
     onMessage(data) {
       generationId = data.generation_id;
       if (stopPending) {

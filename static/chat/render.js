@@ -111,6 +111,25 @@ export class AnswerView {
     return view;
   }
 
+  /** Forget what a streaming answer showed (its text is about to be replaced whole, e.g. by
+   * the stored message after a resume came too late). */
+  reset() {
+    this.answer = new AnswerAccumulator();
+    this.blocks = new BlockSplitter();
+    this.reasoningBox?.remove();
+    this.reasoningBox = this.reasoningText = null;
+    this.toolBox?.remove();
+    this.toolBox = null;
+    this.toolViews.clear();
+    this.tail = el("div", "md-block");
+    this.tail.append(this.cursor);
+    this.content.replaceChildren(this.tail);
+    this.answerBegun = false;
+    this.pendingContent = this.pendingReasoning = "";
+    this.pendingTools.clear();
+    this.renderedTail = null;
+  }
+
   /** Fold in one `choices[0].delta`: content, reasoning (any field), tool-call fragments. */
   applyDelta(delta) {
     const added = this.answer.apply(delta);

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-import time
+from typing import Any
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
@@ -22,6 +21,22 @@ def sign_in(page: Page, base_url: str) -> None:
     expect(page.locator("#chat")).to_have_attribute("data-ready", "true")
 
 
+_SHOWN = """n => {
+  const answer = [...document.querySelectorAll("article.message.assistant")].at(-1);
+  const text = answer?.querySelector(".content")?.innerText || "";
+  const words = text.split(/\\s+/).filter(Boolean).length;
+  const status = answer?.dataset.status;
+  return (words >= n || (status && status !== "streaming")) && {words, status};
+}"""
+
+
+def shown_words(page: Page, n: int) -> dict[str, Any]:
+    """Wait until the last answer shows at least ``n`` words or has ended, checked at every
+    animation frame; returns ``{"words", "status"}`` as they were in that frame."""
+    shown: dict[str, Any] = page.wait_for_function(_SHOWN, arg=n).json_value()
+    return shown
+
+
 def test_answer_streams_with_cursor_and_survives_reload(
     browser_context: BrowserContext, server, slot, sim, user
 ) -> None:
@@ -35,13 +50,11 @@ def test_answer_streams_with_cursor_and_survives_reload(
     expect(answer.locator(".typing-cursor")).to_be_visible()
     expect(page.get_by_role("button", name="Stop")).to_be_visible()
 
-    samples: list[int] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and answer.get_attribute("data-status") == "streaming":
-        samples.append(len(answer.locator(".content").inner_text()))
-        page.wait_for_timeout(250)
-    growth = [b for a, b in itertools.pairwise(samples) if b > a]
-    assert len(growth) >= 3, samples
+    # Seen three times with more words than before, each time still streaming and short of 60.
+    seen = [shown_words(page, 1)]
+    while len(seen) < 3:
+        seen.append(shown_words(page, seen[-1]["words"] + 1))
+    assert all(s["status"] == "streaming" and s["words"] < 60 for s in seen), seen
 
     expect(answer).to_have_attribute("data-status", "complete")
     expect(answer.locator(".typing-cursor")).to_have_count(0)
@@ -74,13 +87,10 @@ def test_stop_keeps_the_partial_answer(
     page.get_by_role("textbox", name="Message").press("Enter")
     answer = page.locator("article.message.assistant").last
     expect(answer.locator(".content")).to_contain_text(" ", timeout=5000)
-    page.wait_for_timeout(500)
+    shown_words(page, 10)
     page.get_by_role("button", name="Stop").click()
     expect(answer).to_have_attribute("data-status", "stopped")
-    deadline = time.monotonic() + 2
-    while sim.stats()["cancelled"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert sim.stats()["cancelled"] == 1
+    assert sim.wait_for(lambda s: s["cancelled"] >= 1, timeout_s=2)["cancelled"] == 1
     page.reload()
     stored = page.locator("article.message.assistant").last
     expect(stored).to_have_attribute("data-status", "stopped")

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from chat.models import Message
-from tests.e2e.test_chat import sign_in
+from tests.e2e.test_chat import shown_words, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -37,7 +37,7 @@ def test_reload_mid_stream_resumes_the_same_answer(
     send(page, "Tell me a long story")
     answer = page.locator("article.message.assistant").last
     expect(answer.locator(".content")).to_contain_text(re.compile(r"\w+ \w+"))
-    page.wait_for_timeout(800)  # ~20 words in
+    assert shown_words(page, 20)["status"] == "streaming"  # 20 of 80 words in
     page.reload()
     resumed = page.locator("article.message.assistant").last
     expect(resumed).to_have_attribute("data-status", "streaming")

@@ -145,9 +145,11 @@ def test_an_origin_not_on_the_list_cannot_frame_or_call_it(
     )
     page = browser.new_context().new_page()
     page.goto(embed(other_host, server, widget))
-    page.get_by_role("button", name="Ask us").click()
+    # The browser says so when it refuses to frame the page: Chromium logs the CSP violation.
+    with page.expect_console_message(lambda message: "frame-ancestors" in message.text) as refusal:
+        page.get_by_role("button", name="Ask us").click()
+    assert f'"frame-ancestors {host.origin}"' in refusal.value.text, refusal.value.text
     expect(page.locator("iframe[data-slipstream-panel]")).to_have_count(1)
-    page.wait_for_timeout(500)
     frame = page.frame_locator("iframe[data-slipstream-panel]")
     expect(frame.locator("#widget")).to_have_count(0)  # the browser refused to show it
 
