@@ -9,7 +9,6 @@ from django.utils.html import format_html
 
 from chat import services
 from chat.models import ApiCall, ApiKey, Backend, Conversation, Message, Slot, Widget
-from chat.widget import embed_snippets
 
 
 class SlotStateMixin:
@@ -150,7 +149,7 @@ class WidgetAdmin(admin.ModelAdmin[Widget]):
         """Paste either into a page on an allowed origin."""
         if widget.pk is None:
             return "Saved widgets show their snippet here."
-        snippets = embed_snippets(widget, self._request.build_absolute_uri("/"))
+        snippets = widget.embed_snippets(base_url=self._request.build_absolute_uri("/"))
         return format_html(
             "<p>A launcher button (recommended):</p><pre>{}</pre>"
             "<p>Or a plain frame:</p><pre>{}</pre>",

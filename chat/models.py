@@ -17,6 +17,8 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
+from django.urls import reverse
+from django.utils.html import escape
 
 from chat.relay.generation import Status as GenerationStatus
 from chat.relay.slots import SlotState
@@ -220,6 +222,19 @@ class Widget(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def embed_snippets(self, *, base_url: str) -> dict[str, str]:
+        """The two ways to embed this widget into a page, as the admin shows them:
+        ``{"script": <script> tag, "iframe": <iframe> tag}``, on the site at ``base_url``."""
+        page_url = base_url.rstrip("/") + reverse("widget:page", args=[self.public_key])
+        script_url = base_url.rstrip("/") + reverse("widget:embed", args=[self.public_key])
+        return {
+            "script": f'<script src="{script_url}" async></script>',
+            "iframe": (
+                f'<iframe src="{page_url}" title="{escape(self.title)}" '
+                'style="width:380px;height:560px;border:0"></iframe>'
+            ),
+        }
 
     def origins(self) -> list[str]:
         """The allowed origins, normalised (no trailing slash, lower-case scheme and host)."""

@@ -138,19 +138,6 @@ def embed_js(request: HttpRequest, key: str) -> HttpResponse:
     return response
 
 
-def embed_snippets(widget: Widget, base_url: str) -> dict[str, str]:
-    """The two ways to embed a widget, as the admin shows them."""
-    page_url = base_url.rstrip("/") + reverse("widget:page", args=[widget.public_key])
-    script_url = base_url.rstrip("/") + reverse("widget:embed", args=[widget.public_key])
-    return {
-        "script": f'<script src="{script_url}" async></script>',
-        "iframe": (
-            f'<iframe src="{page_url}" title="{widget.title}" '
-            'style="width:380px;height:560px;border:0"></iframe>'
-        ),
-    }
-
-
 # ------------------------------------------------------------------------------------------------
 # The visitor API
 # ------------------------------------------------------------------------------------------------
