@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from django import forms
-from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
 from chat import services
@@ -32,13 +35,48 @@ class SlotInline(SlotStateMixin, admin.TabularInline[Slot, Backend]):
     show_change_link = True
 
 
+class BackendForm(forms.ModelForm[Backend]):
+    """The API key is write-only: the form says whether one is set, never what it is (not even
+    in the input's value); a new value replaces it, an empty one keeps it."""
+
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
+    clear_api_key = forms.BooleanField(label="Remove the API key", required=False)
+
+    class Meta:
+        model = Backend
+        # BackendAdmin's fieldsets choose the model's fields and the admin builds them, with
+        # its widgets; api_key_encrypted is not editable, so never among them.
+        fields = ("name",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        state = "set" if self.instance.has_api_key else "not set"
+        self.fields["api_key"].help_text = (
+            f"Currently {state}. Sent as a Bearer token; stored encrypted. Type a new key to "
+            "replace it; leave empty to keep it."
+        )
+
+    def save(self, commit: bool = True) -> Backend:
+        if self.cleaned_data.get("clear_api_key"):
+            self.instance.set_api_key("")
+        elif self.cleaned_data.get("api_key"):
+            self.instance.set_api_key(self.cleaned_data["api_key"])
+        return super().save(commit)
+
+
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin[Backend]):
-    list_display = ("name", "base_url", "max_concurrency", "read_timeout_s", "created_at")
+    form = BackendForm
+    list_display = ("name", "base_url", "api_key_set", "max_concurrency", "created_at")
     search_fields = ("name", "base_url")
     inlines = [SlotInline]
     fieldsets = (
-        (None, {"fields": ("name", "base_url", "api_key")}),
+        (None, {"fields": ("name", "base_url", "api_key", "clear_api_key")}),
         (
             "Limits",
             {
@@ -52,6 +90,10 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
             },
         ),
     )
+
+    @admin.display(description="API key", boolean=True)
+    def api_key_set(self, backend: Backend) -> bool:
+        return backend.has_api_key
 
 
 @admin.register(Slot)
@@ -135,7 +177,20 @@ class WidgetAdmin(admin.ModelAdmin[Widget]):
         (None, {"fields": ("name", "slot", "enabled", "public_key", "embed_snippet")}),
         ("Look", {"fields": ("title", "accent_color", "greeting")}),
         ("Answers", {"fields": ("system_prompt",)}),
-        ("Access", {"fields": ("allowed_origins", "rate_per_minute", "rate_per_day")}),
+        ("Access", {"fields": ("allowed_origins", "visitor_days")}),
+        (
+            "Limits",
+            {
+                "description": "Each answers 429 once reached. A new visitor is one request "
+                "away, so the per-visitor limits hold only beside the others.",
+                "fields": (
+                    ("rate_per_minute", "rate_per_day"),
+                    ("ip_rate_per_minute", "ip_rate_per_day"),
+                    "daily_cap",
+                    ("ip_visitors_per_hour", "visitors_per_hour"),
+                ),
+            },
+        ),
     )
 
     def get_form(
@@ -192,6 +247,12 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         "revoked_at",
     )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A new raw key, from save_model to response_add of the same request. Never through
+        # the messages framework: its cookie is signed, not encrypted (issue 16).
+        self._new_raw_keys: WeakKeyDictionary[HttpRequest, str] = WeakKeyDictionary()
+
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
@@ -201,7 +262,26 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
             user=obj.user, name=obj.name, store_conversations=obj.store_conversations
         )
         obj.pk, obj.prefix, obj.digest = key.pk, key.prefix, key.digest
-        messages.warning(request, f"The new key, shown this once: {raw}")
+        self._new_raw_keys[request] = raw
+
+    def response_add(
+        self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        """The new key, shown once in the response to the POST that made it (no redirect, so
+        it is in no URL, cookie or session), and never stored by a cache."""
+        raw = self._new_raw_keys.pop(request, None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key created",
+            "opts": self.opts,
+            "key": obj,
+            "raw_key": raw,
+        }
+        response = TemplateResponse(request, "admin/chat/apikey/created.html", context)
+        add_never_cache_headers(response)
+        return response
 
 
 @admin.register(ApiCall)

@@ -13,6 +13,8 @@ The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one
 - ``resume``: the running generation of a message, from this process or (with ``REDIS_URL``)
   mirrored from the process that runs it.
 - ``stop``: end an answer, here or in the process that runs it.
+- Widgets switched off: a widget's answers in flight are stopped once it is disabled (polled by
+  each process that runs some, every ``WIDGET_WATCH_S``).
 - ``record_api_call``: a ``/v1`` call's record, and its conversation when the key keeps them.
 - ``sweep_forever``: mark ``interrupted`` the answers whose process died.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,6 +38,7 @@ from chat import selectors, services
 from chat.http import Refusal, invalid
 from chat.models import ApiKey, Conversation, Message, Slot, Widget
 from chat.relay import dispatch
+from chat.relay.background import spawn
 from chat.relay.generation import Generation, Status, find
 from chat.relay.shared import shared
 from chat.slotconfig import slot_config
@@ -46,6 +50,9 @@ MAX_MESSAGE_CHARS = 100_000
 # usually within milliseconds; after this long, with the message as it stands.
 STOP_WAIT_S = 5.0
 SWEEP_EVERY_S = 2.0
+# How often a process running widget answers checks whether their widgets were disabled: the
+# README promises a switched-off widget stops answering at once (issue 16, finding 7).
+WIDGET_WATCH_S = 0.25
 
 # Message ids whose answer each running generation of this process stores (see the module).
 _owners: dict[str, set[int]] = {}
@@ -137,9 +144,11 @@ async def start_widget_answer(
     user_message = await services.message_acreate_user(
         conversation=conversation, content=content, parent=thread[-1] if thread else None
     )
-    return await _answer(
+    started = await _answer(
         conversation, slot, user_message, [*thread, user_message], keep_running=False
     )
+    _watch_widget_answer(started)
+    return started
 
 
 def check_message(content: str | None) -> str:
@@ -338,6 +347,60 @@ async def _stored(message: Message) -> Message:
         if asyncio.get_running_loop().time() >= deadline:
             return message
         await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# Widgets switched off
+# ------------------------------------------------------------------------------------------------
+# A widget is disabled by a write anywhere: the admin's form in any process, its list's bulk
+# edit (a QuerySet.update, which sends no signal), a shell. So rather than hear of it, each
+# process polls for it, only while it runs widget answers: one indexed query per loop every
+# WIDGET_WATCH_S, however many answers run, and nothing when none do. The stop itself is
+# ``stop``'s: the generation is cancelled (the upstream closed), the answer stored ``stopped``,
+# and the visitor's stream ends with that status. Per event loop, as generations are.
+_widget_answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[int]] = (
+    weakref.WeakKeyDictionary()
+)
+_widget_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watch_widget_answer(started: Started) -> None:
+    """Watch ``started`` (a widget answer) until its generation ends."""
+    loop = asyncio.get_running_loop()
+    running = _widget_answers.setdefault(loop, set())
+    message_id = started.assistant.pk
+
+    async def unwatch(_: Generation) -> None:
+        running.discard(message_id)
+
+    if not started.generation.add_finish_callback(unwatch):
+        return  # already over
+    running.add(message_id)
+    watcher = _widget_watchers.get(loop)
+    if watcher is None or watcher.done():
+        _widget_watchers[loop] = spawn(_watch_widgets(running))
+
+
+async def _watch_widgets(running: set[int]) -> None:
+    """Every ``WIDGET_WATCH_S`` while ``running`` (answer ids) has any: ``stop`` those whose
+    widget is disabled."""
+    while running:
+        await asyncio.sleep(WIDGET_WATCH_S)
+        try:
+            switched_off = await selectors.message_alist_switched_off(message_ids=set(running))
+            if switched_off:
+                logger.info(
+                    "stopping %d answers of disabled widgets: messages %s",
+                    len(switched_off),
+                    [message.pk for message in switched_off],
+                )
+                await asyncio.gather(*(stop(message=message) for message in switched_off))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("checking for disabled widgets failed")
 
 
 # ------------------------------------------------------------------------------------------------

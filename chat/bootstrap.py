@@ -49,9 +49,9 @@ def bootstrap() -> BootstrapResult:
     slot_created = False
     if not Slot.objects.exists():
         if settings.LLM_BASE_URL:
-            backend = Backend.objects.create(
-                name="upstream", base_url=settings.LLM_BASE_URL, api_key=settings.LLM_API_KEY
-            )
+            backend = Backend(name="upstream", base_url=settings.LLM_BASE_URL)
+            backend.set_api_key(settings.LLM_API_KEY)
+            backend.save()
             model = settings.LLM_MODEL or "default"
         else:
             backend = Backend.objects.create(name="simulator", base_url=simulator_base_url())

@@ -15,11 +15,12 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.urls import reverse
 from django.utils.html import escape
 
+from chat import crypto
 from chat.relay.generation import Status as GenerationStatus
 from chat.relay.slots import SlotState
 from chat.relay.upstream import BackendConfig
@@ -44,7 +45,9 @@ class Backend(models.Model):
         max_length=500,
         help_text="OpenAI base URL, including the version prefix, e.g. http://127.0.0.1:8000/v1",
     )
-    api_key = models.CharField(max_length=500, blank=True, help_text="Sent as a Bearer token.")
+    # The upstream's key, Fernet-encrypted (chat.crypto): written with set_api_key, read only by
+    # config(), so the plain key exists in memory just long enough to build the relay's config.
+    api_key_encrypted = models.TextField(blank=True, default="", editable=False)
     connect_timeout_s = models.FloatField(default=5.0, help_text="Seconds to open a connection.")
     read_timeout_s = models.FloatField(
         default=120.0,
@@ -68,11 +71,23 @@ class Backend(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+    def set_api_key(self, plain: str) -> None:
+        """Store ``plain`` encrypted (not saved yet); "" removes the key."""
+        self.api_key_encrypted = crypto.encrypt(plain)
+
     def config(self) -> BackendConfig:
-        """The relay's view of this backend: plain, hashable, ORM-free."""
+        """The relay's view of this backend: plain, hashable, ORM-free, its API key decrypted.
+
+        Raises ``crypto.SecretUnreadable`` (naming the backend, not the key) when no configured
+        encryption key decrypts the stored one.
+        """
         return BackendConfig(
             base_url=self.base_url,
-            api_key=self.api_key,
+            api_key=crypto.decrypt(self.api_key_encrypted, what=f"backend {self.name}'s API key"),
             connect_timeout_s=self.connect_timeout_s,
             read_timeout_s=self.read_timeout_s,
             total_timeout_s=self.total_timeout_s,
@@ -214,6 +229,28 @@ class Widget(models.Model):
     )
     rate_per_minute = models.PositiveIntegerField(default=10, help_text="Messages per visitor.")
     rate_per_day = models.PositiveIntegerField(default=200, help_text="Messages per visitor.")
+    # A visitor is free to mint (a new token is one POST away), so the visitor's own limits
+    # hold only beside limits per client IP and for the whole widget (issue 16, finding 4).
+    ip_rate_per_minute = models.PositiveIntegerField(
+        default=30, help_text="Messages per client IP address, all its visitors together."
+    )
+    ip_rate_per_day = models.PositiveIntegerField(
+        default=1000, help_text="Messages per client IP address, all its visitors together."
+    )
+    daily_cap = models.PositiveIntegerField(
+        default=5000, help_text="Messages per day from everyone together: protects the slot."
+    )
+    visitors_per_hour = models.PositiveIntegerField(
+        default=600, help_text="New visitors per hour, everyone together."
+    )
+    ip_visitors_per_hour = models.PositiveIntegerField(
+        default=20, help_text="New visitors per hour from one client IP address."
+    )
+    visitor_days = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(1)],
+        help_text="Days a visitor's token lasts; after that the visitor starts afresh.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -366,6 +403,14 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class ReadCacheVersion(models.Model):
+    """One row (pk 1): the version of ``chat.readcache``'s lookups when the cache is private to
+    each process (locmem, the default without REDIS_URL), so that a key revoked or a slot
+    disabled in one process is seen by every other on its next call."""
+
+    version = models.PositiveBigIntegerField(default=0)
 
 
 class ApiCall(models.Model):

@@ -150,6 +150,19 @@ async def message_alist_streaming(*, updated_before: datetime) -> list[tuple[int
     ]
 
 
+async def message_alist_switched_off(*, message_ids: Iterable[int]) -> list[Message]:
+    """Of the widget answers ``message_ids``, those still ``streaming`` whose widget is now
+    disabled (one query; ``answers`` polls it while widget answers run)."""
+    return [
+        message
+        async for message in Message.objects.filter(
+            pk__in=list(message_ids),
+            status=Message.Status.STREAMING,
+            conversation__widget__enabled=False,
+        )
+    ]
+
+
 def thread_of(messages: list[Message], leaf_id: int | None) -> list[Message]:
     """The branch shown: the path from the root to ``leaf_id``, continued down through the
     newest child at each step (so an answer added under the leaf shows without moving it).

@@ -3,27 +3,42 @@ visitor API behind it.
 
 Security model:
 
-- Framing: the page's ``Content-Security-Policy: frame-ancestors`` lists the widget's allowed
-  origins (none listed: ``'none'``), so browsers refuse to show it anywhere else (CSP Level 3,
-  ``frame-ancestors``).
+- Framing: the page's ``Content-Security-Policy`` is the site's (``settings``) with
+  ``frame-ancestors`` listing the widget's allowed origins (none listed: ``'none'``), so browsers
+  refuse to show it anywhere else (CSP Level 3, ``frame-ancestors``).
 - Requests: the API refuses a request whose ``Origin`` is neither the app's own (the iframe's
   fetches are same-origin) nor an allowed one; a POST without ``Origin`` is refused too, since
   browsers always send it there (WHATWG Fetch, "append a request Origin header").
 - Visitors: anonymous; a visitor is a random id the server signs (``django.core.signing``) and
   the widget keeps in its (partitioned) localStorage and sends as ``X-Widget-Visitor``. No cookie
   is involved, so third-party cookie blocking does not matter. A visitor only ever reaches their
-  own conversations on that widget, and only that widget's slot.
-- Limits: messages per visitor per minute and per day (django-ratelimit over Django's cache)
-  answer 429; a disabled widget refuses at once (it is read on every request).
+  own conversations on that widget, and only that widget's slot. A token lasts the widget's
+  ``visitor_days`` (the signature's timestamp, ``max_age``); an older one is a 401 and the page
+  starts a new visitor.
+- Limits (django-ratelimit over Django's cache, so shared by processes with ``REDIS_URL``), each
+  a 429 with ``Retry-After``: new visitors per client IP and per widget per hour; messages per
+  visitor, per client IP (per minute and per day) and per widget (a daily cap that protects the
+  slot). Anyone can mint visitors, so the visitor's own limits only hold beside the IP and
+  widget ones. The client IP is ``REMOTE_ADDR``; behind the proxy (``DJANGO_BEHIND_PROXY``) the
+  last ``X-Forwarded-For`` hop, the one the proxy appended: the earlier ones are the client's
+  to write.
+- Switched off: a disabled widget refuses at once (it is read on every request), and its answers
+  in flight are stopped within ``answers.WIDGET_WATCH_S`` (``answers.start_widget_answer``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from csp.constants import HEADER, NONE
+from csp.utils import build_policy
+from django.conf import settings
 from django.core import signing
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
@@ -35,17 +50,18 @@ from django_ratelimit.core import is_ratelimited
 
 from chat import answers, jsonbody, selectors, streaming
 from chat.http import Refusal, error_response, invalid, sse_response
-from chat.models import Widget, normalise_origin
+from chat.models import ORIGIN_RE, Widget, normalise_origin
 from chat.relay.errors import EnvelopeError
 
 VISITOR_HEADER = "X-Widget-Visitor"
 VISITOR_SALT = "slipstream.widget.visitor"
 
 
-def frame_ancestors(widget: Widget) -> str:
-    """The CSP that lets only the widget's allowed origins frame its page."""
-    origins = widget.origins()
-    return "frame-ancestors " + (" ".join(origins) if origins else "'none'")
+def frame_ancestors(widget: Widget) -> list[str]:
+    """The CSP ``frame-ancestors`` sources that let only the widget's allowed origins frame its
+    page. Only well-formed origins: a stray ``;`` would start a directive of its own."""
+    origins = [origin for origin in widget.origins() if ORIGIN_RE.fullmatch(origin)]
+    return origins or [NONE]
 
 
 def own_origin(request: HttpRequest) -> str:
@@ -67,15 +83,32 @@ def visitor_token(widget: Widget, visitor_id: uuid.UUID) -> str:
 
 def visitor_of(request: HttpRequest, widget: Widget) -> uuid.UUID | None:
     """The visitor id the request's signed token names, for this widget; None when missing,
-    tampered with, or another widget's."""
+    tampered with, another widget's, or older than the widget's ``visitor_days``."""
     token = request.headers.get(VISITOR_HEADER, "")
     try:
-        claims = signing.loads(token, salt=VISITOR_SALT)
+        claims = signing.loads(
+            token, salt=VISITOR_SALT, max_age=timedelta(days=widget.visitor_days)
+        )
         if claims.get("w") != widget.pk:
             return None
         return uuid.UUID(claims["v"])
     except (signing.BadSignature, KeyError, ValueError, AttributeError, TypeError):
         return None
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The address the limits count: ``REMOTE_ADDR``, or behind the proxy
+    (``settings.BEHIND_PROXY``) the last ``X-Forwarded-For`` hop, which that proxy appended
+    (nginx's ``$proxy_add_x_forwarded_for``, deploy/nginx.conf); any earlier hop came from the
+    client and proves nothing. Without the proxy the header is ignored: anyone can send it."""
+    remote: str = request.META.get("REMOTE_ADDR", "")
+    if settings.BEHIND_PROXY:
+        last = request.META.get("HTTP_X_FORWARDED_FOR", "").rsplit(",", 1)[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            pass  # no header or garbage: the proxy's own address, shared by all, is the safe side
+    return remote
 
 
 def refused(
@@ -111,7 +144,9 @@ def page(request: HttpRequest, key: str) -> HttpResponse:
     if widget is None:
         raise Http404("No such widget")
     response = render(request, "widget/widget.html", {"widget": widget})
-    response["Content-Security-Policy"] = frame_ancestors(widget)
+    # The site's policy with this widget's frame-ancestors; django-csp's middleware leaves a
+    # header it finds alone.
+    response[HEADER] = build_policy(replace={"frame-ancestors": frame_ancestors(widget)})
     return response
 
 
@@ -157,10 +192,13 @@ async def _guard(request: HttpRequest, key: str) -> Widget | JsonResponse:
 @require_POST
 async def visitor(request: HttpRequest, key: str) -> JsonResponse:
     """A new anonymous visitor: ``{"token": str}``, kept by the widget and sent back as
-    ``X-Widget-Visitor``."""
+    ``X-Widget-Visitor``; 429 past the new-visitor limits (per client IP, per widget)."""
     widget = await _guard(request, key)
     if isinstance(widget, JsonResponse):
         return widget
+    limit = await _exceeded(request, _visitor_limits(request, widget))
+    if limit is not None:
+        return _too_many(limit)
     return JsonResponse({"token": visitor_token(widget, uuid.uuid4())})
 
 
@@ -196,22 +234,70 @@ async def conversation(request: HttpRequest, key: str) -> JsonResponse:
     )
 
 
-async def _limited(request: HttpRequest, widget: Widget, visitor_id: uuid.UUID) -> str | None:
-    """Count one message against the visitor's limits; the limit hit, or None."""
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One django-ratelimit counter: ``rate`` requests per ``period`` (minute, hour, day) for
+    ``key`` within ``group``; ``message`` is the 429's."""
 
-    def check() -> str | None:
-        for period, rate in (("minute", widget.rate_per_minute), ("day", widget.rate_per_day)):
+    group: str
+    key: str
+    rate: int
+    period: str
+    message: str
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds for the 429's ``Retry-After``. django-ratelimit staggers its windows per key,
+        so the end of this one is not known here: a minute, or an hour for longer periods."""
+        return 60 if self.period == "minute" else 3600
+
+
+async def _exceeded(request: HttpRequest, limits: list[Limit]) -> Limit | None:
+    """Count the request against ``limits`` in order, up to the first one it exceeds (returned;
+    later ones are not counted); None when it is within all of them."""
+
+    def check() -> Limit | None:
+        for limit in limits:
             if is_ratelimited(
                 request,
-                group=f"widget:{widget.pk}:{period}",
-                key=lambda group, request: str(visitor_id),
-                rate=f"{rate}/{period[0]}",
+                group=limit.group,
+                key=lambda group, request, value=limit.key: value,
+                rate=f"{limit.rate}/{limit.period[0]}",
                 increment=True,
             ):
-                return period
+                return limit
         return None
 
     return await sync_to_async(check)()
+
+
+def _visitor_limits(request: HttpRequest, widget: Widget) -> list[Limit]:
+    """New visitors per client IP, then for the whole widget, per hour."""
+    group, ip = f"widget:{widget.public_key}:new", client_ip(request)
+    busy = "Too many new chats were started {}. Please try again later."
+    return [
+        Limit(f"{group}:ip", ip, widget.ip_visitors_per_hour, "hour", busy.format("from here")),
+        Limit(f"{group}:all", "all", widget.visitors_per_hour, "hour", busy.format("just now")),
+    ]
+
+
+def _message_limits(request: HttpRequest, widget: Widget, visitor_id: uuid.UUID) -> list[Limit]:
+    """Messages per visitor, per client IP (per minute and per day), then per widget per day."""
+    group, ip, visitor = f"widget:{widget.public_key}", client_ip(request), str(visitor_id)
+    mine = "You have sent too many messages this {}. Please wait a little and try again."
+    here = "Too many messages were sent from here this {}. Please wait a little and try again."
+    full = "This chat has answered all it can for today. Please try again later."
+    return [
+        Limit(f"{group}:visitor", visitor, widget.rate_per_minute, "minute", mine.format("minute")),
+        Limit(f"{group}:visitor", visitor, widget.rate_per_day, "day", mine.format("day")),
+        Limit(f"{group}:ip", ip, widget.ip_rate_per_minute, "minute", here.format("minute")),
+        Limit(f"{group}:ip", ip, widget.ip_rate_per_day, "day", here.format("day")),
+        Limit(f"{group}:all", "all", widget.daily_cap, "day", full),
+    ]
+
+
+def _too_many(limit: Limit) -> JsonResponse:
+    return refused(limit.message, status=429, code="rate_limited", retry_after=limit.retry_after)
 
 
 @csrf_exempt
@@ -232,14 +318,9 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
         conversation_id = _conversation_id(payload)
     except EnvelopeError as exc:
         return error_response(exc)
-    period = await _limited(request, widget, visitor_id)
-    if period is not None:
-        return refused(
-            f"You have sent too many messages this {period}. Please wait a little and try again.",
-            status=429,
-            code="rate_limited",
-            retry_after=60 if period == "minute" else 3600,
-        )
+    limit = await _exceeded(request, _message_limits(request, widget, visitor_id))
+    if limit is not None:
+        return _too_many(limit)
     slot = await selectors.slot_aget(name=widget.slot.name)  # enabled, with its fallbacks
     if slot is None:
         return refused("This chat has no model right now.", status=503, code="no_model")

@@ -6,11 +6,14 @@ in-memory channel layer, and DEBUG off. See README.md for the variables.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import django_stubs_ext
 import environ
+from csp.constants import NONE, SELF
 from django.core.management.utils import get_random_secret_key
+from django.urls import reverse_lazy
 
 # Lets admin classes be written ModelAdmin[Model] for the type checker.
 django_stubs_ext.monkeypatch()
@@ -45,9 +48,19 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
-# Behind a TLS-terminating proxy (deploy/nginx.conf) that sets X-Forwarded-Proto.
-if env.bool("DJANGO_BEHIND_PROXY", default=False):
+# Behind a TLS-terminating proxy (deploy/nginx.conf) that sets X-Forwarded-Proto: requests are
+# HTTPS, so cookies are Secure, HSTS is sent and plain HTTP is redirected. Without it (`make run`,
+# plain HTTP on loopback) none of that applies. SameSite stays Django's default, Lax.
+BEHIND_PROXY = env.bool("DJANGO_BEHIND_PROXY", default=False)
+if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = BEHIND_PROXY
+CSRF_COOKIE_SECURE = BEHIND_PROXY
+# A year, once behind TLS; browsers then refuse plain HTTP to this host for that long. Start
+# lower (e.g. 300) when trying it out. Subdomains only when asked: they may not all have TLS.
+SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000 if BEHIND_PROXY else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SSL_REDIRECT", default=BEHIND_PROXY)
 
 INSTALLED_APPS = [
     "daphne",
@@ -59,6 +72,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
+    "csp",
+    "axes",
     "chat",
 ]
 
@@ -71,7 +86,10 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chat.csp.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Turns a locked-out login (AxesStandaloneBackend) into chat.lockout's page.
+    "axes.middleware.AxesMiddleware",
     # Last, so its process_exception sees a view's exception first: JSON errors for /v1 and
     # the browser's JSON endpoints.
     "chat.middleware.JsonErrorMiddleware",
@@ -109,19 +127,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ------------------------------------------------------------------------------------------------
-# Channel layer
+# Sharing between processes
 # ------------------------------------------------------------------------------------------------
-# REDIS_URL switches everything that must be shared between processes: the channel layer, the
-# cache (and so the widget's rate-limit counters), and the relay's generation buffers, stop
-# signals and slot leases (chat.relay.shared). Unset: one process, all in memory.
+# REDIS_URL switches everything that must be shared between processes: the cache (and so the
+# widget's rate-limit counters and readcache's lookups), and the relay's generation buffers,
+# stop signals, single-flight claims and slot leases (chat.relay.shared, on redis-py directly).
+# Unset: one process, all in memory. No Channels channel layer is configured: nothing here
+# sends to a channel group (Stop fan-out goes through chat.relay.shared's pub/sub), and daphne
+# serves plain HTTP through Channels' ProtocolTypeRouter, which needs none.
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
-        }
-    }
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -130,7 +145,6 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     # One process: memory. CACHE_URL (django-environ's forms, e.g. filecache:///path) lets
     # processes on one machine share it without Redis, as the tests' server and runner do.
     CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
@@ -144,9 +158,47 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes: a login refused after SLIPSTREAM_LOGIN_FAILURE_LIMIT failures for one username
+# from one address (both the app's and the admin's login), for SLIPSTREAM_LOGIN_COOLOFF_MIN
+# minutes; staff unlock early by deleting the "Access attempts" row in the admin. The address is
+# REMOTE_ADDR (django-ipware is not installed, so X-Forwarded-For is never read).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("SLIPSTREAM_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("SLIPSTREAM_LOGIN_COOLOFF_MIN", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
+
+# ------------------------------------------------------------------------------------------------
+# Content Security Policy (django-csp)
+# ------------------------------------------------------------------------------------------------
+# The second line of defence behind the Markdown sanitiser: no inline script or style, no
+# plugins, no <base>, nothing but our own origin. Pages keep to it: scripts and styles are files
+# under static/, data goes in json_script blocks or data-* attributes, htmx's indicator <style>
+# is switched off (templates/base.html) and the widget's accent colour is set through the CSSOM
+# (static/chat/widget.js). The widget's page replaces frame-ancestors with its allowed origins
+# (chat.widget.page). Violations are logged by chat.csp.report.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "report-uri": [reverse_lazy("csp-report")],
+    }
+}
+# Largest CSP report body, bytes (browsers send well under 2 KiB); bigger ones get 413.
+SLIPSTREAM_CSP_REPORT_MAX_BYTES = 8 * 1024
 
 # ------------------------------------------------------------------------------------------------
 # Internationalisation
@@ -184,6 +236,9 @@ WHITENOISE_USE_FINDERS = True
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")
 LLM_MODEL = env.str("LLM_MODEL", default="")
+# Fernet keys (comma-separated, urlsafe base64) that encrypt backends' API keys at rest: the
+# first encrypts, all decrypt (rotation). Unset: one derived from SECRET_KEY (chat.crypto).
+SLIPSTREAM_ENCRYPTION_KEY = env.list("SLIPSTREAM_ENCRYPTION_KEY", default=[])
 SIMULATOR_PORT = env.int("SLIPSTREAM_SIMULATOR_PORT", default=8001)
 # Largest /v1 request body, bytes; bigger ones get 413. Django's own limit follows it.
 SLIPSTREAM_API_MAX_BODY_BYTES = env.int("SLIPSTREAM_API_MAX_BODY_BYTES", default=4 * 1024 * 1024)

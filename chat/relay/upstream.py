@@ -14,7 +14,7 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpcore
@@ -37,7 +37,8 @@ class BackendConfig:
     """
 
     base_url: str
-    api_key: str = ""
+    # Never in a repr: a config in a log line or a traceback must not carry the key.
+    api_key: str = field(default="", repr=False)
     connect_timeout_s: float = 5.0
     # httpx's read timeout bounds the gap between two reads, which includes a model's wait
     # before its first token: it must be generous, unlike httpx's 5 s default.

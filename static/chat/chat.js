@@ -129,6 +129,15 @@ messages.addEventListener("click", async (event) => {
   }
 });
 
+// The sidebar's requests (search, refresh) say which conversation is open, to mark it, and
+// what is searched. Set here: htmx's `hx-vals="js:…"` evaluates a string, which the CSP refuses.
+document.body.addEventListener("htmx:configRequest", (event) => {
+  const source = event.detail.elt.id;
+  if (source !== "conversation-q" && source !== "conversation-list") return;
+  event.detail.parameters.current = chat.dataset.conversation || "";
+  event.detail.parameters.q = document.getElementById("conversation-q").value;
+});
+
 // A swapped-in thread (branch pager, refresh) is rendered like the page's first one.
 document.body.addEventListener("htmx:afterSwap", (event) => {
   if (event.target === messages) hydrateAnswers(messages);

@@ -17,6 +17,9 @@ const notice = document.getElementById("notice");
 const announcer = document.getElementById("announcer");
 const storageKey = `slipstream.widget.${root.dataset.key}`;
 
+// Through the CSSOM, which the page's CSP allows (an inline style attribute it would refuse).
+root.style.setProperty("--widget-accent", root.dataset.accent);
+
 let state = load();
 let controller = null;
 

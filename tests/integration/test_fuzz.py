@@ -403,6 +403,11 @@ def test_widget_stream_fuzz(server, fast_slot, data) -> None:
             "allowed_origins": ORIGIN,
             "rate_per_minute": 100_000,
             "rate_per_day": 100_000,
+            "ip_rate_per_minute": 100_000,
+            "ip_rate_per_day": 100_000,
+            "daily_cap": 100_000,
+            "visitors_per_hour": 100_000,
+            "ip_visitors_per_hour": 100_000,
         },
     )[0]
     with httpx.Client(

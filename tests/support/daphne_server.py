@@ -35,13 +35,15 @@ class DaphneServer:
     """``python -m daphne chatsite.asgi:application`` on a free port, as users run it.
 
     ``base_url`` is ``http://127.0.0.1:PORT``. The process gets ``env`` on top of ours; its
-    output goes to a log file whose tail is shown when it fails to start.
+    output goes to a log file whose tail is shown when it fails to start. ``probe_headers`` go
+    with the requests that wait for it to answer (behind a proxy, plain HTTP is redirected).
     """
 
-    def __init__(self, *, env: dict[str, str]) -> None:
+    def __init__(self, *, env: dict[str, str], probe_headers: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = env
+        self.probe_headers = probe_headers or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
 
@@ -68,7 +70,8 @@ class DaphneServer:
             if self.process.poll() is not None:
                 break
             try:
-                if httpx.get(self.base_url + "/login/", timeout=1).status_code == 200:
+                probe = httpx.get(self.base_url + "/login/", headers=self.probe_headers, timeout=1)
+                if probe.status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
