@@ -13,7 +13,6 @@ import django_stubs_ext
 import environ
 from csp.constants import NONE, SELF
 from django.core.management.utils import get_random_secret_key
-from django.urls import reverse_lazy
 
 # Lets admin classes be written ModelAdmin[Model] for the type checker.
 django_stubs_ext.monkeypatch()
@@ -194,7 +193,7 @@ CONTENT_SECURITY_POLICY = {
         "base-uri": [NONE],
         "form-action": [SELF],
         "frame-ancestors": [NONE],
-        "report-uri": [reverse_lazy("csp-report")],
+        "report-uri": ["/csp-report/"],  # chatsite/urls.py
     }
 }
 # Largest CSP report body, bytes (browsers send well under 2 KiB); bigger ones get 413.
@@ -249,8 +248,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # One handler, on the root logger: it replaces the one daphne's command line puts there
+    # (keeping daphne's level), so each line is printed once; a second handler on "chat"
+    # printed every line twice (issue 12). "chat" still propagates, so pytest's caplog sees it.
+    "root": {"handlers": ["console"]},
     "loggers": {
-        "chat": {"handlers": ["console"], "level": env.str("SLIPSTREAM_LOG_LEVEL", default="INFO")},
+        "chat": {"level": env.str("SLIPSTREAM_LOG_LEVEL", default="INFO")},
     },
 }
 # Seconds between SSE keep-alive comments while an answer waits (queue, cold boot, a slow first

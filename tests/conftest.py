@@ -6,8 +6,9 @@ process reading the same test database (a SQLite file, or PostgreSQL when DATABA
 
 from __future__ import annotations
 
+import inspect
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,30 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
                 )
 
 
+@pytest.fixture(autouse=True)
+def _relay_connections_closed(request: pytest.FixtureRequest) -> None:
+    """Async tests run on a loop of their own (pytest-asyncio), closed after each: whatever
+    the relay opened on it must be closed first (see ``_close_relay_connections``)."""
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("_close_relay_connections")
+
+
+@pytest.fixture
+async def _close_relay_connections() -> AsyncIterator[None]:
+    """After an async test, on its loop: its background tasks ended, then the shared store's
+    Redis connections (``chat.relay.shared``, per loop, with REDIS_URL) and the upstream
+    clients closed. Left open, they are collected after the loop closed: a ResourceWarning
+    ("unclosed Connection", "loop is closed") at the end of the run."""
+    yield
+    from chat.relay import shared
+    from chat.relay.background import cancel_all
+    from chat.relay.upstream import aclose_clients
+
+    await cancel_all()
+    await shared.aclose()
+    await aclose_clients()
+
+
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[SimulatorThread]:
     """The built-in simulator, one per session; reset before each test that uses it."""
@@ -96,6 +121,7 @@ def server_env() -> dict[str, str]:
         "DJANGO_DEBUG": "false",
         "SLIPSTREAM_KEEPALIVE_S": str(KEEPALIVE_S),
         "CACHE_URL": f"filecache://{CACHE_DIR}",
+        "DJANGO_SETTINGS_MODULE": "tests.support.server_settings",
     }
 
 

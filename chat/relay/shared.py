@@ -64,6 +64,14 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Replace a key's value ARGV[1] by ARGV[2] (expiring in ARGV[3] s); 0 when it changed meanwhile.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 def gen_key(generation_id: str) -> str:
@@ -72,6 +80,11 @@ def gen_key(generation_id: str) -> str:
 
 def live_key(generation_id: str) -> str:
     return f"slipstream:live:{generation_id}"
+
+
+def flight_key(slot: str, key: str) -> str:
+    """The single-flight claim of ``key`` (a canonical request body) on ``slot``."""
+    return f"slipstream:sf:{slot}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class Shared:
@@ -83,17 +96,21 @@ class Shared:
         self.local: set[Generation] = set()  # generations this process runs (not mirrors)
         self.leases: dict[str, str] = {}  # lease id -> slot set key, refreshed by heartbeat
         self._claims: dict[tuple[str, str], str] = {}  # single-flight claims made here
-        self._started = False
+        self._claiming: dict[tuple[str, str], asyncio.Future[None]] = {}  # claims in progress
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         """Start the heartbeat and the stop listener (once)."""
-        if self._started:
+        if self._tasks:
             return
-        self._started = True
-        spawn(self._heartbeat())
-        spawn(self._listen_for_stops())
+        self._tasks = [spawn(self._heartbeat()), spawn(self._listen_for_stops())]
 
     async def aclose(self) -> None:
+        """Stop the heartbeat and the stop listener, then close every connection (the stop
+        listener's own included). Connections belong to the loop: close them before it."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.redis.aclose()
 
     # -- publishing a local generation --
@@ -139,26 +156,33 @@ class Shared:
                     continue
                 for entry_id, fields in reply[0][1]:
                     last = entry_id
-                    kind = fields["t"]
-                    if kind == "c":
-                        data = fields["d"]
-                        mirror.publish(Chunk(data, json.loads(data)))
-                    elif kind == "p":
-                        mirror.set_phase(Phase(**json.loads(fields["d"])))
-                    elif kind == "s":
-                        mirror.slot = fields["d"]
-                    elif kind == "e":
-                        end = json.loads(fields["d"])
-                        error = end.get("error")
-                        await mirror.finish(
-                            Status(end["status"]),
-                            RelayError(**error) if error else None,
-                        )
+                    if await self._apply(mirror, fields):
                         return
         except asyncio.CancelledError:
             # Nobody here reads it any more; the generation itself goes on where it runs.
             await asyncio.shield(mirror.finish(Status.STOPPED))
             raise
+
+    @staticmethod
+    async def _apply(mirror: Generation, fields: dict[str, str]) -> bool:
+        """Replay one buffer entry on ``mirror``: ``t`` is its kind (``c`` chunk, ``p`` phase,
+        ``s`` slot, ``e`` end) and ``d`` its JSON. True once the generation ended."""
+        kind = fields["t"]
+        if kind == "c":
+            data = fields["d"]
+            mirror.publish(Chunk(data, json.loads(data)))
+        elif kind == "p":
+            mirror.set_phase(Phase(**json.loads(fields["d"])))
+        elif kind == "s":
+            mirror.slot = fields["d"]
+        elif kind == "e":
+            end = json.loads(fields["d"])
+            error = end.get("error")
+            await mirror.finish(
+                Status(end["status"]), RelayError.from_dict(error) if error else None
+            )
+            return True
+        return False
 
     async def is_live(self, generation_id: str) -> bool:
         return bool(await self.redis.exists(live_key(generation_id)))
@@ -170,8 +194,8 @@ class Shared:
 
     async def _listen_for_stops(self) -> None:
         while True:
+            pubsub = self.redis.pubsub()
             try:
-                pubsub = self.redis.pubsub()
                 await pubsub.subscribe(STOP_CHANNEL)
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
@@ -184,38 +208,61 @@ class Shared:
             except Exception:
                 logger.exception("stop listener failed; reconnecting")
                 await asyncio.sleep(1)
+            finally:
+                # Its connection is its own (out of the pool until released): hand it back
+                # closed, or it outlives the loop (a ResourceWarning in tests).
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     # -- single-flight --
 
     async def claim(self, slot: str, key: str, generation_id: str) -> str | None:
         """Register ``generation_id`` as the answer to ``key`` on ``slot``; returns the id of
-        the generation that already answers it (in any process), or None when ours is first.
-        A claim is ``<id> <epoch s>``: one whose generation shows no sign of life well after it
-        was made (its process died) is taken over."""
-        name = self._flight(slot, key)
+        the generation that already answers it (in any process), or None when ours is first
+        (the caller then starts it, without awaiting anything first, and ``unclaim``-s it at
+        its end). A claim is ``<id> <epoch s>``: one whose generation shows no sign of life well
+        after it was made (its process died) is taken over.
+
+        Identical requests in this process claim one at a time, so a later one learns an
+        earlier one's claim only once its generation exists here (``find``) and joins it, rather
+        than mirroring this process's own generation back from Redis."""
+        flight = (slot, key)
+        while (earlier := self._claiming.get(flight)) is not None:
+            await asyncio.wait((earlier,))  # never cancels the shared future
+        done = asyncio.get_running_loop().create_future()
+        self._claiming[flight] = done
+        try:
+            return await self._claim(slot, key, generation_id)
+        finally:
+            del self._claiming[flight]
+            done.set_result(None)
+
+    async def _claim(self, slot: str, key: str, generation_id: str) -> str | None:
+        name = flight_key(slot, key)
         mine = f"{generation_id} {time.time():.3f}"
-        if await self.redis.set(name, mine, nx=True, ex=BUFFER_MAX_S):
-            self._claims[(slot, key)] = mine
-            return None
-        current = await self.redis.get(name)
-        if current is None:
-            return None
-        running, _, made = str(current).partition(" ")
-        fresh = time.time() - float(made or 0) < LIVE_TTL_S + 2
-        if fresh or find(running) is not None or await self.is_live(running):
-            return running
-        await self.redis.set(name, mine, ex=BUFFER_MAX_S)  # a dead process's claim
+        while True:
+            if await self.redis.set(name, mine, nx=True, ex=BUFFER_MAX_S):
+                break
+            current = await self.redis.get(name)
+            if current is None:
+                continue  # released between the two calls: ours may be first now
+            running, _, made = str(current).partition(" ")
+            fresh = time.time() - float(made or 0) < LIVE_TTL_S + 2
+            if fresh or find(running) is not None or await self.is_live(running):
+                return running
+            # A dead process's claim. Compare-and-set: when two processes see it dead at once,
+            # one takes it over and the other joins that one.
+            if await self.redis.eval(_TAKE_OVER, 1, name, current, mine, BUFFER_MAX_S):
+                break
         self._claims[(slot, key)] = mine
         return None
 
     async def unclaim(self, slot: str, key: str, generation_id: str) -> None:
-        mine = self._claims.pop((slot, key), None)
-        if mine is not None and mine.startswith(generation_id):
-            await self.redis.eval(_RELEASE, 1, self._flight(slot, key), mine)
-
-    @staticmethod
-    def _flight(slot: str, key: str) -> str:
-        return f"slipstream:sf:{slot}:{hashlib.sha256(key.encode()).hexdigest()}"
+        mine = self._claims.get((slot, key))
+        if mine is None or not mine.startswith(f"{generation_id} "):
+            return
+        del self._claims[(slot, key)]
+        await self.redis.eval(_RELEASE, 1, flight_key(slot, key), mine)
 
     # -- slot leases --
 
@@ -288,12 +335,7 @@ class _StreamWriter:
     def end(self, status: str, error: RelayError | None) -> None:
         end: dict[str, Any] = {"status": status}
         if error is not None:
-            end["error"] = {
-                "message": error.message,
-                "status": error.status,
-                "type": error.type,
-                "code": error.code,
-            }
+            end["error"] = error.to_dict()
         self._add({"t": "e", "d": json.dumps(end)})
         self.closed = True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,8 @@ def test_start_on_a_resume_and_stop_on_b(server, second, slot, sim, user) -> Non
                 tail = resumed.iter_raw()
                 more = read_some(tail, 10)
                 stopped = b.post(f"/chat/generations/{generation}/stop/")
-                assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+                assert stopped.status_code == 200
+                assert stopped.json()["status"] == "stopped"
                 more += read_some(tail)
         b.close()
     stats = sim.wait_for(lambda s: s["cancelled"] == 1, timeout_s=3)
@@ -94,12 +96,17 @@ def test_start_on_a_resume_and_stop_on_b(server, second, slot, sim, user) -> Non
     message = Message.objects.get(pk=meta["assistant_message_id"])
     assert message.status == "stopped"
     received = text_of(events) + text_of(more)
-    assert message.content.startswith(received) and len(message.content.split()) < 400
+    assert message.content.startswith(received)
+    assert len(message.content.split()) < 400
 
 
 def test_identical_requests_to_two_processes_share_one_call(server, second, sim, api_key):
     make_slot(sim.base_url, single_flight="always")
-    sim.configure(ttft_ms=400, tokens_per_s=100, length=20)
+    # The model loads until both requests were submitted (each has its status, which /v1 holds
+    # until the first chunk or keep-alive): the shared answer cannot end before the second
+    # arrives, however slow this run is.
+    sim.configure(ttft_ms=0, tokens_per_s=100, length=20, cold_boot_s=3600)
+    submitted = threading.Barrier(3, timeout=60)
 
     def call(base_url: str) -> str:
         with httpx.stream(
@@ -107,15 +114,20 @@ def test_identical_requests_to_two_processes_share_one_call(server, second, sim,
             base_url + "/v1/chat/completions",
             json={"model": "primary", "messages": HELLO, "stream": True},
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=30,
+            timeout=60,
         ) as response:
+            submitted.wait()
             assert response.status_code == 200
             decoder = SSEDecoder()
             return text_of(decoder.feed(response.read()) + decoder.flush())
 
     with ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(call, [server.base_url, second.base_url]))
-    assert answers[0] == answers[1] and len(answers[0].split()) == 20
+        futures = [pool.submit(call, url) for url in (server.base_url, second.base_url)]
+        submitted.wait()
+        sim.configure(cold_boot_s=0)
+        answers = [future.result() for future in futures]
+    assert answers[0] == answers[1]
+    assert len(answers[0].split()) == 20
     assert sim.stats()["streams_started"] == 1
 
 
@@ -126,7 +138,11 @@ def test_a_killed_process_leaves_its_answer_interrupted(server, slot, sim, user)
         response = c.send(
             c.build_request("POST", "/chat/stream/", json={"content": "long"}), stream=True
         )
-        events = read_some(response.iter_raw(), 3 * rate)  # three seconds in: 3 checkpoints
+        # Three and a half seconds in: the third checkpoint (due about a second after the
+        # second, counted from the generation's start, not its first token) has landed, so at
+        # least two seconds of text are stored whatever the delay before the first token; at
+        # three seconds exactly it raced the kill, and the second held 39 words, not 40.
+        events = read_some(response.iter_raw(), 3 * rate + rate // 2)
         meta = json.loads(events[0].data)
         assert doomed.process is not None
         doomed.process.send_signal(signal.SIGKILL)

@@ -12,7 +12,7 @@ from chat.relay import dispatch
 from chat.relay.background import cancel_all
 from chat.relay.dispatch import SlotConfig
 from chat.relay.errors import RelayError
-from chat.relay.generation import Generation
+from chat.relay.generation import Generation, Status
 from chat.relay.slots import SlotRuntime, state_listeners
 from chat.relay.upstream import BackendConfig, Chunk, aclose_clients
 from chat.simulator.thread import SimulatorThread
@@ -75,12 +75,13 @@ async def test_admission_is_fifo_and_a_waiter_that_gives_up_leaves_no_hole() -> 
     first = asyncio.create_task(wait("first", 5))
     await asyncio.sleep(0)
     second = asyncio.create_task(wait("second", 5))
-    await asyncio.sleep(0.1)  # the impatient one times out while queued
+    await impatient  # it times out while queued, ahead of the others
     assert order == ["impatient:429"]
     runtime.release(limit=1)
     await asyncio.gather(impatient, first, second)
     assert order == ["impatient:429", "first", "second"]
-    assert runtime.in_flight == 0 and not runtime.waiters
+    assert runtime.in_flight == 0
+    assert not runtime.waiters
 
 
 async def test_subscribers_read_from_any_sequence_number(simulator: SimulatorThread) -> None:
@@ -106,8 +107,10 @@ async def test_subscribers_read_from_any_sequence_number(simulator: SimulatorThr
     finally:
         generation.detach()
         again.detach()
-    assert tail == whole[5:] and len(whole) == len(generation.chunks)
-    assert generation.status == "complete" and generation.ended
+    assert tail == whole[5:]
+    assert len(whole) == len(generation.chunks)
+    assert generation.status == "complete"
+    assert generation.ended
     assert simulator.stats()["streams_started"] == 1
 
 
@@ -148,7 +151,7 @@ async def test_finish_callbacks_run_before_subscribers_see_the_end() -> None:
 
     watcher = asyncio.create_task(watch())
     await asyncio.sleep(0)
-    await generation.finish("complete")
+    await generation.finish(Status.COMPLETE)
     await watcher
     assert seen == ["stored complete", "subscriber saw the end"]
     assert not generation.add_finish_callback(store)  # too late once finishing
