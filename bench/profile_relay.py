@@ -233,7 +233,8 @@ def main() -> None:
         sim = harness.start_simulator(tmp, ttft_ms=ttft_ms, tokens_per_s=rate, length=args.tokens)
         services.append(sim)
         target = capacity.start_target("v1", tmp, sim, services, count_writes=False)
-        assert target.server is not None and target.slipstream is not None
+        assert target.server is not None
+        assert target.slipstream is not None
         daphne = target.server.pid
         target.pids = {"simulator": sim.pid, "server": daphne}
         capacity.warm_up(target, sim)

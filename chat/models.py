@@ -412,6 +412,9 @@ class ReadCacheVersion(models.Model):
 
     version = models.PositiveBigIntegerField(default=0)
 
+    def __str__(self) -> str:
+        return f"read cache version {self.version}"
+
 
 class ApiCall(models.Model):
     """One ``/v1`` call, recorded once when it ends."""
@@ -432,3 +435,6 @@ class ApiCall(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API call"
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.outcome} ({self.http_status})"

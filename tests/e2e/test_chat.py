@@ -64,7 +64,8 @@ def test_answer_streams_with_cursor_and_survives_reload(
     assert len(streamed.split()) == 60
 
     stored = Message.objects.get(role="assistant")
-    assert stored.content == streamed and stored.status == "complete"
+    assert stored.content == streamed
+    assert stored.status == "complete"
     assert f"/c/{stored.conversation_id}/" in page.url
 
     page.reload()
@@ -112,6 +113,8 @@ def test_chat_with_a_real_llama_cpp_server(browser_context, server, llama_server
     stored = Message.objects.get(role="assistant")
     # The tiny model's token soup has markdown in it (~, *, _): compare what was rendered while
     # streaming with what the stored answer renders to after a reload.
-    assert stored.finish_reason == "length" and stored.content and shown
+    assert stored.finish_reason == "length"
+    assert stored.content
+    assert shown
     page.reload()
     expect(page.locator("article.message.assistant .content")).to_have_text(shown)

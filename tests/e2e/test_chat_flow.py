@@ -45,9 +45,12 @@ def test_reload_mid_stream_resumes_the_same_answer(
     shown = " ".join(resumed.locator(".content").inner_text().split())
     stored = Message.objects.get(role="assistant")
     sent = what_the_simulator_says(sim, sim.stats()["last_request"])
-    assert stored.status == "complete" and stored.content == sent
-    assert shown == " ".join(sent.split()) and len(sent.split()) == 80
-    assert sim.stats()["streams_started"] == 1 and sim.stats()["cancelled"] == 0
+    assert stored.status == "complete"
+    assert stored.content == sent
+    assert shown == " ".join(sent.split())
+    assert len(sent.split()) == 80
+    assert sim.stats()["streams_started"] == 1
+    assert sim.stats()["cancelled"] == 0
 
 
 def test_stop_cancels_the_upstream_within_a_second(

@@ -158,13 +158,18 @@ def test_a_dropped_answer_resumes_after_the_last_chunk_rendered(
     answer = page.locator("article.message.assistant").last
     expect(answer).to_have_attribute("data-status", "complete", timeout=15_000)
 
-    assert proxy.cut.is_set() and completed_at_cut == [0]  # it broke while the answer ran
+    assert proxy.cut.is_set()
+    assert completed_at_cut == [0]  # it broke while the answer ran
     resumes = [url for url in answer_requests if "/chat/generations/" in url]
-    assert len(answer_requests) == 2 and len(resumes) == 1, answer_requests
+    assert len(answer_requests) == 2, answer_requests
+    assert len(resumes) == 1, answer_requests
     assert re.search(r"/chat/generations/[^/]+/\?after=10$", resumes[0]), resumes
     stored = Message.objects.get(role="assistant")
     sent = what_the_simulator_says(sim, sim.stats()["last_request"])
-    assert stored.status == "complete" and stored.content == sent and len(sent.split()) == 60
+    assert stored.status == "complete"
+    assert stored.content == sent
+    assert len(sent.split()) == 60
     shown = answer.locator(".content").inner_text()
     assert " ".join(shown.split()) == " ".join(sent.split())  # every word once, in order
-    assert sim.stats()["streams_started"] == 1 and sim.stats()["cancelled"] == 0
+    assert sim.stats()["streams_started"] == 1
+    assert sim.stats()["cancelled"] == 0

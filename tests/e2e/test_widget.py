@@ -112,13 +112,15 @@ def test_embed_chat_and_come_back(browser: Browser, server, slot, sim, host) -> 
     expect(frame.locator("article.message.user .content")).to_have_text("How do I install it?")
     expect(frame.locator("article.message.assistant:not(.greeting) .content")).to_have_text(text)
     conversation = Conversation.objects.get()
-    assert conversation.widget == widget and conversation.user is None
+    assert conversation.widget == widget
+    assert conversation.user is None
     # It continues the same conversation.
     ask(frame, "And then?")
     expect(frame.locator("article.message.assistant:not(.greeting)").last).to_have_attribute(
         "data-status", "complete"
     )
-    assert Conversation.objects.count() == 1 and conversation.messages.count() == 4
+    assert Conversation.objects.count() == 1
+    assert conversation.messages.count() == 4
 
 
 def test_closing_the_panel_cancels_the_answer(browser: Browser, server, slot, sim, host) -> None:
@@ -162,7 +164,8 @@ def test_an_origin_not_on_the_list_cannot_frame_or_call_it(
         json={"content": "hi"},
         headers={"Origin": other_host.origin, "X-Widget-Visitor": token},
     )
-    assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "origin_not_allowed"
     assert httpx.post(stream, json={"content": "hi"}).status_code == 403  # no Origin at all
     # None listed: no site may frame it.
     Widget.objects.filter(pk=widget.pk).update(allowed_origins="")
@@ -191,7 +194,8 @@ def test_two_visitors_never_see_each_other(browser: Browser, server, slot, sim, 
     )
     expect(other.get_by_text("My secret question")).to_have_count(0)
     visitors = set(Conversation.objects.values_list("visitor_id", flat=True))
-    assert len(visitors) == 2 and Conversation.objects.count() == 2
+    assert len(visitors) == 2
+    assert Conversation.objects.count() == 2
 
 
 def test_limits_and_switching_off_are_said_plainly(

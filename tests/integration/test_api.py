@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from chat.models import ApiCall, ApiKey, Conversation, Message
 from chat.relay.sse import SSEDecoder
@@ -21,13 +22,14 @@ from tests.support.llama_server import free_port
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SSE = Path(__file__).parents[1] / "fixtures" / "sse"
-HELLO = [{"role": "user", "content": "Hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello"}]
 
 
 def test_models_lists_slots(openai_client, slot) -> None:
     models = openai_client.models.list()
     assert [m.id for m in models.data] == ["primary"]
-    assert models.data[0].object == "model" and models.data[0].owned_by == "slipstream"
+    assert models.data[0].object == "model"
+    assert models.data[0].owned_by == "slipstream"
     assert openai_client.models.retrieve("primary").id == "primary"
 
 
@@ -38,7 +40,8 @@ def test_stream_content_finish_reason_and_usage(openai_client, slot, sim) -> Non
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].id.startswith("chatcmpl-")
     assert {c.model for c in chunks} == {"primary"}
     assert {c.object for c in chunks} == {"chat.completion.chunk"}
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -47,10 +50,12 @@ def test_stream_content_finish_reason_and_usage(openai_client, slot, sim) -> Non
         c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]
     assert finish == ["stop"]
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 12
     call = ApiCall.objects.get()
     assert (call.outcome, call.completion_tokens, call.stream) == ("complete", 12, True)
-    assert call.ttft_ms is not None and call.duration_ms >= call.ttft_ms
+    assert call.ttft_ms is not None
+    assert call.duration_ms >= call.ttft_ms
 
 
 def test_no_usage_chunk_unless_asked(openai_client, slot, sim) -> None:
@@ -69,7 +74,8 @@ def test_non_stream(openai_client, slot, sim) -> None:
     completion = openai_client.chat.completions.create(
         model="primary", messages=HELLO, max_tokens=5, temperature=0.5, seed=3, user="u1"
     )
-    assert completion.id.startswith("chatcmpl-") and completion.model == "primary"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == "primary"
     assert completion.object == "chat.completion"
     assert completion.choices[0].finish_reason == "length"
     assert len(completion.choices[0].message.content.split()) == 5
@@ -81,7 +87,8 @@ def test_non_stream(openai_client, slot, sim) -> None:
         3,
         "u1",
     )
-    assert sent["model"] == "sim" and sent["stream"] is False
+    assert sent["model"] == "sim"
+    assert sent["stream"] is False
 
 
 def test_request_fields_and_unknown_extras_pass_through(openai_client, slot, sim) -> None:
@@ -97,9 +104,12 @@ def test_request_fields_and_unknown_extras_pass_through(openai_client, slot, sim
         extra_body={"repetition_penalty": 1.1, "chat_template_kwargs": {"thinking": False}},
     )
     sent = sim.stats()["last_request"]
-    assert sent["top_p"] == 0.9 and sent["stop"] == ["\n\n"]
-    assert sent["response_format"] == {"type": "json_object"} and sent["logprobs"] is True
-    assert sent["max_completion_tokens"] == 9 and sent["repetition_penalty"] == 1.1
+    assert sent["top_p"] == 0.9
+    assert sent["stop"] == ["\n\n"]
+    assert sent["response_format"] == {"type": "json_object"}
+    assert sent["logprobs"] is True
+    assert sent["max_completion_tokens"] == 9
+    assert sent["repetition_penalty"] == 1.1
     assert sent["chat_template_kwargs"] == {"thinking": False}
 
 
@@ -154,7 +164,8 @@ def test_tool_call_deltas_accumulate(openai_client, slot, sim) -> None:
         finish = chunk.choices[0].finish_reason or finish
     assert finish == "tool_calls"
     (call,) = calls.values()
-    assert call["id"] and call["name"] == "get_weather"
+    assert call["id"]
+    assert call["name"] == "get_weather"
     assert isinstance(json.loads(call["arguments"]), dict)
     assert sim.stats()["last_request"]["tools"] == tools
 
@@ -179,7 +190,8 @@ def test_n2_keeps_every_choice(openai_client, slot, sim) -> None:
     for chunk in chunks:
         for choice in chunk.choices:
             texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
-    assert sorted(texts) == [0, 1] and all(len(t.split()) == 4 for t in texts.values())
+    assert sorted(texts) == [0, 1]
+    assert all(len(t.split()) == 4 for t in texts.values())
     completion = openai_client.chat.completions.create(model="primary", messages=HELLO, n=2)
     assert [c.index for c in completion.choices] == [0, 1]
 
@@ -187,10 +199,12 @@ def test_n2_keeps_every_choice(openai_client, slot, sim) -> None:
 def test_legacy_completions(openai_client, slot, sim) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=6)
     chunks = list(openai_client.completions.create(model="primary", prompt="Once", stream=True))
-    assert chunks[0].id.startswith("cmpl-") and chunks[0].object == "text_completion"
+    assert chunks[0].id.startswith("cmpl-")
+    assert chunks[0].object == "text_completion"
     assert len("".join(c.choices[0].text for c in chunks if c.choices).split()) == 6
     completion = openai_client.completions.create(model="primary", prompt="Once")
-    assert completion.model == "primary" and completion.choices[0].text
+    assert completion.model == "primary"
+    assert completion.choices[0].text
 
 
 def test_bad_key_is_authentication_error(server, slot) -> None:
@@ -199,7 +213,8 @@ def test_bad_key_is_authentication_error(server, slot) -> None:
         client.chat.completions.create(model="primary", messages=HELLO)
     assert caught.value.code == "invalid_api_key"
     missing = httpx.get(server.base_url + "/v1/models")
-    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "invalid_api_key"
 
 
 def test_revoked_key_is_refused(openai_client, slot) -> None:
@@ -212,13 +227,14 @@ def test_unknown_model_is_not_found(openai_client, slot) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         openai_client.chat.completions.create(model="gpt-9", messages=HELLO)
     assert caught.value.code == "model_not_found"
+    assert isinstance(caught.value.body, dict)
     assert caught.value.body["message"] == (
         "The model `gpt-9` does not exist or you do not have access to it."
     )
 
 
 @pytest.mark.parametrize(
-    "body, param",
+    ("body", "param"),
     [
         ({"model": "primary", "messages": "hi"}, "messages"),
         ({"model": "primary", "messages": []}, "messages"),
@@ -276,17 +292,18 @@ def test_upstream_timeout_is_504(openai_client, transactional_db, sim) -> None:
         openai_client.chat.completions.create(
             model="primary", messages=HELLO, extra_body={"sim": {"ttft_ms": 2000}}
         )
-    assert caught.value.status_code == 504 and caught.value.code == "upstream_timeout"
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
 
 
 def test_mid_stream_error_raises_during_iteration(openai_client, slot, sim) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=30, error_after=5)
     stream = openai_client.chat.completions.create(model="primary", messages=HELLO, stream=True)
-    received = ""
+    received: list[str] = []
     with pytest.raises(openai.APIError):
-        for chunk in stream:
-            received += chunk.choices[0].delta.content or ""
-    assert len(received.split()) == 5
+        # extend() keeps the items it took before the error.
+        received.extend(chunk.choices[0].delta.content or "" for chunk in stream)
+    assert len("".join(received).split()) == 5
     assert ApiCall.objects.get().outcome == "error"
 
 
@@ -313,11 +330,13 @@ def test_key_storage_holds_only_a_digest(client, user, slot, openai_client) -> N
     client.force_login(user)
     page = client.post("/settings/keys/", {"name": "laptop"})
     raw = page.context["created_key"]
-    assert raw.startswith("sk-slip-") and raw in page.content.decode()
+    assert raw.startswith("sk-slip-")
+    assert raw in page.content.decode()
     key = ApiKey.objects.get(name="laptop")
     assert key.digest == hashlib.sha256(raw.encode()).hexdigest()
     stored = json.dumps(list(ApiKey.objects.values()), default=str)
-    assert raw not in stored and raw[len(key.prefix) :] not in stored
+    assert raw not in stored
+    assert raw[len(key.prefix) :] not in stored
     # shown once: the page never shows it again
     assert raw not in client.get("/settings/keys/").content.decode()
     works = openai.OpenAI(base_url=openai_client.base_url, api_key=raw, max_retries=0)
@@ -379,7 +398,8 @@ def test_recorded_openai_stream_comes_out_with_the_same_framing(
             assert theirs == "[DONE]"
             continue
         assert list(mine) == list(theirs)  # same keys, same order
-        assert mine["model"] == "primary" and mine["id"].startswith(("chatcmpl-", "cmpl-"))
+        assert mine["model"] == "primary"
+        assert mine["id"].startswith(("chatcmpl-", "cmpl-"))
         assert {**mine, "id": None, "model": None} == {**theirs, "id": None, "model": None}
 
 
@@ -391,7 +411,9 @@ def test_rewriter_swaps_id_and_model_in_the_upstream_text_or_reserialises() -> N
         completion_id="chatcmpl-new", model="primary", include_usage=False, chat=True
     )
     first = '{"id":"up-1","model":"m","choices":[{"index":0,"delta":{"content":"a"}}]}'
-    assert json.loads(rewrite(Chunk(first, json.loads(first)))[6:])["choices"][0]["delta"] == {
+    out = rewrite(Chunk(first, json.loads(first)))
+    assert out is not None
+    assert json.loads(out[6:])["choices"][0]["delta"] == {
         "role": "assistant",
         "content": "a",
     }
@@ -411,7 +433,9 @@ def test_rewriter_swaps_id_and_model_in_the_upstream_text_or_reserialises() -> N
     )
     # Spaced JSON (another server's style): re-serialised, still right.
     spaced = '{"id": "up-1", "model": "m", "choices": [{"index": 0, "delta": {"content": "b"}}]}'
-    obj = json.loads(rewrite(Chunk(spaced, json.loads(spaced)))[6:])
+    out = rewrite(Chunk(spaced, json.loads(spaced)))
+    assert out is not None
+    obj = json.loads(out[6:])
     assert (obj["id"], obj["model"], obj["choices"][0]["delta"]) == (
         "chatcmpl-new",
         "primary",

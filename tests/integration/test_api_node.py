@@ -38,7 +38,8 @@ def test_node_sdk_streams_a_chat_completion(server, slot, sim, api_key) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=200, length=9)
     result = run_node_client(server.base_url, api_key)
     assert "error" not in result, result
-    assert len(set(result["ids"])) == 1 and result["ids"][0].startswith("chatcmpl-")
+    assert len(set(result["ids"])) == 1
+    assert result["ids"][0].startswith("chatcmpl-")
     assert set(result["models"]) == {"primary"}
     assert result["roles"] == ["assistant"]
     assert len(result["content"].split()) == 9
@@ -49,4 +50,5 @@ def test_node_sdk_streams_a_chat_completion(server, slot, sim, api_key) -> None:
 
 def test_node_sdk_sees_a_bad_key_as_authentication_error(server, slot) -> None:
     result = run_node_client(server.base_url, "sk-slip-wrong")
-    assert result["error"]["name"] == "AuthenticationError" and result["error"]["status"] == 401
+    assert result["error"]["name"] == "AuthenticationError"
+    assert result["error"]["status"] == 401

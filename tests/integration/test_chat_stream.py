@@ -37,10 +37,13 @@ def test_answer_streams_and_is_stored(slot, sim, browser_session) -> None:
 
     message = Message.objects.get(pk=meta["assistant_message_id"])
     assert message.status == "complete"
-    assert message.content == answer.content and len(answer.content.split()) == 30
+    assert message.content == answer.content
+    assert len(answer.content.split()) == 30
     assert message.finish_reason == done["finish_reason"] == "stop"
-    assert message.ttft_ms is not None and message.ttft_ms >= 20
-    assert message.usage and message.usage["completion_tokens"] == 30
+    assert message.ttft_ms is not None
+    assert message.ttft_ms >= 20
+    assert message.usage
+    assert message.usage["completion_tokens"] == 30
     user_message = Message.objects.get(pk=meta["user_message_id"])
     assert (user_message.role, user_message.content) == ("user", "Hello there")
     conversation = Conversation.objects.get(pk=meta["conversation_id"])
@@ -90,7 +93,8 @@ def reference_fold(name: str) -> dict[str, Any]:
     """What the recorded stream carried for choice 0, read independently of the relay."""
     decoder = SSEDecoder()
     events = decoder.feed((SSE / name).read_bytes()) + decoder.flush()
-    content, reasoning, refusal, args, error = "", "", "", {}, None
+    content, reasoning, refusal, error = "", "", "", None
+    args: dict[int, str] = {}
     finished = False
     for event in events:
         if event.data == "[DONE]":
@@ -153,6 +157,7 @@ def read_until(response: httpx.Response, words: int) -> tuple[dict[str, Any], st
                 meta = json.loads(event.data)
             elif event.event == "message" and event.data != "[DONE]":
                 received += json.loads(event.data)["choices"][0]["delta"].get("content") or ""
+                assert event.id is not None
                 last_id = int(event.id)
         if len(received.split()) >= words:
             break
@@ -167,7 +172,8 @@ def test_closing_the_page_does_not_stop_the_answer(slot, sim, browser_session) -
     assert sim.stats()["cancelled"] == 0
     wait_for_status(meta["assistant_message_id"], "complete")
     message = Message.objects.get(pk=meta["assistant_message_id"])
-    assert message.content.startswith(received) and len(message.content.split()) == 60
+    assert message.content.startswith(received)
+    assert len(message.content.split()) == 60
 
 
 def test_resume_after_a_reload_loses_and_repeats_nothing(slot, sim, browser_session) -> None:
@@ -180,11 +186,13 @@ def test_resume_after_a_reload_loses_and_repeats_nothing(slot, sim, browser_sess
     events = decoder.feed(resumed.content) + decoder.flush()
     assert json.loads(events[0].data)["resumed_after"] == last_id
     chunks = [e for e in events if e.event == "message" and e.data != "[DONE]"]
+    assert chunks[0].id is not None
     assert int(chunks[0].id) == last_id + 1
     rest = content_of(resumed.content)
     assert events[-1].data == "[DONE]"
     stored = Message.objects.get(pk=meta["assistant_message_id"])
-    assert stored.status == "complete" and received + rest == stored.content
+    assert stored.status == "complete"
+    assert received + rest == stored.content
     assert len(stored.content.split()) == 80
     # From the start too (a second tab), and after the end: the stored answer.
     again = browser_session.get(f"/chat/generations/{meta['generation_id']}/?after=0")
@@ -198,12 +206,14 @@ def test_stop_cancels_the_upstream_and_keeps_the_partial_answer(slot, sim, brows
         meta, received, _ = read_until(response, 5)
         stop_at = time.monotonic()
         stopped = browser_session.post(f"/chat/generations/{meta['generation_id']}/stop/")
-    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    assert stopped.status_code == 200
+    assert stopped.json()["status"] == "stopped"
     stats = sim.wait_for(lambda s: s["cancelled"] == 1, timeout_s=2)
     assert stats["cancel_times"][0] - stop_at < 1.0
     message = Message.objects.get(pk=meta["assistant_message_id"])
     assert message.status == "stopped"
-    assert message.content.startswith(received) and len(message.content.split()) < 400
+    assert message.content.startswith(received)
+    assert len(message.content.split()) < 400
 
 
 def test_another_users_answer_cannot_be_resumed_or_stopped(slot, sim, browser_session, server):
@@ -247,7 +257,9 @@ def test_upstream_refusing_ends_in_an_error_event(transactional_db, sim, browser
     last = json.loads(answer.events[-1].data)
     assert last["error"]["code"] == "upstream_refused"
     message = Message.objects.get(pk=answer.meta("slipstream.message")["assistant_message_id"])
-    assert message.status == "error" and message.error["error"]["code"] == "upstream_refused"
+    assert message.status == "error"
+    assert message.error is not None
+    assert message.error["error"]["code"] == "upstream_refused"
 
 
 def test_mid_stream_error_keeps_partial_content(slot, sim, browser_session) -> None:
@@ -256,18 +268,20 @@ def test_mid_stream_error_keeps_partial_content(slot, sim, browser_session) -> N
     assert "error" in json.loads(answer.events[-1].data)
     message = Message.objects.get(pk=answer.meta("slipstream.message")["assistant_message_id"])
     assert message.status == "error"
-    assert message.content == answer.content and len(message.content.split()) == 10
+    assert message.content == answer.content
+    assert len(message.content.split()) == 10
 
 
 @pytest.mark.parametrize(
-    "body, status",
+    ("body", "status"),
     [({"content": ""}, 400), ({"content": "   "}, 400), ({"nope": 1}, 400), ([1, 2], 400)],
 )
 def test_bad_input_gets_an_openai_envelope(slot, browser_session, body, status) -> None:
     response = browser_session.post("/chat/stream/", json=body)
     assert response.status_code == status
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
 
 
 def test_invalid_json_gets_400(slot, browser_session) -> None:

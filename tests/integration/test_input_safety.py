@@ -40,7 +40,8 @@ def assert_envelope(response: httpx.Response, status: int = 400) -> dict[str, An
     assert response.headers["content-type"].startswith("application/json")
     error: dict[str, Any] = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     assert isinstance(error["type"], str)
     return error
 
@@ -68,7 +69,7 @@ def v1(server, api_key) -> Iterator[httpx.Client]:
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
-    "extra, param",
+    ("extra", "param"),
     [
         ('"temperature": NaN', "temperature"),
         ('"temperature": Infinity', "temperature"),
@@ -99,7 +100,7 @@ def test_numbers_json_cannot_carry_are_400(v1, slot, sim, extra, param, stream) 
 
 
 @pytest.mark.parametrize(
-    "extra, param",
+    ("extra", "param"),
     [
         ('"user": "\\ud800"', "user"),
         ('"user": "tail \\udfff"', "user"),
@@ -110,7 +111,8 @@ def test_numbers_json_cannot_carry_are_400(v1, slot, sim, extra, param, stream) 
 )
 def test_lone_surrogates_and_nul_are_400(v1, slot, sim, extra, param) -> None:
     error = assert_envelope(v1.post("/chat/completions", content=chat_body(extra)))
-    assert error["param"] == param and error["code"] == "invalid_value"
+    assert error["param"] == param
+    assert error["code"] == "invalid_value"
     assert sim.stats()["requests"] == 0
 
 
@@ -151,7 +153,7 @@ def test_not_a_json_object_is_400(v1, slot, raw) -> None:
 
 
 @pytest.mark.parametrize(
-    "body, param",
+    ("body", "param"),
     [
         ({"n": 129}, "n"),
         ({"n": 10**9}, "n"),
@@ -195,7 +197,7 @@ def test_unknown_v1_url_is_an_envelope_404(server, api_key, url) -> None:
 
 
 @pytest.mark.parametrize(
-    "method, url, allow",
+    ("method", "url", "allow"),
     [
         ("GET", "/v1/chat/completions", "POST"),
         ("PUT", "/v1/completions", "POST"),
@@ -216,7 +218,7 @@ def test_wrong_method_is_an_envelope_405(server, api_key, method, url, allow) ->
 # The chat's and the widget's stream endpoints
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "fields, param",
+    ("fields", "param"),
     [
         ({"parent": [1]}, "parent"),
         ({"parent": {"id": 1}}, "parent"),
@@ -251,7 +253,7 @@ def test_chat_stream_parent_list_in_an_existing_conversation_is_400(
 
 
 @pytest.mark.parametrize(
-    "raw, param",
+    ("raw", "param"),
     [
         (b'{"content": "x", "slot": NaN}', "slot"),
         (b'{"content": "\\ud800"}', "content"),
@@ -280,7 +282,7 @@ def widget_post(server, widget: Widget, path: str, **kwargs: Any) -> httpx.Respo
 
 
 @pytest.mark.parametrize(
-    "raw, param",
+    ("raw", "param"),
     [
         (b'{"content": "x", "conversation": [1]}', "conversation"),
         (b'{"content": "x", "conversation": 5}', "conversation"),
@@ -339,16 +341,21 @@ async def test_unexpected_exception_is_a_generic_500_envelope_logged_once(
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "server_error"
-    assert SECRET not in response.content.decode() and "ZeroDivision" not in error["message"]
+    assert SECRET not in response.content.decode()
+    assert "ZeroDivision" not in error["message"]
     logged = [r for r in caplog.records if r.exc_info]
-    assert len(logged) == 1 and isinstance(logged[0].exc_info[1], ZeroDivisionError)
+    assert len(logged) == 1
+    exc_info = logged[0].exc_info
+    assert exc_info is not None
+    assert isinstance(exc_info[1], ZeroDivisionError)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == logged
 
 
 @override_settings(ROOT_URLCONF=__name__)
 async def test_http404_in_a_v1_view_is_an_envelope() -> None:
     response = await AsyncClient(raise_request_exception=False).get("/v1/missing")
-    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
 
 
 @override_settings(ROOT_URLCONF=__name__)
@@ -359,7 +366,7 @@ async def test_other_pages_keep_django_s_error_page() -> None:
 
 
 @pytest.mark.parametrize(
-    "url, handler, status",
+    ("url", "handler", "status"),
     [("/v1/chat/completions", "server_error", 500), ("/v1/models", "bad_request", 400)],
 )
 def test_failures_outside_views_are_envelopes_under_v1(url, handler, status) -> None:

@@ -30,7 +30,8 @@ def test_browser_stream_relays_llama_cpp_and_stores_it(llama_slot, llama_server,
         c for c in answer.chunks if c["choices"] and c["choices"][0]["delta"].get("content")
     ]
     assert len(content_chunks) == 24
-    assert answer.content.isascii() and answer.content.isprintable()
+    assert answer.content.isascii()
+    assert answer.content.isprintable()
 
     # The relay passed llama.cpp's chunks through unchanged: same id, llama.cpp's key order.
     assert len({c["id"] for c in answer.chunks}) == 1
@@ -39,9 +40,12 @@ def test_browser_stream_relays_llama_cpp_and_stores_it(llama_slot, llama_server,
     message = Message.objects.get(pk=answer.meta("slipstream.message")["assistant_message_id"])
     assert (message.status, message.finish_reason) == ("complete", "length")
     assert message.content == answer.content
-    assert message.ttft_ms is not None and message.ttft_ms > 0
+    assert message.ttft_ms is not None
+    assert message.ttft_ms > 0
     # llama-cpp-python sends no usage chunk: tokens/s comes from counted chunks.
-    assert message.usage is None and message.tokens_per_s and message.tokens_per_s > 0
+    assert message.usage is None
+    assert message.tokens_per_s
+    assert message.tokens_per_s > 0
 
 
 def test_openai_sdk_streams_through_slipstream_from_llama_cpp(llama_slot, openai_client):
@@ -50,10 +54,12 @@ def test_openai_sdk_streams_through_slipstream_from_llama_cpp(llama_slot, openai
     )
     chunks = list(stream)
     assert {c.model for c in chunks} == {"primary"}
-    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[0].id.startswith("chatcmpl-")
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text and text.isascii()
+    assert text
+    assert text.isascii()
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 16
 

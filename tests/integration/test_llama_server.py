@@ -17,6 +17,7 @@ import json
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support.llama_server import LlamaServer, llama_cpp_available
 
@@ -30,7 +31,7 @@ pytestmark = [
 
 MAX_TOKENS = 24
 LONG_MAX_TOKENS = 300  # prompt + 300 stays inside n_ctx=512
-MESSAGES: list[dict[str, str]] = [
+MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are a test model."},
     {"role": "user", "content": "Say something, anything at all."},
 ]
@@ -51,7 +52,8 @@ def parse_sse(body: str) -> list[str]:
         lines = [line for line in event.split("\n") if not line.startswith(":")]
         if not lines:
             continue
-        assert len(lines) == 1 and lines[0].startswith("data: "), repr(event)
+        assert len(lines) == 1, repr(event)
+        assert lines[0].startswith("data: "), repr(event)
         payloads.append(lines[0].removeprefix("data: "))
     return payloads
 
@@ -105,7 +107,7 @@ def test_openai_sdk_stream(llama_server: LlamaServer) -> None:
     try:
         stream = client.chat.completions.create(
             model=llama_server.model_id,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             max_tokens=MAX_TOKENS,
             stream=True,
         )
@@ -126,7 +128,7 @@ def test_openai_sdk_non_stream(llama_server: LlamaServer) -> None:
     try:
         completion = client.chat.completions.create(
             model=llama_server.model_id,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             max_tokens=MAX_TOKENS,
         )
     finally:
@@ -155,7 +157,7 @@ async def test_two_concurrent_streams_both_complete(llama_server: LlamaServer) -
             await first_started.wait()
         stream = await client.chat.completions.create(
             model=llama_server.model_id,
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             max_tokens=max_tokens,
             stream=True,
         )

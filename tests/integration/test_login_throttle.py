@@ -73,7 +73,8 @@ def test_staff_unlock_in_the_admin(server: DaphneServer, user: Any) -> None:
         staff = session_client(server, root)
         try:
             listed = staff.get("/admin/axes/accessattempt/")
-            assert listed.status_code == 200 and "ada" in listed.text
+            assert listed.status_code == 200
+            assert "ada" in listed.text
             deleted = staff.post(
                 f"/admin/axes/accessattempt/{attempt.pk}/delete/", data={"post": "yes"}
             )

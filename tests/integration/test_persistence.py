@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
+from django.http import HttpResponseBase, StreamingHttpResponse
 from django.test import AsyncClient
 
 from chat.models import Message
@@ -16,13 +19,21 @@ from chat.relay.upstream import aclose_clients
 WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
+async def read_streaming(response: HttpResponseBase) -> bytes:
+    """The whole body of an async view's streaming response."""
+    assert isinstance(response, StreamingHttpResponse)
+    assert response.is_async
+    content = cast("AsyncIterator[bytes]", response.streaming_content)
+    return b"".join([part async for part in content])
+
+
 class WriteCounter:
     """A Django execute wrapper counting the write statements of one connection."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
 
-    def __call__(self, execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+    def __call__(self, execute, sql, params, many, context):
         if sql.lstrip().upper().startswith(WRITE_VERBS):
             self.statements.append(sql)
         return execute(sql, params, many, context)
@@ -36,7 +47,7 @@ async def test_a_2000_token_answer_costs_at_most_5_writes(slot, sim, user) -> No
     # A first answer warms the slot: its cold -> ready change is one write per state change,
     # not per answer, and is not counted below.
     warm = await client.post("/chat/stream/", {"content": "hi"}, content_type="application/json")
-    assert b"[DONE]" in b"".join([part async for part in warm.streaming_content])
+    assert b"[DONE]" in await read_streaming(warm)
     await Message.objects.all().adelete()
     counter = WriteCounter()
     # The async ORM runs every query on one thread (sync_to_async, thread_sensitive): wrap the
@@ -46,12 +57,13 @@ async def test_a_2000_token_answer_costs_at_most_5_writes(slot, sim, user) -> No
         response = await client.post(
             "/chat/stream/", {"content": "a long one"}, content_type="application/json"
         )
-        body = b"".join([part async for part in response.streaming_content])
+        body = await read_streaming(response)
     finally:
         await sync_to_async(lambda: connection.execute_wrappers.remove(counter))()
     assert body.endswith(b"data: [DONE]\n\n")
     message = await Message.objects.aget(role="assistant")
-    assert message.status == "complete" and len(message.content.split()) == 2000
+    assert message.status == "complete"
+    assert len(message.content.split()) == 2000
     assert 3 <= len(counter.statements) <= 5, counter.statements
     # and not one of them per token
     assert (

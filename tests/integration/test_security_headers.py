@@ -127,7 +127,8 @@ def test_a_report_is_logged_once_and_answered_204(server) -> None:
         ),
         headers={"Content-Type": "application/csp-report"},
     )
-    assert response.status_code == 204 and response.content == b""
+    assert response.status_code == 204
+    assert response.content == b""
     # The Reporting API's batch format too.
     batch = [
         {
@@ -182,7 +183,8 @@ def test_without_a_proxy_nothing_changes(server) -> None:
     assert response.status_code == 200
     assert "strict-transport-security" not in response.headers
     cookie = response.headers["set-cookie"]
-    assert cookie.startswith("csrftoken=") and "secure" not in cookie.lower()
+    assert cookie.startswith("csrftoken=")
+    assert "secure" not in cookie.lower()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,7 +215,8 @@ def test_behind_the_proxy_cookies_are_secure_and_hsts_is_sent(proxied, user) -> 
         assert form.status_code == 200
         assert form.headers["strict-transport-security"] == "max-age=31536000"
         csrf = cookies_set(form)["csrftoken"]
-        assert "; secure" in csrf.lower() and "samesite=lax" in csrf.lower()
+        assert "; secure" in csrf.lower()
+        assert "samesite=lax" in csrf.lower()
         token = csrf.split(";", 1)[0].split("=", 1)[1]
         client.cookies.clear()
         signed_in = client.post(
@@ -227,7 +230,8 @@ def test_behind_the_proxy_cookies_are_secure_and_hsts_is_sent(proxied, user) -> 
         )
         assert signed_in.status_code == 302, signed_in.text[:500]
         session = cookies_set(signed_in)["sessionid"]
-        assert "; secure" in session.lower() and "samesite=lax" in session.lower()
+        assert "; secure" in session.lower()
+        assert "samesite=lax" in session.lower()
         assert "httponly" in session.lower()
 
 

@@ -18,12 +18,15 @@ import httpx
 import openai
 import pytest
 from django.core.management import load_command_class
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from chat.simulator import SimConfig, Simulator, SimulatorThread
 
 SSE = Path(__file__).parents[1] / "fixtures" / "sse"
-MESSAGES = [{"role": "user", "content": "Tell me about rivers"}]  # 4 prompt words
-WEATHER_TOOL = {
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me about rivers"}  # 4 prompt words
+]
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -75,7 +78,8 @@ def test_stream_wire_format_matches_openai(fast: SimulatorThread) -> None:
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["transfer-encoding"] == "chunked"
     events = response.text.split("\n\n")
-    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    assert events[-1] == ""
+    assert events[-2] == "data: [DONE]"
     payloads = data_lines(response.text)[:-1]
     for raw in payloads:  # compact JSON, key order as OpenAI's
         assert json.dumps(json.loads(raw), separators=(",", ":"), ensure_ascii=False) == raw
@@ -83,8 +87,10 @@ def test_stream_wire_format_matches_openai(fast: SimulatorThread) -> None:
     first, finish = parsed[0], parsed[-1]
     assert list(first) == ["id", "object", "created", "model", "system_fingerprint", "choices"]
     assert re.fullmatch(r"chatcmpl-[A-Za-z0-9]{24}", first["id"])
-    assert first["object"] == "chat.completion.chunk" and first["model"] == "gpt-x"
-    assert first["system_fingerprint"] == "fp_sim" and isinstance(first["created"], int)
+    assert first["object"] == "chat.completion.chunk"
+    assert first["model"] == "gpt-x"
+    assert first["system_fingerprint"] == "fp_sim"
+    assert isinstance(first["created"], int)
     assert first["choices"] == [
         {
             "index": 0,
@@ -96,7 +102,8 @@ def test_stream_wire_format_matches_openai(fast: SimulatorThread) -> None:
     assert {c["id"] for c in parsed} == {first["id"]}
     contents = [c["choices"][0]["delta"]["content"] for c in parsed[1:-1]]
     assert len(contents) == SimConfig().max_tokens_default
-    assert not contents[0].startswith(" ") and all(t.startswith(" ") for t in contents[1:])
+    assert not contents[0].startswith(" ")
+    assert all(t.startswith(" ") for t in contents[1:])
     assert finish["choices"] == [
         {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
     ]
@@ -140,7 +147,8 @@ def test_usage_chunk_has_empty_choices(fast: SimulatorThread, client: openai.Ope
         )
     )
     last = got[-1]
-    assert last.choices == [] and last.usage is not None
+    assert last.choices == []
+    assert last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (4, 6)
     assert last.usage.total_tokens == 10
     assert all(c.usage is None for c in got[:-1])
@@ -183,18 +191,22 @@ def test_tool_call_deltas_accumulate_to_json_arguments(
                 slot["arguments"] += call.function.arguments or ""
     assert finish == "tool_calls"
     assert list(calls) == [0]
-    assert calls[0]["id"].startswith("call_") and calls[0]["name"] == "get_weather"
+    assert calls[0]["id"].startswith("call_")
+    assert calls[0]["name"] == "get_weather"
     arguments = json.loads(calls[0]["arguments"])
-    assert set(arguments) == {"city", "days"} and isinstance(arguments["days"], int)
+    assert set(arguments) == {"city", "days"}
+    assert isinstance(arguments["days"], int)
 
 
 def test_tool_call_first_delta_has_openai_shape(fast: SimulatorThread) -> None:
     response = post(fast, {"messages": MESSAGES, "stream": True, "sim": {"tool_call": True}})
     deltas = [c["choices"][0]["delta"] for c in chunks(response.text)]
     (call,) = deltas[0]["tool_calls"]
-    assert deltas[0]["role"] == "assistant" and deltas[0]["content"] is None
+    assert deltas[0]["role"] == "assistant"
+    assert deltas[0]["content"] is None
     assert call["function"] == {"name": "sim_tool", "arguments": ""}
-    assert call["type"] == "function" and call["index"] == 0
+    assert call["type"] == "function"
+    assert call["index"] == 0
     assert all(set(d["tool_calls"][0]) == {"index", "function"} for d in deltas[1:-1])
 
 
@@ -217,9 +229,11 @@ def test_reasoning_content_comes_first(fast: SimulatorThread, client: openai.Ope
 
 def test_non_stream_chat_completion(fast: SimulatorThread, client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model="m1", messages=MESSAGES, max_tokens=9)
-    assert completion.object == "chat.completion" and completion.model == "m1"
+    assert completion.object == "chat.completion"
+    assert completion.model == "m1"
     (choice,) = completion.choices
-    assert choice.message.role == "assistant" and choice.finish_reason == "length"
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "length"
     assert len((choice.message.content or "").split()) == 9
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (4, 9)
@@ -244,7 +258,8 @@ def test_completions_endpoint_stream_and_non_stream(
     text = "".join(c.choices[0].text for c in got)
     assert len(text.split()) == 4
     whole = client.completions.create(model="sim", prompt="one two", max_tokens=4)
-    assert whole.choices[0].text == text and whole.usage is not None
+    assert whole.choices[0].text == text
+    assert whole.usage is not None
     assert whole.usage.prompt_tokens == 2
     raw = httpx.post(
         fast.base_url + "/v1/completions",
@@ -264,12 +279,13 @@ def test_completions_endpoint_stream_and_non_stream(
 def test_error_after_raises_api_error_mid_stream(
     fast: SimulatorThread, client: openai.OpenAI
 ) -> None:
-    seen = []
+    stream = client.chat.completions.create(
+        model="sim", messages=MESSAGES, stream=True, extra_body={"sim": {"error_after": 3}}
+    )
+    seen: list[str | None] = []
     with pytest.raises(openai.APIError, match="Simulated upstream error") as raised:
-        for chunk in client.chat.completions.create(
-            model="sim", messages=MESSAGES, stream=True, extra_body={"sim": {"error_after": 3}}
-        ):
-            seen.append(chunk.choices[0].delta.content)
+        # extend() keeps the items it took before the error.
+        seen.extend(chunk.choices[0].delta.content for chunk in stream)
     assert not isinstance(raised.value, openai.APIConnectionError)
     assert len([s for s in seen if s]) == 3
     # The simulator records the outcome just after its last write: the client may be faster.
@@ -280,7 +296,7 @@ def test_error_after_raises_api_error_mid_stream(
 def test_drop_after_leaves_an_incomplete_stream(
     fast: SimulatorThread, client: openai.OpenAI
 ) -> None:
-    body = b""
+    parts: list[bytes] = []
     with (
         pytest.raises(httpx.RemoteProtocolError),
         httpx.stream(
@@ -289,10 +305,12 @@ def test_drop_after_leaves_an_incomplete_stream(
             json={"messages": MESSAGES, "stream": True, "sim": {"drop_after": 3}},
         ) as response,
     ):
-        for part in response.iter_bytes():
-            body += part
+        parts.extend(response.iter_bytes())  # keeps the parts read before the error
+    body = b"".join(parts)
     contents = [c["choices"][0]["delta"].get("content") for c in chunks(body.decode())]
-    assert contents[0] == "" and len(contents) == 4 and all(contents[1:])  # role + 3 tokens
+    assert contents[0] == ""
+    assert len(contents) == 4  # role + 3 tokens
+    assert all(contents[1:])
     assert b"[DONE]" not in body
     with pytest.raises(openai.APIConnectionError):
         stream_text(client, extra_body={"sim": {"drop_after": 2}})
@@ -306,7 +324,7 @@ def test_malformed_after_sends_a_non_json_data_line(
     lines = data_lines(response.text)
     bad = [i for i, line in enumerate(lines) if line != "[DONE]" and not _is_json(line)]
     assert bad == [3]  # role+token, token, then the broken line
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):
         stream_text(client, extra_body={"sim": {"malformed_after": 1}})
 
 
@@ -348,7 +366,8 @@ def test_replay_is_byte_identical(fast: SimulatorThread) -> None:
             assert response.status_code == 200
             assert response.content == (SSE / name).read_bytes()
     missing = post(fast, {"messages": MESSAGES, "sim": {"replay": "../pyproject.toml"}})
-    assert missing.status_code == 400 and missing.json()["error"]["param"] == "sim.replay"
+    assert missing.status_code == 400
+    assert missing.json()["error"]["param"] == "sim.replay"
 
 
 def test_client_disconnect_mid_stream_is_counted_within_a_second(sim: SimulatorThread) -> None:
@@ -419,7 +438,7 @@ def test_identical_requests_give_identical_answers(
         client.chat.completions.create(model="sim", messages=MESSAGES).choices[0].message.content
         == first
     )
-    other = [{"role": "user", "content": "Something else"}]
+    other: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Something else"}]
     different = client.chat.completions.create(model="sim", messages=other)
     assert different.choices[0].message.content != first
     assert stream_text(client, seed=7)[0] != first
@@ -448,7 +467,8 @@ def test_sim_config_and_reset_endpoints(sim: SimulatorThread, client: openai.Ope
     assert (stats["requests"], stats["streams_started"], stats["completed"]) == (1, 1, 1)
     assert stats["last_request"]["messages"] == MESSAGES
     bad = httpx.post(base + "/sim/config", json={"lenght": 3})
-    assert bad.status_code == 400 and "lenght" in bad.json()["error"]["message"]
+    assert bad.status_code == 400
+    assert "lenght" in bad.json()["error"]["message"]
     assert httpx.post(base + "/sim/reset").json()["length"] is None
     stats = httpx.get(base + "/sim/stats").json()
     assert (stats["requests"], stats["completed"], stats["last_request"]) == (0, 0, None)
@@ -462,7 +482,8 @@ def test_header_override_and_body_wins(fast: SimulatorThread) -> None:
     got = post(fast, body | {"sim": {"length": 5}}, headers=header).json()
     assert len(got["choices"][0]["message"]["content"].split()) == 5
     bad = post(fast, body | {"sim": {"length": "many"}})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "sim"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "sim"
 
 
 def test_pacing_ttft_and_stall(sim: SimulatorThread) -> None:
@@ -489,7 +510,8 @@ def test_keepalive_comments_while_waiting(sim: SimulatorThread) -> None:
     body = post(sim, {"messages": MESSAGES, "stream": True}).text
     before_data = body[: body.index("data:")]
     pings = before_data.count(": ping\n\n")
-    assert pings in (2, 3) and before_data == ": ping\n\n" * pings  # at 0.1, 0.2, 0.3 s
+    assert pings in (2, 3)
+    assert before_data == ": ping\n\n" * pings  # at 0.1, 0.2, 0.3 s
 
 
 def test_keep_alive_connection_and_chunked_framing(fast: SimulatorThread) -> None:
@@ -527,7 +549,8 @@ def test_models_and_error_envelopes(fast: SimulatorThread, client: openai.OpenAI
     assert models["object"] == "list"
     assert set(models["data"][0]) == {"id", "object", "created", "owned_by"}
     missing = httpx.get(fast.base_url + "/v1/nothing")
-    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "invalid_request_error"
     bad = httpx.post(fast.base_url + "/v1/chat/completions", content=b"{not json")
     assert bad.status_code == 400
     assert bad.json() == {
@@ -539,7 +562,7 @@ def test_models_and_error_envelopes(fast: SimulatorThread, client: openai.OpenAI
         }
     }
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="sim", messages=None)  # type: ignore[arg-type]
+        client.chat.completions.create(model="sim", messages=None)  # type: ignore[call-overload]  # deliberately invalid
     assert httpx.get(fast.base_url + "/v1/chat/completions").status_code == 405
 
 
@@ -550,7 +573,8 @@ async def test_simulator_on_the_test_loop_with_models() -> None:
         async with httpx.AsyncClient(base_url=base) as http:
             ids = [m["id"] for m in (await http.get("/v1/models")).json()["data"]]
             answer = await http.post("/v1/chat/completions", json={"messages": MESSAGES})
-        assert ids == ["a", "b"] and answer.json()["model"] == "a"
+        assert ids == ["a", "b"]
+        assert answer.json()["model"] == "a"
         stats = await simulator.wait_for(lambda s: s["completed"] == 1)
         assert stats["requests"] == 1
     finally:

@@ -49,9 +49,11 @@ def test_a_visitor_chats_and_reads_back_only_their_conversation(server, widget, 
     with httpx.Client(timeout=30) as client:
         alice, bob = new_token(client, server, widget), new_token(client, server, widget)
         response, events = send(client, server, widget, alice, "Alice asks")
-        assert response.status_code == 200 and events[-1].data == "[DONE]"
+        assert response.status_code == 200
+        assert events[-1].data == "[DONE]"
         conversation = Conversation.objects.get()
-        assert conversation.widget == widget and conversation.user is None
+        assert conversation.widget == widget
+        assert conversation.user is None
         # Bob cannot continue Alice's conversation: he gets his own.
         send(client, server, widget, bob, "Bob asks", conversation=str(conversation.pk))
         assert Conversation.objects.count() == 2
@@ -80,9 +82,11 @@ def test_admin_shows_the_snippet_and_visitor_conversations_read_only(
     server, widget, sim, admin_client
 ) -> None:
     page = admin_client.get(f"/admin/chat/widget/{widget.pk}/change/").content.decode()
-    assert f"/widget/{widget.public_key}/embed.js" in page and "&lt;script" in page
+    assert f"/widget/{widget.public_key}/embed.js" in page
+    assert "&lt;script" in page
     conversation = Conversation.objects.create(widget=widget, title="visitor chat")
     listing = admin_client.get(f"/admin/chat/conversation/?widget__id__exact={widget.pk}")
     assert "visitor chat" in listing.content.decode()
     change = admin_client.get(f"/admin/chat/conversation/{conversation.pk}/change/")
-    assert change.status_code == 200 and 'name="_save"' not in change.content.decode()
+    assert change.status_code == 200
+    assert 'name="_save"' not in change.content.decode()

@@ -225,7 +225,8 @@ def test_disabling_a_widget_stops_its_answer_in_flight(server, sim, slot) -> Non
     assert ended_after < 1.0
     sim.wait_for(lambda s: s["cancelled"] >= 1)
     done = [json.loads(e.data) for e in events if e.event == "slipstream.done"]
-    assert done and done[0]["status"] == "stopped"
+    assert done
+    assert done[0]["status"] == "stopped"
     assert events[-1].data == "[DONE]"
     answer = Message.objects.get(role=Message.Role.ASSISTANT)
     assert answer.status == Message.Status.STOPPED

@@ -29,7 +29,8 @@ def test_content_and_usage_openai() -> None:
     acc = fold("openai-chat-content-usage.sse")
     assert acc.content().startswith("I'm unable to provide real-time weather updates.")
     assert acc.finish_reason() == "stop"
-    assert acc.usage is not None and acc.usage["completion_tokens"] == acc.completion_tokens()
+    assert acc.usage is not None
+    assert acc.usage["completion_tokens"] == acc.completion_tokens()
     assert acc.reasoning() == ""
     assert acc.tool_calls() == []
 
@@ -92,7 +93,8 @@ def test_reasoning_is_collected_apart_from_content(name: str) -> None:
         for c in chunks_of(name)
         if c.get("choices") and "delta" in c["choices"][0]
     )
-    assert expected and acc.reasoning() == expected
+    assert expected
+    assert acc.reasoning() == expected
     assert expected not in acc.content()
 
 
@@ -112,7 +114,8 @@ def test_legacy_completions_text() -> None:
 
 def test_refusal_is_collected() -> None:
     acc = fold("openai-chat-refusal.sse")
-    assert acc.refusal() and acc.content() == ""
+    assert acc.refusal()
+    assert acc.content() == ""
 
 
 def test_ttft_signal_ignores_role_only_chunk() -> None:

@@ -45,7 +45,8 @@ def test_every_recorded_chunk_passes(name: str) -> None:
 )
 def test_malformed_chunks_are_named(chunk: dict[str, object], problem: str) -> None:
     found = checks.chunk_problem(chunk)
-    assert found is not None and problem in found
+    assert found is not None
+    assert problem in found
 
 
 def test_a_completion_must_be_whole() -> None:

@@ -474,7 +474,7 @@ def test_encode_data_equals_encode_event(data: str, id_: int | None) -> None:
     ("event", "id_"), [("a\nb", None), ("a\rb", None), (None, "1\n"), (None, "\0")]
 )
 def test_encode_event_rejects_unframeable_fields(event: str | None, id_: str | None) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must not contain"):
         encode_event("x", event=event, id=id_)
 
 

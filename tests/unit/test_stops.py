@@ -93,9 +93,12 @@ def test_a_longer_stop_that_began_first_wins():
     # Found by hypothesis: "\n" completes first, but "a\na" started earlier and completes too.
     holdback = StopHoldback(["\n", "a\na"])
     assert holdback.feed("a\n") == ""
-    assert holdback.feed("a") == "" and holdback.stopped
+    assert holdback.feed("a") == ""
+    assert holdback.stopped
     ended = StopHoldback(["\n", "a\na"])
-    assert ended.feed("a\n") == "" and ended.flush() == "a" and ended.stopped
+    assert ended.feed("a\n") == ""
+    assert ended.flush() == "a"
+    assert ended.stopped
 
 
 def test_enforcer_cuts_the_stream_and_adds_a_stop_finish():
