@@ -28,11 +28,16 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # The test runner and its daphne processes must share a cache (chat.readcache invalidates
 # lookups through it): with REDIS_URL they share Redis; otherwise, one directory.
 CACHE_DIR = tempfile.mkdtemp(prefix="slipstream-test-cache-")
+# Django's file cache culls a third of its entries, at random, past MAX_ENTRIES (300 by
+# default): a session's worth of lookups and rate-limit counters passed it, and a widget
+# limit's counter vanished mid-test (8 messages through a limit of 5, in a full run only).
+CACHE_MAX_ENTRIES = 1_000_000
 if not settings.REDIS_URL:
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
             "LOCATION": CACHE_DIR,
+            "OPTIONS": {"MAX_ENTRIES": CACHE_MAX_ENTRIES},
         }
     }
 # Longer than the dispatcher's worst retry backoff (0.5 s + 1 s at 2 retries), so /v1 failures
@@ -120,7 +125,7 @@ def server_env() -> dict[str, str]:
         "DJANGO_SECRET_KEY": settings.SECRET_KEY,
         "DJANGO_DEBUG": "false",
         "SLIPSTREAM_KEEPALIVE_S": str(KEEPALIVE_S),
-        "CACHE_URL": f"filecache://{CACHE_DIR}",
+        "CACHE_URL": f"filecache://{CACHE_DIR}?max_entries={CACHE_MAX_ENTRIES}",
         "DJANGO_SETTINGS_MODULE": "tests.support.server_settings",
     }
 
