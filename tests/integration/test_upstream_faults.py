@@ -18,6 +18,7 @@ from chat.models import ApiCall, Message
 from chat.relay import dispatch
 from chat.relay.background import cancel_all
 from chat.relay.dispatch import SlotConfig
+from chat.relay.generation import Generation
 from chat.relay.slots import StateChange, state_listeners
 from chat.relay.upstream import BackendConfig, aclose_clients
 from chat.simulator.thread import SimulatorThread
@@ -94,13 +95,8 @@ def own_simulator():
         yield simulator
 
 
-async def test_twenty_waiting_clients_share_one_careful_caller(own_simulator, no_listeners):
-    simulator = own_simulator
-    simulator.configure(ttft_ms=0, tokens_per_s=0, length=3, fail_requests=ALWAYS, fail_status=503)
-    changes: list[StateChange] = []
-    no_listeners.append(changes.append)
-    slot = slot_on(simulator, cold_boot_timeout_s=4)
-    started = time.monotonic()
+async def twenty_answers(slot: SlotConfig) -> list[Generation]:
+    """20 different requests submitted at once to ``slot``, each awaited to its end."""
     generations = []
     for i in range(20):
         generation, _ = await dispatch.submit(
@@ -108,6 +104,17 @@ async def test_twenty_waiting_clients_share_one_careful_caller(own_simulator, no
         )
         generations.append(generation)
     await asyncio.gather(*(g.task for g in generations if g.task is not None))
+    return generations
+
+
+async def test_twenty_waiting_clients_share_one_careful_caller(own_simulator, no_listeners):
+    simulator = own_simulator
+    simulator.configure(ttft_ms=0, tokens_per_s=0, length=3, fail_requests=ALWAYS, fail_status=503)
+    changes: list[StateChange] = []
+    no_listeners.append(changes.append)
+    slot = slot_on(simulator, cold_boot_timeout_s=4)
+    started = time.monotonic()
+    generations = await twenty_answers(slot)
     elapsed = time.monotonic() - started
     for generation in generations:
         generation.detach()
@@ -131,13 +138,7 @@ async def test_waiters_all_get_through_once_the_slot_recovers(own_simulator, no_
     # so the others wait their turn; the 4th call is the first to open.
     simulator.configure(ttft_ms=0, tokens_per_s=0, length=3, fail_requests=3, fail_status=503)
     slot = slot_on(simulator, cold_boot_timeout_s=30)
-    generations = []
-    for i in range(20):
-        generation, _ = await dispatch.submit(
-            slot, "chat/completions", {"messages": [{"role": "user", "content": f"q{i}"}]}
-        )
-        generations.append(generation)
-    await asyncio.gather(*(g.task for g in generations if g.task is not None))
+    generations = await twenty_answers(slot)
     for generation in generations:
         generation.detach()
     assert [g.status for g in generations] == ["complete"] * 20
