@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -27,6 +28,12 @@ async def read_streaming(response: HttpResponseBase) -> bytes:
     return b"".join([part async for part in content])
 
 
+def is_checkpoint(sql: str) -> bool:
+    """``services.message_acheckpoint``'s UPDATE: only while the message is still streaming."""
+    head, _, where = sql.partition(" WHERE ")
+    return head.lstrip().upper().startswith('UPDATE "CHAT_MESSAGE"') and '"status"' in where
+
+
 class WriteCounter:
     """A Django execute wrapper counting the write statements of one connection."""
 
@@ -40,8 +47,12 @@ class WriteCounter:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_2000_token_answer_costs_at_most_5_writes(slot, sim, user) -> None:
-    sim.configure(ttft_ms=0, tokens_per_s=0, length=2000)
+async def test_a_2000_token_answer_costs_5_writes_and_a_checkpoint_a_second(
+    slot, sim, user
+) -> None:
+    # Paced over about 2 s, so checkpoints (about one a second while streaming) happen: at
+    # tokens_per_s=0 the answer ended before the first one was due and the bound held vacuously.
+    sim.configure(ttft_ms=0, tokens_per_s=1000, length=2000)
     client = AsyncClient()
     await client.aforce_login(user)
     # A first answer warms the slot: its cold -> ready change is one write per state change,
@@ -53,19 +64,25 @@ async def test_a_2000_token_answer_costs_at_most_5_writes(slot, sim, user) -> No
     # The async ORM runs every query on one thread (sync_to_async, thread_sensitive): wrap the
     # connection that thread uses.
     await sync_to_async(lambda: connection.execute_wrappers.append(counter))()
+    started = time.monotonic()
     try:
         response = await client.post(
             "/chat/stream/", {"content": "a long one"}, content_type="application/json"
         )
         body = await read_streaming(response)
     finally:
+        elapsed = time.monotonic() - started
         await sync_to_async(lambda: connection.execute_wrappers.remove(counter))()
     assert body.endswith(b"data: [DONE]\n\n")
     message = await Message.objects.aget(role="assistant")
     assert message.status == "complete"
     assert len(message.content.split()) == 2000
-    assert 3 <= len(counter.statements) <= 5, counter.statements
-    # and not one of them per token
+    checkpoints = [sql for sql in counter.statements if is_checkpoint(sql)]
+    assert checkpoints, counter.statements  # the answer was checkpointed while it streamed
+    # Five for the answer (conversation, user message, assistant message, the final UPDATE, the
+    # conversation's bump) and at most one checkpoint a second: not one per token.
+    assert len(counter.statements) - len(checkpoints) <= 5, counter.statements
+    assert len(checkpoints) <= elapsed + 1, (len(checkpoints), elapsed)
     assert (
         json.loads(body.split(b"event: slipstream.done\ndata: ")[1].split(b"\n")[0])["status"]
         == "complete"
