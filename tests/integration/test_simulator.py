@@ -457,6 +457,10 @@ def test_stop_strings_cut_content_unless_ignored(
 
 
 def test_sim_config_and_reset_endpoints(sim: SimulatorThread, client: openai.OpenAI) -> None:
+    # The simulator is the session's: an answer an earlier test left running (a chat answer
+    # goes on without its reader) would finish after the reset and count as completed here.
+    sim.wait_for(lambda stats: stats["active"] == 0, timeout_s=60)
+    sim.reset()
     base = sim.base_url
     assert (
         httpx.post(base + "/sim/config", json={"length": 3, "tokens_per_s": 0}).status_code == 200
