@@ -1,4 +1,16 @@
-"""JSON errors for the JSON endpoints: ``/v1`` and the browser's chat and widget APIs never
+"""Slipstream's middleware: Django's own, kept on the event loop, and JSON errors.
+
+**On the loop.** Django's ``MiddlewareMixin`` runs each ``process_request`` and
+``process_response`` under ASGI through ``sync_to_async``: a hop to a worker thread and back,
+about 0.1-0.3 ms of CPU each and a wait for the GIL when the loop is busy, some 15 per request for
+Django's usual chain (bench/middleware_floor.py). The classes below are Django's middleware with
+those hooks called on the loop, since none of them does I/O on a request that does not need it:
+they read headers and cookies and set headers. Where a hook can reach the database or the cache
+(a session to save, flash messages to store), that one call still goes to a thread.
+WhiteNoise (sync only: Django would adapt the whole chain through threads for it) runs only for
+paths under ``STATIC_URL``, in a thread; every other request passes it by on the loop.
+
+**JSON errors.** The JSON endpoints: ``/v1`` and the browser's chat and widget APIs never
 answer with Django's HTML error pages, whatever goes wrong.
 
 An exception a view did not handle becomes OpenAI's error envelope
@@ -11,12 +23,22 @@ middleware, a bad Host header), as Django's ``handler500`` and ``handler400``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.middleware import clickjacking, common, csrf, security
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.log import log_response
 from django.views import defaults
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.http import error_response, invalid
 from chat.relay.errors import EnvelopeError
@@ -62,6 +84,135 @@ def _error(exception: Exception) -> EnvelopeError:
     return EnvelopeError(SERVER_ERROR, status=500, type="server_error")
 
 
+# ------------------------------------------------------------------------------------------------
+# Django's middleware on the loop
+# ------------------------------------------------------------------------------------------------
+class OnLoop(MiddlewareMixin):
+    """Mixed in before a Django ``MiddlewareMixin`` middleware: under ASGI its
+    ``process_request`` and ``process_response`` run on the event loop, the latter in a thread
+    only when ``response_needs_thread`` says it may do I/O. Under WSGI (the test client) it is
+    the middleware as Django wrote it."""
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        """Whether ``process_response`` may block on I/O for this request (default: never)."""
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        if response is None:
+            response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
+        if hasattr(self, "process_response"):
+            if self.response_needs_thread(request, response):
+                respond = sync_to_async(self.process_response, thread_sensitive=True)
+                response = await respond(request, response)
+            else:
+                response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(OnLoop, security.SecurityMiddleware):
+    """Django's: HTTPS redirect and security headers."""
+
+
+class CommonMiddleware(OnLoop, common.CommonMiddleware):
+    """Django's: disallowed user agents, ``APPEND_SLASH`` (a URL resolution, no I/O)."""
+
+
+class AuthenticationMiddleware(OnLoop, auth.AuthenticationMiddleware):
+    """Django's: ``request.user`` and ``request.auser``, both lazy (no query until used)."""
+
+
+class XFrameOptionsMiddleware(OnLoop, clickjacking.XFrameOptionsMiddleware):
+    """Django's: the ``X-Frame-Options`` header."""
+
+
+class SessionMiddleware(OnLoop, sessions.SessionMiddleware):
+    """Django's: the session store is created lazily (no read until the view touches it); the
+    response saves it, in a thread, only when it changed (or ``SESSION_SAVE_EVERY_REQUEST``)."""
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class MessageMiddleware(OnLoop, messages.MessageMiddleware):
+    """Django's: flash messages are stored (cookie or session, which may be read first) only
+    when the request added or read some; only then in a thread."""
+
+    def response_needs_thread(self, request: HttpRequest, response: HttpResponseBase) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and bool(storage.used or storage.added_new)
+
+
+class CsrfViewMiddleware(OnLoop, csrf.CsrfViewMiddleware):
+    """Django's: the token check reads a cookie and a header, and for a form post the posted
+    fields (``request.POST``: the body, already in memory). A multipart body may spill to disk as
+    it is parsed, so its check runs in a thread.
+
+    ``process_view`` is a coroutine, so Django's handler awaits it on the loop under ASGI (and
+    runs it through ``async_to_sync`` under WSGI)."""
+
+    async def process_view(  # type: ignore[override]
+        self,
+        request: HttpRequest,
+        callback: Callable[..., Any],
+        callback_args: tuple[Any, ...],
+        callback_kwargs: dict[str, Any],
+    ) -> HttpResponseBase | None:
+        if request.content_type == "multipart/form-data":
+            check = sync_to_async(super().process_view, thread_sensitive=True)
+            return await check(request, callback, callback_args, callback_kwargs)
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
+
+class StaticFilesMiddleware:
+    """WhiteNoise's middleware (static files, with their caching headers), consulted only for
+    paths under ``STATIC_URL``: in a thread under ASGI, since it reads the file system. Any
+    other request goes straight on, on the loop. (WhiteNoise 6.12 is sync only; listed as it
+    is, Django would run every request's chain below it through ``async_to_sync``.)"""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.whitenoise = WhiteNoiseMiddleware(get_response)
+        # WHITENOISE_ROOT serves files at the site's root: then every path is a candidate.
+        self.prefix = (
+            "" if getattr(settings, "WHITENOISE_ROOT", None) else self.whitenoise.static_prefix
+        )
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        return self.whitenoise(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.path_info.startswith(self.prefix):
+            served = await sync_to_async(self._serve, thread_sensitive=True)(request)
+            if served is not None:
+                return served
+        return await cast(Awaitable[HttpResponseBase], self.get_response(request))
+
+    def _serve(self, request: HttpRequest) -> HttpResponseBase | None:
+        whitenoise = self.whitenoise
+        if whitenoise.autorefresh:
+            static_file = whitenoise.find_file(request.path_info)
+        else:
+            static_file = whitenoise.files.get(request.path_info)
+        if static_file is None:
+            return None
+        return cast(HttpResponseBase, whitenoise.serve(static_file, request))
+
+
+# ------------------------------------------------------------------------------------------------
+# JSON errors
+# ------------------------------------------------------------------------------------------------
 class JsonErrorMiddleware(MiddlewareMixin):
     """Turns an exception raised by a JSON endpoint's view into a JSON error response.
 

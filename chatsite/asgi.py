@@ -7,19 +7,62 @@ channels#1249.
 
 daphne does not speak the ASGI lifespan protocol, so the process's background work (the sweeper
 that marks answers of dead processes ``interrupted``) starts with the first request.
+
+Django's own handler runs each request in a new asgiref ``ThreadSensitiveContext``, whose
+executor starts a thread on the request's first ``sync_to_async`` call and joins it at the end.
+Every request makes such calls (Django sends ``request_started`` and closes the response through
+one), so every request started and joined a thread, and opened its own database connection in
+it: the largest item of an empty view's cost (bench/middleware_floor.py). ``SlipstreamHandler``
+gives each request one of a few long-lived threads instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import django
+from asgiref.sync import ThreadSensitiveContext
 from channels.routing import ProtocolTypeRouter
-from django.core.asgi import get_asgi_application
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
-django_app = get_asgi_application()
+
+class SlipstreamHandler(ASGIHandler):
+    """Django's ASGI handler, with the thread that runs a request's synchronous code (its
+    ``sync_to_async(thread_sensitive=True)`` calls: the ORM, sync middleware and views) taken
+    from a fixed pool of ``threads`` single-thread executors, round robin, instead of a thread
+    started and joined per request.
+
+    What asgiref's ``ThreadSensitiveContext(executor=...)`` promises still holds: one request's
+    synchronous calls run one at a time on one thread (so on one database connection). Calls of
+    different requests that share a thread queue behind each other; tasks that outlive their
+    request run in a fresh context (``chat.relay.background.spawn``), on asgiref's process-wide
+    thread.
+    """
+
+    def __init__(self, threads: int) -> None:
+        super().__init__()
+        self.executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"django-sync-{i}")
+            for i in range(threads)
+        ]
+        self._turns = itertools.cycle(self.executors)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        async with ThreadSensitiveContext(executor=next(self._turns)):
+            await self.handle(scope, receive, send)
+
+
+django.setup(set_prefix=False)  # as get_asgi_application does
+
+django_app = SlipstreamHandler(threads=settings.SLIPSTREAM_SYNC_THREADS)
 
 
 class StartsBackgroundWork:

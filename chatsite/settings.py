@@ -76,15 +76,17 @@ INSTALLED_APPS = [
     "chat",
 ]
 
+# Django's usual chain, each kept on the event loop under ASGI (chat.middleware: Django's own
+# classes; WhiteNoise only for STATIC_URL), so a request pays no thread hop for it.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chat.middleware.SecurityMiddleware",
+    "chat.middleware.StaticFilesMiddleware",
+    "chat.middleware.SessionMiddleware",
+    "chat.middleware.CommonMiddleware",
+    "chat.middleware.CsrfViewMiddleware",
+    "chat.middleware.AuthenticationMiddleware",
+    "chat.middleware.MessageMiddleware",
+    "chat.middleware.XFrameOptionsMiddleware",
     "chat.csp.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # Turns a locked-out login (AxesStandaloneBackend) into chat.lockout's page.
@@ -117,6 +119,13 @@ TEMPLATES = [
 # ------------------------------------------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+# Requests' synchronous code runs on a few long-lived threads (chatsite.asgi), so each thread's
+# connection is kept for the next request instead of being opened and closed per request (a
+# new SQLite connection registers its functions and runs its PRAGMAs; a PostgreSQL one is a
+# round trip and an authentication). Checked before reuse. DATABASE_URL's ?conn_max_age= wins.
+if not DATABASES["default"].get("CONN_MAX_AGE"):
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("SLIPSTREAM_DB_CONN_MAX_AGE", default=600)
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the stream views write checkpoints while pages read; the busy timeout makes
     # concurrent writers wait instead of failing with "database is locked".
@@ -242,6 +251,11 @@ SIMULATOR_PORT = env.int("SLIPSTREAM_SIMULATOR_PORT", default=8001)
 # Largest /v1 request body, bytes; bigger ones get 413. Django's own limit follows it.
 SLIPSTREAM_API_MAX_BODY_BYTES = env.int("SLIPSTREAM_API_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SLIPSTREAM_API_MAX_BODY_BYTES
+
+# Threads that run requests' synchronous code (the ORM, sync views and middleware), each request
+# on one of them (chatsite.asgi.SlipstreamHandler). A request on the hot path makes no such call
+# before its first chunk; more threads only help pages that spend long in sync code.
+SLIPSTREAM_SYNC_THREADS = env.int("SLIPSTREAM_SYNC_THREADS", default=4)
 
 LOGGING = {
     "version": 1,
