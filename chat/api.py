@@ -22,7 +22,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import answers, jsonbody, selectors, services, streaming
+from chat import answers, jsonbody, readcache, selectors, services, streaming
 from chat.http import Refusal, error_response, invalid, sse_response
 from chat.models import ApiKey, Slot
 from chat.relay import dispatch
@@ -34,8 +34,9 @@ from chat.streaming import ChunkRewriter
 logger = logging.getLogger(__name__)
 
 
-async def authenticate(request: HttpRequest) -> ApiKey:
-    """The API key of ``Authorization: Bearer <key>``. Raises ``Refusal`` 401."""
+async def authenticate(request: HttpRequest, lookups: readcache.Lookups) -> ApiKey:
+    """The API key of ``Authorization: Bearer <key>`` (``lookups``: the request's cached
+    lookups). Raises ``Refusal`` 401."""
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
@@ -44,7 +45,7 @@ async def authenticate(request: HttpRequest) -> ApiKey:
             status=401,
             code="invalid_api_key",
         )
-    key = await selectors.api_key_aget_active(raw=raw.strip())
+    key = await selectors.api_key_aget_active(raw=raw.strip(), lookups=lookups)
     if key is None:
         shown = raw.strip()[:12]
         raise invalid(
@@ -244,10 +245,14 @@ def validate(body: dict[str, Any], *, chat: bool) -> None:
             raise _out_of_range(name, "must be at least 0")
 
 
-async def resolve_slot(name: str, key: ApiKey) -> Slot:
+async def resolve_slot(name: str, key: ApiKey, lookups: readcache.Lookups) -> Slot:
     """The enabled slot called ``name`` that the key's user may use. Raises ``Refusal`` 404
     ``model_not_found`` (also for a slot limited to groups the user is not in)."""
-    slot = await selectors.slot_aget_cached(name=name, user=key.user) if name else None
+    slot = (
+        await selectors.slot_aget_cached(name=name, user=key.user, lookups=lookups)
+        if name
+        else None
+    )
     if slot is None:
         raise invalid(
             f"The model `{name}` does not exist or you do not have access to it.",
@@ -300,9 +305,10 @@ async def models(request: HttpRequest, model: str | None = None) -> HttpResponse
     if request.method != "GET":
         return method_not_allowed(request, allowed="GET")
     try:
-        key = await authenticate(request)
+        lookups = readcache.Lookups()
+        key = await authenticate(request, lookups)
         if model is not None:
-            return JsonResponse(model_object(await resolve_slot(model, key)))
+            return JsonResponse(model_object(await resolve_slot(model, key, lookups)))
         slots = [model_object(slot) async for slot in selectors.slot_list_enabled(user=key.user)]
         return JsonResponse({"object": "list", "data": slots})
     except EnvelopeError as exc:
@@ -344,12 +350,13 @@ async def _create_completion(
     if request.method != "POST":
         return method_not_allowed(request, allowed="POST")
     call = _Call(endpoint)
+    lookups = readcache.Lookups()
     try:
-        call.key = await authenticate(request)
+        call.key = await authenticate(request, lookups)
         body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
         validate(body, chat=endpoint == CHAT)
         call.slot_name, call.stream = body["model"], bool(body.get("stream"))
-        slot = await resolve_slot(call.slot_name, call.key)
+        slot = await resolve_slot(call.slot_name, call.key, lookups)
         if not call.stream:
             return await _whole_completion(call, call.key, slot, body)
         return await _streamed_completion(call, call.key, slot, body)

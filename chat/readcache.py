@@ -1,39 +1,56 @@
-"""A short-lived cache of the two lookups every /v1 call makes (its API key, its slot), on
-Django's cache: in memory in one process, in Redis when REDIS_URL is set.
+"""A short-lived cache of the two lookups every /v1 call makes (its API key, its slot), in this
+process's memory, under a version number that every process reads once per call.
 
-Every entry is keyed under a version number that any change to keys, slots, backends, users or
-groups bumps (``invalidate``, wired to model signals in ``ChatConfig.ready``): a revoked key or
-a disabled slot stops working on the next request, in every process, not after a timeout.
-``TTL_S`` only bounds memory. Where the version lives depends on the cache:
+Any change to keys, slots, backends, users or groups bumps the version (``invalidate``, wired to
+model signals in ``ChatConfig.ready``): a revoked key or a disabled slot stops working on the
+next request, in every process, not after a timeout. ``TTL_S`` and ``MAX_ENTRIES`` only bound
+memory. Where the version lives depends on the cache:
 
 - shared between processes (Redis, or a file cache via CACHE_URL): in the cache, bumped once
   the change commits (a bump before the commit let a concurrent call cache the old row under
-  the new version);
+  the new version). With Redis it is read with the relay's own asyncio client
+  (``chat.relay.shared``), on the loop;
 - private to each process (locmem, the default without REDIS_URL): in the database
-  (``ReadCacheVersion``), bumped in the change's own transaction, read once per call. A bump in
-  another process's memory would never reach this one (issue 16: a key revoked elsewhere
-  kept working for 55 s).
+  (``ReadCacheVersion``), bumped in the change's own transaction. A bump in another process's
+  memory would never reach this one (issue 16: a key revoked elsewhere kept working for 55 s).
 
-Measured by bench/profile_relay.py: the two lookups cost about 5 ms of ORM work per call; a hit
-costs two cache reads (plus one single-row query with a private cache).
+The values themselves stay in this process (a dict of pickles, so every caller gets its own copy,
+as from Django's cache): reading them costs no thread hop and no round trip. Each process loads
+a lookup from the database at most once per version and ``TTL_S``.
+
+A version is a random 62-bit number, not a counter: a cache that is cleared or a table that is
+emptied (a restored backup, a test's flush) would start a counter again at numbers this
+process's memory already holds entries for. No version yet (0) means nothing is cached.
+
+A ``Lookups`` serves one request: it reads the version once for all of its lookups. Measured by
+bench/profile_relay.py: the two lookups cost about 5 ms of ORM work per call uncached; through
+Django's cache API (a ``sync_to_async`` hop per read, even for locmem) a hit cost four hops.
 """
 
 from __future__ import annotations
 
+import pickle
+import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.core.cache import cache, caches
 from django.core.cache.backends.dummy import DummyCache
 from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
-from django.db.models import F
 
 _T = TypeVar("_T")
 
 TTL_S = 60
+MAX_ENTRIES = 10_000
 VERSION_KEY = "readcache:version"
-_MISSING = object()
+
+# "version:name" -> (expires at, time.monotonic() s; the pickled value), oldest first.
+_memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
 
 def cache_is_shared() -> bool:
@@ -41,25 +58,60 @@ def cache_is_shared() -> bool:
     return not isinstance(caches["default"], LocMemCache | DummyCache)
 
 
-async def _aversion() -> int:
-    if cache_is_shared():
-        return await cache.aget(VERSION_KEY) or 0
+def _database_version() -> int:
+    """``ReadCacheVersion``'s one row, in one statement: this runs on every /v1 call, and the
+    ORM's query compilation cost more than the query."""
+    from django.db import connection
+
     from chat.models import ReadCacheVersion
 
-    row = ReadCacheVersion.objects.filter(pk=1).values_list("version", flat=True)
-    return await row.afirst() or 0
+    meta, quote = ReadCacheVersion._meta, connection.ops.quote_name
+    sql = f"SELECT version FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column or 'id')} = 1"
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
-async def aget_or_load(name: str, load: Callable[[], Awaitable[_T]]) -> _T:
-    """The cached value for ``name`` at the current version, else ``load()`` (cached, even
-    when None, so an unknown key does not hit the database every time)."""
-    version = await _aversion()
-    key = f"readcache:{version}:{name}"
-    value: Any = await cache.aget(key, _MISSING)
-    if value is _MISSING:
+async def _aversion() -> int:
+    if not cache_is_shared():
+        return await sync_to_async(_database_version, thread_sensitive=True)()
+    if isinstance(caches["default"], RedisCache):
+        from chat.relay.shared import shared
+
+        store = shared()
+        if store is not None:  # REDIS_URL: the cache's own server
+            raw = await store.redis.get(cache.make_and_validate_key(VERSION_KEY))
+            return int(raw) if raw is not None else 0
+    return await cache.aget(VERSION_KEY) or 0
+
+
+class Lookups:
+    """One request's cached lookups (see the module): the version is read on the first one."""
+
+    __slots__ = ("_version",)
+
+    def __init__(self) -> None:
+        self._version: int | None = None
+
+    async def aget_or_load(self, name: str, load: Callable[[], Awaitable[_T]]) -> _T:
+        """The cached value for ``name`` at the current version, else ``load()`` (cached, even
+        when None, so an unknown key does not hit the database every time)."""
+        if self._version is None:
+            self._version = await _aversion()
+        if not self._version:
+            return await load()
+        key = f"{self._version}:{name}"
+        now = time.monotonic()
+        entry = _memory.get(key)
+        if entry is not None and entry[0] > now:
+            return pickle.loads(entry[1])  # type: ignore[no-any-return]
         value = await load()
-        await cache.aset(key, value, TTL_S)
-    return value  # type: ignore[no-any-return]
+        _memory[key] = (now + TTL_S, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
+        _memory.move_to_end(key)
+        while len(_memory) > MAX_ENTRIES:
+            _memory.popitem(last=False)
+        return value
 
 
 def invalidate(**_: Any) -> None:
@@ -71,15 +123,17 @@ def invalidate(**_: Any) -> None:
         _bump_database()
 
 
+def _new_version() -> int:
+    # An int (Django's Redis serialiser stores ints as plain numbers, which the asyncio client
+    # reads back), never 0.
+    return secrets.randbits(62) + 1
+
+
 def _bump_cache() -> None:
-    try:
-        cache.incr(VERSION_KEY)
-    except ValueError:
-        cache.set(VERSION_KEY, 1, None)
+    cache.set(VERSION_KEY, _new_version(), None)
 
 
 def _bump_database() -> None:
     from chat.models import ReadCacheVersion
 
-    if not ReadCacheVersion.objects.filter(pk=1).update(version=F("version") + 1):
-        ReadCacheVersion.objects.get_or_create(pk=1, defaults={"version": 1})
+    ReadCacheVersion.objects.update_or_create(pk=1, defaults={"version": _new_version()})

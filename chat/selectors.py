@@ -261,16 +261,22 @@ async def slot_aget(*, name: str | None, user: User | None = None) -> Slot | Non
     return await slots.afirst()
 
 
-async def slot_aget_cached(*, name: str, user: User) -> Slot | None:
-    """``slot_aget`` through ``readcache``: the /v1 API's per-call lookup."""
-    return await readcache.aget_or_load(
+async def slot_aget_cached(
+    *, name: str, user: User, lookups: readcache.Lookups | None = None
+) -> Slot | None:
+    """``slot_aget`` through ``readcache``: the /v1 API's per-call lookup (``lookups``: the
+    request's, so that it reads the cache's version once)."""
+    return await (lookups or readcache.Lookups()).aget_or_load(
         f"slot:{name}:{user.pk}", lambda: slot_aget(name=name, user=user)
     )
 
 
-async def api_key_aget_active(*, raw: str) -> ApiKey | None:
+async def api_key_aget_active(
+    *, raw: str, lookups: readcache.Lookups | None = None
+) -> ApiKey | None:
     """The active key (not revoked, its user active) whose digest matches the raw key ``raw``,
-    with its user, through ``readcache``; None for any other string."""
+    with its user, through ``readcache`` (``lookups``: the request's); None for any other
+    string."""
     if not raw.startswith(API_KEY_PREFIX):
         return None
     digest = api_key_digest(raw)
@@ -282,7 +288,7 @@ async def api_key_aget_active(*, raw: str) -> ApiKey | None:
             .afirst()
         )
 
-    return await readcache.aget_or_load(f"key:{digest}", load)
+    return await (lookups or readcache.Lookups()).aget_or_load(f"key:{digest}", load)
 
 
 def widget_get(*, public_key: str) -> Widget | None:

@@ -1,0 +1,71 @@
+"""The /v1 lookup cache (``chat.readcache``): values kept in process memory under a version that
+every request reads, wherever that version lives (a shared cache, or the database)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.cache import cache
+from django.test import override_settings
+
+from chat import readcache
+from chat.models import ReadCacheVersion
+
+LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+def counting_loader() -> tuple[list[int], Callable[[], Awaitable[int]]]:
+    loads: list[int] = []
+
+    async def load() -> int:
+        loads.append(len(loads) + 1)
+        return loads[-1]
+
+    return loads, load
+
+
+async def lookup(name: str, load: Callable[[], Awaitable[int]]) -> int:
+    return await readcache.Lookups().aget_or_load(name, load)
+
+
+async def test_a_cleared_shared_version_never_brings_back_old_entries() -> None:
+    """A version that was a counter started again at 1 after the cache was cleared, and this
+    process's memory still held entries under 1 from before: stale keys and slots came back
+    (seen as a queued /v1 call that never timed out, its slot's old limits cached)."""
+    assert readcache.cache_is_shared()  # the tests' file cache, as the daphne servers share it
+    _, load = counting_loader()
+    await sync_to_async(cache.delete)(readcache.VERSION_KEY)
+    assert await lookup("thing", load) == 1  # no version yet: nothing is cached
+    assert await lookup("thing", load) == 2
+    await sync_to_async(readcache._bump_cache)()
+    assert await lookup("thing", load) == 3
+    assert await lookup("thing", load) == 3  # cached under this version
+    await sync_to_async(cache.delete)(readcache.VERSION_KEY)  # cleared, then changed again
+    await sync_to_async(readcache._bump_cache)()
+    assert await lookup("thing", load) == 4
+
+
+async def test_one_request_reads_the_version_once() -> None:
+    _, load = counting_loader()
+    await sync_to_async(readcache._bump_cache)()
+    lookups = readcache.Lookups()
+    first = await lookups.aget_or_load("a", load)
+    await sync_to_async(readcache._bump_cache)()  # a change during the request
+    assert await lookups.aget_or_load("a", load) == first
+    assert await lookup("a", load) != first  # the next request sees it
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_database_version_survives_an_emptied_table() -> None:
+    with override_settings(CACHES=LOCMEM):
+        assert not readcache.cache_is_shared()
+        _, load = counting_loader()
+        await sync_to_async(readcache._bump_database)()
+        assert await lookup("slot", load) == 1
+        assert await lookup("slot", load) == 1
+        await ReadCacheVersion.objects.all().adelete()  # a flush, a restored backup
+        assert await lookup("slot", load) == 2  # no version: nothing cached
+        await sync_to_async(readcache._bump_database)()
+        assert await lookup("slot", load) == 3
