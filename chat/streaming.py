@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
 
 from django.conf import settings
 
+from chat.relay.background import spawn
 from chat.relay.generation import KEEPALIVE, Generation, Phase
 from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_data, encode_event
 from chat.relay.upstream import Chunk
@@ -33,7 +34,7 @@ from chat.relay.upstream import Chunk
 EndRenderer = Callable[[Generation], bytes]
 # Called once when the client stops reading, with whether it read to the end; shielded from
 # cancellation (a client that leaves still gets its call recorded).
-LeaveHook = Callable[[bool], Awaitable[None]]
+LeaveHook = Callable[[bool], Coroutine[Any, Any, None]]
 
 
 async def generation_sse(
@@ -54,6 +55,9 @@ async def generation_sse(
     client that goes away cancels this generator: Django does so for async streaming
     responses), then runs ``on_leave``."""
     read_to_end = False
+    # Chunks that arrived together (one upstream read, or while this client's socket was slow)
+    # leave as one write: one ASGI message, one socket send, instead of one per chunk.
+    pending: list[bytes] = []
     try:
         if head:
             yield head
@@ -66,17 +70,25 @@ async def generation_sse(
                     sequence += 1
                     data = render_chunk(sequence, item)
                     if data is not None:
-                        yield data
+                        pending.append(data)
+                    if sequence < len(generation.chunks):
+                        continue  # the next one is already here
                 elif item is KEEPALIVE:
-                    yield KEEPALIVE_COMMENT
+                    pending.append(KEEPALIVE_COMMENT)
                 elif render_phase is not None and isinstance(item, Phase):
-                    yield render_phase(item)
+                    pending.append(render_phase(item))
+                if pending:
+                    yield b"".join(pending)
+                    pending.clear()
         read_to_end = True
     finally:
         generation.detach()
         if on_leave is not None:
-            await asyncio.shield(on_leave(read_to_end))
-    yield render_end(generation)
+            # A task of its own context, not the request's: it may outlive the request, whose
+            # thread for sync calls (chatsite.asgi) is no longer its own by then.
+            await asyncio.shield(spawn(on_leave(read_to_end)))
+    pending.append(render_end(generation))
+    yield b"".join(pending)
 
 
 # ------------------------------------------------------------------------------------------------

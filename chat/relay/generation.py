@@ -24,6 +24,7 @@ from typing import Any, Final
 from chat.relay.accumulate import MessageAccumulator
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
+from chat.relay.idle import IdleTimer
 from chat.relay.upstream import Chunk
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ KEEPALIVE: Final = _Keepalive()
 comment line so proxies and clients keep the connection open."""
 
 FinishCallback = Callable[["Generation"], Awaitable[None]]
+
+
+def _no_news(waiter: asyncio.Future[bool]) -> None:
+    waiter.set_result(False)
+
 
 # Streaming answers are written to the database at most this often (s), so a process that dies
 # mid-answer loses at most about this much of it (DESIGN.md, "Persistence").
@@ -140,7 +146,9 @@ class Generation:
         self._checkpointed_at = time.monotonic()
         self._checkpointing: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
-        self._wake: asyncio.Future[None] = loop.create_future()
+        # Each waiting subscriber's own future, resolved (True) by the next news: one future per
+        # wait, never shared, so a subscriber's cancellation touches nobody else's.
+        self._waiters: list[asyncio.Future[bool]] = []
         registry = _live.setdefault(loop, {})
         registry[self.id] = self
         self._registry = registry
@@ -236,8 +244,10 @@ class Generation:
             self.task.cancel()
 
     def _notify(self) -> None:
-        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
-        wake.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(True)
 
     # -- the consumers' side (requests) --
 
@@ -264,22 +274,31 @@ class Generation:
         """
         index = after
         seen_phase: Phase | None = None
-        while True:
-            while index < len(self.chunks):
-                index += 1
-                yield self.chunks[index - 1]
-            if self.ended:
-                return
-            if self.phase is not seen_phase and not self.chunks:
-                seen_phase = self.phase
-                if seen_phase is not None:
-                    yield seen_phase
-                continue
-            # asyncio.wait never cancels the shared future, unlike wait_for or a bare await
-            # interrupted by this subscriber's own cancellation.
-            done, _ = await asyncio.wait((self._wake,), timeout=keepalive_s)
-            if not done:
-                yield KEEPALIVE
+        loop = asyncio.get_running_loop()
+        # Resolves a wait with False (no news) after keepalive_s: one timer per subscriber,
+        # not one per chunk.
+        clock = IdleTimer(loop, _no_news) if keepalive_s is not None else None
+        try:
+            while True:
+                while index < len(self.chunks):
+                    index += 1
+                    yield self.chunks[index - 1]
+                if self.ended:
+                    return
+                if self.phase is not seen_phase and not self.chunks:
+                    seen_phase = self.phase
+                    if seen_phase is not None:
+                        yield seen_phase
+                    continue
+                waiter: asyncio.Future[bool] = loop.create_future()
+                self._waiters.append(waiter)
+                if clock is not None and keepalive_s is not None:
+                    clock.waiting(waiter, keepalive_s)
+                if not await waiter:
+                    yield KEEPALIVE
+        finally:
+            if clock is not None:
+                clock.close()
 
     async def wait_started(self, timeout_s: float) -> bool:
         """Wait until the first chunk or the end, at most ``timeout_s``. True when either came:
@@ -289,7 +308,9 @@ class Generation:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            await asyncio.wait((self._wake,), timeout=remaining)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await asyncio.wait((waiter,), timeout=remaining)
         return True
 
     # -- figures --
