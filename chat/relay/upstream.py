@@ -11,6 +11,7 @@ import asyncio
 import errno
 import json
 import logging
+import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator
@@ -20,7 +21,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from chat.relay import checks
+from chat.relay import checks, h1
 from chat.relay.errors import MidStreamError, RelayError
 from chat.relay.netbackend import AsyncioBackend
 from chat.relay.sse import DONE_DATA, SSEDecoder
@@ -80,13 +81,16 @@ def client_for(backend: BackendConfig) -> httpx.AsyncClient:
     return client
 
 
-def asyncio_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport with httpcore reading through asyncio streams (``netbackend``)
-    instead of AnyIO: the same pool, TLS and HTTP/1.1, at a fraction of the cost per read.
+def asyncio_transport(
+    limits: httpx.Limits, *, verify: ssl.SSLContext | bool = True
+) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with httpcore reading through the relay's own asyncio protocol
+    (``netbackend``) instead of AnyIO: the same pool, TLS (``verify`` as httpx takes it) and
+    HTTP/1.1, at a fraction of the cost per read.
 
     httpx 0.28 takes no network backend, so the pool it built is replaced by one like it.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits)
+    transport = httpx.AsyncHTTPTransport(limits=limits, verify=verify)
     built = transport._pool
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=built._ssl_context,
@@ -99,7 +103,8 @@ def asyncio_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
 
 
 async def aclose_clients() -> None:
-    """Close every pooled client of the running loop (tests, shutdown)."""
+    """Close every pooled client and connection of the running loop (tests, shutdown)."""
+    h1.close_pools()
     per_loop = _clients.pop(asyncio.get_running_loop(), {})
     for client in per_loop.values():
         await client.aclose()
@@ -210,7 +215,7 @@ class UpstreamStream:
             await stream.aclose()  # closes the TCP stream: the upstream stops generating
     """
 
-    def __init__(self, backend: BackendConfig, response: httpx.Response, deadline: float) -> None:
+    def __init__(self, backend: BackendConfig, response: h1.Response, deadline: float) -> None:
         self.backend = backend
         self.response = response
         self.deadline = deadline
@@ -226,13 +231,9 @@ class UpstreamStream:
         Raises ``RelayError``: 502 (unreachable), 504 (timeout), the upstream's 4xx, 502 for its
         5xx (503 stays 503) — all before any byte reached our client.
         """
-        client = client_for(backend)
         deadline = time.monotonic() + backend.total_timeout_s
-        request = client.build_request(
-            "POST", backend.url(path), json=body, headers={"Accept": "text/event-stream"}
-        )
         try:
-            response = await client.send(request, stream=True)
+            response = await h1.post_stream(backend, path, body)
         except httpx.HTTPError as exc:
             raise connection_error(exc) from exc
         if response.status_code >= 400:
