@@ -1,13 +1,14 @@
 """daphne, counting database writes and GC pauses: ``python bench/daphne_counted.py ARGS``.
 
-Takes daphne's own arguments. Before Django opens any connection it hooks every new database
-connection (``connection_created``) with an execute wrapper that counts INSERT, UPDATE and
-DELETE statements by verb and table (``"INSERT chat_message"``; an UPDATE with the columns it
-sets: ``"UPDATE chat_conversation (updated_at)"``); reads are not counted. A ``gc.callbacks``
-hook adds up the garbage collector's pauses per generation. On SIGUSR1 it writes, as JSON to
-``$BENCH_DB_COUNTS``: ``writes`` (the counts so far), ``gc_seconds`` and ``gc_collections``
-(per generation, 0-2) and ``at`` (``time.monotonic()``). The hooks cost one Python call per
-statement and per collection; the application code is unchanged.
+Takes daphne's own arguments, and runs it as ``python -m chatsite.server`` does. Before Django
+opens any connection it hooks every new database connection (``connection_created``) with an
+execute wrapper that counts INSERT, UPDATE and DELETE statements by verb and table (``"INSERT
+chat_message"``; an UPDATE with the columns it sets: ``"UPDATE chat_conversation
+(updated_at)"``); reads are not counted. A ``gc.callbacks`` hook adds up the garbage collector's
+pauses per generation. On SIGUSR1 it writes, as JSON to ``$BENCH_DB_COUNTS``: ``writes`` (the
+counts so far), ``gc_seconds`` and ``gc_collections`` (per generation, 0-2) and ``at``
+(``time.monotonic()``). The hooks cost one Python call per statement and per collection; the
+application code is unchanged.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
-from daphne.cli import CommandLineInterface  # noqa: E402
 from django.db.backends.signals import connection_created  # noqa: E402
+
+from chatsite import server  # noqa: E402
 
 WRITE = re.compile(r'^\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
 SET_COLUMN = re.compile(r'"(\w+)"\s*=')
@@ -86,4 +88,4 @@ if __name__ == "__main__":
     connection_created.connect(hook)
     gc.callbacks.append(on_gc)
     signal.signal(signal.SIGUSR1, dump)
-    CommandLineInterface().run(sys.argv[1:])
+    server.main(sys.argv[1:])  # as python -m chatsite.server: uvloop, then daphne

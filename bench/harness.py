@@ -33,6 +33,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from chatsite import server  # noqa: E402  (its command line only: no Django)
+
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
@@ -213,7 +216,7 @@ class Slipstream:
 
 def start_slipstream(tmp: Path, sim_url: str, *, count_writes: bool = False) -> Slipstream:
     """Migrate a fresh SQLite database, create the bench user, slot and key, and start one
-    daphne process (as ``manage.py serve`` does: ``daphne -b HOST -p PORT``). With
+    daphne process (as ``manage.py serve`` does: ``chatsite.server.command``). With
     ``count_writes`` daphne runs under ``bench/daphne_counted.py``, which counts the database
     writes it makes and its GC pauses (read with ``Slipstream.counters``)."""
     database = tmp / "db.sqlite3"
@@ -237,8 +240,9 @@ def start_slipstream(tmp: Path, sim_url: str, *, count_writes: bool = False) -> 
     )
     made = json.loads(setup.stdout.strip().splitlines()[-1])
     port = free_port()
-    entry = [str(BENCH / "daphne_counted.py")] if count_writes else ["-m", "daphne"]
-    command = [PYTHON, *entry, "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"]
+    command = server.command("127.0.0.1", port)  # as manage.py serve runs it
+    if count_writes:
+        command[1:3] = [str(BENCH / "daphne_counted.py")]  # in place of "-m chatsite.server"
     service = spawn("daphne", command, f"http://127.0.0.1:{port}", tmp, env)
     wait_http(service, "/login/")
     return Slipstream(service, database, made["key"], made["session"], counts_file)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import IO, Any, Self
 
 import httpx
 
+from chatsite import server
 from tests.support.llama_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,8 @@ def database_url(db: dict[str, Any]) -> str:
 
 
 class DaphneServer:
-    """``python -m daphne chatsite.asgi:application`` on a free port, as users run it.
+    """Slipstream's daphne process (``chatsite.server.command``) on a free port, as users run
+    it.
 
     ``base_url`` is ``http://127.0.0.1:PORT``. The process gets ``env`` on top of ours; its
     output goes to a log file whose tail is shown when it fails to start. ``probe_headers`` go
@@ -50,16 +51,7 @@ class DaphneServer:
     def __enter__(self) -> Self:
         self.log = tempfile.NamedTemporaryFile(prefix="daphne-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "chatsite.asgi:application",
-            ],
+            server.command("127.0.0.1", self.port),
             cwd=REPO,
             env={**os.environ, **self.env},
             stdout=self.log,

@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from chat.bootstrap import BootstrapResult, bootstrap
 from chat.models import Message
+from chatsite import server
 
 
 class Command(BaseCommand):
@@ -31,20 +32,7 @@ class Command(BaseCommand):
         children: list[subprocess.Popen[bytes]] = []
         if result.uses_simulator:
             children.append(self._start_simulator())
-        children.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    options["host"],
-                    "-p",
-                    str(options["port"]),
-                    "chatsite.asgi:application",
-                ]
-            )
-        )
+        children.append(subprocess.Popen(server.command(options["host"], options["port"])))
         self.stdout.write(f"Slipstream: http://{options['host']}:{options['port']}/")
         self._supervise(children)
 

@@ -1,0 +1,123 @@
+"""``python -m chatsite.server [daphne's arguments]``: daphne, on uvloop, as ``manage.py serve``
+runs it (``command`` gives that command line; the tests and benchmarks start it the same way).
+
+daphne runs Twisted's reactor on an asyncio event loop that it creates when ``daphne.server`` is
+first imported; the event loop policy in force then decides which loop that is. This module sets
+uvloop's policy first (``SLIPSTREAM_UVLOOP``, on by default; ``0`` keeps asyncio's own loop),
+then hands the command line to daphne. uvloop's loop runs the same callbacks with less CPU per
+socket event and timer (bench/profile_relay.py, "CPU per relayed chunk").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+APPLICATION = "chatsite.asgi:application"
+
+
+def command(host: str, port: int) -> list[str]:
+    """The command line that serves Slipstream on ``host``:``port`` with one daphne process.
+
+    daphne writes an access-log line per request at its default verbosity: CPU on every
+    request's path, so it is off unless ``SLIPSTREAM_ACCESS_LOG`` is ``1`` (then daphne's own
+    format, on standard output). Warnings and Slipstream's own log lines are kept either way.
+    """
+    access_log = os.environ.get("SLIPSTREAM_ACCESS_LOG", "").lower() in {"1", "true", "yes", "on"}
+    verbosity = "1" if access_log else "0"
+    return [
+        sys.executable,
+        "-m",
+        "chatsite.server",
+        "-v",
+        verbosity,
+        "-b",
+        host,
+        "-p",
+        str(port),
+        APPLICATION,
+    ]
+
+
+def use_uvloop() -> bool:
+    """Install uvloop's event loop policy unless ``SLIPSTREAM_UVLOOP`` is ``0``/``false``.
+    Returns whether it did. Call before anything imports ``daphne.server``."""
+    if os.environ.get("SLIPSTREAM_UVLOOP", "1").lower() in {"0", "false", "no", "off"}:
+        return False
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def write_at_once() -> None:
+    """Make Twisted's socket transports send a write at once when nothing is queued.
+
+    Twisted's ``FileDescriptor.write`` always queues and asks the reactor to say when the
+    socket is writable, then sends and stops asking: two event-loop registrations, an extra
+    loop iteration and three Python calls per write. daphne writes once per relayed chunk, so
+    at hundreds of streams that round trip was a fifth of the process's CPU (bench/
+    profile_relay.py: ``AsyncioSelectorReactor.addWriter`` the largest single function).
+    asyncio's own transports try the send first; so does this: when the transport's buffers
+    are empty it calls the descriptor's own ``writeSomeData`` (for TCP: one ``send``, 0 when
+    the socket is full), and queues only what was not sent, through Twisted's code. Errors
+    are left to that code too: a failed send queues the data, and the reactor's next write
+    attempt reports the lost connection as before. Order is kept: the fast path runs only when
+    nothing is queued ahead.
+
+    Relies on Twisted's ``FileDescriptor`` buffers (``dataBuffer``, ``_tempDataBuffer``),
+    present since Twisted 12 and checked here; the version is pinned in requirements.txt.
+    """
+    from twisted.internet.abstract import FileDescriptor
+
+    if getattr(FileDescriptor, "_slipstream_write_at_once", False):
+        return
+    if not hasattr(FileDescriptor, "dataBuffer") or not hasattr(FileDescriptor, "writeSomeData"):
+        return  # not the Twisted this was written for: keep its own behaviour
+    queue_write, queue_sequence = FileDescriptor.write, FileDescriptor.writeSequence
+
+    def send_now(transport: Any, data: bytes) -> bytes:
+        """What is left of ``data`` after trying to send it now (all of it when the transport
+        has something queued, is closing, or the send failed)."""
+        if (
+            not data
+            or transport.dataBuffer
+            or transport._tempDataBuffer
+            or not transport.connected
+            or transport.disconnecting
+            or transport._writeDisconnected
+        ):
+            return data
+        sent = transport.writeSomeData(data)
+        if not isinstance(sent, int) or sent <= 0:
+            return data
+        return data[sent:]
+
+    def write(self: Any, data: bytes) -> None:
+        rest = send_now(self, data)
+        if rest:
+            queue_write(self, rest)
+
+    def write_sequence(self: Any, iovec: Any) -> None:
+        rest = send_now(self, b"".join(iovec))
+        if rest:
+            queue_sequence(self, [rest])
+
+    FileDescriptor.write = write  # type: ignore[method-assign]
+    FileDescriptor.writeSequence = write_sequence  # type: ignore[method-assign]
+    FileDescriptor._slipstream_write_at_once = True  # type: ignore[attr-defined]
+
+
+def main(argv: list[str]) -> None:
+    """Run daphne's command line with ``argv`` (its arguments, without the program name)."""
+    use_uvloop()
+    write_at_once()
+    from daphne.cli import CommandLineInterface
+
+    CommandLineInterface().run(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
