@@ -13,7 +13,12 @@ queries, is left out) in two phases:
 2. *Steady* (the per-token path): ``--streams`` concurrent ``/v1`` streams of ``--tokens`` tokens
    at 20 tokens/s, started over ``--ramp-s``; once the simulator holds every stream, py-spy
    samples ``--seconds`` (10). A flamegraph of this phase is written to
-   ``bench/results/profile_steady.svg``.
+   ``bench/results/profile_steady.svg``. Over the same window: daphne's CPU per relayed chunk
+   (µs: its CPU over the content tokens the clients received meanwhile) and its RSS, idle
+   (after the warm-up) and streaming, with the difference per stream (KiB).
+
+Between the two, *idle streams*: ``--streams`` streams held open before their first token (the
+simulator waits 10 minutes to answer), daphne's RSS before and with them: KiB per idle stream.
 
 Reported per sampled phase, in % of the samples: the top functions by self time (the leaf frame,
 where the interpreter was), by inclusive time, and self time by package (django, twisted,
@@ -193,6 +198,38 @@ def request_costs(app: str, key: str, pid: int, tmp: Path, seconds: float) -> di
     return {"costs": costs, "profile": summarise(parse_raw(raw), 15)}
 
 
+def idle_stream_rss(
+    target: capacity.Target, sim: Service, daphne: int, streams: int
+) -> dict[str, Any]:
+    """daphne's RSS with ``streams`` /v1 streams open and waiting for their first token (the
+    simulator holds them: a TTFT of 10 minutes), against its RSS just before: KiB per idle
+    stream. Runs before the steady phase, whose freed memory Python would reuse."""
+    httpx.post(sim.url + "/sim/config", json={"ttft_ms": 600_000}, timeout=10).raise_for_status()
+    before = harness.proc_rss(daphne)
+    loader = threading.Thread(
+        target=capacity.run_load,
+        args=(target, streams),
+        kwargs={"tag": "idle", "ramp_s": 2.0, "timeout_s": 20.0, "procs": 1},
+    )
+    loader.start()
+    deadline = time.monotonic() + 30
+    held = 0
+    while time.monotonic() < deadline and held < streams:
+        time.sleep(0.25)
+        held = active_streams(sim)
+    during = harness.proc_rss(daphne)
+    loader.join()
+    httpx.post(sim.url + "/sim/reset", timeout=10).raise_for_status()
+    capacity.drain(sim)
+    return {
+        "streams": streams,
+        "held": held,
+        "rss_mb_before": round(before / 2**20, 1),
+        "rss_mb_during": round(during / 2**20, 1),
+        "kib_per_stream": round((during - before) / 1024 / max(held, 1), 1),
+    }
+
+
 def active_streams(sim: Service) -> int:
     active: int = httpx.get(sim.url + "/sim/stats", timeout=10).json()["active"]
     return active
@@ -238,9 +275,11 @@ def main() -> None:
         daphne = target.server.pid
         target.pids = {"simulator": sim.pid, "server": daphne}
         capacity.warm_up(target, sim)
+        rss_idle = harness.proc_rss(daphne)
         result["per_request"] = request_costs(
             target.server.url, target.slipstream.api_key, daphne, tmp, 4
         )
+        result["idle_streams"] = idle_stream_rss(target, sim, daphne, args.streams)
 
         outcome: dict[str, Any] = {}
 
@@ -265,8 +304,11 @@ def main() -> None:
                 break
         steady_raw = tmp / "steady.txt"
         steady_from = time.monotonic()
+        cpu_from = harness.proc_cpu(daphne)
         finish(spy(daphne, args.seconds, steady_raw), args.seconds)
+        cpu_to = harness.proc_cpu(daphne)
         steady_to = time.monotonic()
+        rss_streaming = harness.proc_rss(daphne)
         svg = harness.RESULTS / "profile_steady.svg"
         harness.RESULTS.mkdir(parents=True, exist_ok=True)
         finish(spy(daphne, 5, svg, "flamegraph"), 5)
@@ -280,6 +322,17 @@ def main() -> None:
         if sampler is not None:
             cpu = sampler.cpu_pct("server", steady_from, steady_to)
             steady["daphne_cpu_pct"] = cpu and [round(v, 1) for v in cpu]
+        # Every content token the clients received in the window is one chunk relayed (the
+        # role and finish chunks of streams that start or end meanwhile are left out, so this
+        # errs high).
+        chunks = sum(steady_from <= t <= steady_to for r in records for t in r["arrivals"])
+        steady["chunks_relayed"] = chunks
+        steady["cpu_us_per_chunk"] = (
+            round((cpu_to[0] - cpu_from[0]) / chunks * 1e6, 1) if chunks else None
+        )
+        steady["rss_mb"] = {"idle": round(rss_idle / 2**20, 1)}
+        steady["rss_mb"]["streaming"] = round(rss_streaming / 2**20, 1)
+        steady["rss_kib_per_stream"] = round((rss_streaming - rss_idle) / 1024 / args.streams, 1)
         result["steady"] = steady
         result["flamegraph"] = str(svg.relative_to(harness.ROOT))
     finally:
@@ -305,7 +358,20 @@ def main() -> None:
         f"\n{args.streams} streams through /v1 started over {args.ramp_s:g} s: {admitted}; "
         f"{result['stream_errors']} stream errors"
     )
-    print_profile("steady streaming", result["steady"], args.top)
+    idle = result["idle_streams"]
+    print(
+        f"\n{idle['held']} idle streams (held before their first token): daphne RSS "
+        f"{idle['rss_mb_before']} -> {idle['rss_mb_during']} MB, {idle['kib_per_stream']} KiB "
+        "per idle stream"
+    )
+    steady = result["steady"]
+    print(
+        f"daphne CPU per relayed chunk: {steady['cpu_us_per_chunk']} µs "
+        f"({steady['chunks_relayed']} chunks in {args.seconds:g} s); RSS idle "
+        f"{steady['rss_mb']['idle']} MB, streaming {steady['rss_mb']['streaming']} MB: "
+        f"{steady['rss_kib_per_stream']} KiB per stream"
+    )
+    print_profile("steady streaming", steady, args.top)
     print(f"\nwrote {out.relative_to(harness.ROOT)} and {result['flamegraph']}")
 
 

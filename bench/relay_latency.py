@@ -3,14 +3,16 @@
 Runs the simulator, Slipstream (one daphne process, on a throwaway SQLite database) and
 LiteLLM's proxy (``bench/.venv-litellm``, one worker, no master key, no database; leave it out
 with ``--no-litellm``) as separate processes on loopback. The simulator answers every request
-with 50 tokens at 200 tokens/s (5 ms apart: fine-grained enough to see per-chunk overhead)
-after a 20 ms TTFT. The same streaming chat request is sent, one at a time, in turn straight to
-the simulator, through Slipstream's ``/v1/chat/completions`` and through LiteLLM's, ``--requests``
-times each (after 5 warm-up rounds). Reports TTFT (request sent -> first content chunk) and ITL
-(gap between consecutive content chunks) p50/p90/p99 in ms for each path, and each relay's
-*added* TTFT and ITL: its percentile minus the direct path's (``added``: Slipstream,
-``added_litellm``: LiteLLM). The client (httpx, one pooled connection per server) costs the
-same on every path. Prints a table and writes ``bench/results/relay_latency.json``.
+with 50 tokens at 200 tokens/s (5 ms apart: fine-grained enough to see per-chunk overhead) after
+a 20 ms TTFT. The same streaming chat request is sent, one at a time, in turn straight to the
+simulator, through Slipstream's ``/v1/chat/completions``, through the browser's
+``/chat/stream/`` (a logged-in session; each request starts and stores a conversation) and
+through LiteLLM's, ``--requests`` times each (after 5 warm-up rounds). Reports TTFT (request
+sent -> first content chunk) and ITL (gap between consecutive content chunks) p50/p90/p99 in ms
+for each path, and each relay's *added* TTFT and ITL: its percentile minus the direct path's
+(``added``: Slipstream's /v1, ``added_chat``: the chat's, ``added_litellm``: LiteLLM). The
+client (httpx, one pooled connection per server) costs the same on every path. Prints a table
+and writes ``bench/results/relay_latency.json``.
 """
 
 from __future__ import annotations
@@ -64,23 +66,34 @@ def main() -> None:
         slip = harness.start_slipstream(tmp, sim.url)
         services.append(slip.service)
         messages = [{"role": "user", "content": "benchmark"}]
+
+        def completion(model: str) -> dict[str, object]:
+            return {"model": model, "messages": messages, "stream": True}
+
+        v1 = "/v1/chat/completions"
         paths: list[tuple[str, str, dict[str, object], dict[str, str]]] = [
-            ("direct", sim.url, {"model": "sim"}, {}),
-            ("slipstream", slip.service.url, {"model": "primary"}, slip.auth_headers),
+            ("direct", sim.url + v1, completion("sim"), {}),
+            ("slipstream", slip.service.url + v1, completion("primary"), slip.auth_headers),
+            # The browser's endpoint: a new conversation per request, stored as it streams.
+            (
+                "chat",
+                slip.service.url + "/chat/stream/",
+                {"content": "benchmark"},
+                slip.session_headers,
+            ),
         ]
         if not args.no_litellm:
             peer = harness.start_litellm(tmp, sim.url)
             services.append(peer)
-            paths.append(("litellm", peer.url, {"model": "sim"}, {}))
+            paths.append(("litellm", peer.url + v1, completion("sim"), {}))
         results: dict[str, dict[str, list[float]]] = {
             name: {"ttft": [], "itl": []} for name, *_ in paths
         }
         busy0, t0 = harness.machine_busy()[0], time.monotonic()
         with httpx.Client(timeout=30) as client:
             for round_ in range(5 + args.requests):  # 5 warm-up rounds: pools and code paths
-                for name, base, model, headers in paths:
-                    body = {**model, "messages": messages, "stream": True}
-                    ttft, gaps = measure(client, base + "/v1/chat/completions", body, headers)
+                for name, url, body, headers in paths:
+                    ttft, gaps = measure(client, url, body, headers)
                     if round_ >= 5:
                         results[name]["ttft"].append(ttft)
                         results[name]["itl"].extend(gaps)
@@ -114,9 +127,12 @@ def main() -> None:
         "direct": figures["direct"],
         "relay": figures["slipstream"],
         "added": added("slipstream"),
+        "chat": figures["chat"],
+        "added_chat": added("chat"),
     }
     rows = [("direct", figures["direct"]), ("slipstream", figures["slipstream"])]
     rows.append(("added", report["added"]))
+    rows += [("chat", figures["chat"]), ("added", report["added_chat"])]
     if "litellm" in figures:
         report["litellm_version"] = harness.LITELLM_VERSION
         report["litellm"] = figures["litellm"]

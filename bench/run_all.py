@@ -174,17 +174,21 @@ def latency_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     if not latency:
         return []
     out: list[Figure] = []
-    for key, who in (("added", "Slipstream"), ("added_litellm", "LiteLLM")):
+    for key, who in (
+        ("added", "Slipstream /v1"),
+        ("added_chat", "Slipstream /chat/stream/"),
+        ("added_litellm", "LiteLLM"),
+    ):
         if key not in latency:
             continue
         ttft, itl = latency[key]["ttft_ms"], latency[key]["itl_ms"]
-        mine = key == "added"
+        mine = key != "added_litellm"
         out.append(
             (
                 f"added TTFT p50 / p99, {who} (1 stream)",
                 f"{fmt(ttft['p50'])} / {fmt(ttft['p99'])} ms",
-                "<= 1 / <= 10 ms" if mine else "(peer)",
-                verdict(ttft["p50"] <= 1 and ttft["p99"] <= 10) if mine else "",
+                "<= 1 / <= 5 ms" if mine else "(peer)",
+                verdict(ttft["p50"] <= 1 and ttft["p99"] <= 5) if mine else "",
             )
         )
         out.append(
@@ -317,6 +321,48 @@ def micro_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def hot_path_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    """Issue 14's per-chunk, per-request and memory targets, from profile_relay.py."""
+    profile = results["profile"]
+    if not profile:
+        return []
+    out: list[Figure] = []
+    steady = profile.get("steady", {})
+    per_chunk = steady.get("cpu_us_per_chunk")
+    if per_chunk is not None:
+        out.append(
+            (
+                f"daphne CPU per relayed chunk ({profile['streams']} streams)",
+                f"{fmt(per_chunk, 1)} µs",
+                "<= 60 µs",
+                verdict(per_chunk <= 60),
+            )
+        )
+    costs = profile.get("per_request", {}).get("costs", {})
+    stream = costs.get("200: 3-token stream, instant simulator")
+    if stream:
+        out.append(
+            (
+                "daphne CPU per /v1 stream request (3 tokens, chunks included)",
+                f"{fmt(stream['cpu_ms'])} ms (main thread {fmt(stream['main_thread_cpu_ms'])})",
+                "<= 2 ms outside chunks",
+                verdict(stream["cpu_ms"] <= 2),
+            )
+        )
+    idle = profile.get("idle_streams")
+    if idle:
+        out.append(
+            (
+                f"daphne RSS per idle stream ({idle['held']} held)",
+                f"{fmt(idle['kib_per_stream'], 1)} KiB ({idle['rss_mb_before']} -> "
+                f"{idle['rss_mb_during']} MB)",
+                "<= 50 KiB",
+                verdict(idle["kib_per_stream"] <= 50),
+            )
+        )
+    return out
+
+
 # The summary table's rows, in this order; each gives none when its results are missing.
 FIGURES = (
     simulator_figures,
@@ -325,6 +371,7 @@ FIGURES = (
     capacity_figures,
     peer_ratio_figures,
     db_write_figures,
+    hot_path_figures,
     render_figures,
     micro_figures,
 )
