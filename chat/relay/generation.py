@@ -88,6 +88,10 @@ def _no_news(waiter: asyncio.Future[bool]) -> None:
 # mid-answer loses at most about this much of it (DESIGN.md, "Persistence").
 CHECKPOINT_INTERVAL_S = 1.0
 
+# Chunks at the end of the buffer that keep their parsed object (upstream.Chunk): a stream's
+# memory is then its text, about 0.3 KiB a chunk, not the parsed objects' 2 KiB or so.
+PARSED_TAIL = 32
+
 # How long an ended generation stays findable by id: a tab that reconnects just after the end
 # still reads the tail from the buffer instead of the database.
 RESUME_GRACE_S = 60.0
@@ -159,6 +163,9 @@ class Generation:
         """Append one chunk to the buffer and wake every subscriber (and, at most once per
         ``CHECKPOINT_INTERVAL_S``, start the checkpoint callbacks)."""
         self.chunks.append(chunk)
+        if len(self.chunks) > PARSED_TAIL:
+            # Live readers are this close behind; anyone further back parses again.
+            self.chunks[-PARSED_TAIL - 1].forget_parsed()
         if self.accumulator.add(chunk.obj) and self.first_token_at is None:
             self.first_token_at = time.monotonic()
         if self.sink is not None:

@@ -193,13 +193,39 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
-@dataclass(slots=True)
 class Chunk:
     """One decoded upstream SSE event carrying JSON: the raw ``data`` text (relayed unchanged
-    where the wire format allows) and its parsed object."""
+    where the wire format allows) and its parsed object ``obj``.
 
-    data: str
-    obj: dict[str, Any]
+    A generation keeps every chunk of its answer (late joiners and resumes read from chunk
+    1), and a parsed chunk is several times the size of its text: ``forget_parsed`` drops the
+    object once live readers are past it, and ``obj`` parses the text again if someone reads
+    it later. ``data`` and ``obj`` always say the same (a chunk whose object changes is a new
+    chunk with its text re-encoded), so the text was checked and parses the same."""
+
+    __slots__ = ("_obj", "data")
+
+    def __init__(self, data: str, obj: dict[str, Any]) -> None:
+        self.data = data
+        self._obj: dict[str, Any] | None = obj
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        obj = self._obj
+        if obj is None:
+            obj = self._obj = checks.loads(self.data)
+        return obj
+
+    def forget_parsed(self) -> None:
+        self._obj = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chunk) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return f"Chunk({self.data!r})"
 
 
 class UpstreamStream:
