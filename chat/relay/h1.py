@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
 import weakref
 from collections import deque
@@ -98,7 +97,9 @@ class Pool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default_port = self.port == (443 if self.tls else 80)
         self.host_header = host if default_port else f"{host}:{self.port}"
-        self.ssl_context = ssl.create_default_context() if self.tls else None
+        # httpx's own trust store (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), as the backend's
+        # non-streaming calls use: one backend, one answer to "is its certificate good".
+        self.ssl_context = httpx.create_ssl_context() if self.tls else None
         self.idle: deque[_Conn] = deque()
 
     async def connect(self) -> _Conn:

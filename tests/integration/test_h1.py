@@ -13,6 +13,7 @@ import pytest
 
 from chat.relay import h1
 from chat.relay.upstream import BackendConfig
+from tests.support.tls import self_signed
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sse"
 RECORDED = sorted(FIXTURES.glob("*.sse"))
@@ -276,3 +277,31 @@ async def test_no_response_head_within_the_read_timeout_raises(stalled: Upstream
     async with asyncio.timeout(30):  # only turns a read that never times out into a failure
         with pytest.raises(httpx.ReadTimeout):
             await h1.post_stream(backend, "chat/completions", {})
+
+
+async def test_streams_over_tls_trusting_what_httpx_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_context, ca_file = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # as httpx reads it
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(request.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+        writer.write(HEAD + b"transfer-encoding: chunked\r\n\r\n" + chunked(b"data: tls\n\n"))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_context)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        backend = BackendConfig(base_url=f"https://127.0.0.1:{port}/v1", connect_timeout_s=5)
+        response = await h1.post_stream(backend, "chat/completions", {})
+        assert await body_of(response) == b"data: tls\n\n"
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = BackendConfig(base_url=f"https://127.0.0.1:{port}/v2", connect_timeout_s=5)
+        with pytest.raises(httpx.ConnectError):  # certifi's roots do not know this certificate
+            await h1.post_stream(untrusted, "chat/completions", {})
+    finally:
+        server.close()
+        h1.close_pools()

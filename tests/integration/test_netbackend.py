@@ -5,9 +5,7 @@ here, a body far larger than the read buffer, a server that stalls and one that 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,14 +13,11 @@ from typing import cast
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from chat.relay.idle import IdleTimer
 from chat.relay.netbackend import READ_LIMIT
 from chat.relay.upstream import asyncio_transport
+from tests.support.tls import self_signed
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -145,43 +140,9 @@ async def test_a_reset_connection_raises_read_error() -> None:
         server.close()
 
 
-def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context with a certificate for 127.0.0.1, and a client context trusting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert_file, key_file)
-    trusting = ssl.create_default_context(cafile=str(cert_file))
-    return server, trusting
-
-
 async def test_streams_over_tls(tmp_path: Path) -> None:
-    server_context, client_context = self_signed(tmp_path)
+    server_context, ca_file = self_signed(tmp_path)
+    client_context = ssl.create_default_context(cafile=str(ca_file))
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
