@@ -18,9 +18,8 @@ gives each request one of a few long-lived threads instead.
 
 from __future__ import annotations
 
-import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import django
@@ -32,11 +31,37 @@ from django.core.handlers.asgi import ASGIHandler
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
 
+class SyncThread(ThreadPoolExecutor):
+    """One thread for requests' synchronous calls, counting the calls it has not finished.
+    ``submitted`` is written only by the event loop's thread (asgiref submits from there) and
+    ``finished`` only by this thread, so ``pending`` needs no lock."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)
+        self.submitted = 0
+        self.finished = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        self.submitted += 1
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _: Future[Any]) -> None:
+        self.finished += 1
+
+    @property
+    def pending(self) -> int:
+        return self.submitted - self.finished
+
+
 class SlipstreamHandler(ASGIHandler):
     """Django's ASGI handler, with the thread that runs a request's synchronous code (its
     ``sync_to_async(thread_sensitive=True)`` calls: the ORM, sync middleware and views) taken
-    from a fixed pool of ``threads`` single-thread executors, round robin, instead of a thread
-    started and joined per request.
+    from a fixed pool of ``threads`` single-thread executors, instead of a thread started and
+    joined per request. A request gets the thread with the fewest calls waiting (the first of
+    them, turn by turn, when several are idle), so a slow one (a login's password hash) holds
+    up only requests that arrive while every thread is busy.
 
     What asgiref's ``ThreadSensitiveContext(executor=...)`` promises still holds: one request's
     synchronous calls run one at a time on one thread (so on one database connection). Calls of
@@ -47,16 +72,27 @@ class SlipstreamHandler(ASGIHandler):
 
     def __init__(self, threads: int) -> None:
         super().__init__()
-        self.executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"django-sync-{i}")
-            for i in range(threads)
-        ]
-        self._turns = itertools.cycle(self.executors)
+        self.threads = [SyncThread(f"django-sync-{i}") for i in range(max(1, threads))]
+        self._turn = 0
+
+    def pick_thread(self) -> SyncThread:
+        """The thread with the fewest calls pending, starting from the one after the last pick
+        (so idle threads take turns and each keeps its connection warm)."""
+        count = len(self.threads)
+        start = self._turn = (self._turn + 1) % count
+        best = self.threads[start]
+        for step in range(1, count):
+            if not best.pending:
+                break
+            candidate = self.threads[(start + step) % count]
+            if candidate.pending < best.pending:
+                best = candidate
+        return best
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        async with ThreadSensitiveContext(executor=next(self._turns)):
+        async with ThreadSensitiveContext(executor=self.pick_thread()):
             await self.handle(scope, receive, send)
 
 
