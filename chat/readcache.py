@@ -19,8 +19,9 @@ as from Django's cache): reading them costs no thread hop and no round trip. Eac
 a lookup from the database at most once per version and ``TTL_S``.
 
 A version is a random 62-bit number, not a counter: a cache that is cleared or a table that is
-emptied (a restored backup, a test's flush) would start a counter again at numbers this
-process's memory already holds entries for. No version yet (0) means nothing is cached.
+emptied (a restored backup, a test's flush, a Redis restart) would start a counter again at
+numbers this process's memory already holds entries for. A missing version is set to a new one
+by the first request that finds it missing (the first writer wins; everyone reads the winner).
 
 A ``Lookups`` serves one request: it reads the version once for all of its lookups. Measured by
 bench/profile_relay.py: the two lookups cost about 5 ms of ORM work per call uncached; through
@@ -70,7 +71,13 @@ def _database_version() -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql)
         row = cursor.fetchone()
-    return int(row[0]) if row else 0
+    if row and row[0]:
+        return int(row[0])
+    # None yet (a new or emptied table): set one. Another process may do the same at once;
+    # each caches under its own until its next request reads the row's last value.
+    version = _new_version()
+    ReadCacheVersion.objects.update_or_create(pk=1, defaults={"version": version})
+    return version
 
 
 async def _aversion() -> int:
@@ -80,10 +87,18 @@ async def _aversion() -> int:
         from chat.relay.shared import shared
 
         store = shared()
-        if store is not None:  # REDIS_URL: the cache's own server
-            raw = await store.redis.get(cache.make_and_validate_key(VERSION_KEY))
+        if store is not None:  # REDIS_URL: the cache's own server, on the loop
+            key = cache.make_and_validate_key(VERSION_KEY)
+            raw = await store.redis.get(key)
+            if raw is None:  # a new or restarted Redis: the first to set one wins
+                await store.redis.set(key, _new_version(), nx=True)
+                raw = await store.redis.get(key)
             return int(raw) if raw is not None else 0
-    return await cache.aget(VERSION_KEY) or 0
+    version = await cache.aget(VERSION_KEY)
+    if not version:
+        await cache.aadd(VERSION_KEY, _new_version(), None)
+        version = await cache.aget(VERSION_KEY)
+    return int(version or 0)
 
 
 class Lookups:
