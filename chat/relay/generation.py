@@ -12,6 +12,7 @@ Times are ``time.monotonic()`` seconds; derived figures are in ms (TTFT) and tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -302,6 +303,7 @@ class Generation:
                 if clock is not None and keepalive_s is not None:
                     clock.waiting(waiter, keepalive_s)
                 if not await waiter:
+                    self._forget_waiter(waiter)  # else kept until the next news
                     yield KEEPALIVE
         finally:
             if clock is not None:
@@ -317,8 +319,16 @@ class Generation:
                 return False
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            await asyncio.wait((waiter,), timeout=remaining)
+            done, _ = await asyncio.wait((waiter,), timeout=remaining)
+            if not done:
+                self._forget_waiter(waiter)
         return True
+
+    def _forget_waiter(self, waiter: asyncio.Future[bool]) -> None:
+        """Drop a wait that ended without news: a generation that waits long (a queue, a cold
+        boot) would otherwise hold one finished future per keep-alive per subscriber."""
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
 
     # -- figures --
 

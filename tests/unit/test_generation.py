@@ -45,6 +45,7 @@ async def test_a_waiting_subscriber_gets_keepalives_then_news() -> None:
     async with aclosing(generation.subscribe(keepalive_s=0.05)) as events:
         assert await anext(events) is KEEPALIVE
         assert await anext(events) is KEEPALIVE
+        assert generation._waiters == []  # waits that ended in a keep-alive are not kept
         generation.publish(chunk(1))
         assert await anext(events) == chunk(1)
     # A keep-alive interval far longer than the test: only the news can wake the reader.
