@@ -14,13 +14,10 @@ import pytest
 from chat.relay import h1
 from chat.relay.upstream import BackendConfig
 from tests.support.tls import self_signed
+from tests.support.wire import chunked
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sse"
 RECORDED = sorted(FIXTURES.glob("*.sse"))
-
-
-def chunked(*parts: bytes, trailer: bytes = b"") -> bytes:
-    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n" + trailer + b"\r\n"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,21 +18,13 @@ from chat.relay.idle import IdleTimer
 from chat.relay.netbackend import READ_LIMIT
 from chat.relay.upstream import asyncio_transport
 from tests.support.tls import self_signed
+from tests.support.wire import chunked, chunks
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 async def read_head(reader: asyncio.StreamReader) -> None:
     await reader.readuntil(b"\r\n\r\n")
-
-
-def chunks(*parts: bytes) -> bytes:
-    """``parts`` in HTTP/1.1 chunked encoding, without the final zero-length chunk."""
-    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
-def chunked(*parts: bytes) -> bytes:
-    return chunks(*parts) + b"0\r\n\r\n"
 
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -209,18 +201,49 @@ async def test_idle_timer_expires_a_wait_that_lasts_its_interval() -> None:
         timer.close()
 
 
+class ManualClock:
+    """``time`` and ``call_at`` on a clock the test moves (``advance``): timers fire when
+    their time comes, never on their own."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Callable[[], object], asyncio.Handle]] = []
+        self.timers_set = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, (), asyncio.get_running_loop())
+        self.timers.append((when, callback, handle))
+        self.timers_set += 1
+        return handle
+
+    def advance(self, to: float) -> None:
+        self.now = to
+        due = [t for t in self.timers if t[0] <= to]
+        self.timers = [t for t in self.timers if t[0] > to]
+        for _, callback, handle in due:
+            if not handle.cancelled():
+                callback()
+
+
 async def test_idle_timer_measures_from_the_start_of_the_current_wait() -> None:
     loop = asyncio.get_running_loop()
-    timer = IdleTimer(loop, lambda waiter: waiter.set_result(loop.time()))
+    clock = ManualClock()
+    timer = IdleTimer(cast(asyncio.AbstractEventLoop, clock), lambda w: w.set_result(clock.now))
     try:
+        # Times in binary fractions, so that the sums are exact.
         first: asyncio.Future[float] = loop.create_future()
-        timer.waiting(first, 0.2)
-        first.set_result(0.0)
-        await first
-        await asyncio.sleep(0.1)  # the timer set for the first wait fires during the second
+        timer.waiting(first, 0.5)  # the timer is set for 0.5
+        first.set_result(-1.0)
+        clock.advance(0.25)
         second: asyncio.Future[float] = loop.create_future()
-        started = loop.time()
-        timer.waiting(second, 0.2)
-        assert await second - started >= 0.2
+        timer.waiting(second, 0.5)  # due at 0.75: the timer stays where it is
+        clock.advance(0.5)  # it fires early for this wait and is set again
+        assert not second.done()
+        clock.advance(0.75)
+        assert second.result() == 0.75  # resolved by the timer, not awaited: a miss fails
+        assert clock.timers_set == 2
     finally:
         timer.close()
