@@ -192,7 +192,11 @@ def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: s
     if isinstance(choice, dict):
         wanted = choice.get("function", {}).get("name")
         tools = [t for t in tools if t.get("name") == wanted] or tools
-    use_tool = chat and (cfg.tool_call or bool(tools)) and choice != "none"
+    messages = body.get("messages") if chat else None
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    # A model answers a tool's result in words; calling the tool again would loop forever.
+    answered_tool = isinstance(last, dict) and last.get("role") == "tool"
+    use_tool = chat and (cfg.tool_call or bool(tools)) and choice != "none" and not answered_tool
 
     source = body.get("messages") if chat else body.get("prompt")
     digest = hashlib.blake2b(
@@ -392,3 +396,42 @@ def complete_body(plan: Plan) -> dict[str, Any]:
         "usage": _HOLE if plan.usage_json else plan.usage(),
     }
     return body | {"system_fingerprint": "fp_sim"} if plan.chat else body
+
+
+# Dimensions of a simulated embedding unless the request asks for ``dimensions``.
+EMBEDDING_DIMENSIONS = 8
+
+
+def embeddings_body(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
+    """An OpenAI ``/v1/embeddings`` answer: one unit vector per input, derived from a hash
+    of the input (the same input, the same vector), ``dimensions`` long (default
+    ``EMBEDDING_DIMENSIONS``); usage counts words. ``RequestError`` for a missing or
+    malformed ``input``."""
+    value = body.get("input")
+    inputs = (
+        [value]
+        if isinstance(value, str)
+        or (isinstance(value, list) and value and all(isinstance(t, int) for t in value))
+        else value
+    )
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError("'input' must be a string or a non-empty array", "input")
+    size = body.get("dimensions") or EMBEDDING_DIMENSIONS
+    if not isinstance(size, int) or not 1 <= size <= 4096:
+        raise RequestError("dimensions must be an integer from 1 to 4096", "dimensions")
+    data, words = [], 0
+    for index, item in enumerate(inputs):
+        text = item if isinstance(item, str) else json.dumps(item)
+        words += _words(text)
+        rng = random.Random(hashlib.blake2b(text.encode(), digest_size=8).digest())
+        vector = [rng.uniform(-1.0, 1.0) for _ in range(size)]
+        norm = sum(v * v for v in vector) ** 0.5 or 1.0
+        data.append(
+            {"object": "embedding", "index": index, "embedding": [v / norm for v in vector]}
+        )
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": words, "total_tokens": words},
+    }

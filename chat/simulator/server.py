@@ -41,6 +41,7 @@ from chat.simulator.planning import (
     HOLE_JSON,
     Plan,
     complete_body,
+    embeddings_body,
     event,
     plan_answer,
     stream_body,
@@ -77,13 +78,15 @@ class Simulator:
     """An OpenAI-compatible model server double on ``host:port`` (0 = any free port).
 
     Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (stream or not),
-    ``GET /v1/models``, ``GET /health``; and for tests ``GET /sim/stats``, ``GET|POST
-    /sim/config`` (fields merged into the defaults), ``POST /sim/reset``. Errors use OpenAI's
-    envelope ``{"error": {"message", "type", "param", "code"}}``.
+    ``POST /v1/embeddings`` (``planning.embeddings_body``), ``GET /v1/models``, ``GET
+    /health``; and for tests ``GET /sim/stats``, ``GET|POST /sim/config`` (fields merged into
+    the defaults), ``POST /sim/reset``. Errors use OpenAI's envelope ``{"error": {"message",
+    "type", "param", "code"}}``.
 
     Counters (``stats``): ``requests`` counts generation requests (the two POST endpoints, even
     when refused); ``completed`` answers fully written; ``cancelled`` answers whose client left
-    first; ``active`` answers in flight. Times are ``time.monotonic()`` seconds.
+    first; ``active`` answers in flight; ``embeddings`` embedding requests. Times are
+    ``time.monotonic()`` seconds.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class Simulator:
         ] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
+            ("POST", "/v1/embeddings"): self._embeddings,
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
             ("GET", "/sim/stats"): self._stats,
@@ -131,6 +135,7 @@ class Simulator:
             "completed": 0,
             "cancelled": 0,
             "health_checks": 0,
+            "embeddings": 0,
         }
         self._cancel_times: deque[float] = deque(maxlen=HISTORY_SIZE)
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
@@ -301,6 +306,22 @@ class Simulator:
 
     async def _completions(self, conn: Conn, req: Request) -> None:
         await self._generate(conn, req, chat=False)
+
+    async def _embeddings(self, conn: Conn, req: Request) -> None:
+        self._counts["embeddings"] += 1
+        try:
+            body = json.loads(req.body)
+            self._last_request = body
+            answer = embeddings_body(body, model=str(body.get("model") or self.models[0]))
+        except ValueError:
+            await send_json(
+                conn, 400, _envelope("We could not parse the JSON body."), req.keep_alive
+            )
+            return
+        except RequestError as e:
+            await send_json(conn, e.status, e.envelope, req.keep_alive)
+            return
+        await send_json(conn, 200, answer, req.keep_alive)
 
     # -- generation --
 
