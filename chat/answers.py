@@ -16,6 +16,8 @@ The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one
 - Widgets switched off: a widget's answers in flight are stopped once it is disabled (polled by
   each process that runs some, every ``WIDGET_WATCH_S``).
 - ``record_api_call``: a ``/v1`` call's record, and its conversation when the key keeps them.
+- ``/v1/responses``: a streamed response stored ``in_progress`` off the first byte's path
+  (``store_response_start``), its end stored (``record_response``), ``cancel_response``.
 - ``sweep_forever``: mark ``interrupted`` the answers whose process died.
 
 Raises ``Refusal`` (``chat.http``) for requests that name what the user may not reach.
@@ -32,12 +34,13 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.models import User
+from django.db import DatabaseError
 from django.utils import timezone
 
-from chat import selectors, services
+from chat import selectors, services, streaming
 from chat.http import Refusal, invalid
-from chat.models import ApiKey, Conversation, Message, Slot, Widget
-from chat.relay import dispatch
+from chat.models import ApiKey, Conversation, Message, Slot, StoredResponse, Widget
+from chat.relay import dispatch, responses
 from chat.relay.background import spawn
 from chat.relay.generation import Generation, Status, find
 from chat.relay.shared import shared
@@ -290,15 +293,27 @@ async def resume(*, message: Message) -> Generation | None:
     """The generation streaming ``message``, attached for the caller (who must ``detach``):
     this process's, or with ``REDIS_URL`` a mirror of the one another process runs. None when
     it runs nowhere any more: the stored message is the whole answer."""
-    generation = find(message.generation_id)
+    return await running(
+        message.generation_id,
+        slot_name=message.slot_name,
+        streaming=message.status == Message.Status.STREAMING,
+    )
+
+
+async def running(generation_id: str, *, slot_name: str, streaming: bool) -> Generation | None:
+    """The generation ``generation_id`` attached for the caller (who must ``detach``): this
+    process's, or with ``REDIS_URL`` and while its record says ``streaming``, a mirror of the
+    one another process runs. None when it runs nowhere any more."""
+    generation = find(generation_id) if generation_id else None
     store = shared()
     if (
         generation is None
+        and generation_id
         and store is not None
-        and message.status == Message.Status.STREAMING
-        and await store.exists(message.generation_id)
+        and streaming
+        and await store.exists(generation_id)
     ):
-        generation = store.mirror(message.generation_id, slot=message.slot_name, keep_running=False)
+        generation = store.mirror(generation_id, slot=slot_name, keep_running=False)
     if generation is not None:
         generation.attach()
     return generation
@@ -428,10 +443,116 @@ async def record_api_call(
         generation=generation,
         error=generation.error,
     )
-    if key.store_conversations and endpoint == "chat/completions":
+    if key.store_conversations and endpoint in ("chat/completions", "responses"):
         await services.api_conversation_astore(
             api_key=key, slot=slot, messages=messages, generation=generation, status=outcome
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# /v1/responses
+# ------------------------------------------------------------------------------------------------
+def store_response_start(
+    *,
+    key: ApiKey,
+    slot: Slot,
+    initial: dict[str, Any],
+    items: list[dict[str, Any]],
+    previous_id: str | None,
+    generation: Generation,
+) -> asyncio.Task[bool]:
+    """Store a streamed response as ``in_progress`` (so ``GET``, ``cancel`` and a resume find
+    it while it streams) in a task of its own, off the path to the first byte. The task's
+    result says whether the row was written."""
+
+    async def insert() -> bool:
+        try:
+            await services.response_acreate(
+                response_id=initial["id"],
+                user=key.user,
+                api_key=key,
+                previous_id=previous_id,
+                slot_name=slot.name,
+                response=initial,
+                input_items=items,
+                generation_id=generation.id,
+            )
+        except DatabaseError:
+            logger.exception("response %s: storing it failed", initial["id"])
+            return False
+        return True
+
+    return spawn(insert())
+
+
+async def record_response(
+    *,
+    key: ApiKey,
+    slot: Slot,
+    initial: dict[str, Any],
+    generation: Generation,
+    messages: list[Any],
+    stored: asyncio.Task[bool] | None,
+    read_to_end: bool,
+) -> None:
+    """A streamed response's end: its ``/v1`` call record, and (``stored``: the task of
+    ``store_response_start``) the stored response's final object and chunks, rendered again
+    from the chunks as the stream sent them; cancelled when the client left first."""
+    await record_api_call(
+        key=key,
+        slot=slot,
+        endpoint="responses",
+        messages=messages,
+        generation=generation,
+        outcome=generation.status if read_to_end else Status.STOPPED,
+    )
+    if stored is None or not await stored:
+        return
+    chunks = list(generation.chunks)
+    _, response = responses.render(
+        initial,
+        [chunk.obj for chunk in chunks],
+        **streaming.response_ending(generation, initial["created_at"], left=not read_to_end),
+    )
+    await services.response_afinalise(
+        response_id=initial["id"], response=response, chunks=[chunk.data for chunk in chunks]
+    )
+
+
+async def cancel_response(stored: StoredResponse) -> dict[str, Any]:
+    """Cancel a response in progress (``POST /v1/responses/{id}/cancel``): its generation is
+    cancelled here, or in the process that runs it, and the response returned as it ends
+    (``cancelled``, its output so far). Raises ``Refusal`` 400 for a response that already
+    ended."""
+    if stored.status != StoredResponse.Status.IN_PROGRESS:
+        raise invalid(
+            f"Cannot cancel response {stored.id}: it is already {stored.status}; only a "
+            "response in progress can be cancelled.",
+            code="response_not_cancellable",
+        )
+    generation = find(stored.generation_id) if stored.generation_id else None
+    store = shared()
+    if generation is not None and not generation.is_mirror and not generation.ended:
+        generation.cancel()
+        if generation.task is not None:
+            await asyncio.wait((generation.task,), timeout=STOP_WAIT_S)
+        initial = stored.response
+        _, response = responses.render(
+            initial,
+            [chunk.obj for chunk in list(generation.chunks)],
+            **streaming.response_ending(generation, initial["created_at"], left=True),
+        )
+        return response
+    if store is not None:
+        await store.request_stop(stored.generation_id)
+    deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+    while stored.status == StoredResponse.Status.IN_PROGRESS:
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)  # the row, written by the process that runs it
+        await stored.arefresh_from_db()
+    ended: dict[str, Any] = stored.response
+    return ended
 
 
 # ------------------------------------------------------------------------------------------------

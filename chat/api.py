@@ -2,32 +2,37 @@
 An HTTP adapter: authenticate, read and check, resolve the slot, then the relay
 (``dispatch``), ``answers`` (recording) and ``streaming`` (the SSE).
 
-Rules follow the OpenAI API reference (Chat Completions, Completions, Models, "Error codes"):
+Rules follow the OpenAI API reference (Chat Completions, Completions, Responses, Embeddings,
+Models, "Error codes"):
 errors are ``{"error": {"message", "type", "param", "code"}}``; streams are SSE ``data:``
 events of ``chat.completion.chunk`` (or ``text_completion``) objects ending in ``data: [DONE]``;
 a failure after the stream began is one final ``data: {"error": …}`` event, which the SDKs raise
-as ``APIError`` during iteration.
+as ``APIError`` during iteration. ``/v1/responses`` streams typed events instead and ends in
+its terminal event (``chat.relay.responses``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from chat import answers, jsonbody, readcache, selectors, services, streaming
 from chat.http import Refusal, error_response, invalid, sse_response
-from chat.models import ApiKey, Slot
-from chat.relay import dispatch
+from chat.models import ApiKey, Slot, StoredResponse
+from chat.relay import dispatch, responses
 from chat.relay.errors import EnvelopeError
-from chat.relay.generation import Status
+from chat.relay.generation import Generation, Status
+from chat.relay.responses import ResponseEvents
 from chat.slotconfig import slot_config
 from chat.streaming import ChunkRewriter
 
@@ -361,18 +366,7 @@ async def _create_completion(
             return await _whole_completion(call, call.key, slot, body)
         return await _streamed_completion(call, call.key, slot, body)
     except EnvelopeError as exc:
-        if call.key is not None:
-            await services.api_call_arecord(
-                api_key=call.key,
-                endpoint=endpoint,
-                slot_name=call.slot_name,
-                stream=call.stream,
-                http_status=exc.status,
-                outcome="error",
-                started_at=call.started_at,
-                error=exc,
-            )
-        return error_response(exc)
+        return await _refused(call, exc)
 
 
 async def _whole_completion(
@@ -402,17 +396,9 @@ async def _streamed_completion(
     """A streaming call. The HTTP status is held until the first chunk (or the first
     keep-alive is due), so a failure before it, after the dispatcher's retries, is a real
     4xx/5xx answer: raises its ``RelayError``."""
-    generation, _ = await dispatch.submit(
-        slot_config(slot), call.endpoint, body, started_at=call.started_at
+    generation = await _first_chunk(
+        await dispatch.submit(slot_config(slot), call.endpoint, body, started_at=call.started_at)
     )
-    try:
-        await generation.wait_started(settings.SLIPSTREAM_KEEPALIVE_S)
-    except BaseException:
-        generation.detach()
-        raise
-    if generation.ended and not generation.chunks and generation.error is not None:
-        generation.detach()
-        raise generation.error
     rewriter = ChunkRewriter(
         # Per request, even when single-flight shares the generation: OpenAI never gives two
         # requests one id.
@@ -433,3 +419,484 @@ async def _streamed_completion(
         )
 
     return sse_response(streaming.api_sse(generation, rewriter, on_leave=record))
+
+
+# ------------------------------------------------------------------------------------------------
+# /v1/responses
+# ------------------------------------------------------------------------------------------------
+RESPONSES = "responses"
+_ROLES = ("user", "assistant", "system", "developer")
+# OpenAI's bounds (API reference, "Create a model response"): metadata holds up to 16 pairs,
+# keys up to 64 characters, values up to 512.
+MAX_METADATA = 16
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _validate_input(value: Any) -> None:
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or not value:
+        raise invalid(
+            "'input' must be a string or a non-empty array of input items.", param="input"
+        )
+    for i, item in enumerate(value):
+        at = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(
+                f"Invalid type for '{at}': expected an object, but got {_json_type(item)}.",
+                param=at,
+                code="invalid_type",
+            )
+        _check(item, "type", _is_str, "a string", at=at, nullable=False)
+        kind = item.get("type", "message")
+        if kind == "message":
+            _validate_message_item(item, at)
+        elif kind == "function_call":
+            for name in ("call_id", "name", "arguments"):
+                _require(item, name, _is_str, "a string", at)
+        elif kind == "function_call_output":
+            _require(item, "call_id", _is_str, "a string", at)
+            _require(
+                item, "output", lambda v: isinstance(v, str | list), "a string or an array", at
+            )
+
+
+def _require(
+    item: dict[str, Any], name: str, ok: Callable[[Any], bool], expected: str, at: str
+) -> None:
+    if not ok(item.get(name)):
+        raise invalid(
+            f"Missing or invalid '{at}.{name}': expected {expected}.", param=f"{at}.{name}"
+        )
+
+
+def _validate_message_item(item: dict[str, Any], at: str) -> None:
+    if item.get("role") not in _ROLES:
+        raise invalid(
+            f"Invalid value for '{at}.role': expected one of {', '.join(_ROLES)}.",
+            param=f"{at}.role",
+            code="invalid_value",
+        )
+    _require(item, "content", lambda v: isinstance(v, str | list), "a string or an array", at)
+    for j, part in enumerate(item["content"] if isinstance(item["content"], list) else ()):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid(
+                f"Invalid value for '{at}.content[{j}]': a content part is an object with a "
+                "'type'.",
+                param=f"{at}.content[{j}]",
+            )
+        _check(part, "text", _is_str, "a string", at=f"{at}.content[{j}]")
+
+
+def _validate_response_tools(body: dict[str, Any]) -> None:
+    _check(body, "tools", lambda v: isinstance(v, list), "an array")
+    for i, tool in enumerate(body.get("tools") or ()):
+        at = f"tools[{i}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise invalid(f"Invalid value for '{at}': a tool is an object with a 'type'.", param=at)
+        if tool["type"] == "function":
+            _check(tool, "name", _is_str, "a string", at=at, nullable=False)
+            if not tool.get("name"):
+                raise invalid(f"Missing required parameter: '{at}.name'.", param=f"{at}.name")
+            _check(tool, "parameters", lambda v: isinstance(v, dict), "an object", at=at)
+            _check(tool, "description", _is_str, "a string", at=at)
+            _check(tool, "strict", lambda v: isinstance(v, bool), "a boolean", at=at)
+    _check(body, "tool_choice", lambda v: isinstance(v, str | dict), "a string or an object")
+
+
+def validate_response_request(body: dict[str, Any]) -> None:
+    """Type and range checks of a ``POST /v1/responses`` body after OpenAI's schema
+    (``CreateResponse``), for the fields Slipstream reads or translates. Raises ``Refusal`` 400
+    naming the ``param``."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise invalid("you must provide a model parameter", param="model")
+    if "input" not in body:
+        raise invalid("Missing required parameter: 'input'.", param="input")
+    _validate_input(body["input"])
+    _validate_response_tools(body)
+    for name in ("instructions", "previous_response_id", "user"):
+        _check(body, name, _is_str, "a string")
+    for name in ("stream", "store", "parallel_tool_calls", "background"):
+        _check(body, name, lambda v: isinstance(v, bool), "a boolean")
+    for name in ("max_output_tokens", "top_logprobs"):
+        _check(body, name, _is_int, "an integer")
+    for name in ("temperature", "top_p"):
+        _check(body, name, _is_number, "a number")
+    for name in ("text", "reasoning", "metadata"):
+        _check(body, name, lambda v: isinstance(v, dict), "an object")
+    _check(body.get("text") or {}, "format", lambda v: isinstance(v, dict), "an object", at="text")
+    _check_response_values(body)
+
+
+def _check_response_values(body: dict[str, Any]) -> None:
+    """The ranges and the values Slipstream does not serve, of a well-typed body."""
+    if body.get("background"):
+        raise invalid(
+            "Background responses are not supported: send stream=true and keep the connection, "
+            "or resume a stored stream with GET /v1/responses/{id}?stream=true.",
+            param="background",
+            code="unsupported_parameter",
+        )
+    if _is_int(body.get("max_output_tokens")) and body["max_output_tokens"] < 1:
+        raise _out_of_range("max_output_tokens", "must be at least 1")
+    if _is_number(body.get("temperature")) and not 0 <= body["temperature"] <= 2:
+        raise _out_of_range("temperature", "must be from 0 to 2")
+    if _is_number(body.get("top_p")) and not 0 <= body["top_p"] <= 1:
+        raise _out_of_range("top_p", "must be from 0 to 1")
+    metadata = body.get("metadata") or {}
+    if len(metadata) > MAX_METADATA or not all(
+        isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+        for k, v in metadata.items()
+    ):
+        raise invalid(
+            f"Invalid 'metadata': at most {MAX_METADATA} pairs of strings, keys up to 64 "
+            "characters and values up to 512.",
+            param="metadata",
+            code="invalid_value",
+        )
+
+
+def _new_response_id() -> str:
+    return "resp_" + uuid.uuid4().hex
+
+
+def _response_not_found(response_id: str, *, param: str | None = None) -> Refusal:
+    """OpenAI's wording for an unknown (or another user's) response id."""
+    return invalid(
+        f"Response with id '{response_id}' not found.", status=404, param=param, code=None
+    )
+
+
+@csrf_exempt
+async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
+    """``POST /v1/responses``, streaming or not, translated to chat completions on the slot's
+    dispatcher (``chat.relay.responses``); stored unless ``store`` is false."""
+    if request.method != "POST":
+        return method_not_allowed(request, allowed="POST")
+    call = _Call(RESPONSES)
+    lookups = readcache.Lookups()
+    try:
+        call.key = await authenticate(request, lookups)
+        body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
+        validate_response_request(body)
+        call.slot_name, call.stream = body["model"], bool(body.get("stream"))
+        slot = await resolve_slot(call.slot_name, call.key, lookups)
+        history: list[dict[str, Any]] = []
+        previous_id = body.get("previous_response_id")
+        if previous_id:
+            chain = await selectors.response_achain(user=call.key.user, response_id=previous_id)
+            if chain is None:
+                raise _response_not_found(previous_id, param="previous_response_id")
+            for earlier in chain:
+                history += responses.items_to_messages(earlier.input_items)
+                history += responses.items_to_messages(
+                    [
+                        o
+                        for o in earlier.response.get("output") or ()
+                        if o.get("type") != "reasoning"
+                    ],
+                    at="previous_response.output",
+                )
+        response_id = _new_response_id()
+        items = responses.input_items(body["input"], response_id=response_id)
+        chat_body = responses.chat_request(body, history=history, items=items)
+        initial = responses.skeleton(
+            body, response_id=response_id, model=slot.name, created_at=int(time.time())
+        )
+        turn = _ResponseTurn(call.key, slot, body, chat_body, initial, items, previous_id)
+        if not call.stream:
+            return await _whole_response(call, turn)
+        return await _streamed_response(call, turn)
+    except responses.TranslationError as exc:
+        return await _refused(call, invalid(str(exc), param=exc.param))
+    except EnvelopeError as exc:
+        return await _refused(call, exc)
+
+
+async def _refused(call: _Call, exc: EnvelopeError) -> JsonResponse:
+    """A call refused or failed before its answer began: recorded when the key is known."""
+    if call.key is not None:
+        await services.api_call_arecord(
+            api_key=call.key,
+            endpoint=call.endpoint,
+            slot_name=call.slot_name,
+            stream=call.stream,
+            http_status=exc.status,
+            outcome="error",
+            started_at=call.started_at,
+            error=exc,
+        )
+    return error_response(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class _ResponseTurn:
+    """One ``POST /v1/responses`` once read: the request ``body``, the ``chat_body`` sent
+    upstream, the ``initial`` response object, this request's input ``items``."""
+
+    key: ApiKey
+    slot: Slot
+    body: dict[str, Any]
+    chat_body: dict[str, Any]
+    initial: dict[str, Any]
+    items: list[dict[str, Any]]
+    previous_id: str | None
+
+    @property
+    def store(self) -> bool:
+        return self.body.get("store", True) is not False
+
+
+async def _whole_response(call: _Call, turn: _ResponseTurn) -> JsonResponse:
+    """A non-streaming response: one chat completion, rendered as the response object.
+    Raises ``RelayError``."""
+    result = await dispatch.complete_whole(slot_config(turn.slot), CHAT, turn.chat_body)
+    chunk = responses.whole_as_chunk(result)
+    _, response = responses.render(
+        turn.initial,
+        [chunk],
+        completed_at=turn.initial["created_at"] + round(time.monotonic() - call.started_at),
+    )
+    if turn.store:
+        try:
+            await services.response_acreate(
+                response_id=response["id"],
+                user=turn.key.user,
+                api_key=turn.key,
+                previous_id=turn.previous_id,
+                slot_name=turn.slot.name,
+                response=response,
+                input_items=turn.items,
+                chunks=[json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)],
+            )
+        except DatabaseError:
+            logger.exception("response %s: storing it failed", response["id"])
+    await services.api_call_arecord(
+        api_key=turn.key,
+        endpoint=RESPONSES,
+        slot_name=turn.slot.name,
+        stream=False,
+        http_status=200,
+        outcome="complete",
+        started_at=call.started_at,
+        usage=result.get("usage"),
+    )
+    return JsonResponse(response)
+
+
+async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpResponse:
+    """A streamed response, with the same held status as ``_streamed_completion``: a failure
+    before the first chunk is an HTTP error. Raises ``RelayError``."""
+    generation = await _first_chunk(
+        await dispatch.submit(
+            slot_config(turn.slot), CHAT, turn.chat_body, started_at=call.started_at
+        )
+    )
+    stored = (
+        answers.store_response_start(
+            key=turn.key,
+            slot=turn.slot,
+            initial=turn.initial,
+            items=turn.items,
+            previous_id=turn.previous_id,
+            generation=generation,
+        )
+        if turn.store
+        else None
+    )
+
+    async def record(read_to_end: bool) -> None:
+        await answers.record_response(
+            key=turn.key,
+            slot=turn.slot,
+            initial=turn.initial,
+            generation=generation,
+            messages=turn.chat_body["messages"],
+            stored=stored,
+            read_to_end=read_to_end,
+        )
+
+    return sse_response(
+        streaming.responses_sse(generation, ResponseEvents(turn.initial), on_leave=record)
+    )
+
+
+async def _first_chunk(submitted: tuple[Generation, bool]) -> Generation:
+    """The submitted generation once its first chunk is here or the first keep-alive is due
+    (the HTTP status is held until then). Raises the generation's ``RelayError`` when it
+    failed before any chunk; the generation is detached then."""
+    generation, _ = submitted
+    try:
+        await generation.wait_started(settings.SLIPSTREAM_KEEPALIVE_S)
+    except BaseException:
+        generation.detach()
+        raise
+    if generation.ended and not generation.chunks and generation.error is not None:
+        generation.detach()
+        raise generation.error
+    return generation
+
+
+async def _owned_response(request: HttpRequest, response_id: str) -> tuple[ApiKey, StoredResponse]:
+    """The key and the key's user's stored response ``response_id``. Raises ``Refusal`` 401 or
+    404 (also for another user's response)."""
+    key = await authenticate(request, readcache.Lookups())
+    stored = await selectors.response_aget(user=key.user, response_id=response_id)
+    if stored is None:
+        raise _response_not_found(response_id)
+    return key, stored
+
+
+@csrf_exempt
+async def response_detail(
+    request: HttpRequest, response_id: str
+) -> HttpResponse | StreamingHttpResponse:
+    """``GET /v1/responses/{id}`` (``?stream=true&starting_after=N``: its stream's events
+    after number N, live while it streams) and ``DELETE /v1/responses/{id}``."""
+    if request.method not in ("GET", "DELETE"):
+        return method_not_allowed(request, allowed="GET, DELETE")
+    try:
+        key, stored = await _owned_response(request, response_id)
+        if request.method == "DELETE":
+            await services.response_adelete(user=key.user, response_id=response_id)
+            return JsonResponse({"id": response_id, "object": "response", "deleted": True})
+        if request.GET.get("stream", "").lower() != "true":
+            return JsonResponse(stored.response)
+        after = _int_query(request, "starting_after", default=-1)
+        return await _resumed_stream(stored, after)
+    except EnvelopeError as exc:
+        return error_response(exc)
+
+
+def _int_query(request: HttpRequest, name: str, *, default: int) -> int:
+    raw = request.GET.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise invalid(
+            f"Invalid '{name}': expected an integer.", param=name, code="invalid_value"
+        ) from None
+
+
+async def _resumed_stream(stored: StoredResponse, after: int) -> StreamingHttpResponse:
+    """A stored response's stream from event ``after`` + 1: live from its generation while it
+    runs (here, or mirrored from its process), else rendered again from its stored chunks."""
+    if stored.status == StoredResponse.Status.IN_PROGRESS:
+        generation = await answers.running(
+            stored.generation_id, slot_name=stored.slot_name, streaming=True
+        )
+        if generation is not None:
+            events = ResponseEvents(stored.response)
+            return sse_response(streaming.responses_sse(generation, events, starting_after=after))
+    replayed = responses.replay(stored.response, services.unpack_chunks(stored.chunks))
+    body = b"".join(ResponseEvents.encode(e) for e in replayed if e["sequence_number"] > after)
+
+    async def events_once() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    return sse_response(events_once())
+
+
+@csrf_exempt
+async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponse:
+    """``GET /v1/responses/{id}/input_items``: the response's input items, as a list page
+    (``limit`` 1 to 100, default 20; ``order`` ``desc`` by default, or ``asc``; ``after`` an item
+    id), OpenAI's ``ResponseItemList``."""
+    if request.method != "GET":
+        return method_not_allowed(request, allowed="GET")
+    try:
+        _, stored = await _owned_response(request, response_id)
+        limit = _int_query(request, "limit", default=20)
+        if not 1 <= limit <= 100:
+            raise _out_of_range("limit", "must be from 1 to 100")
+        order = request.GET.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise invalid("Invalid 'order': expected 'asc' or 'desc'.", param="order")
+        items = list(stored.input_items)
+        if order == "desc":
+            items.reverse()
+        after = request.GET.get("after")
+        if after:
+            ids = [item.get("id") for item in items]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        page = items[:limit]
+        return JsonResponse(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > limit,
+            }
+        )
+    except EnvelopeError as exc:
+        return error_response(exc)
+
+
+@csrf_exempt
+async def cancel_response(request: HttpRequest, response_id: str) -> HttpResponse:
+    """``POST /v1/responses/{id}/cancel``: stop a response in progress; returns it as it
+    ended (``cancelled``)."""
+    if request.method != "POST":
+        return method_not_allowed(request, allowed="POST")
+    try:
+        _, stored = await _owned_response(request, response_id)
+        return JsonResponse(await answers.cancel_response(stored))
+    except EnvelopeError as exc:
+        return error_response(exc)
+
+
+# ------------------------------------------------------------------------------------------------
+# /v1/embeddings
+# ------------------------------------------------------------------------------------------------
+EMBEDDINGS = "embeddings"
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    """``POST /v1/embeddings``: passed to the slot's backend through its dispatcher (queue,
+    retries, fallback), ``model`` made the slot's name again in the answer."""
+    if request.method != "POST":
+        return method_not_allowed(request, allowed="POST")
+    call = _Call(EMBEDDINGS)
+    lookups = readcache.Lookups()
+    try:
+        call.key = await authenticate(request, lookups)
+        body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise invalid("you must provide a model parameter", param="model")
+        if "input" not in body:
+            raise invalid("Missing required parameter: 'input'.", param="input")
+        _check(
+            body,
+            "input",
+            _is_prompt,
+            "a string, an array of strings, an array of tokens or an array of token arrays",
+            nullable=False,
+        )
+        if isinstance(body["input"], list) and not body["input"]:
+            raise invalid("'input' must not be empty.", param="input")
+        _check(body, "encoding_format", lambda v: v in ("float", "base64"), "'float' or 'base64'")
+        _check(body, "dimensions", _is_int, "an integer")
+        call.slot_name = body["model"]
+        slot = await resolve_slot(call.slot_name, call.key, lookups)
+        result = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
+        result["model"] = slot.name
+        await services.api_call_arecord(
+            api_key=call.key,
+            endpoint=EMBEDDINGS,
+            slot_name=slot.name,
+            stream=False,
+            http_status=200,
+            outcome="complete",
+            started_at=call.started_at,
+            usage=result.get("usage"),
+        )
+        return JsonResponse(result)
+    except EnvelopeError as exc:
+        return await _refused(call, exc)

@@ -438,3 +438,44 @@ class ApiCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint} {self.outcome} ({self.http_status})"
+
+
+class StoredResponse(models.Model):
+    """A ``/v1/responses`` call kept for ``GET``, ``previous_response_id``, input items and
+    resuming its stream (OpenAI's ``store``, true by default). ``response`` is the response
+    object as the API returns it (``in_progress`` while streaming, written again once when it
+    ends); ``input_items`` are this request's input items (ids given); ``chunks`` are the
+    upstream's chat chunks, zlib-compressed JSON lines, from which its events re-render
+    exactly (``chat.relay.responses.ResponseEvents``)."""
+
+    class Status(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        INCOMPLETE = "incomplete"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    id = models.CharField(primary_key=True, max_length=80, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="responses"
+    )
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="responses"
+    )
+    previous = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    slot_name = models.CharField(max_length=100)
+    status = models.CharField(max_length=12, choices=Status.choices)
+    generation_id = models.CharField(max_length=64, blank=True)
+    response = models.JSONField()
+    input_items = models.JSONField(default=list)
+    chunks = models.BinaryField(default=b"", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "stored response"
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"

@@ -13,7 +13,16 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from chat import readcache
-from chat.models import API_KEY_PREFIX, ApiKey, Conversation, Message, Slot, Widget, api_key_digest
+from chat.models import (
+    API_KEY_PREFIX,
+    ApiKey,
+    Conversation,
+    Message,
+    Slot,
+    StoredResponse,
+    Widget,
+    api_key_digest,
+)
 
 
 def conversation_list(*, user: User, query: str = "") -> QuerySet[Conversation]:
@@ -303,3 +312,34 @@ async def widget_aget(*, public_key: str) -> Widget | None:
 
 def api_key_list(*, user: User) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(user=user).order_by("revoked_at", "-created_at")
+
+
+# ------------------------------------------------------------------------------------------------
+# Stored responses (/v1/responses)
+# ------------------------------------------------------------------------------------------------
+# How many earlier responses a previous_response_id chain may reach back through.
+RESPONSE_CHAIN_LIMIT = 256
+
+
+async def response_aget(*, user: User, response_id: str) -> StoredResponse | None:
+    """The stored response ``response_id`` if it is ``user``'s, else None (another user's id
+    reads as unknown)."""
+    return await StoredResponse.objects.filter(pk=response_id, user=user).afirst()
+
+
+async def response_achain(*, user: User, response_id: str) -> list[StoredResponse] | None:
+    """The response ``response_id`` and the ones it continues (``previous_response_id``),
+    oldest first, at most ``RESPONSE_CHAIN_LIMIT``; None when ``response_id`` is not one of
+    ``user``'s. A link to a deleted response ends the chain there."""
+    chain: list[StoredResponse] = []
+    next_id: str | None = response_id
+    while next_id is not None and len(chain) < RESPONSE_CHAIN_LIMIT:
+        stored = await response_aget(user=user, response_id=next_id)
+        if stored is None:
+            if not chain:
+                return None
+            break
+        chain.append(stored)
+        next_id = stored.previous_id
+    chain.reverse()
+    return chain

@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -24,6 +25,7 @@ from chat.models import (
     Conversation,
     Message,
     Slot,
+    StoredResponse,
     Widget,
     api_key_digest,
 )
@@ -318,3 +320,65 @@ def conversation_share(*, conversation: Conversation, shared: bool) -> None:
     """Share read-only with signed-in members (a new unguessable link each time), or stop."""
     conversation.share_id = uuid.uuid4() if shared else None
     conversation.save(update_fields=["share_id"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Stored responses (/v1/responses)
+# ------------------------------------------------------------------------------------------------
+def pack_chunks(chunks: list[str]) -> bytes:
+    """A response's upstream chunks (JSON texts) as stored: zlib-compressed JSON lines (a
+    chunk's JSON never holds a raw newline)."""
+    return zlib.compress("\n".join(chunks).encode(), level=6)
+
+
+def unpack_chunks(packed: bytes | memoryview) -> list[str]:
+    """The inverse of ``pack_chunks``."""
+    data = bytes(packed)
+    return zlib.decompress(data).decode().split("\n") if data else []
+
+
+async def response_acreate(
+    *,
+    response_id: str,
+    user: User,
+    api_key: ApiKey | None,
+    previous_id: str | None,
+    slot_name: str,
+    response: dict[str, Any],
+    input_items: list[dict[str, Any]],
+    generation_id: str = "",
+    chunks: list[str] | None = None,
+) -> None:
+    """Store a response (one INSERT): ``in_progress`` when its stream starts, or whole.
+    Raises ``DatabaseError``."""
+    await StoredResponse.objects.acreate(
+        id=response_id,
+        user=user,
+        api_key=api_key,
+        previous_id=previous_id,
+        slot_name=slot_name[:100],
+        status=response["status"],
+        generation_id=generation_id,
+        response=response,
+        input_items=input_items,
+        chunks=pack_chunks(chunks or []),
+    )
+
+
+async def response_afinalise(
+    *, response_id: str, response: dict[str, Any], chunks: list[str]
+) -> None:
+    """Store how a streamed response ended (one UPDATE): the response object and its
+    chunks. A failed UPDATE is logged, never raised: the client has its answer already."""
+    try:
+        await StoredResponse.objects.filter(pk=response_id).aupdate(
+            status=response["status"], response=response, chunks=pack_chunks(chunks)
+        )
+    except DatabaseError:
+        logger.exception("response %s: storing its end failed", response_id)
+
+
+async def response_adelete(*, user: User, response_id: str) -> bool:
+    """Delete ``user``'s stored response; False when there is none of theirs by that id."""
+    deleted, _ = await StoredResponse.objects.filter(pk=response_id, user=user).adelete()
+    return deleted > 0

@@ -11,6 +11,8 @@ the final events. Two renderings sit on it:
 - ``api_sse``, ``/v1``'s: the chunks rewritten as OpenAI's (``ChunkRewriter``), keep-alive
   comments, then ``data: [DONE]`` or one final ``data: {"error": …}`` (OpenAI API reference,
   "Streaming"; the SDKs raise that as ``APIError``).
+- ``responses_sse``, ``/v1/responses``': the chunks as typed Responses events
+  (``chat.relay.responses.ResponseEvents``), numbered, ending in the response's terminal event.
 
 Framing goes through ``chat.relay.sse`` only.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
@@ -26,7 +29,8 @@ from typing import Any
 from django.conf import settings
 
 from chat.relay.background import spawn
-from chat.relay.generation import KEEPALIVE, Generation, Phase
+from chat.relay.generation import KEEPALIVE, Generation, Phase, Status
+from chat.relay.responses import ResponseEvents, error_of
 from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_data, encode_event
 from chat.relay.upstream import Chunk
 
@@ -214,3 +218,54 @@ class ChunkRewriter:
         if isinstance(delta, dict) and "role" not in delta:
             return {**choice, "delta": {"role": "assistant", **delta}}
         return choice
+
+
+# ------------------------------------------------------------------------------------------------
+# /v1/responses
+# ------------------------------------------------------------------------------------------------
+def responses_sse(
+    generation: Generation,
+    events: ResponseEvents,
+    *,
+    starting_after: int = -1,
+    on_leave: LeaveHook | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """``/v1/responses``' stream (OpenAI API reference, "Streaming events"): the generation's
+    chat chunks as typed Responses events from ``events`` (``response.created`` first, a
+    terminal ``response.completed`` / ``.incomplete`` / ``.failed`` last, no ``[DONE]``),
+    only those numbered after ``starting_after`` (a resumed stream; -1: all). Keep-alives are
+    SSE comments, which every client skips."""
+
+    def encoded(batch: list[dict[str, Any]]) -> bytes | None:
+        out = [ResponseEvents.encode(e) for e in batch if e["sequence_number"] > starting_after]
+        return b"".join(out) or None
+
+    return generation_sse(
+        generation,
+        head=encoded(events.start()) or b"",
+        render_chunk=lambda _, chunk: encoded(events.feed(chunk.obj)),
+        render_end=lambda ended: encoded(finish_events(events, ended)) or b"",
+        on_leave=on_leave,
+    )
+
+
+def finish_events(events: ResponseEvents, generation: Generation) -> list[dict[str, Any]]:
+    """The closing events of a response fed by ``generation``, once it ended."""
+    return events.finish(**response_ending(generation, events.response["created_at"]))
+
+
+def response_ending(
+    generation: Generation, created_at: int, *, left: bool = False
+) -> dict[str, Any]:
+    """How a response fed by ``generation`` ends, as ``ResponseEvents.finish``'s arguments:
+    failed with its error, cancelled when it was stopped (or its client ``left`` before the
+    end), else by its finish_reason. ``completed_at`` (s) is ``created_at`` plus the
+    generation's own duration, so every rendering of one response (the live stream, a resumed
+    one, the stored object) says the same second."""
+    ended_at = generation.ended_at if generation.ended_at is not None else time.monotonic()
+    failed = generation.status == Status.ERROR and generation.error is not None
+    return {
+        "cancelled": left or generation.status == Status.STOPPED,
+        "error": error_of(generation.error) if failed and generation.error else None,
+        "completed_at": created_at + round(ended_at - generation.started_at),
+    }

@@ -15,6 +15,15 @@ urlpatterns = [
     path("v1/models/<str:model>", api.models, name="api-model"),
     path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
     path("v1/completions", api.completions, name="api-completions"),
+    path("v1/responses", api.create_response, name="api-responses"),
+    path("v1/responses/<str:response_id>", api.response_detail, name="api-response"),
+    path(
+        "v1/responses/<str:response_id>/input_items",
+        api.response_input_items,
+        name="api-response-input-items",
+    ),
+    path("v1/responses/<str:response_id>/cancel", api.cancel_response, name="api-response-cancel"),
+    path("v1/embeddings", api.embeddings, name="api-embeddings"),
     # Everything else under /v1: OpenAI's "Invalid URL" 404 envelope, never an HTML page.
     re_path(r"^v1(?:/|$)", api.unknown_url, name="api-unknown-url"),
     path("widget/", include("chat.widget_urls")),

@@ -346,6 +346,31 @@ async def complete_whole(
     )
 
 
+async def call_whole(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A non-streaming call that is not a completion (``"embeddings"``) under the slot's
+    policy: the request passed through with only ``model`` made the slot's upstream model
+    (no defaults, stops or system prompt: those are for completions). Returns the upstream's
+    JSON object. Raises ``RelayError``."""
+
+    async def attempt(cfg: SlotConfig, _: dict[str, Any]) -> dict[str, Any]:
+        result = await request_json(
+            cfg.backend, "POST", endpoint, {**request, "model": cfg.upstream_model}
+        )
+        cfg.runtime().call_succeeded()
+        if not isinstance(result, dict):
+            raise RelayError(
+                "upstream answered with a body that is not an object",
+                code="upstream_malformed_body",
+            )
+        if checks.has_nul(json.dumps(result)):
+            result = checks.without_nul(result)
+        return result
+
+    return await with_slot_policy(
+        slot, request, chat=False, stream=False, attempt=attempt, published=lambda: False
+    )
+
+
 def _cut_at_stops(result: dict[str, Any], stops: list[str], *, chat: bool) -> None:
     if not stops:
         return

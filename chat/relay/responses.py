@@ -1,0 +1,657 @@
+"""OpenAI's Responses API served by a chat-completions upstream: requests translated to chat
+completions, the upstream's chunks turned into Responses events. No ORM, no HTTP.
+
+Rules from the OpenAI API reference ("Responses", "Streaming events") and its OpenAPI document
+(``Response``, ``ResponseStreamEvent``, ``InputItem``):
+
+- A stream is typed SSE events (``event: <type>`` and ``data: {"type": <type>, …,
+  "sequence_number": n}``), n from 0, and no ``[DONE]``: ``response.created``,
+  ``response.in_progress``, then per output item ``response.output_item.added``, its parts
+  (``response.content_part.added`` … ``.done``) and deltas (``response.output_text.delta``,
+  ``response.reasoning_text.delta``, ``response.refusal.delta``,
+  ``response.function_call_arguments.delta``) with their ``.done`` events, then
+  ``response.output_item.done``; last ``response.completed``, ``response.incomplete``
+  (``incomplete_details.reason``: ``max_output_tokens``, ``content_filter``) or
+  ``response.failed`` (``error``), each carrying the whole response object.
+- Output items: ``reasoning`` (``content`` of ``reasoning_text`` parts), ``message`` (role
+  ``assistant``, ``output_text`` or ``refusal`` parts) and ``function_call`` (``call_id``,
+  ``name``, ``arguments`` as a JSON string).
+- Usage is ``input_tokens`` / ``output_tokens`` / ``total_tokens`` with
+  ``input_tokens_details.cached_tokens`` and ``output_tokens_details.reasoning_tokens``.
+
+Everything is deterministic given the response skeleton and the chunks: replaying the stored
+chunks of a response re-renders the exact same events, which is how a stream is resumed by
+``starting_after`` (``ResponseEvents``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chat.relay.errors import RelayError
+from chat.relay.sse import encode_event
+
+# Which incomplete_details.reason a chat finish_reason becomes (others complete the response).
+_INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# Response.error.code is an enum in OpenAI's schema; the relay's own code goes in the message.
+_RATE_LIMITED = "rate_limit_exceeded"
+# The Responses API's own request fields (OpenAPI ``CreateResponse``): translated or dropped,
+# never sent upstream as they are. Any other field (``seed``, ``top_k``, ``min_p``: what an SDK's
+# ``extra_body`` adds for a local server) passes through to the chat request unchanged.
+RESPONSES_FIELDS = frozenset(
+    {
+        "model", "input", "instructions", "tools", "tool_choice", "max_output_tokens",
+        "temperature", "top_p", "text", "stream", "stream_options", "metadata", "store",
+        "previous_response_id", "reasoning", "parallel_tool_calls", "user", "top_logprobs",
+        "include", "truncation", "background", "prompt", "prompt_cache_key",
+        "prompt_cache_retention", "safety_identifier", "service_tier", "conversation",
+        "max_tool_calls", "context_management",
+    }
+)  # fmt: skip
+_SERVER_ERROR = "server_error"
+
+
+class TranslationError(ValueError):
+    """A Responses request that cannot be said in chat completions: ``param`` names the field
+    (OpenAI's dotted path), the message says why. The API answers it with a 400."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# ------------------------------------------------------------------------------------------------
+# Requests
+# ------------------------------------------------------------------------------------------------
+def input_items(value: str | list[dict[str, Any]], *, response_id: str) -> list[dict[str, Any]]:
+    """The request's ``input`` as stored items, each with an ``id`` (``msg_…`` for messages,
+    kept when the client gave one): a string is one user message; message items given as
+    ``{"role", "content"}`` get ``"type": "message"``; a string content becomes one
+    ``input_text`` (``output_text`` for the assistant) part, as OpenAI lists input items."""
+    if isinstance(value, str):
+        value = [{"role": "user", "content": value}]
+    items = []
+    for position, item in enumerate(value):
+        item = dict(item)
+        kind = item.setdefault("type", "message")
+        if kind == "message":
+            content = item.get("content")
+            if isinstance(content, str):
+                part = "output_text" if item.get("role") == "assistant" else "input_text"
+                item["content"] = [{"type": part, "text": content}]
+            item.setdefault("status", "completed")
+        prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}.get(
+            kind, "item"
+        )
+        item.setdefault("id", f"{prefix}_{response_id.removeprefix('resp_')}i{position:03d}")
+        items.append(item)
+    return items
+
+
+def items_to_messages(items: list[dict[str, Any]], *, at: str = "input") -> list[dict[str, Any]]:
+    """Input or output items as chat messages: messages keep their role (parts become text, or
+    ``image_url`` parts for images); consecutive ``function_call`` items become one assistant
+    message's ``tool_calls``; ``function_call_output`` becomes a ``tool`` message; reasoning
+    items are dropped (chat completions takes no reasoning back). Raises ``TranslationError``
+    for an item type chat completions cannot carry."""
+    messages: list[dict[str, Any]] = []
+    for position, item in enumerate(items):
+        kind = item.get("type", "message")
+        if kind == "message":
+            messages.append(
+                {
+                    "role": item.get("role", "user"),
+                    "content": _chat_content(item.get("content"), at=f"{at}[{position}].content"),
+                }
+            )
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id") or item.get("id") or "",
+                "type": "function",
+                "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")},
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            elif last is not None and last["role"] == "assistant" and "tool_calls" not in last:
+                last["tool_calls"] = [call]
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            if not isinstance(output, str):
+                output = _text_of(output)
+            messages.append(
+                {"role": "tool", "tool_call_id": item.get("call_id"), "content": output}
+            )
+        elif kind == "reasoning":
+            continue
+        else:
+            raise TranslationError(
+                f"Input items of type '{kind}' are not supported by this model's backend.",
+                param=f"{at}[{position}].type",
+            )
+    return messages
+
+
+def _chat_content(content: Any, *, at: str) -> Any:
+    """A message item's content as chat content: one string when every part is text (what
+    every chat server takes), else a list of ``text`` / ``image_url`` / ``file`` parts."""
+    if isinstance(content, str) or content is None:
+        return content or ""
+    parts: list[dict[str, Any]] = []
+    for position, part in enumerate(content):
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            parts.append({"type": "text", "text": part.get("text", "")})
+        elif kind == "refusal":
+            parts.append({"type": "text", "text": part.get("refusal", "")})
+        elif kind == "input_image":
+            image = {"url": part.get("image_url") or ""}
+            if part.get("detail"):
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file":
+            parts.append({"type": "file", "file": {k: v for k, v in part.items() if k != "type"}})
+        else:
+            raise TranslationError(
+                f"Content parts of type '{kind}' are not supported by this model's backend.",
+                param=f"{at}[{position}].type",
+            )
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def _text_of(output: Any) -> str:
+    """A ``function_call_output``'s output given as content parts, as text."""
+    if isinstance(output, list):
+        return "".join(
+            part.get("text", "") for part in output if isinstance(part, dict) and "text" in part
+        )
+    return json.dumps(output)
+
+
+def chat_request(
+    body: dict[str, Any], *, history: list[dict[str, Any]], items: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The chat completions request for a Responses ``body`` (types already checked):
+    ``instructions`` as the first system message, then ``history`` (the chat messages of the
+    ``previous_response_id`` chain), then ``items`` (this request's input items);
+    ``max_output_tokens`` → ``max_tokens``; function ``tools`` and ``tool_choice`` in chat's
+    nesting; ``text.format`` → ``response_format``; ``reasoning.effort`` →
+    ``reasoning_effort``; fields the Responses API does not define pass through
+    (``RESPONSES_FIELDS``). Raises ``TranslationError``."""
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+    messages += history
+    messages += items_to_messages(items)
+    request: dict[str, Any] = {k: v for k, v in body.items() if k not in RESPONSES_FIELDS}
+    request.update(model=body["model"], messages=messages)
+    for name in ("temperature", "top_p", "parallel_tool_calls", "user", "top_logprobs"):
+        if body.get(name) is not None:
+            request[name] = body[name]
+    if body.get("max_output_tokens") is not None:
+        request["max_tokens"] = body["max_output_tokens"]
+    _add_tools(request, body)
+    _add_format(request, body)
+    return request
+
+
+def _add_tools(request: dict[str, Any], body: dict[str, Any]) -> None:
+    """Function ``tools`` and ``tool_choice`` in chat's nesting."""
+    tools = [_chat_tool(tool, f"tools[{i}]") for i, tool in enumerate(body.get("tools") or ())]
+    if tools:
+        request["tools"] = tools
+    choice = body.get("tool_choice")
+    if isinstance(choice, str):
+        request["tool_choice"] = choice
+    elif isinstance(choice, dict):
+        if choice.get("type") != "function":
+            raise TranslationError(
+                f"tool_choice of type '{choice.get('type')}' is not supported by this model's "
+                "backend.",
+                param="tool_choice.type",
+            )
+        request["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+
+
+def _add_format(request: dict[str, Any], body: dict[str, Any]) -> None:
+    """``text.format`` as ``response_format``, ``reasoning.effort`` as ``reasoning_effort``."""
+    text_format = (body.get("text") or {}).get("format")
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        schema = {k: v for k, v in text_format.items() if k != "type"}
+        request["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif isinstance(text_format, dict) and text_format.get("type") == "json_object":
+        request["response_format"] = {"type": "json_object"}
+    effort = (body.get("reasoning") or {}).get("effort")
+    if effort:
+        request["reasoning_effort"] = effort
+
+
+def _chat_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
+    if tool.get("type") != "function":
+        raise TranslationError(
+            f"Tools of type '{tool.get('type')}' are not supported by this model's backend; "
+            "only function tools are.",
+            param=f"{at}.type",
+        )
+    function = {"name": tool.get("name"), "parameters": tool.get("parameters") or {}}
+    if tool.get("description") is not None:
+        function["description"] = tool["description"]
+    if tool.get("strict") is not None:
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def skeleton(
+    body: dict[str, Any], *, response_id: str, model: str, created_at: int
+) -> dict[str, Any]:
+    """The response object as ``response.created`` shows it (status ``in_progress``, no
+    output): the request's parameters echoed as OpenAI's ``Response`` lists them."""
+    text: dict[str, Any] = body.get("text") or {}
+    reasoning: dict[str, Any] = body.get("reasoning") or {}
+    response = {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": "in_progress",
+        "background": False,
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": None,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": reasoning.get("effort"), "summary": None},
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": {"format": text.get("format") or {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": [_echoed_tool(tool) for tool in body.get("tools") or ()],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": "disabled",
+        "metadata": body.get("metadata") or {},
+    }
+    # ``usage`` (set once the response ends) and ``user`` are an object and a string in
+    # OpenAI's schema: absent until known, never null.
+    if body.get("user") is not None:
+        response["user"] = body["user"]
+    return response
+
+
+def _echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A function tool as ``Response.tools`` lists it: ``strict``, ``parameters`` and
+    ``description`` always there (null when not given), as OpenAI's ``FunctionTool`` has them."""
+    return {
+        **tool,
+        "description": tool.get("description"),
+        "parameters": tool.get("parameters"),
+        "strict": tool.get("strict"),
+    }
+
+
+def usage_of(chat_usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Chat completions usage as the Responses API's (None when the upstream sent none)."""
+    if not chat_usage:
+        return None
+    prompt = int(chat_usage.get("prompt_tokens") or 0)
+    completion = int(chat_usage.get("completion_tokens") or 0)
+    cached = (chat_usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (chat_usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": int(cached), "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": int(reasoning)},
+        "total_tokens": int(chat_usage.get("total_tokens") or prompt + completion),
+    }
+
+
+def error_of(error: RelayError) -> dict[str, Any]:
+    """A relay failure as ``Response.error`` (``code`` from OpenAI's enum; the relay's own code
+    and message in ``message``)."""
+    code = _RATE_LIMITED if error.status == 429 else _SERVER_ERROR
+    detail = f"{error.code}: " if error.code else ""
+    return {"code": code, "message": f"{detail}{error.message}"}
+
+
+def whole_as_chunk(completion: dict[str, Any]) -> dict[str, Any]:
+    """A non-streaming chat completion as the one chunk that says the same (its first choice),
+    so a whole answer goes through the same ``ResponseEvents`` as a stream."""
+    choices = completion.get("choices") or [{}]
+    message = choices[0].get("message") or {}
+    delta: dict[str, Any] = {}
+    for name in ("content", "reasoning_content", "reasoning", "refusal"):
+        if isinstance(message.get(name), str):
+            delta[name] = message[name]
+    calls = message.get("tool_calls") or []
+    if calls:
+        delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls)]
+    return {
+        "choices": [{"index": 0, "delta": delta, "finish_reason": choices[0].get("finish_reason")}],
+        "usage": completion.get("usage"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Events
+# ------------------------------------------------------------------------------------------------
+class ResponseEvents:
+    """Turns chat chunks (choice 0) into Responses events, numbered from 0.
+
+    ``start()`` gives ``response.created`` and ``response.in_progress``; ``feed(chunk)`` the
+    events one chunk makes (reasoning, text, refusal and tool-call deltas, opening and closing
+    output items as the kind of output changes); ``finish(...)`` closes the open item and gives
+    the terminal event. Each method returns a list of event objects (``{"type", …,
+    "sequence_number"}``); ``encode`` makes one SSE event of one. ``response`` is the response
+    object as it stands (output items as finished so far). A ``<think>`` block in content
+    (a model served without a reasoning parser) stays in the text, as the upstream sent it.
+    """
+
+    def __init__(self, response: dict[str, Any]) -> None:
+        self.response = {**response, "output": []}
+        self.sequence = 0
+        self._base = response["id"].removeprefix("resp_")
+        self._open: dict[str, Any] | None = None  # the item being streamed
+        self._part_kind = ""  # its open content part: output_text, refusal, reasoning_text
+        self._text: list[str] = []  # the open part's text so far
+        self._calls: dict[int, int] = {}  # chat tool-call index → output index
+        self.finish_reason: str | None = None
+        self.chat_usage: dict[str, Any] | None = None
+
+    # -- the public steps ------------------------------------------------------------------------
+    def start(self) -> list[dict[str, Any]]:
+        snapshot = self._snapshot()
+        return [
+            self._event("response.created", response=snapshot),
+            self._event("response.in_progress", response=snapshot),
+        ]
+
+    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        if chunk.get("usage"):
+            self.chat_usage = chunk["usage"]
+        events: list[dict[str, Any]] = []
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue  # the Responses API has one output; n is not part of it
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                events += self._text_delta("reasoning", "reasoning_text", reasoning)
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                events += self._text_delta("message", "output_text", delta["content"])
+            if isinstance(delta.get("refusal"), str) and delta["refusal"]:
+                events += self._text_delta("message", "refusal", delta["refusal"])
+            for fragment in delta.get("tool_calls") or ():
+                if isinstance(fragment, dict):
+                    events += self._call_delta(fragment)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def finish(
+        self,
+        *,
+        cancelled: bool = False,
+        error: dict[str, Any] | None = None,
+        completed_at: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Close the open item and end: ``response.failed`` with ``error`` (a
+        ``Response.error`` object, ``error_of``); status
+        ``cancelled`` (stopped before its end) as ``response.failed`` too, since OpenAI's
+        stream has no cancelled event; ``response.incomplete`` for a length or
+        content-filter finish; else ``response.completed``."""
+        reason = _INCOMPLETE_REASONS.get(self.finish_reason or "")
+        item_status = "incomplete" if (reason or cancelled or error) else "completed"
+        events = self._close(item_status)
+        response = self.response
+        usage = usage_of(self.chat_usage)
+        if usage is not None:
+            response["usage"] = usage
+        if error is not None:
+            response["status"], response["error"] = "failed", error
+            kind = "response.failed"
+        elif cancelled:
+            response["status"], kind = "cancelled", "response.failed"
+        elif reason:
+            response["status"], kind = "incomplete", "response.incomplete"
+            response["incomplete_details"] = {"reason": reason}
+        else:
+            response["status"], kind = "completed", "response.completed"
+            response["completed_at"] = completed_at
+        events.append(self._event(kind, response=self._snapshot()))
+        return events
+
+    @staticmethod
+    def encode(event: dict[str, Any]) -> bytes:
+        """One event as SSE bytes: ``event: <type>`` and its JSON on one ``data:`` line."""
+        return encode_event(
+            json.dumps(event, separators=(",", ":"), ensure_ascii=False), event=event["type"]
+        )
+
+    # -- items -----------------------------------------------------------------------------------
+    def _text_delta(self, item_kind: str, part_kind: str, text: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if self._open is None or self._open["type"] != item_kind:
+            events += self._close("completed")
+            events += self._add_item(item_kind)
+        if self._part_kind != part_kind:
+            events += self._close_part()
+            events += self._add_part(part_kind)
+        self._text.append(text)
+        item = self._open
+        assert item is not None
+        where = {
+            "item_id": item["id"],
+            "output_index": self._output_index,
+            "content_index": len(item["content"]),
+        }
+        if part_kind == "output_text":
+            events.append(
+                self._event("response.output_text.delta", **where, delta=text, logprobs=[])
+            )
+        elif part_kind == "refusal":
+            events.append(self._event("response.refusal.delta", **where, delta=text))
+        else:
+            events.append(self._event("response.reasoning_text.delta", **where, delta=text))
+        return events
+
+    def _call_delta(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        index = fragment.get("index", 0)
+        function = fragment.get("function") or {}
+        if index not in self._calls:
+            events += self._close("completed")
+            events += self._add_item(
+                "function_call",
+                call_id=fragment.get("id") or f"call_{self._base}{len(self.response['output'])}",
+                name=function.get("name") or "",
+            )
+            self._calls[index] = self._output_index
+        elif self._open is None or self._calls[index] != self._output_index:
+            return events  # a late fragment of a call already closed: nothing to add to
+        item = self._open
+        assert item is not None
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            item["arguments"] += arguments
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=self._output_index,
+                    delta=arguments,
+                )
+            )
+        return events
+
+    @property
+    def _output_index(self) -> int:
+        return len(self.response["output"])
+
+    def _add_item(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
+        prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}[kind]
+        item: dict[str, Any] = {
+            "id": f"{prefix}_{self._base}{self._output_index:02d}",
+            "type": kind,
+            "status": "in_progress",
+        }
+        if kind == "message":
+            item.update(role="assistant", content=[])
+        elif kind == "reasoning":
+            item.update(summary=[], content=[])
+        else:
+            item.update(call_id=fields["call_id"], name=fields["name"], arguments="")
+        self._open = item
+        return [
+            self._event(
+                "response.output_item.added", output_index=self._output_index, item=_copy(item)
+            )
+        ]
+
+    def _add_part(self, kind: str) -> list[dict[str, Any]]:
+        self._part_kind, self._text = kind, []
+        item = self._open
+        assert item is not None
+        return [
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=self._output_index,
+                content_index=len(item["content"]),
+                part=_part(kind, ""),
+            )
+        ]
+
+    def _close_part(self) -> list[dict[str, Any]]:
+        item = self._open
+        if item is None or not self._part_kind:
+            return []
+        kind, text = self._part_kind, "".join(self._text)
+        self._part_kind, self._text = "", []
+        where = {
+            "item_id": item["id"],
+            "output_index": self._output_index,
+            "content_index": len(item["content"]),
+        }
+        events = []
+        if kind == "output_text":
+            events.append(self._event("response.output_text.done", **where, text=text, logprobs=[]))
+        elif kind == "refusal":
+            events.append(self._event("response.refusal.done", **where, refusal=text))
+        else:
+            events.append(self._event("response.reasoning_text.done", **where, text=text))
+        events.append(self._event("response.content_part.done", **where, part=_part(kind, text)))
+        item["content"].append(_part(kind, text))
+        return events
+
+    def _close(self, status: str) -> list[dict[str, Any]]:
+        item = self._open
+        if item is None:
+            return []
+        events = self._close_part()
+        if item["type"] == "function_call":
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=self._output_index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+        item["status"] = status
+        events.append(
+            self._event(
+                "response.output_item.done", output_index=self._output_index, item=_copy(item)
+            )
+        )
+        self.response["output"].append(item)
+        self._open = None
+        return events
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": kind, **fields, "sequence_number": self.sequence}
+        self.sequence += 1
+        return event
+
+    def _snapshot(self) -> dict[str, Any]:
+        return _copy(self.response)
+
+
+def _part(kind: str, text: str) -> dict[str, Any]:
+    if kind == "output_text":
+        return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    return {"type": "reasoning_text", "text": text}
+
+
+def _copy(obj: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON object (events must not change when the response does later)."""
+    copied: dict[str, Any] = json.loads(json.dumps(obj))
+    return copied
+
+
+def output_text(response: dict[str, Any]) -> str:
+    """The text of a response's message items (what the SDKs call ``output_text``)."""
+    return "".join(
+        part.get("text", "")
+        for item in response.get("output") or ()
+        if item.get("type") == "message"
+        for part in item.get("content") or ()
+        if part.get("type") == "output_text"
+    )
+
+
+def initial_of(response: dict[str, Any]) -> dict[str, Any]:
+    """The ``in_progress`` object a stored (ended) response's stream began with."""
+    response = {k: v for k, v in response.items() if k != "usage"}
+    return {
+        **response,
+        "status": "in_progress",
+        "completed_at": None,
+        "error": None,
+        "incomplete_details": None,
+        "output": [],
+    }
+
+
+def render(
+    initial: dict[str, Any],
+    chunks: list[dict[str, Any]],
+    *,
+    cancelled: bool = False,
+    error: dict[str, Any] | None = None,
+    completed_at: int | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every event of a response's stream and its final object, rendered from the ``initial``
+    object (``response.created``'s) and its chunks (parsed): the same events, numbers included,
+    as a live stream of the same chunks sends."""
+    events = ResponseEvents(initial)
+    out = events.start()
+    for chunk in chunks:
+        out += events.feed(chunk)
+    out += events.finish(cancelled=cancelled, error=error, completed_at=completed_at)
+    return out, events.response
+
+
+def replay(response: dict[str, Any], chunks: list[str]) -> list[dict[str, Any]]:
+    """Every event of a stored, ended response's stream, rendered again from its stored chunks
+    (JSON texts)."""
+    events, _ = render(
+        initial_of(response),
+        [json.loads(chunk) for chunk in chunks],
+        cancelled=response["status"] == "cancelled",
+        error=response.get("error"),
+        completed_at=response.get("completed_at"),
+    )
+    return events
