@@ -53,6 +53,8 @@ class SimConfig:
     ignore_stop: bool = False  # ignore the request's ``stop`` strings (else content is cut)
     replay: str | None = None  # stream this replay-dir file verbatim (always streamed, paced
     # per event; the request's n, max_tokens and stop are ignored)
+    responses_api: bool = True  # serve POST /v1/responses natively; False answers 404 there,
+    # as servers without the Responses API do (llama-cpp-python's, older vLLM and Ollama)
     keepalive_comment_s: float = 0  # ``: ping`` interval (s) during the TTFT wait and stalls
 
     def merged(self, overrides: Mapping[str, Any]) -> SimConfig:

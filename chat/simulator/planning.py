@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chat.relay import responses
 from chat.simulator.config import SimConfig
 from chat.simulator.http import RequestError, dumps
 
@@ -108,7 +109,8 @@ def _cut_at_stop(tokens: list[str], stops: Sequence[str]) -> list[str] | None:
 
 
 def _tool_arguments(tool: Mapping[str, Any], rng: random.Random) -> str:
-    """A JSON arguments string that fits the tool's parameter schema (top-level properties)."""
+    """A JSON arguments string that fits the tool's parameter schema (top-level properties;
+    a string's ``maxLength`` is kept)."""
     props = tool.get("parameters", {}).get("properties") or {"query": {"type": "string"}}
     args: dict[str, Any] = {}
     for key, schema in props.items():
@@ -124,7 +126,9 @@ def _tool_arguments(tool: Mapping[str, Any], rng: random.Random) -> str:
         elif kind == "object":
             args[key] = {}
         else:
-            args[key] = " ".join(rng.choices(_WORDS, k=2))
+            text = " ".join(rng.choices(_WORDS, k=2))
+            limit = schema.get("maxLength") if isinstance(schema, dict) else None
+            args[key] = text[:limit] if isinstance(limit, int) and limit > 0 else text
     return json.dumps(args, separators=(",", ":"))
 
 
@@ -435,3 +439,58 @@ def embeddings_body(body: Mapping[str, Any], *, model: str) -> dict[str, Any]:
         "model": model,
         "usage": {"prompt_tokens": words, "total_tokens": words},
     }
+
+
+# --- The Responses API -------------------------------------------------------------------------
+
+
+def as_chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Responses request as (its initial response object, the chat request whose plan
+    answers it): the simulator answers in Responses events by rendering its chat answer
+    through ``chat.relay.responses``. ``RequestError`` for what that cannot translate."""
+    response_id = _new_id("resp_")
+    try:
+        items = responses.input_items(body.get("input") or "", response_id=response_id)
+        chat = responses.chat_request(body, history=[], items=items)
+    except (responses.TranslationError, AttributeError, TypeError) as e:
+        raise RequestError(f"Invalid Responses request: {e}", "input") from None
+    model = str(body.get("model") or "sim")
+    initial = responses.skeleton(
+        body, response_id=response_id, model=model, created_at=int(time.time())
+    )
+    # A Responses stream always ends with its usage, so the chat plan is asked for it.
+    options = {"include_usage": True}
+    return initial, {**chat, "stream": bool(body.get("stream")), "stream_options": options}
+
+
+def responses_steps(
+    steps: Iterator[bytes], tail: bytes, initial: dict[str, Any]
+) -> tuple[Iterator[bytes], bytes]:
+    """A planned chat stream's steps and tail as Responses events: the same pacing, one step
+    per token, ``response.created`` riding on the first and the terminal event in the tail."""
+    events = responses.ResponseEvents(initial)
+    head = b"".join(map(responses.ResponseEvents.encode, events.start()))
+
+    def convert(raw: bytes) -> bytes:
+        out = []
+        for line in raw.split(b"\n"):
+            if line.startswith(b"data: ") and line[6:].strip() != b"[DONE]":
+                out += events.feed(json.loads(line[6:]))
+        return b"".join(map(responses.ResponseEvents.encode, out))
+
+    converted = [convert(step) for step in steps]  # in order: the events carry state
+    if converted:
+        converted[0] = head + converted[0]
+    else:
+        tail = head + tail
+    end = convert(tail) + b"".join(
+        map(responses.ResponseEvents.encode, events.finish(completed_at=int(time.time())))
+    )
+    return iter(converted), end
+
+
+def response_body(plan: Plan, initial: dict[str, Any]) -> dict[str, Any]:
+    """A planned answer as one Responses API response object."""
+    chunk = responses.whole_as_chunk(complete_body(plan))
+    _, response = responses.render(initial, [chunk], completed_at=int(time.time()))
+    return response

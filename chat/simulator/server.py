@@ -40,10 +40,13 @@ from chat.simulator.http import (
 from chat.simulator.planning import (
     HOLE_JSON,
     Plan,
+    as_chat_request,
     complete_body,
     embeddings_body,
     event,
     plan_answer,
+    response_body,
+    responses_steps,
     stream_body,
 )
 
@@ -120,6 +123,7 @@ class Simulator:
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", "/v1/responses"): self._responses,
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
             ("GET", "/sim/stats"): self._stats,
@@ -307,6 +311,17 @@ class Simulator:
     async def _completions(self, conn: Conn, req: Request) -> None:
         await self._generate(conn, req, chat=False)
 
+    async def _responses(self, conn: Conn, req: Request) -> None:
+        """The Responses API natively: the chat answer's plan rendered as Responses events
+        (``planning.responses_steps``), or a recorded Responses stream (``replay``); a 404 when
+        ``responses_api`` is off."""
+        if not self.config.responses_api:
+            await send_json(
+                conn, 404, _envelope(f"Invalid URL ({req.method} {req.path})"), req.keep_alive
+            )
+            return
+        await self._generate(conn, req, chat=True, responses=True)
+
     async def _embeddings(self, conn: Conn, req: Request) -> None:
         self._counts["embeddings"] += 1
         try:
@@ -368,14 +383,20 @@ class Simulator:
         # are the file byte for byte.
         return re.findall(rb".*?\n\n|.+", (self.replay_dir / name).read_bytes(), re.S)
 
-    async def _generate(self, conn: Conn, req: Request, *, chat: bool) -> None:
+    async def _generate(
+        self, conn: Conn, req: Request, *, chat: bool, responses: bool = False
+    ) -> None:
         t0 = asyncio.get_running_loop().time()
         self._counts["requests"] += 1
         try:
-            body, cfg = self._parse(req, chat=chat)
+            body, cfg = self._parse(req, chat=chat and not responses)
             if await self._refuse(conn, req, cfg):
                 return
+            if responses and cfg.replay is None:
+                initial, body = as_chat_request(body)
             plan, steps, tail = self._plan(body, cfg, chat=chat)
+            if responses and plan is not None:
+                steps, tail = responses_steps(steps, tail, initial)
         except RequestError as e:
             await send_json(conn, e.status, e.envelope, req.keep_alive)
             return
@@ -389,7 +410,9 @@ class Simulator:
             if plan is None or stream:
                 outcome = await self._stream(conn, req, cfg, steps, tail, t0)
             else:
-                outcome = await self._respond(conn, req, cfg, plan, t0)
+                outcome = await self._respond(
+                    conn, req, cfg, plan, t0, initial=initial if responses else None
+                )
         except asyncio.CancelledError:
             if conn.lost_at is None:
                 raise  # the server is stopping
@@ -572,9 +595,17 @@ class Simulator:
         return "completed"
 
     async def _respond(
-        self, conn: Conn, req: Request, cfg: SimConfig, plan: Plan, t0: float
+        self,
+        conn: Conn,
+        req: Request,
+        cfg: SimConfig,
+        plan: Plan,
+        t0: float,
+        *,
+        initial: dict[str, Any] | None = None,
     ) -> str:
-        """Non-streaming: wait as long as the stream would have taken, then one JSON body."""
+        """Non-streaming: wait as long as the stream would have taken, then one JSON body (a
+        response object when ``initial``, the Responses API's, is given)."""
         steps = max(1, *(c.tokens for c in plan.choices))
         faults = [
             (after, kind)
@@ -599,7 +630,7 @@ class Simulator:
                 req.keep_alive,
             )
             return "error"
-        body = dumps(complete_body(plan))
+        body = dumps(complete_body(plan) if initial is None else response_body(plan, initial))
         if plan.usage_json:
             body = body.replace(HOLE_JSON, plan.usage_json.encode())
         if cfg.malformed_after is not None:
