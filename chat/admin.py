@@ -89,7 +89,9 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
                 )
             },
         ),
+        ("Responses API", {"fields": ("responses_api", "responses_api_detected")}),
     )
+    readonly_fields = ("responses_api_detected",)
 
     @admin.display(description="API key", boolean=True)
     def api_key_set(self, backend: Backend) -> bool:

@@ -44,6 +44,7 @@ from chat.relay import dispatch, responses
 from chat.relay.background import spawn
 from chat.relay.generation import Generation, Status, find
 from chat.relay.shared import shared
+from chat.relay.upstream import Chunk
 from chat.slotconfig import slot_config
 
 logger = logging.getLogger(__name__)
@@ -460,6 +461,7 @@ def store_response_start(
     items: list[dict[str, Any]],
     previous_id: str | None,
     generation: Generation,
+    native: bool,
 ) -> asyncio.Task[bool]:
     """Store a streamed response as ``in_progress`` (so ``GET``, ``cancel`` and a resume find
     it while it streams) in a task of its own, off the path to the first byte. The task's
@@ -476,6 +478,7 @@ def store_response_start(
                 response=initial,
                 input_items=items,
                 generation_id=generation.id,
+                native=native,
             )
         except DatabaseError:
             logger.exception("response %s: storing it failed", initial["id"])
@@ -494,6 +497,7 @@ async def record_response(
     messages: list[Any],
     stored: asyncio.Task[bool] | None,
     read_to_end: bool,
+    native: bool,
 ) -> None:
     """A streamed response's end: its ``/v1`` call record, and (``stored``: the task of
     ``store_response_start``) the stored response's final object and chunks, rendered again
@@ -509,14 +513,34 @@ async def record_response(
     if stored is None or not await stored:
         return
     chunks = list(generation.chunks)
-    _, response = responses.render(
-        initial,
-        [chunk.obj for chunk in chunks],
-        **streaming.response_ending(generation, initial["created_at"], left=not read_to_end),
-    )
+    response = final_response(initial, generation, chunks, native=native, left=not read_to_end)
     await services.response_afinalise(
         response_id=initial["id"], response=response, chunks=[chunk.data for chunk in chunks]
     )
+
+
+def final_response(
+    initial: dict[str, Any],
+    generation: Generation,
+    chunks: list[Chunk],
+    *,
+    native: bool,
+    left: bool = False,
+) -> dict[str, Any]:
+    """The response object a generation's ``chunks`` make, rendered as its stream rendered
+    them: chat chunks through ``ResponseEvents``, a backend's own events through
+    ``NativeEvents``; cancelled when the client ``left`` first."""
+    ending = streaming.response_ending(generation, initial["created_at"], left=left)
+    if native:
+        _, _, response = responses.render_native(
+            initial,
+            [chunk.data for chunk in chunks],
+            cancelled=ending["cancelled"],
+            error=ending["error"],
+        )
+        return response
+    _, response = responses.render(initial, [chunk.obj for chunk in chunks], **ending)
+    return response
 
 
 async def cancel_response(stored: StoredResponse) -> dict[str, Any]:
@@ -536,13 +560,9 @@ async def cancel_response(stored: StoredResponse) -> dict[str, Any]:
         generation.cancel()
         if generation.task is not None:
             await asyncio.wait((generation.task,), timeout=STOP_WAIT_S)
-        initial = stored.response
-        _, response = responses.render(
-            initial,
-            [chunk.obj for chunk in list(generation.chunks)],
-            **streaming.response_ending(generation, initial["created_at"], left=True),
+        return final_response(
+            stored.response, generation, list(generation.chunks), native=stored.native, left=True
         )
-        return response
     if store is not None:
         await store.request_stop(stored.generation_id)
     deadline = asyncio.get_running_loop().time() + STOP_WAIT_S

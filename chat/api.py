@@ -30,9 +30,9 @@ from chat import answers, jsonbody, readcache, selectors, services, streaming
 from chat.http import Refusal, error_response, invalid, sse_response
 from chat.models import ApiKey, Slot, StoredResponse
 from chat.relay import dispatch, responses
-from chat.relay.errors import EnvelopeError
+from chat.relay.errors import EnvelopeError, RelayError
 from chat.relay.generation import Generation, Status
-from chat.relay.responses import ResponseEvents
+from chat.relay.responses import NativeEvents, ResponseEvents
 from chat.slotconfig import slot_config
 from chat.streaming import ChunkRewriter
 
@@ -572,41 +572,26 @@ def _response_not_found(response_id: str, *, param: str | None = None) -> Refusa
 
 @csrf_exempt
 async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
-    """``POST /v1/responses``, streaming or not, translated to chat completions on the slot's
-    dispatcher (``chat.relay.responses``); stored unless ``store`` is false."""
+    """``POST /v1/responses``, streaming or not, on the slot's dispatcher: passed to the
+    backend's own ``/responses`` (``Backend.responses_api``: native, or ``auto`` until a 404
+    says it has none) or translated to chat completions (``chat.relay.responses``); stored
+    unless ``store`` is false."""
     if request.method != "POST":
         return method_not_allowed(request, allowed="POST")
     call = _Call(RESPONSES)
-    lookups = readcache.Lookups()
     try:
-        call.key = await authenticate(request, lookups)
-        body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
-        validate_response_request(body)
-        call.slot_name, call.stream = body["model"], bool(body.get("stream"))
-        slot = await resolve_slot(call.slot_name, call.key, lookups)
-        history: list[dict[str, Any]] = []
-        previous_id = body.get("previous_response_id")
-        if previous_id:
-            chain = await selectors.response_achain(user=call.key.user, response_id=previous_id)
-            if chain is None:
-                raise _response_not_found(previous_id, param="previous_response_id")
-            for earlier in chain:
-                history += responses.items_to_messages(earlier.input_items)
-                history += responses.items_to_messages(
-                    [
-                        o
-                        for o in earlier.response.get("output") or ()
-                        if o.get("type") != "reasoning"
-                    ],
-                    at="previous_response.output",
-                )
-        response_id = _new_response_id()
-        items = responses.input_items(body["input"], response_id=response_id)
-        chat_body = responses.chat_request(body, history=history, items=items)
-        initial = responses.skeleton(
-            body, response_id=response_id, model=slot.name, created_at=int(time.time())
-        )
-        turn = _ResponseTurn(call.key, slot, body, chat_body, initial, items, previous_id)
+        turn = await _read_turn(call, request)
+        cfg = slot_config(turn.slot)
+        if _goes_native(cfg):
+            try:
+                if not call.stream:
+                    return await _whole_native_response(call, turn, cfg)
+                return await _streamed_native_response(call, turn, cfg)
+            except RelayError as exc:
+                if cfg.responses_native is not None or exc.status not in _NO_RESPONSES_API:
+                    raise
+                # "auto" found a backend without the Responses API: translate, from now on.
+                await services.backend_anote_responses_api(backend_id=cfg.backend_id, native=False)
         if not call.stream:
             return await _whole_response(call, turn)
         return await _streamed_response(call, turn)
@@ -614,6 +599,44 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
         return await _refused(call, invalid(str(exc), param=exc.param))
     except EnvelopeError as exc:
         return await _refused(call, exc)
+
+
+async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
+    """Authenticate, read and check a ``POST /v1/responses``, resolve its slot and its
+    ``previous_response_id`` chain, and translate it. Raises ``Refusal``,
+    ``TranslationError``."""
+    lookups = readcache.Lookups()
+    call.key = await authenticate(request, lookups)
+    body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
+    validate_response_request(body)
+    call.slot_name, call.stream = body["model"], bool(body.get("stream"))
+    slot = await resolve_slot(call.slot_name, call.key, lookups)
+    previous_id = body.get("previous_response_id")
+    history_items: list[dict[str, Any]] = []
+    if previous_id:
+        chain = await selectors.response_achain(user=call.key.user, response_id=previous_id)
+        if chain is None:
+            raise _response_not_found(previous_id, param="previous_response_id")
+        for earlier in chain:
+            history_items += earlier.input_items
+            history_items += [
+                o for o in earlier.response.get("output") or () if o.get("type") != "reasoning"
+            ]
+    history = responses.items_to_messages(history_items, at="previous_response")
+    response_id = _new_response_id()
+    items = responses.input_items(body["input"], response_id=response_id)
+    return _ResponseTurn(
+        call.key,
+        slot,
+        body,
+        responses.chat_request(body, history=history, items=items),
+        responses.skeleton(
+            body, response_id=response_id, model=slot.name, created_at=int(time.time())
+        ),
+        items,
+        previous_id,
+        history_items,
+    )
 
 
 async def _refused(call: _Call, exc: EnvelopeError) -> JsonResponse:
@@ -644,10 +667,113 @@ class _ResponseTurn:
     initial: dict[str, Any]
     items: list[dict[str, Any]]
     previous_id: str | None
+    history_items: list[dict[str, Any]]
 
     @property
     def store(self) -> bool:
         return self.body.get("store", True) is not False
+
+    def native_body(self) -> dict[str, Any]:
+        """The request for a backend's own ``/responses``: the client's, with a
+        ``previous_response_id`` chain spelled out as input items (the backend never saw our
+        ids), without our ids and statuses on them."""
+        body = {k: v for k, v in self.body.items() if k != "previous_response_id"}
+        if self.history_items:
+            given = body["input"]
+            now = [{"role": "user", "content": given}] if isinstance(given, str) else given
+            body["input"] = [_as_sent(item) for item in self.history_items] + now
+        return body
+
+
+def _as_sent(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored item as input for a backend: message items lose the id and status we gave
+    them; the backend's own items (function calls) keep theirs."""
+    if item.get("type", "message") != "message":
+        return item
+    return {k: v for k, v in item.items() if k not in ("id", "status")}
+
+
+# A backend without the Responses API answers its path so (vLLM and llama-server: 404).
+_NO_RESPONSES_API = frozenset({404, 405, 501})
+
+
+def _goes_native(cfg: dispatch.SlotConfig) -> bool:
+    """Whether a Responses request goes to the backend's own ``/responses``: when every slot
+    of the fallback chain may have one (native, or not known yet) and none has stop strings
+    (the relay cuts those from chat deltas only)."""
+    return all(c.responses_native is not False and not c.stop for c in cfg.chain())
+
+
+async def _noted_native(cfg: dispatch.SlotConfig) -> None:
+    """An ``auto`` backend answered on its own ``/responses``: remember it."""
+    if cfg.responses_native is None:
+        await services.backend_anote_responses_api(backend_id=cfg.backend_id, native=True)
+
+
+async def _whole_native_response(
+    call: _Call, turn: _ResponseTurn, cfg: dispatch.SlotConfig
+) -> JsonResponse:
+    """A non-streaming response from the backend's own ``/responses``: its response object
+    with our id, model, ``store`` and ``previous_response_id``. Raises ``RelayError``."""
+    result = await dispatch.call_whole(cfg, RESPONSES, turn.native_body())
+    if result.get("object") != "response" or not isinstance(result.get("output"), list):
+        raise RelayError(
+            "upstream answered /responses with a body that is not a response object",
+            code="upstream_malformed_body",
+        )
+    await _noted_native(cfg)
+    ours = {name: turn.initial[name] for name in ("id", "model", "store", "previous_response_id")}
+    response = {**result, **ours}
+    usage: dict[str, Any] = result.get("usage") or {}
+    await _store_whole(call, turn, response, responses.response_as_chunk(result))
+    await services.api_call_arecord(
+        api_key=turn.key,
+        endpoint=RESPONSES,
+        slot_name=turn.slot.name,
+        stream=False,
+        http_status=200,
+        outcome="complete",
+        started_at=call.started_at,
+        usage={
+            "prompt_tokens": usage.get("input_tokens"),
+            "completion_tokens": usage.get("output_tokens"),
+        },
+    )
+    return JsonResponse(response)
+
+
+async def _store_whole(
+    call: _Call, turn: _ResponseTurn, response: dict[str, Any], chunk: dict[str, Any]
+) -> None:
+    """Store a non-streamed response (unless ``store`` is false), with the one chat chunk a
+    resumed stream of it is rendered from."""
+    if not turn.store:
+        return
+    try:
+        await services.response_acreate(
+            response_id=response["id"],
+            user=turn.key.user,
+            api_key=turn.key,
+            previous_id=turn.previous_id,
+            slot_name=turn.slot.name,
+            response=response,
+            input_items=turn.items,
+            chunks=[json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)],
+        )
+    except DatabaseError:
+        logger.exception("response %s: storing it failed", response["id"])
+
+
+async def _streamed_native_response(
+    call: _Call, turn: _ResponseTurn, cfg: dispatch.SlotConfig
+) -> StreamingHttpResponse:
+    """A streamed response from the backend's own ``/responses``, relayed event by event
+    (``NativeEvents``). Raises ``RelayError`` before the first event."""
+    generation = await _first_chunk(
+        await dispatch.submit(cfg, RESPONSES, turn.native_body(), started_at=call.started_at)
+    )
+    await _noted_native(cfg)
+    return _stream_response(turn, generation, native=True)
 
 
 async def _whole_response(call: _Call, turn: _ResponseTurn) -> JsonResponse:
@@ -660,20 +786,7 @@ async def _whole_response(call: _Call, turn: _ResponseTurn) -> JsonResponse:
         [chunk],
         completed_at=turn.initial["created_at"] + round(time.monotonic() - call.started_at),
     )
-    if turn.store:
-        try:
-            await services.response_acreate(
-                response_id=response["id"],
-                user=turn.key.user,
-                api_key=turn.key,
-                previous_id=turn.previous_id,
-                slot_name=turn.slot.name,
-                response=response,
-                input_items=turn.items,
-                chunks=[json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)],
-            )
-        except DatabaseError:
-            logger.exception("response %s: storing it failed", response["id"])
+    await _store_whole(call, turn, response, chunk)
     await services.api_call_arecord(
         api_key=turn.key,
         endpoint=RESPONSES,
@@ -695,6 +808,14 @@ async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpR
             slot_config(turn.slot), CHAT, turn.chat_body, started_at=call.started_at
         )
     )
+    return _stream_response(turn, generation, native=False)
+
+
+def _stream_response(
+    turn: _ResponseTurn, generation: Generation, *, native: bool
+) -> StreamingHttpResponse:
+    """The SSE response of a started generation: stored ``in_progress`` off the first byte's
+    path (unless ``store`` is false), its end recorded when the client leaves."""
     stored = (
         answers.store_response_start(
             key=turn.key,
@@ -703,6 +824,7 @@ async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpR
             items=turn.items,
             previous_id=turn.previous_id,
             generation=generation,
+            native=native,
         )
         if turn.store
         else None
@@ -717,11 +839,16 @@ async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpR
             messages=turn.chat_body["messages"],
             stored=stored,
             read_to_end=read_to_end,
+            native=native,
         )
 
-    return sse_response(
-        streaming.responses_sse(generation, ResponseEvents(turn.initial), on_leave=record)
-    )
+    if native:
+        events = streaming.native_responses_sse(
+            generation, NativeEvents(turn.initial), on_leave=record
+        )
+    else:
+        events = streaming.responses_sse(generation, ResponseEvents(turn.initial), on_leave=record)
+    return sse_response(events)
 
 
 async def _first_chunk(submitted: tuple[Generation, bool]) -> Generation:
@@ -790,11 +917,27 @@ async def _resumed_stream(stored: StoredResponse, after: int) -> StreamingHttpRe
         generation = await answers.running(
             stored.generation_id, slot_name=stored.slot_name, streaming=True
         )
+        if generation is not None and stored.native:
+            return sse_response(
+                streaming.native_responses_sse(
+                    generation, NativeEvents(stored.response), starting_after=after
+                )
+            )
         if generation is not None:
             events = ResponseEvents(stored.response)
             return sse_response(streaming.responses_sse(generation, events, starting_after=after))
-    replayed = responses.replay(stored.response, services.unpack_chunks(stored.chunks))
-    body = b"".join(ResponseEvents.encode(e) for e in replayed if e["sequence_number"] > after)
+    chunks = services.unpack_chunks(stored.chunks)
+    if stored.native:
+        encoded, numbers, _ = responses.render_native(
+            responses.initial_of(stored.response),
+            chunks,
+            cancelled=stored.status == StoredResponse.Status.CANCELLED,
+            error=stored.response.get("error"),
+        )
+        body = b"".join(e for e, n in zip(encoded, numbers, strict=True) if n > after)
+    else:
+        replayed = responses.replay(stored.response, chunks)
+        body = b"".join(ResponseEvents.encode(e) for e in replayed if e["sequence_number"] > after)
 
     async def events_once() -> AsyncGenerator[bytes, None]:
         yield body

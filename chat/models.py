@@ -63,6 +63,28 @@ class Backend(models.Model):
     max_concurrency = models.PositiveIntegerField(
         default=64, help_text="Most requests in flight to this server at once."
     )
+
+    class ResponsesApi(models.TextChoices):
+        AUTO = "auto", "Detect at the first call"
+        NATIVE = "native", "Native: the server has /responses"
+        TRANSLATE = "translate", "Translate to chat completions"
+
+    responses_api = models.CharField(
+        "Responses API",
+        max_length=10,
+        choices=ResponsesApi.choices,
+        default=ResponsesApi.AUTO,
+        help_text="How /v1/responses reaches this server: passed to its own /responses "
+        "(vLLM, llama.cpp's server, Ollama ≥ 0.13.3, OpenAI), or translated to chat "
+        "completions (servers without it). Slots with stop strings always translate.",
+    )
+    responses_api_detected = models.BooleanField(
+        "Responses API detected",
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="What the first /v1/responses call found: yes (native), no (translated).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -74,6 +96,14 @@ class Backend(models.Model):
     @property
     def has_api_key(self) -> bool:
         return bool(self.api_key_encrypted)
+
+    @property
+    def responses_native(self) -> bool | None:
+        """Whether /v1/responses goes to this server's own /responses: True, False, or None
+        while ``auto`` has not found out yet."""
+        if self.responses_api == self.ResponsesApi.AUTO:
+            return self.responses_api_detected
+        return self.responses_api == self.ResponsesApi.NATIVE
 
     def set_api_key(self, plain: str) -> None:
         """Store ``plain`` encrypted (not saved yet); "" removes the key."""
@@ -468,6 +498,8 @@ class StoredResponse(models.Model):
     slot_name = models.CharField(max_length=100)
     status = models.CharField(max_length=12, choices=Status.choices)
     generation_id = models.CharField(max_length=64, blank=True)
+    # Passed through from the backend's own /responses: chunks are its events, not chat chunks.
+    native = models.BooleanField(default=False)
     response = models.JSONField()
     input_items = models.JSONField(default=list)
     chunks = models.BinaryField(default=b"", editable=False)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.db import DatabaseError
 from django.utils import timezone
@@ -22,6 +23,7 @@ from chat.models import (
     API_KEY_PREFIX,
     ApiCall,
     ApiKey,
+    Backend,
     Conversation,
     Message,
     Slot,
@@ -348,6 +350,7 @@ async def response_acreate(
     input_items: list[dict[str, Any]],
     generation_id: str = "",
     chunks: list[str] | None = None,
+    native: bool = False,
 ) -> None:
     """Store a response (one INSERT): ``in_progress`` when its stream starts, or whole.
     Raises ``DatabaseError``."""
@@ -359,6 +362,7 @@ async def response_acreate(
         slot_name=slot_name[:100],
         status=response["status"],
         generation_id=generation_id,
+        native=native,
         response=response,
         input_items=input_items,
         chunks=pack_chunks(chunks or []),
@@ -382,3 +386,15 @@ async def response_adelete(*, user: User, response_id: str) -> bool:
     """Delete ``user``'s stored response; False when there is none of theirs by that id."""
     deleted, _ = await StoredResponse.objects.filter(pk=response_id, user=user).adelete()
     return deleted > 0
+
+
+async def backend_anote_responses_api(*, backend_id: int, native: bool) -> None:
+    """Remember what the first ``/v1/responses`` call found on a backend in ``auto`` mode
+    (its own Responses API, or none): one UPDATE, and the cached slot lookups renewed so
+    every process reads it on its next call. A failed UPDATE is logged: the next call finds
+    out again."""
+    try:
+        await Backend.objects.filter(pk=backend_id).aupdate(responses_api_detected=native)
+        await sync_to_async(readcache.invalidate)()  # .update() sends no signal
+    except DatabaseError:
+        logger.exception("backend %s: noting its Responses API failed", backend_id)

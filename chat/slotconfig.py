@@ -32,4 +32,6 @@ def slot_config(slot: Slot, *, depth: int = 0) -> SlotConfig:
         cold_boot_timeout_s=slot.cold_boot_timeout_s,
         max_retries=slot.max_retries,
         fallback=fallback,
+        responses_native=slot.backend.responses_native,
+        backend_id=slot.backend_id,
     )

@@ -12,7 +12,8 @@ the final events. Two renderings sit on it:
   comments, then ``data: [DONE]`` or one final ``data: {"error": …}`` (OpenAI API reference,
   "Streaming"; the SDKs raise that as ``APIError``).
 - ``responses_sse``, ``/v1/responses``': the chunks as typed Responses events
-  (``chat.relay.responses.ResponseEvents``), numbered, ending in the response's terminal event.
+  (``chat.relay.responses.ResponseEvents``), numbered, ending in the response's terminal event;
+  ``native_responses_sse`` relays a backend's own Responses events (``NativeEvents``).
 
 Framing goes through ``chat.relay.sse`` only.
 """
@@ -30,7 +31,7 @@ from django.conf import settings
 
 from chat.relay.background import spawn
 from chat.relay.generation import KEEPALIVE, Generation, Phase, Status
-from chat.relay.responses import ResponseEvents, error_of
+from chat.relay.responses import NativeEvents, ResponseEvents, error_of
 from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_data, encode_event
 from chat.relay.upstream import Chunk
 
@@ -269,3 +270,29 @@ def response_ending(
         "error": error_of(generation.error) if failed and generation.error else None,
         "completed_at": created_at + round(ended_at - generation.started_at),
     }
+
+
+def native_responses_sse(
+    generation: Generation,
+    native: NativeEvents,
+    *,
+    starting_after: int = -1,
+    on_leave: LeaveHook | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """``/v1/responses``' stream from a backend's own Responses API: its events as they came,
+    id and model made ours (``NativeEvents``), those numbered after ``starting_after``, and a
+    ``response.failed`` of our own when it ended without a terminal event."""
+
+    def render_chunk(_: int, chunk: Chunk) -> bytes | None:
+        data, number = native.feed(chunk.data, chunk.obj)
+        return data if number > starting_after else None
+
+    def render_end(ended: Generation) -> bytes:
+        closing = native.finish(**response_ending(ended, 0))
+        return b"".join(
+            ResponseEvents.encode(e) for e in closing if e["sequence_number"] > starting_after
+        )
+
+    return generation_sse(
+        generation, render_chunk=render_chunk, render_end=render_end, on_leave=on_leave
+    )

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,83 +15,230 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Backend',
+            name="Backend",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
-                ('base_url', models.URLField(help_text='OpenAI base URL, including the version prefix, e.g. http://127.0.0.1:8000/v1', max_length=500)),
-                ('api_key', models.CharField(blank=True, help_text='Sent as a Bearer token.', max_length=500)),
-                ('connect_timeout_s', models.FloatField(default=5.0, help_text='Seconds to open a connection.')),
-                ('read_timeout_s', models.FloatField(default=120.0, help_text='Longest silence between two bytes, in seconds, including the wait for the first token.')),
-                ('total_timeout_s', models.FloatField(default=900.0, help_text='Longest time for one whole answer, in seconds.')),
-                ('health_path', models.CharField(default='/models', help_text='Probed relative to the base URL.', max_length=200)),
-                ('max_concurrency', models.PositiveIntegerField(default=64, help_text='Most requests in flight to this server at once.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
+                (
+                    "base_url",
+                    models.URLField(
+                        help_text="OpenAI base URL, including the version prefix, e.g. http://127.0.0.1:8000/v1",
+                        max_length=500,
+                    ),
+                ),
+                (
+                    "api_key",
+                    models.CharField(
+                        blank=True, help_text="Sent as a Bearer token.", max_length=500
+                    ),
+                ),
+                (
+                    "connect_timeout_s",
+                    models.FloatField(default=5.0, help_text="Seconds to open a connection."),
+                ),
+                (
+                    "read_timeout_s",
+                    models.FloatField(
+                        default=120.0,
+                        help_text="Longest silence between two bytes, in seconds, including the wait for the first token.",
+                    ),
+                ),
+                (
+                    "total_timeout_s",
+                    models.FloatField(
+                        default=900.0, help_text="Longest time for one whole answer, in seconds."
+                    ),
+                ),
+                (
+                    "health_path",
+                    models.CharField(
+                        default="/models",
+                        help_text="Probed relative to the base URL.",
+                        max_length=200,
+                    ),
+                ),
+                (
+                    "max_concurrency",
+                    models.PositiveIntegerField(
+                        default=64, help_text="Most requests in flight to this server at once."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Conversation',
+            name="Conversation",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('title', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True, db_index=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("title", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True, db_index=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="conversations",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-updated_at'],
+                "ordering": ["-updated_at"],
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('role', models.CharField(choices=[('system', 'System'), ('user', 'User'), ('assistant', 'Assistant'), ('tool', 'Tool')], max_length=10)),
-                ('content', models.TextField(blank=True)),
-                ('reasoning', models.TextField(blank=True)),
-                ('tool_calls', models.JSONField(blank=True, default=list)),
-                ('status', models.CharField(choices=[('streaming', 'Streaming'), ('complete', 'Complete'), ('stopped', 'Stopped'), ('error', 'Error'), ('interrupted', 'Interrupted')], default='complete', max_length=12)),
-                ('finish_reason', models.CharField(blank=True, max_length=32)),
-                ('usage', models.JSONField(blank=True, null=True)),
-                ('error', models.JSONField(blank=True, help_text='OpenAI error envelope, if any.', null=True)),
-                ('slot_name', models.CharField(blank=True, max_length=100)),
-                ('ttft_ms', models.FloatField(blank=True, help_text='Time to first token, ms.', null=True)),
-                ('tokens_per_s', models.FloatField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('conversation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='chat.conversation')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("system", "System"),
+                            ("user", "User"),
+                            ("assistant", "Assistant"),
+                            ("tool", "Tool"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("content", models.TextField(blank=True)),
+                ("reasoning", models.TextField(blank=True)),
+                ("tool_calls", models.JSONField(blank=True, default=list)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("streaming", "Streaming"),
+                            ("complete", "Complete"),
+                            ("stopped", "Stopped"),
+                            ("error", "Error"),
+                            ("interrupted", "Interrupted"),
+                        ],
+                        default="complete",
+                        max_length=12,
+                    ),
+                ),
+                ("finish_reason", models.CharField(blank=True, max_length=32)),
+                ("usage", models.JSONField(blank=True, null=True)),
+                (
+                    "error",
+                    models.JSONField(
+                        blank=True, help_text="OpenAI error envelope, if any.", null=True
+                    ),
+                ),
+                ("slot_name", models.CharField(blank=True, max_length=100)),
+                (
+                    "ttft_ms",
+                    models.FloatField(blank=True, help_text="Time to first token, ms.", null=True),
+                ),
+                ("tokens_per_s", models.FloatField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="messages",
+                        to="chat.conversation",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Slot',
+            name="Slot",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(help_text='What clients put in "model", e.g. "primary".', max_length=100, unique=True)),
-                ('upstream_model', models.CharField(help_text='The model id the backend knows, sent upstream as model.', max_length=200)),
-                ('display_name', models.CharField(blank=True, max_length=100)),
-                ('system_prompt', models.TextField(blank=True)),
-                ('temperature', models.FloatField(blank=True, null=True)),
-                ('max_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('stop', models.JSONField(blank=True, default=list, help_text='Stop sequences, a JSON list of strings: ["\\n\\n"].')),
-                ('state', models.CharField(choices=[('cold', 'Cold'), ('warming', 'Warming'), ('ready', 'Ready'), ('error', 'Error')], default='cold', max_length=10)),
-                ('is_default', models.BooleanField(default=False, help_text='Preselected for new chats.')),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('backend', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='slots', to='chat.backend')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.SlugField(
+                        help_text='What clients put in "model", e.g. "primary".',
+                        max_length=100,
+                        unique=True,
+                    ),
+                ),
+                (
+                    "upstream_model",
+                    models.CharField(
+                        help_text="The model id the backend knows, sent upstream as model.",
+                        max_length=200,
+                    ),
+                ),
+                ("display_name", models.CharField(blank=True, max_length=100)),
+                ("system_prompt", models.TextField(blank=True)),
+                ("temperature", models.FloatField(blank=True, null=True)),
+                ("max_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "stop",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='Stop sequences, a JSON list of strings: ["\\n\\n"].',
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("cold", "Cold"),
+                            ("warming", "Warming"),
+                            ("ready", "Ready"),
+                            ("error", "Error"),
+                        ],
+                        default="cold",
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "is_default",
+                    models.BooleanField(default=False, help_text="Preselected for new chats."),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "backend",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="slots",
+                        to="chat.backend",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-is_default', 'name'],
+                "ordering": ["-is_default", "name"],
             },
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='slot',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='chat.slot'),
+            model_name="conversation",
+            name="slot",
+            field=models.ForeignKey(
+                blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to="chat.slot"
+            ),
         ),
     ]

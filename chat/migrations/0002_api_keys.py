@@ -6,51 +6,87 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0001_initial'),
+        ("chat", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('prefix', models.CharField(editable=False, max_length=16)),
-                ('digest', models.CharField(editable=False, max_length=64, unique=True)),
-                ('store_conversations', models.BooleanField(default=False, help_text="Keep this key's calls as conversations of its owner.")),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("prefix", models.CharField(editable=False, max_length=16)),
+                ("digest", models.CharField(editable=False, max_length=64, unique=True)),
+                (
+                    "store_conversations",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Keep this key's calls as conversations of its owner.",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
-                'ordering': ['-created_at'],
+                "verbose_name": "API key",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='ApiCall',
+            name="ApiCall",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('endpoint', models.CharField(max_length=40)),
-                ('slot_name', models.CharField(blank=True, max_length=100)),
-                ('stream', models.BooleanField(default=False)),
-                ('http_status', models.PositiveSmallIntegerField()),
-                ('outcome', models.CharField(help_text='complete, stopped or error', max_length=12)),
-                ('error_code', models.CharField(blank=True, max_length=64)),
-                ('prompt_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('completion_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('ttft_ms', models.FloatField(blank=True, help_text='Time to first token, ms.', null=True)),
-                ('duration_ms', models.FloatField(help_text='Whole call, ms.')),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('api_key', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='calls', to='chat.apikey')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("endpoint", models.CharField(max_length=40)),
+                ("slot_name", models.CharField(blank=True, max_length=100)),
+                ("stream", models.BooleanField(default=False)),
+                ("http_status", models.PositiveSmallIntegerField()),
+                (
+                    "outcome",
+                    models.CharField(help_text="complete, stopped or error", max_length=12),
+                ),
+                ("error_code", models.CharField(blank=True, max_length=64)),
+                ("prompt_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("completion_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "ttft_ms",
+                    models.FloatField(blank=True, help_text="Time to first token, ms.", null=True),
+                ),
+                ("duration_ms", models.FloatField(help_text="Whole call, ms.")),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="calls",
+                        to="chat.apikey",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API call',
-                'ordering': ['-created_at'],
+                "verbose_name": "API call",
+                "ordering": ["-created_at"],
             },
         ),
     ]

@@ -5,50 +5,76 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0002_api_keys'),
+        ("chat", "0002_api_keys"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='slot',
-            name='cold_boot_timeout_s',
-            field=models.FloatField(default=120.0, help_text='Longest wait for a loading model, in seconds, before HTTP 503.'),
+            model_name="slot",
+            name="cold_boot_timeout_s",
+            field=models.FloatField(
+                default=120.0,
+                help_text="Longest wait for a loading model, in seconds, before HTTP 503.",
+            ),
         ),
         migrations.AddField(
-            model_name='slot',
-            name='fallback',
-            field=models.ForeignKey(blank=True, help_text='Takes requests when this slot is in error or its retries are spent.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='fallback_for', to='chat.slot'),
+            model_name="slot",
+            name="fallback",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="Takes requests when this slot is in error or its retries are spent.",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="fallback_for",
+                to="chat.slot",
+            ),
         ),
         migrations.AddField(
-            model_name='slot',
-            name='last_error',
+            model_name="slot",
+            name="last_error",
             field=models.TextField(blank=True),
         ),
         migrations.AddField(
-            model_name='slot',
-            name='max_concurrency',
-            field=models.PositiveIntegerField(default=32, help_text='Most requests in flight on this slot; the rest queue in order.'),
+            model_name="slot",
+            name="max_concurrency",
+            field=models.PositiveIntegerField(
+                default=32,
+                help_text="Most requests in flight on this slot; the rest queue in order.",
+            ),
         ),
         migrations.AddField(
-            model_name='slot',
-            name='max_retries',
-            field=models.PositiveSmallIntegerField(default=2, help_text='Extra attempts on connection errors, 502/503/504 and timeouts, only before the first token.'),
+            model_name="slot",
+            name="max_retries",
+            field=models.PositiveSmallIntegerField(
+                default=2,
+                help_text="Extra attempts on connection errors, 502/503/504 and timeouts, only before the first token.",
+            ),
         ),
         migrations.AddField(
-            model_name='slot',
-            name='queue_timeout_s',
-            field=models.FloatField(default=30.0, help_text='Longest wait in the queue, in seconds, before HTTP 429.'),
+            model_name="slot",
+            name="queue_timeout_s",
+            field=models.FloatField(
+                default=30.0, help_text="Longest wait in the queue, in seconds, before HTTP 429."
+            ),
         ),
         migrations.AddField(
-            model_name='slot',
-            name='single_flight',
-            field=models.CharField(choices=[('off', 'Off'), ('not_ready', 'Only while the slot is not ready'), ('always', 'Always')], default='not_ready', help_text='Identical concurrent requests share one upstream call.', max_length=10),
+            model_name="slot",
+            name="single_flight",
+            field=models.CharField(
+                choices=[
+                    ("off", "Off"),
+                    ("not_ready", "Only while the slot is not ready"),
+                    ("always", "Always"),
+                ],
+                default="not_ready",
+                help_text="Identical concurrent requests share one upstream call.",
+                max_length=10,
+            ),
         ),
         migrations.AddField(
-            model_name='slot',
-            name='state_changed_at',
+            model_name="slot",
+            name="state_changed_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

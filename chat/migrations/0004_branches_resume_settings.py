@@ -22,46 +22,57 @@ def link_existing_messages(apps, schema_editor):  # type: ignore[no-untyped-def]
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0003_slot_dispatcher'),
+        ("chat", "0003_slot_dispatcher"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='conversation',
-            name='current_leaf',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='chat.message'),
+            model_name="conversation",
+            name="current_leaf",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="chat.message",
+            ),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='max_tokens',
+            model_name="conversation",
+            name="max_tokens",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='share_id',
+            model_name="conversation",
+            name="share_id",
             field=models.UUIDField(blank=True, null=True, unique=True),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='system_prompt',
+            model_name="conversation",
+            name="system_prompt",
             field=models.TextField(blank=True),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='temperature',
+            model_name="conversation",
+            name="temperature",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='message',
-            name='generation_id',
+            model_name="message",
+            name="generation_id",
             field=models.CharField(blank=True, db_index=True, max_length=32),
         ),
         migrations.AddField(
-            model_name='message',
-            name='parent',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='children', to='chat.message'),
+            model_name="message",
+            name="parent",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="children",
+                to="chat.message",
+            ),
         ),
         migrations.RunPython(link_existing_messages, migrations.RunPython.noop),
     ]

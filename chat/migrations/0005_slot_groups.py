@@ -4,16 +4,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
-        ('chat', '0004_branches_resume_settings'),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("chat", "0004_branches_resume_settings"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='slot',
-            name='groups',
-            field=models.ManyToManyField(blank=True, help_text='Only members of these groups see and use this slot; none: everyone.', related_name='slots', to='auth.group'),
+            model_name="slot",
+            name="groups",
+            field=models.ManyToManyField(
+                blank=True,
+                help_text="Only members of these groups see and use this slot; none: everyone.",
+                related_name="slots",
+                to="auth.group",
+            ),
         ),
     ]

@@ -8,47 +8,107 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0005_slot_groups'),
+        ("chat", "0005_slot_groups"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='conversation',
-            name='visitor_id',
+            model_name="conversation",
+            name="visitor_id",
             field=models.UUIDField(blank=True, db_index=True, null=True),
         ),
         migrations.AlterField(
-            model_name='conversation',
-            name='user',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to=settings.AUTH_USER_MODEL),
+            model_name="conversation",
+            name="user",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="conversations",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.CreateModel(
-            name='Widget',
+            name="Widget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_key', models.SlugField(default=chat.models.new_widget_key, help_text='Appears in the embed snippet; identifies the widget, grants nothing else.', max_length=40, unique=True)),
-                ('name', models.CharField(max_length=100)),
-                ('system_prompt', models.TextField(blank=True, help_text="Replaces the slot's system prompt.")),
-                ('greeting', models.TextField(blank=True, help_text='Shown first to every visitor.')),
-                ('allowed_origins', models.TextField(blank=True, help_text='Sites that may embed it, one scheme://host[:port] per line. None: no site can.')),
-                ('title', models.CharField(default='Ask us', max_length=100)),
-                ('accent_color', models.CharField(default='#2563eb', max_length=7, validators=[django.core.validators.RegexValidator('^#[0-9a-fA-F]{6}$', 'A colour like #2563eb.')])),
-                ('rate_per_minute', models.PositiveIntegerField(default=10, help_text='Messages per visitor.')),
-                ('rate_per_day', models.PositiveIntegerField(default=200, help_text='Messages per visitor.')),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('slot', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='widgets', to='chat.slot')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "public_key",
+                    models.SlugField(
+                        default=chat.models.new_widget_key,
+                        help_text="Appears in the embed snippet; identifies the widget, grants nothing else.",
+                        max_length=40,
+                        unique=True,
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "system_prompt",
+                    models.TextField(blank=True, help_text="Replaces the slot's system prompt."),
+                ),
+                (
+                    "greeting",
+                    models.TextField(blank=True, help_text="Shown first to every visitor."),
+                ),
+                (
+                    "allowed_origins",
+                    models.TextField(
+                        blank=True,
+                        help_text="Sites that may embed it, one scheme://host[:port] per line. None: no site can.",
+                    ),
+                ),
+                ("title", models.CharField(default="Ask us", max_length=100)),
+                (
+                    "accent_color",
+                    models.CharField(
+                        default="#2563eb",
+                        max_length=7,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^#[0-9a-fA-F]{6}$", "A colour like #2563eb."
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "rate_per_minute",
+                    models.PositiveIntegerField(default=10, help_text="Messages per visitor."),
+                ),
+                (
+                    "rate_per_day",
+                    models.PositiveIntegerField(default=200, help_text="Messages per visitor."),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "slot",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="widgets",
+                        to="chat.slot",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='widget',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to='chat.widget'),
+            model_name="conversation",
+            name="widget",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="conversations",
+                to="chat.widget",
+            ),
         ),
     ]

@@ -6,31 +6,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('chat', '0009_readcache_version'),
+        ("chat", "0009_readcache_version"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='StoredResponse',
+            name="StoredResponse",
             fields=[
-                ('id', models.CharField(editable=False, max_length=80, primary_key=True, serialize=False)),
-                ('slot_name', models.CharField(max_length=100)),
-                ('status', models.CharField(choices=[('in_progress', 'In Progress'), ('completed', 'Completed'), ('incomplete', 'Incomplete'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], max_length=12)),
-                ('generation_id', models.CharField(blank=True, max_length=64)),
-                ('response', models.JSONField()),
-                ('input_items', models.JSONField(default=list)),
-                ('chunks', models.BinaryField(default=b'')),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='responses', to='chat.apikey')),
-                ('previous', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='chat.storedresponse')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='responses', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.CharField(
+                        editable=False, max_length=80, primary_key=True, serialize=False
+                    ),
+                ),
+                ("slot_name", models.CharField(max_length=100)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("in_progress", "In Progress"),
+                            ("completed", "Completed"),
+                            ("incomplete", "Incomplete"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                ("generation_id", models.CharField(blank=True, max_length=64)),
+                ("response", models.JSONField()),
+                ("input_items", models.JSONField(default=list)),
+                ("chunks", models.BinaryField(default=b"")),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="responses",
+                        to="chat.apikey",
+                    ),
+                ),
+                (
+                    "previous",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="chat.storedresponse",
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="responses",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'stored response',
-                'ordering': ['-created_at'],
+                "verbose_name": "stored response",
+                "ordering": ["-created_at"],
             },
         ),
     ]

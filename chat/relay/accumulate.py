@@ -1,4 +1,5 @@
-"""Fold streamed chunks into the final message: content, reasoning, tool calls, usage.
+"""Fold streamed chunks into the final message: content, reasoning, tool calls, usage. (Events
+of a backend's own Responses API fold into choice 0 the same way: ``_add_event``.)
 
 Rules from the OpenAI API reference ("The chat completion chunk object"): ``choices[i].delta``
 carries ``role`` once, then ``content`` fragments; ``tool_calls`` fragments are keyed by their
@@ -49,6 +50,8 @@ class MessageAccumulator:
     def add(self, chunk: dict[str, Any]) -> bool:
         """Fold one chunk in. Returns True when it carried text (content, reasoning, refusal,
         tool-call arguments): the moment that counts for time to first token."""
+        if "choices" not in chunk and "type" in chunk:
+            return self._add_event(chunk)
         if self.id is None:
             self.id = chunk.get("id")
             self.model = chunk.get("model")
@@ -76,6 +79,38 @@ class MessageAccumulator:
             if carried:
                 state.token_chunks += 1
         return carried
+
+    def _add_event(self, event: dict[str, Any]) -> bool:
+        """One event of a backend's own Responses stream (OpenAI API reference, "Streaming
+        events"): text deltas into choice 0, the terminal event's usage (input/output tokens
+        as prompt/completion tokens) and status (as a finish_reason)."""
+        kind = event.get("type")
+        delta = event.get("delta")
+        state = self.choices.get(0)
+        if state is None:
+            state = self.choices[0] = ChoiceState()
+        if isinstance(delta, str) and delta and isinstance(kind, str):
+            if kind == "response.output_text.delta":
+                state.content.append(delta)
+            elif kind == "response.refusal.delta":
+                state.refusal.append(delta)
+            elif kind.startswith("response.reasoning"):
+                state.reasoning.append(delta)
+            state.token_chunks += 1
+            return True
+        response = event.get("response")
+        if kind in _TERMINAL_FINISH and isinstance(response, dict):
+            usage = response.get("usage")
+            if isinstance(usage, dict):
+                self.usage = clean_usage(
+                    {
+                        "prompt_tokens": usage.get("input_tokens"),
+                        "completion_tokens": usage.get("output_tokens"),
+                        "total_tokens": usage.get("total_tokens"),
+                    }
+                )
+            state.finish_reason = _TERMINAL_FINISH[kind]
+        return False
 
     @staticmethod
     def _add_delta(state: ChoiceState, delta: dict[str, Any]) -> bool:
@@ -146,6 +181,13 @@ class MessageAccumulator:
             return int(self.usage["completion_tokens"])
         return self.choice(index).token_chunks
 
+
+# A Responses stream's terminal event as the finish_reason it amounts to.
+_TERMINAL_FINISH = {
+    "response.completed": "stop",
+    "response.incomplete": "length",
+    "response.failed": "error",
+}
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 

@@ -75,9 +75,11 @@ class SlotConfig:
 
     ``defaults`` are request fields (temperature, max_tokens, …) applied when the request is
     silent about them; ``stop`` are the slot's stop strings, always enforced along with the
-    request's. Policy: ``single_flight`` (one of ``SINGLE_FLIGHT_MODES``), ``max_concurrency``
-    (requests in flight), ``queue_timeout_s``, ``cold_boot_timeout_s`` (s), ``max_retries``
-    (extra attempts before the first chunk), ``fallback`` (the slot that takes over).
+    request's (on chat and text completions); ``responses_native`` says how ``/v1/responses``
+    reaches the backend (``backend_id``). Policy: ``single_flight`` (one of
+    ``SINGLE_FLIGHT_MODES``), ``max_concurrency`` (requests in flight), ``queue_timeout_s``,
+    ``cold_boot_timeout_s`` (s), ``max_retries`` (extra attempts before the first chunk),
+    ``fallback`` (the slot that takes over).
     """
 
     name: str
@@ -94,6 +96,10 @@ class SlotConfig:
     cold_boot_timeout_s: float = 120.0
     max_retries: int = 2
     fallback: SlotConfig | None = None
+    # Whether /v1/responses goes to the backend's own /responses: True, False (translated to
+    # chat completions), None (not known yet: the first call tries it).
+    responses_native: bool | None = None
+    backend_id: int = 0
 
     def runtime(self) -> SlotRuntime:
         """This slot's live state in the running process."""
@@ -146,6 +152,41 @@ def request_body(
     return body
 
 
+RESPONSES = "responses"
+EMBEDDINGS = "embeddings"
+
+
+def upstream_body(
+    slot: SlotConfig, request: dict[str, Any], *, endpoint: str, stream: bool
+) -> dict[str, Any]:
+    """The body ``endpoint`` (``"chat/completions"``, ``"completions"``, ``"responses"``,
+    ``"embeddings"``) sends to ``slot``'s backend for the client's ``request``."""
+    if endpoint == RESPONSES:
+        return responses_body(slot, request, stream=stream)
+    if endpoint == EMBEDDINGS:
+        return {**request, "model": slot.upstream_model}
+    return request_body(slot, request, chat=_is_chat(endpoint), stream=stream)
+
+
+def responses_body(slot: SlotConfig, request: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    """The body of a Responses API request passed to a backend's own ``/responses``: ``model``
+    the slot's upstream model; slot defaults for silent fields (``max_tokens`` as
+    ``max_output_tokens``); the slot's system prompt as ``instructions`` unless the request
+    brings instructions or a system/developer message; ``store`` false (Slipstream stores the
+    response; the backend need not). The caller has already spelled out any
+    ``previous_response_id`` chain as input items."""
+    body = {**request, "model": slot.upstream_model, "stream": stream, "store": False}
+    for name, value in slot.defaults.items():
+        body.setdefault("max_output_tokens" if name == "max_tokens" else name, value)
+    items = body.get("input")
+    has_system = isinstance(items, list) and any(
+        isinstance(item, dict) and item.get("role") in ("system", "developer") for item in items
+    )
+    if slot.system_prompt and not body.get("instructions") and not has_system:
+        body["instructions"] = slot.system_prompt
+    return body
+
+
 def all_stops(slot: SlotConfig, request: dict[str, Any]) -> list[str]:
     """The slot's stop strings then the request's, each once."""
     return list(dict.fromkeys([*slot.stop, *stop_strings(request.get("stop"))]))
@@ -171,11 +212,12 @@ async def submit(
 ) -> tuple[Generation, bool]:
     """Start (or join) the generation answering ``request`` on ``slot``.
 
-    ``endpoint`` is ``"chat/completions"`` or ``"completions"``; ``request`` is the client's
-    OpenAI request (its ``model`` is replaced per slot). Returns the generation, already
-    ``attach``-ed for the caller (who must ``detach``), and whether an identical request's
-    generation was joined, in this process or (with ``REDIS_URL``) in another one, whose
-    buffer is then mirrored here. Failures arrive through the generation (``status``,
+    ``endpoint`` is ``"chat/completions"``, ``"completions"`` or ``"responses"`` (a backend's
+    own Responses API: its events are the chunks, stop strings are not enforced); ``request`` is
+    the client's OpenAI request (its ``model`` is replaced per slot). Returns the generation,
+    already ``attach``-ed for the caller (who must ``detach``), and whether an identical
+    request's generation was joined, in this process or (with ``REDIS_URL``) in another one,
+    whose buffer is then mirrored here. Failures arrive through the generation (``status``,
     ``error``), never raised here.
     """
     runtime = slot.runtime()
@@ -183,7 +225,7 @@ async def submit(
     if slot.single_flight == "always" or (
         slot.single_flight == "not_ready" and runtime.state != SlotState.READY
     ):
-        body = request_body(slot, request, chat=_is_chat(endpoint), stream=True)
+        body = upstream_body(slot, request, endpoint=endpoint, stream=True)
         key = coalescing_key(endpoint, body)
         joined = runtime.coalescing.get(key)
         if joined is not None and joined.status == Status.STREAMING:
@@ -232,13 +274,15 @@ async def _run(
     chat = _is_chat(endpoint)
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> None:
-        await _relay(generation, cfg, endpoint, body, stops=all_stops(cfg, request), chat=chat)
+        # Stop strings are cut from chat deltas; a backend's Responses events pass as they are.
+        stops = [] if endpoint == RESPONSES else all_stops(cfg, request)
+        await _relay(generation, cfg, endpoint, body, stops=stops, chat=chat)
 
     try:
         await with_slot_policy(
             slot,
             request,
-            chat=chat,
+            endpoint=endpoint,
             stream=True,
             attempt=attempt,
             published=lambda: bool(generation.chunks),
@@ -342,20 +386,18 @@ async def complete_whole(
         return result
 
     return await with_slot_policy(
-        slot, request, chat=chat, stream=False, attempt=attempt, published=lambda: False
+        slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
     )
 
 
 async def call_whole(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
-    """A non-streaming call that is not a completion (``"embeddings"``) under the slot's
-    policy: the request passed through with only ``model`` made the slot's upstream model
-    (no defaults, stops or system prompt: those are for completions). Returns the upstream's
-    JSON object. Raises ``RelayError``."""
+    """A non-streaming call whose answer is not a chat or text completion (``"embeddings"``,
+    or ``"responses"`` on a backend's own Responses API) under the slot's policy, its body
+    from ``upstream_body``. Returns the upstream's JSON object (NUL characters removed).
+    Raises ``RelayError``."""
 
-    async def attempt(cfg: SlotConfig, _: dict[str, Any]) -> dict[str, Any]:
-        result = await request_json(
-            cfg.backend, "POST", endpoint, {**request, "model": cfg.upstream_model}
-        )
+    async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
+        result = await request_json(cfg.backend, "POST", endpoint, body)
         cfg.runtime().call_succeeded()
         if not isinstance(result, dict):
             raise RelayError(
@@ -367,7 +409,7 @@ async def call_whole(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -
         return result
 
     return await with_slot_policy(
-        slot, request, chat=False, stream=False, attempt=attempt, published=lambda: False
+        slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
     )
 
 
@@ -394,7 +436,7 @@ async def with_slot_policy(
     slot: SlotConfig,
     request: dict[str, Any],
     *,
-    chat: bool,
+    endpoint: str,
     stream: bool,
     attempt: Callable[[SlotConfig, dict[str, Any]], Awaitable[_T]],
     published: Callable[[], bool],
@@ -413,7 +455,7 @@ async def with_slot_policy(
         if runtime.state == SlotState.ERROR and not last:
             runtime.probe_soon()  # it may come back; meanwhile the fallback answers
             continue
-        body = request_body(cfg, request, chat=chat, stream=stream)
+        body = upstream_body(cfg, request, endpoint=endpoint, stream=stream)
         lease = await _admit(cfg, runtime, generation)
         try:
             return await _attempts(cfg, runtime, body, attempt, published, generation)

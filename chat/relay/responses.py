@@ -31,6 +31,7 @@ from typing import Any
 
 from chat.relay.errors import RelayError
 from chat.relay.sse import encode_event
+from chat.relay.upstream import TERMINAL_EVENTS
 
 # Which incomplete_details.reason a chat finish_reason becomes (others complete the response).
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -117,11 +118,13 @@ def items_to_messages(items: list[dict[str, Any]], *, at: str = "input") -> list
             elif last is not None and last["role"] == "assistant" and "tool_calls" not in last:
                 last["tool_calls"] = [call]
             else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                # "" rather than null: llama-cpp-python refuses an assistant message whose
+                # content is not a string; OpenAI and vLLM take either.
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
             if not isinstance(output, str):
-                output = _text_of(output)
+                output = "" if output is None else _text_of(output)
             messages.append(
                 {"role": "tool", "tool_call_id": item.get("call_id"), "content": output}
             )
@@ -359,10 +362,16 @@ class ResponseEvents:
         self.response = {**response, "output": []}
         self.sequence = 0
         self._base = response["id"].removeprefix("resp_")
-        self._open: dict[str, Any] | None = None  # the item being streamed
+        self._open: dict[str, Any] | None = None  # the message or reasoning item streaming
         self._part_kind = ""  # its open content part: output_text, refusal, reasoning_text
         self._text: list[str] = []  # the open part's text so far
-        self._calls: dict[int, int] = {}  # chat tool-call index → output index
+        # Function calls stream side by side (a chat delta may interleave their fragments), so
+        # all of them stay open until text comes or the answer ends.
+        self._calls: dict[int, dict[str, Any]] = {}  # chat tool-call index → its open item
+        self._calls_seen: set[int] = set()
+        self._index_of: dict[str, int] = {}  # item id → output index
+        self._generated_call_ids: set[str] = set()
+        self._last_added: dict[str, Any] = {}
         self.finish_reason: str | None = None
         self.chat_usage: dict[str, Any] | None = None
 
@@ -438,9 +447,9 @@ class ResponseEvents:
 
     # -- items -----------------------------------------------------------------------------------
     def _text_delta(self, item_kind: str, part_kind: str, text: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = self._close_calls("completed")
         if self._open is None or self._open["type"] != item_kind:
-            events += self._close("completed")
+            events += self._close_text("completed")
             events += self._add_item(item_kind)
         if self._part_kind != part_kind:
             events += self._close_part()
@@ -450,7 +459,7 @@ class ResponseEvents:
         assert item is not None
         where = {
             "item_id": item["id"],
-            "output_index": self._output_index,
+            "output_index": self._index_of[item["id"]],
             "content_index": len(item["content"]),
         }
         if part_kind == "output_text":
@@ -464,21 +473,33 @@ class ResponseEvents:
         return events
 
     def _call_delta(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
+        """One tool-call fragment (keyed by its ``index``; without one, a new call, as
+        ``MessageAccumulator`` counts them). A fragment of a call closed already (text came
+        between) has nothing to add to and is dropped."""
         events: list[dict[str, Any]] = []
-        index = fragment.get("index", 0)
+        index = fragment.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = len(self._calls_seen)
         function = fragment.get("function") or {}
-        if index not in self._calls:
-            events += self._close("completed")
+        item = self._calls.get(index)
+        if item is None:
+            if index in self._calls_seen:
+                return events
+            self._calls_seen.add(index)
+            events += self._close_text("completed")
+            call_id = fragment.get("id")
+            if not isinstance(call_id, str) or not call_id:
+                call_id = f"call_{self._base}{self._next_index:02d}"
+                self._generated_call_ids.add(call_id)
             events += self._add_item(
-                "function_call",
-                call_id=fragment.get("id") or f"call_{self._base}{len(self.response['output'])}",
-                name=function.get("name") or "",
+                "function_call", call_id=call_id, name=function.get("name") or ""
             )
-            self._calls[index] = self._output_index
-        elif self._open is None or self._calls[index] != self._output_index:
-            return events  # a late fragment of a call already closed: nothing to add to
-        item = self._open
-        assert item is not None
+            item = self._calls[index] = self._last_added
+        # Some servers send the id or the name after the first fragment.
+        if fragment.get("id") and item["call_id"] in self._generated_call_ids:
+            item["call_id"] = fragment["id"]
+        if function.get("name") and not item["name"]:
+            item["name"] = function["name"]
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item["arguments"] += arguments
@@ -486,35 +507,35 @@ class ResponseEvents:
                 self._event(
                     "response.function_call_arguments.delta",
                     item_id=item["id"],
-                    output_index=self._output_index,
+                    output_index=self._index_of[item["id"]],
                     delta=arguments,
                 )
             )
         return events
 
     @property
-    def _output_index(self) -> int:
-        return len(self.response["output"])
+    def _next_index(self) -> int:
+        return len(self._index_of)
 
     def _add_item(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
         prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}[kind]
+        index = self._next_index
         item: dict[str, Any] = {
-            "id": f"{prefix}_{self._base}{self._output_index:02d}",
+            "id": f"{prefix}_{self._base}{index:02d}",
             "type": kind,
             "status": "in_progress",
         }
+        self._index_of[item["id"]] = index
         if kind == "message":
             item.update(role="assistant", content=[])
         elif kind == "reasoning":
             item.update(summary=[], content=[])
         else:
             item.update(call_id=fields["call_id"], name=fields["name"], arguments="")
-        self._open = item
-        return [
-            self._event(
-                "response.output_item.added", output_index=self._output_index, item=_copy(item)
-            )
-        ]
+        if kind != "function_call":
+            self._open = item
+        self._last_added = item
+        return [self._event("response.output_item.added", output_index=index, item=_copy(item))]
 
     def _add_part(self, kind: str) -> list[dict[str, Any]]:
         self._part_kind, self._text = kind, []
@@ -524,7 +545,7 @@ class ResponseEvents:
             self._event(
                 "response.content_part.added",
                 item_id=item["id"],
-                output_index=self._output_index,
+                output_index=self._index_of[item["id"]],
                 content_index=len(item["content"]),
                 part=_part(kind, ""),
             )
@@ -538,7 +559,7 @@ class ResponseEvents:
         self._part_kind, self._text = "", []
         where = {
             "item_id": item["id"],
-            "output_index": self._output_index,
+            "output_index": self._index_of[item["id"]],
             "content_index": len(item["content"]),
         }
         events = []
@@ -553,29 +574,44 @@ class ResponseEvents:
         return events
 
     def _close(self, status: str) -> list[dict[str, Any]]:
+        """Close whatever is open (text, or calls: never both)."""
+        return self._close_text(status) + self._close_calls(status)
+
+    def _close_text(self, status: str) -> list[dict[str, Any]]:
         item = self._open
         if item is None:
             return []
         events = self._close_part()
-        if item["type"] == "function_call":
+        events += self._done(item, status)
+        self._open = None
+        return events
+
+    def _close_calls(self, status: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for item in sorted(self._calls.values(), key=lambda i: self._index_of[i["id"]]):
             events.append(
                 self._event(
                     "response.function_call_arguments.done",
                     item_id=item["id"],
-                    output_index=self._output_index,
+                    output_index=self._index_of[item["id"]],
                     name=item["name"],
                     arguments=item["arguments"],
                 )
             )
-        item["status"] = status
-        events.append(
-            self._event(
-                "response.output_item.done", output_index=self._output_index, item=_copy(item)
-            )
-        )
-        self.response["output"].append(item)
-        self._open = None
+            events += self._done(item, status)
+        self._calls.clear()
         return events
+
+    def _done(self, item: dict[str, Any], status: str) -> list[dict[str, Any]]:
+        item["status"] = status
+        self.response["output"].append(item)
+        return [
+            self._event(
+                "response.output_item.done",
+                output_index=self._index_of[item["id"]],
+                item=_copy(item),
+            )
+        ]
 
     # -- helpers ---------------------------------------------------------------------------------
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -655,3 +691,157 @@ def replay(response: dict[str, Any], chunks: list[str]) -> list[dict[str, Any]]:
         completed_at=response.get("completed_at"),
     )
     return events
+
+
+# ------------------------------------------------------------------------------------------------
+# A backend's own Responses API (the native path)
+# ------------------------------------------------------------------------------------------------
+# The fields of a natively answered response that are Slipstream's, not the backend's.
+_OURS = ("id", "model", "store", "previous_response_id")
+
+
+class NativeEvents:
+    """A backend's own Responses events, relayed as they came with the response's ``id`` and
+    ``model`` made ours (``initial``: our ``in_progress`` object); everything else, item ids
+    and sequence numbers included, is the backend's. A stream that ends without a terminal
+    event (the backend failed or was cut off, or the client cancelled) gets a
+    ``response.failed`` of our own, numbered after the last event, whose response holds the
+    output items finished so far."""
+
+    def __init__(self, initial: dict[str, Any]) -> None:
+        self.initial = initial
+        self.response = initial
+        # What our response says whatever the backend's says: ours are stored here, it need
+        # not store them, and it never saw our previous_response_id.
+        self._ours = {name: initial.get(name) for name in _OURS}
+        self._id_json = json.dumps(initial["id"])
+        self._model_field = '"model":' + json.dumps(initial["model"])
+        self._swaps: list[tuple[str, str]] = []
+        self.items: dict[int, dict[str, Any]] = {}
+        self.last_sequence = -1
+        self.terminal = False
+
+    def feed(self, data: str, obj: dict[str, Any]) -> tuple[bytes, int]:
+        """One upstream event (its JSON text and object) as SSE bytes, and its number."""
+        kind = str(obj.get("type"))
+        response = obj.get("response")
+        if isinstance(response, dict):
+            if not self._swaps:
+                self._learn(response)
+            data = self._rewrite(data, obj, response)
+        if kind == "response.output_item.done" and isinstance(obj.get("item"), dict):
+            index = obj.get("output_index")
+            self.items[index if isinstance(index, int) else len(self.items)] = obj["item"]
+        if kind in TERMINAL_EVENTS:
+            self.terminal = True
+        sequence = obj.get("sequence_number")
+        if isinstance(sequence, int) and not isinstance(sequence, bool):
+            self.last_sequence = sequence
+        return encode_event(data, event=kind), self.last_sequence
+
+    def finish(
+        self, *, cancelled: bool = False, error: dict[str, Any] | None = None, **_: Any
+    ) -> list[dict[str, Any]]:
+        """The closing event when the backend sent none (see the class), else nothing.
+        Accepts ``ResponseEvents.finish``'s arguments (``completed_at`` is the backend's)."""
+        if self.terminal:
+            return []
+        self.terminal = True
+        self.response = {
+            **self.response,
+            "status": "cancelled" if cancelled and error is None else "failed",
+            "error": error,
+            "output": [self.items[i] for i in sorted(self.items)],
+        }
+        self.last_sequence += 1
+        return [
+            {
+                "type": "response.failed",
+                "response": self.response,
+                "sequence_number": self.last_sequence,
+            }
+        ]
+
+    def _learn(self, response: dict[str, Any]) -> None:
+        """The backend's id and model, as text to replace in every later event."""
+        if isinstance(response.get("id"), str):
+            self._swaps.append((json.dumps(response["id"]), self._id_json))
+        if isinstance(response.get("model"), str):
+            self._swaps.append(('"model":' + json.dumps(response["model"]), self._model_field))
+
+    def _rewrite(self, data: str, obj: dict[str, Any], response: dict[str, Any]) -> str:
+        """``data`` with the response's id and model replaced as text (the backend's bytes
+        otherwise), or re-encoded when its JSON is not in the compact form that allows it or
+        another of our fields (``store``, ``previous_response_id``) differs."""
+        ours = {**response, **self._ours}
+        self.response = ours
+        if all(response.get(name) == self._ours[name] for name in _OURS[2:]):
+            for old, new in self._swaps:
+                data = data.replace(old, new)
+            if self._id_json in data and self._model_field in data:
+                return data
+        return json.dumps({**obj, "response": ours}, separators=(",", ":"), ensure_ascii=False)
+
+
+def render_native(
+    initial: dict[str, Any],
+    chunks: list[str],
+    *,
+    cancelled: bool = False,
+    error: dict[str, Any] | None = None,
+) -> tuple[list[bytes], list[int], dict[str, Any]]:
+    """A native response's events (SSE bytes and their numbers) and its final object, from
+    the backend's event texts as they came: the same bytes the live stream sent."""
+    native = NativeEvents(initial)
+    encoded, numbers = [], []
+    for chunk in chunks:
+        data, number = native.feed(chunk, json.loads(chunk))
+        encoded.append(data)
+        numbers.append(number)
+    for event in native.finish(cancelled=cancelled, error=error):
+        encoded.append(ResponseEvents.encode(event))
+        numbers.append(event["sequence_number"])
+    return encoded, numbers, native.response
+
+
+def response_as_chunk(response: dict[str, Any]) -> dict[str, Any]:
+    """A whole response object (a backend's own, non-streaming) as the one chat chunk that
+    says the same, so its stream can be rendered by ``ResponseEvents`` when asked for."""
+    delta: dict[str, Any] = {}
+    calls: list[dict[str, Any]] = []
+    for item in response.get("output") or ():
+        kind = item.get("type")
+        if kind == "message":
+            for part in item.get("content") or ():
+                if part.get("type") == "output_text":
+                    delta["content"] = delta.get("content", "") + part.get("text", "")
+                elif part.get("type") == "refusal":
+                    delta["refusal"] = delta.get("refusal", "") + part.get("refusal", "")
+        elif kind == "reasoning":
+            text = "".join(p.get("text", "") for p in item.get("content") or ())
+            delta["reasoning_content"] = delta.get("reasoning_content", "") + text
+        elif kind == "function_call":
+            calls.append(
+                {
+                    "index": len(calls),
+                    "id": item.get("call_id"),
+                    "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+                }
+            )
+    if calls:
+        delta["tool_calls"] = calls
+    incomplete = (response.get("incomplete_details") or {}).get("reason")
+    finish = {"max_output_tokens": "length", "content_filter": "content_filter"}.get(
+        incomplete or "", "tool_calls" if calls else "stop"
+    )
+    usage = response.get("usage") or {}
+    chat_usage = {
+        "prompt_tokens": usage.get("input_tokens", 0),
+        "completion_tokens": usage.get("output_tokens", 0),
+        "total_tokens": usage.get("total_tokens", 0),
+    }
+    return {
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "usage": chat_usage if usage else None,
+    }

@@ -26,6 +26,10 @@ from chat.relay.errors import MidStreamError, RelayError
 from chat.relay.netbackend import AsyncioBackend
 from chat.relay.sse import DONE_DATA, SSEDecoder
 
+# The Responses API's path and its terminal events (OpenAI API reference, "Streaming events").
+RESPONSES_PATH = "responses"
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
 logger = logging.getLogger(__name__)
 
 
@@ -241,12 +245,21 @@ class UpstreamStream:
             await stream.aclose()  # closes the TCP stream: the upstream stops generating
     """
 
-    def __init__(self, backend: BackendConfig, response: h1.Response, deadline: float) -> None:
+    def __init__(
+        self,
+        backend: BackendConfig,
+        response: h1.Response,
+        deadline: float,
+        *,
+        responses_api: bool = False,
+    ) -> None:
         self.backend = backend
         self.response = response
         self.deadline = deadline
         self.done = False  # saw [DONE] or the end of a complete stream
         self.chunk_count = 0
+        # The backend's own Responses API: typed events, ended by a terminal one, no [DONE].
+        self.responses_api = responses_api
         self._choices_seen: set[int] = set()
         self._choices_finished: set[int] = set()
 
@@ -270,7 +283,7 @@ class UpstreamStream:
             finally:
                 await response.aclose()
             raise error_from_response(response.status_code, raw)
-        return cls(backend, response, deadline)
+        return cls(backend, response, deadline, responses_api=path == RESPONSES_PATH)
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         """Yield each JSON chunk in order until ``[DONE]`` or the end of the body.
@@ -319,6 +332,14 @@ class UpstreamStream:
             raise MidStreamError(
                 "upstream ended the stream without sending anything", code="upstream_empty_stream"
             )
+        if self.responses_api:
+            if not self.done:
+                raise MidStreamError(
+                    "upstream ended the Responses stream before its terminal event "
+                    "(response.completed, .incomplete or .failed): the answer is cut off",
+                    code=INCOMPLETE,
+                )
+            return
         unfinished = self._choices_seen - self._choices_finished
         if unfinished or not self._choices_seen:
             raise MidStreamError(
@@ -343,15 +364,11 @@ class UpstreamStream:
                 f"upstream sent a chunk that is not an object: {data[:200]!r}",
                 code="upstream_malformed_chunk",
             )
-        if event == "error" or obj.get("error"):
-            error = obj.get("error")
-            if not isinstance(error, dict):
-                error = {"message": str(error or obj)}
-            raise MidStreamError(
-                str(error.get("message") or "upstream error")[:2000],
-                type=str(error.get("type") or "api_error")[:100],
-                code=None if error.get("code") is None else str(error.get("code"))[:100],
-            )
+        failure = self._stream_error(obj, event)
+        if failure is not None:
+            raise failure
+        if self.responses_api:
+            return self._event(data, obj)
         problem = checks.chunk_problem(obj)
         if problem is not None:
             raise MidStreamError(
@@ -366,6 +383,42 @@ class UpstreamStream:
             self._choices_seen.add(index)
             if choice.get("finish_reason"):
                 self._choices_finished.add(index)
+        self.chunk_count += 1
+        return Chunk(data, obj)
+
+    def _stream_error(self, obj: dict[str, Any], event: str) -> MidStreamError | None:
+        """The error an upstream sends inside its stream, if this chunk is one: a top-level
+        ``error`` (OpenRouter), ``event: error`` (Groq), or the Responses API's
+        ``{"type": "error", "code", "message"}``."""
+        responses_error = self.responses_api and obj.get("type") == "error"
+        if not (event == "error" or obj.get("error") or responses_error):
+            return None
+        error = obj.get("error")
+        if responses_error:
+            error = {"message": obj.get("message"), "code": obj.get("code")}
+        elif not isinstance(error, dict):
+            error = {"message": str(error or obj)}
+        return MidStreamError(
+            str(error.get("message") or "upstream error")[:2000],
+            type=str(error.get("type") or "api_error")[:100],
+            code=None if error.get("code") is None else str(error.get("code"))[:100],
+        )
+
+    def _event(self, data: str, obj: dict[str, Any]) -> Chunk | None:
+        """One event of a backend's own Responses stream: an object with a string ``type``;
+        after its terminal event the stream is complete."""
+        if not isinstance(obj.get("type"), str):
+            raise MidStreamError(
+                f"upstream sent a Responses event without a type: {data[:200]!r}",
+                code="upstream_malformed_chunk",
+            )
+        if self.done:
+            return None  # events after the terminal one: the answer is whole already
+        if checks.has_nul(data):
+            obj = checks.without_nul(obj)
+            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        if obj["type"] in TERMINAL_EVENTS:
+            self.done = True
         self.chunk_count += 1
         return Chunk(data, obj)
 

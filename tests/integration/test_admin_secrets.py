@@ -43,6 +43,7 @@ def backend_form(**fields: str) -> dict[str, str]:
         "total_timeout_s": "900",
         "health_path": "/models",
         "max_concurrency": "64",
+        "responses_api": "auto",
         "slots-TOTAL_FORMS": "0",
         "slots-INITIAL_FORMS": "0",
         "slots-MIN_NUM_FORMS": "0",

@@ -1,6 +1,7 @@
 """``/v1/responses`` and ``/v1/embeddings`` through the official openai SDK (and raw HTTP where
 the SDK hides the wire), against Slipstream under daphne with the simulator as its upstream: the
-translation path (Responses → chat completions → Responses events).
+translation path (Responses → chat completions → Responses events). The native path (a backend's
+own ``/responses``) is ``test_responses_native.py``.
 
 Every streamed event and every response body is validated against OpenAI's own schemas
 (``tests/fixtures/openapi/openai-responses.yaml``)."""
@@ -20,9 +21,11 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from chat.models import ApiCall, ApiKey, StoredResponse
+from chat import readcache
+from chat.models import ApiCall, ApiKey, Backend, Slot, StoredResponse
 from chat.relay.sse import SSEDecoder
 from chat.services import api_key_create
+from tests.conftest import make_slot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,6 +40,16 @@ WEATHER_TOOL: dict[str, Any] = {
         "required": ["city"],
     },
 }
+
+
+@pytest.fixture
+def slot(transactional_db, sim) -> Slot:
+    """The simulator's slot on a backend set to translate Responses to chat completions (the
+    simulator also serves them natively: ``test_responses_native.py``)."""
+    made = make_slot(sim.base_url)
+    Backend.objects.filter(pk=made.backend_id).update(responses_api="translate")
+    readcache.invalidate()  # .update() sends no signal
+    return made
 
 
 @cache
@@ -271,7 +284,7 @@ def test_function_call_round_trip_with_previous_response_id(openai_client, slot,
         {"role": "user", "content": "Weather in Oslo?"},
         {
             "role": "assistant",
-            "content": None,
+            "content": "",
             "tool_calls": [
                 {
                     "id": call.call_id,

@@ -1,0 +1,180 @@
+"""``/v1/responses`` on the native path: the backend's own ``/responses`` (the simulator serves
+one, and replays recorded ones), relayed event by event with Slipstream's id and model; and
+``auto``'s detection of backends with and without it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from chat import readcache
+from chat.models import ApiCall, Backend, Slot
+from chat.relay.sse import SSEDecoder
+from tests.conftest import make_slot
+from tests.integration.test_responses_api import assert_valid, raw_events, wait_for_row
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RECORDED = Path(__file__).parents[1] / "fixtures" / "sse" / "openai-responses-event-lines.sse"
+
+
+def backend_mode(slot: Slot, mode: str) -> None:
+    Backend.objects.filter(pk=slot.backend_id).update(responses_api=mode)
+    readcache.invalidate()  # .update() sends no signal
+
+
+@pytest.fixture
+def native_slot(transactional_db, sim) -> Slot:
+    made = make_slot(sim.base_url)
+    backend_mode(made, "native")
+    return made
+
+
+def test_native_stream_is_the_backends_events_with_our_id(openai_client, native_slot, sim):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5, reasoning_tokens=2)
+    events = list(openai_client.responses.create(model="primary", input="Hello", stream=True))
+    sent = sim.stats()["last_request"]
+    assert sent["input"] == "Hello"  # the Responses request went as it was, not as chat
+    assert "messages" not in sent
+    assert sent["store"] is False  # Slipstream stores it; the backend need not
+    assert sent["model"] == "sim"
+    ids = {e.response.id for e in events if hasattr(e, "response")}
+    assert len(ids) == 1
+    (response_id,) = ids
+    assert response_id.startswith("resp_")
+    assert {e.response.model for e in events if hasattr(e, "response")} == {"primary"}
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    for event in events:
+        assert_valid(event.model_dump(mode="json", exclude_unset=True), "ResponseStreamEvent")
+    final = events[-1].response
+    assert final.status == "completed"
+    assert final.store is True  # ours, not the backend's store=false
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert len(final.output_text.split()) == 5
+    stored = wait_for_row(response_id, "completed")
+    assert stored.native
+    assert stored.response["output"] == final.model_dump(mode="json", exclude_unset=True)["output"]
+    call = ApiCall.objects.get()
+    assert (call.endpoint, call.outcome, call.completion_tokens) == ("responses", "complete", 7)
+    assert call.ttft_ms is not None
+
+
+def test_recorded_openai_stream_passes_byte_for_byte(server, api_key, native_slot, sim):
+    """OpenAI's own recorded Responses stream, replayed by the backend, reaches the client
+    byte-identical apart from the response's id and model."""
+    sim.configure(ttft_ms=0, tokens_per_s=0, replay=RECORDED.name)
+    with httpx.stream(
+        "POST",
+        server.base_url + "/v1/responses",
+        json={"model": "primary", "input": "ping", "stream": True, "store": False},
+        headers={"Authorization": f"Bearer {api_key}"},
+    ) as response:
+        assert response.status_code == 200
+        received = response.read().decode()
+    recorded = RECORDED.read_text()
+    upstream_id = re.search(r'"id":"(resp_[0-9a-f]+)"', recorded)
+    ours = re.search(r'"id":"(resp_[0-9a-f]+)"', received)
+    assert upstream_id is not None
+    assert ours is not None
+    expected = recorded.replace(upstream_id[1], ours[1]).replace(
+        '"model":"gpt-5.5-2026-04-23"', '"model":"primary"'
+    )
+    assert received == expected
+
+
+def test_native_resume_and_stored_replay_give_the_exact_tail(server, api_key, native_slot, sim):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=6)
+    events = raw_events(server, api_key, {"model": "primary", "input": "Hi"})
+    response_id = events[0]["response"]["id"]
+    wait_for_row(response_id, "completed")
+    for after in (-1, 3, len(events) - 2):
+        with httpx.stream(
+            "GET",
+            f"{server.base_url}/v1/responses/{response_id}",
+            params={"stream": "true", "starting_after": after},
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as resumed:
+            decoder = SSEDecoder()
+            tail = [json.loads(e.data) for e in decoder.feed(resumed.read()) + decoder.flush()]
+        assert tail == events[after + 1 :]
+
+
+def test_native_mid_stream_failure_ends_in_our_response_failed(server, api_key, native_slot, sim):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=30, error_after=4)
+    events = raw_events(server, api_key, {"model": "primary", "input": "Hi"})
+    last = events[-1]
+    assert last["type"] == "response.failed"
+    assert last["sequence_number"] == events[-2]["sequence_number"] + 1
+    assert last["response"]["status"] == "failed"
+    assert last["response"]["error"]["code"] == "server_error"
+    assert_valid(last, "ResponseStreamEvent")
+    assert wait_for_row(last["response"]["id"], "failed").response == last["response"]
+
+
+def test_native_previous_response_id_is_spelled_out_as_input(openai_client, native_slot, sim):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    first = openai_client.responses.create(model="primary", input="One")
+    assert first.status == "completed"
+    second = openai_client.responses.create(
+        model="primary", input="Two", previous_response_id=first.id
+    )
+    assert second.previous_response_id == first.id
+    sent = sim.stats()["last_request"]
+    assert "previous_response_id" not in sent
+    (message,) = first.output
+    # Message items go without the ids and statuses they were stored with.
+    answer = {
+        k: v
+        for k, v in message.model_dump(mode="json", exclude_unset=True).items()
+        if k not in ("id", "status")
+    }
+    assert sent["input"] == [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "One"}]},
+        answer,
+        {"role": "user", "content": "Two"},
+    ]
+
+
+def test_auto_detects_a_backend_with_the_responses_api(openai_client, slot, sim):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    response = openai_client.responses.create(model="primary", input="Hi")
+    assert len(response.output_text.split()) == 3
+    assert "input" in sim.stats()["last_request"]
+    assert Backend.objects.get(pk=slot.backend_id).responses_api_detected is True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_translates_for_a_backend_without_it(openai_client, slot, sim, stream):
+    """A backend that answers 404 on /responses gets the request again as chat completions,
+    and every later request goes so at once."""
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=4, responses_api=False)
+    for _ in range(2):
+        if stream:
+            events = list(openai_client.responses.create(model="primary", input="Hi", stream=True))
+            text = events[-1].response.output_text
+        else:
+            text = openai_client.responses.create(model="primary", input="Hi").output_text
+        assert len(text.split()) == 4
+        assert sim.stats()["last_request"]["messages"] == [{"role": "user", "content": "Hi"}]
+        assert Backend.objects.get(pk=slot.backend_id).responses_api_detected is False
+    assert ApiCall.objects.filter(outcome="complete").count() == 2
+
+
+def test_slots_with_stop_strings_translate(openai_client, transactional_db, sim):
+    """The relay cuts stop strings from chat deltas only: such a slot's responses translate."""
+    made = make_slot(sim.base_url, stop=["zzz"])
+    backend_mode(made, "native")
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    openai_client.responses.create(model="primary", input="Hi")
+    assert "messages" in sim.stats()["last_request"]
+
+
+def test_native_errors_keep_their_status(openai_client, native_slot, sim):
+    sim.configure(fail_requests=1, fail_status=429)
+    with pytest.raises(openai.RateLimitError):
+        openai_client.responses.create(model="primary", input="Hi")
