@@ -166,6 +166,7 @@ Slot.objects.create(
     name="primary", backend=backend, upstream_model="sim", is_default=True,
     single_flight="off", max_concurrency={limit},
 )
+{setup}
 client = Client()
 client.force_login(user)
 key = api_key_create(user=user, name="bench")[1]
@@ -214,11 +215,15 @@ class Slipstream:
         raise RuntimeError("daphne did not write its statement counts")
 
 
-def start_slipstream(tmp: Path, sim_url: str, *, count_writes: bool = False) -> Slipstream:
+def start_slipstream(
+    tmp: Path, sim_url: str, *, count_writes: bool = False, setup: str = ""
+) -> Slipstream:
     """Migrate a fresh SQLite database, create the bench user, slot and key, and start one
     daphne process (as ``manage.py serve`` does: ``chatsite.server.command``). With
     ``count_writes`` daphne runs under ``bench/daphne_counted.py``, which counts the database
-    writes it makes and its GC pauses (read with ``Slipstream.counters``)."""
+    writes it makes and its GC pauses (read with ``Slipstream.counters``). ``setup``: more
+    Python for the same ``manage.py shell``, run after the bench backend and slot are made
+    (``backend``, ``Backend`` and ``Slot`` in scope) and before daphne starts."""
     database = tmp / "db.sqlite3"
     counts_file = tmp / "db_writes.json" if count_writes else None
     env = {
@@ -230,15 +235,16 @@ def start_slipstream(tmp: Path, sim_url: str, *, count_writes: bool = False) -> 
     if counts_file is not None:
         env["BENCH_DB_COUNTS"] = str(counts_file)
     subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    setup = subprocess.run(
-        [PYTHON, "manage.py", "shell", "-c", SETUP.format(sim=sim_url, limit=CONCURRENCY)],
+    script = SETUP.format(sim=sim_url, limit=CONCURRENCY, setup=setup)
+    made_by = subprocess.run(
+        [PYTHON, "manage.py", "shell", "-c", script],
         cwd=ROOT,
         env=env,
         check=True,
         capture_output=True,
         text=True,
     )
-    made = json.loads(setup.stdout.strip().splitlines()[-1])
+    made = json.loads(made_by.stdout.strip().splitlines()[-1])
     port = free_port()
     command = server.command("127.0.0.1", port)  # as manage.py serve runs it
     if count_writes:

@@ -6,7 +6,8 @@
 1. ``simulator``: ``capacity.py --target direct``: the simulator's own capacity, first, so that
    every later row can rule it out as the bottleneck;
 2. ``latency``: ``relay_latency.py``: added TTFT and ITL at one stream, 200 requests, through
-   Slipstream's ``/v1`` and LiteLLM's proxy in the same run;
+   Slipstream's ``/v1`` (chat completions, and ``/v1/responses`` native and translated) and
+   LiteLLM's proxy in the same run;
 3. ``capacity_v1``, ``capacity_litellm``, ``capacity_chat``: ``capacity.py`` through one daphne
    process (``/v1``), through LiteLLM's proxy, and through the browser's ``/chat/stream/`` with
    its database writes per answer;
@@ -177,6 +178,8 @@ def latency_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     for key, who in (
         ("added", "Slipstream /v1"),
         ("added_chat", "Slipstream /chat/stream/"),
+        ("added_responses_native", "Slipstream /v1/responses native"),
+        ("added_responses_translated", "Slipstream /v1/responses translated"),
         ("added_litellm", "LiteLLM"),
     ):
         if key not in latency:
