@@ -1,7 +1,8 @@
 """The OpenAI Agents SDK (``openai-agents``), unmodified, running an agent with one function tool
 against Slipstream's ``/v1/responses``: on the simulator through both upstream paths, and on the
-real llama.cpp server (which has no Responses API: ``auto`` translates). The tool round trip
-must complete; the llama.cpp model is random weights, so its test asserts structure, not words."""
+real llama.cpp server (which has no Responses API: ``auto`` translates), where the Python and
+Node SDKs stream a response too. The tool round trip must complete; the llama.cpp model is
+random weights, so its tests assert structure, not words."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from agents import (
     set_tracing_disabled,
 )
 from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, OpenAI
 from pydantic import Field
 
 from chat import readcache
 from chat.models import ApiCall, Backend, StoredResponse
 from tests.conftest import make_slot
+from tests.integration.test_api_node import run_node_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -143,3 +145,28 @@ def test_auto_finds_llama_cpp_has_no_responses_api(openai_client, llama_server) 
     assert response.usage.output_tokens == 8
     assert response.output_text
     assert Backend.objects.get(pk=slot.backend_id).responses_api_detected is False
+
+
+@pytest.mark.llama
+def test_both_sdks_stream_a_response_from_llama_cpp(server, api_key, llama_server) -> None:
+    """The Python SDK's stream helper and the Node SDK's, unmodified, on the real llama.cpp
+    server (translated; the slot's stop characters end its token soup with a completed
+    response, as a real model's end of text would)."""
+    stops = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789$]")
+    make_slot(llama_server.base_url, model=llama_server.model_id, max_tokens=48, stop=stops)
+    with (
+        OpenAI(base_url=server.base_url + "/v1", api_key=api_key, max_retries=0) as client,
+        client.responses.stream(model="primary", input="Hi") as stream,
+    ):
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.status == "completed"
+    assert final.output_text == "".join(deltas)
+    assert final.output_text.isascii()
+    assert not set(final.output_text) & set(stops)
+
+    node = run_node_client(server.base_url, api_key, "openai_responses.mjs")
+    assert "error" not in node, node
+    assert node["types"][-1] == "response.completed"
+    assert node["final"]["outputText"] == node["deltas"]
+    assert node["retrievedText"] == node["final"]["outputText"]
