@@ -31,3 +31,7 @@ class ChatConfig(AppConfig):
         # The relay knows nothing of the ORM: it reports slot state changes, we store them.
         if services.slot_astore_state not in slots.state_listeners:
             slots.state_listeners.append(services.slot_astore_state)
+
+        from chat import metrics
+
+        metrics.install()

@@ -60,6 +60,8 @@ CSRF_COOKIE_SECURE = BEHIND_PROXY
 SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000 if BEHIND_PROXY else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SSL_REDIRECT", default=BEHIND_PROXY)
+# Load balancers probe health and Prometheus scrapes over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 INSTALLED_APPS = [
     "daphne",
@@ -251,6 +253,11 @@ SIMULATOR_PORT = env.int("SLIPSTREAM_SIMULATOR_PORT", default=8001)
 # Largest /v1 request body, bytes; bigger ones get 413. Django's own limit follows it.
 SLIPSTREAM_API_MAX_BODY_BYTES = env.int("SLIPSTREAM_API_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SLIPSTREAM_API_MAX_BODY_BYTES
+
+# /metrics (chat.ops): with a token set, only requests bearing it ("Authorization: Bearer …");
+# otherwise only from these addresses or networks (loopback by default).
+SLIPSTREAM_METRICS_TOKEN = env.str("SLIPSTREAM_METRICS_TOKEN", default="")
+SLIPSTREAM_METRICS_ALLOW = env.list("SLIPSTREAM_METRICS_ALLOW", default=["127.0.0.1/8", "::1/128"])
 
 # Threads that run requests' synchronous code (the ORM, sync views and middleware), each request
 # on one of them (chatsite.asgi.SlipstreamHandler). A request on the hot path makes no such call

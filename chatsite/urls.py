@@ -4,13 +4,16 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
-from chat import api, csp
+from chat import api, csp, ops
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("csp-report/", csp.report, name="csp-report"),
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.prometheus, name="metrics"),
     path("v1/models", api.models, name="api-models"),
     path("v1/models/<str:model>", api.models, name="api-model"),
     path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),

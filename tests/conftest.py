@@ -28,6 +28,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # The test runner and its daphne processes must share a cache (chat.readcache invalidates
 # lookups through it): with REDIS_URL they share Redis; otherwise, one directory.
 CACHE_DIR = tempfile.mkdtemp(prefix="slipstream-test-cache-")
+# prometheus-client's files, shared by every daphne process of this run (chat.metrics).
+METRICS_DIR = tempfile.mkdtemp(prefix="slipstream-test-metrics-")
+METRICS_TOKEN = "metrics-test-token"
 # Django's file cache culls a third of its entries, at random, past MAX_ENTRIES (300 by
 # default): a session's worth of lookups and rate-limit counters passed it, and a widget
 # limit's counter vanished mid-test (8 messages through a limit of 5, in a full run only).
@@ -127,6 +130,8 @@ def server_env() -> dict[str, str]:
         "SLIPSTREAM_KEEPALIVE_S": str(KEEPALIVE_S),
         "CACHE_URL": f"filecache://{CACHE_DIR}?max_entries={CACHE_MAX_ENTRIES}",
         "DJANGO_SETTINGS_MODULE": "tests.support.server_settings",
+        "PROMETHEUS_MULTIPROC_DIR": METRICS_DIR,
+        "SLIPSTREAM_METRICS_TOKEN": METRICS_TOKEN,
     }
 
 

@@ -35,7 +35,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from chat.relay import checks, upstream
+from chat.relay import checks, observe, upstream
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, Phase, PhaseState, Status, find
@@ -230,6 +230,7 @@ async def submit(
         joined = runtime.coalescing.get(key)
         if joined is not None and joined.status == Status.STREAMING:
             joined.attach()
+            observe.observer.joined(slot.name)
             return joined, True
     store = shared()
     generation_id = uuid.uuid4().hex
@@ -240,6 +241,7 @@ async def submit(
                 running, slot=slot.name, keep_running=keep_running
             )
             mirror.attach()
+            observe.observer.joined(slot.name)
             return mirror, True
     generation = Generation(
         slot=slot.name,
@@ -272,6 +274,7 @@ async def _run(
     """The generation's task: dispatch, relay every chunk into the buffer, finish once."""
     status, error = Status.STOPPED, None
     chat = _is_chat(endpoint)
+    observe.observer.started(slot.name)
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> None:
         # Stop strings are cut from chat deltas; a backend's Responses events pass as they are.
@@ -303,6 +306,15 @@ async def _run(
     finally:
         await _forget(generation, slot.name, runtime=runtime, key=key)
         await asyncio.shield(generation.finish(status, error))
+        ttft_ms = generation.ttft_ms
+        observe.observer.ended(
+            slot.name,
+            status=status,
+            ttft_s=None if ttft_ms is None else ttft_ms / 1000,
+            tokens=generation.accumulator.completion_tokens(),
+            duration_s=time.monotonic() - generation.started_at,
+            error_code=(error.code or error.type or "") if error is not None else "",
+        )
 
 
 async def _relay(
@@ -558,6 +570,10 @@ class _Retries:
     def after(self, exc: RelayError) -> None:
         """Count a failed call before any chunk; return to try again, or raise to give up."""
         warming = _warming(exc, self.runtime)
+        retrying = warming or (_retryable(exc) and self.retries < self.cfg.max_retries)
+        observe.observer.attempt_failed(
+            self.cfg.name, code=exc.code or exc.type or str(exc.status), retrying=retrying
+        )
         if not warming and not _retryable(exc):
             raise exc
         self.runtime.call_failed(exc.message, warming=warming)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from chat.relay import observe
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
 from chat.relay.upstream import BackendConfig, client_for
@@ -342,6 +343,8 @@ class SlotRuntime:
                 granted = True
         if granted:
             self._announce_positions()
+        elif not self.waiters:
+            observe.observer.queue_length(self.name, 0)
 
     def _remove(self, entry: tuple[asyncio.Future[None], Generation | None]) -> None:
         try:
@@ -353,6 +356,7 @@ class SlotRuntime:
     def _announce_positions(self) -> None:
         from chat.relay.generation import Phase, PhaseState
 
+        observe.observer.queue_length(self.name, len(self.waiters))
         for position, (_, generation) in enumerate(self.waiters, start=1):
             if generation is not None:
                 generation.set_phase(Phase(PhaseState.QUEUED, self.name, position=position))

@@ -1,0 +1,150 @@
+"""Prometheus metrics of the relay, with prometheus-client (``/metrics``: ``chat.ops``).
+
+The relay reports a few events per answer (``chat.relay.observe``), never per chunk; this
+module turns them into metrics. With several daphne processes, ``PROMETHEUS_MULTIPROC_DIR``
+(one directory shared by them, emptied before they start) makes prometheus-client keep each
+process's values in files there, and ``/metrics`` of any process sums them all
+(prometheus-client's multiprocess mode; gauges count live processes only).
+
+Metrics (label ``slot``: the slot's name):
+
+- ``slipstream_streams_in_flight`` (gauge): generations streaming now.
+- ``slipstream_streams_total{slot, status}`` (counter): ended generations by status
+  (complete, stopped, error).
+- ``slipstream_stream_ttft_seconds{slot}`` (histogram): time to first token, s.
+- ``slipstream_stream_itl_seconds{slot}`` (histogram): an answer's mean inter-token latency
+  (its duration after the first token over its tokens after the first), s, once per answer.
+- ``slipstream_upstream_errors_total{slot, code}`` (counter): failed upstream calls (before
+  the first chunk, each attempt) and answers that failed after it, by the relay's error code.
+- ``slipstream_upstream_retries_total{slot}`` (counter): attempts retried.
+- ``slipstream_single_flight_joins_total{slot}`` (counter): requests that joined an identical
+  one's generation.
+- ``slipstream_queue_length{slot}`` (gauge): requests waiting for a place on the slot.
+- ``slipstream_slot_ready{slot}`` (gauge): 1 while the slot is ready, else 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from chat.relay import observe, slots
+from chat.relay.slots import SlotState, StateChange
+
+logger = logging.getLogger(__name__)
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # prometheus-client writes its files there from the first labelled value on.
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+# TTFT of local and remote models: tens of ms (warm, small) to minutes (a model loading).
+TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Mean gap between tokens: 1 ms (a fast server on a small model) to 0.5 s (a slow CPU).
+ITL_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+
+STREAMS_IN_FLIGHT = Gauge(
+    "slipstream_streams_in_flight",
+    "Generations streaming now.",
+    ["slot"],
+    multiprocess_mode="livesum",
+)
+STREAMS = Counter("slipstream_streams", "Ended generations, by status.", ["slot", "status"])
+TTFT = Histogram(
+    "slipstream_stream_ttft_seconds", "Time to first token.", ["slot"], buckets=TTFT_BUCKETS_S
+)
+ITL = Histogram(
+    "slipstream_stream_itl_seconds",
+    "Mean inter-token latency of an answer.",
+    ["slot"],
+    buckets=ITL_BUCKETS_S,
+)
+UPSTREAM_ERRORS = Counter(
+    "slipstream_upstream_errors", "Failed upstream calls, by error code.", ["slot", "code"]
+)
+RETRIES = Counter("slipstream_upstream_retries", "Upstream attempts retried.", ["slot"])
+JOINS = Counter(
+    "slipstream_single_flight_joins", "Requests that joined an identical one.", ["slot"]
+)
+QUEUE_LENGTH = Gauge(
+    "slipstream_queue_length",
+    "Requests waiting for a place on the slot.",
+    ["slot"],
+    multiprocess_mode="livesum",
+)
+SLOT_READY = Gauge(
+    "slipstream_slot_ready",
+    "1 while the slot is ready, else 0 (as this process last saw it).",
+    ["slot"],
+    multiprocess_mode="max",
+)
+
+
+class PrometheusObserver(observe.Observer):
+    """The relay's events as the metrics above."""
+
+    def started(self, slot: str) -> None:
+        STREAMS_IN_FLIGHT.labels(slot).inc()
+
+    def ended(
+        self,
+        slot: str,
+        *,
+        status: str,
+        ttft_s: float | None,
+        tokens: int,
+        duration_s: float,
+        error_code: str,
+    ) -> None:
+        STREAMS_IN_FLIGHT.labels(slot).dec()
+        STREAMS.labels(slot, status).inc()
+        if ttft_s is not None:
+            TTFT.labels(slot).observe(ttft_s)
+            if tokens > 1:
+                ITL.labels(slot).observe(max(0.0, duration_s - ttft_s) / (tokens - 1))
+        if error_code:
+            UPSTREAM_ERRORS.labels(slot, error_code).inc()
+
+    def attempt_failed(self, slot: str, *, code: str, retrying: bool) -> None:
+        UPSTREAM_ERRORS.labels(slot, code).inc()
+        if retrying:
+            RETRIES.labels(slot).inc()
+
+    def joined(self, slot: str) -> None:
+        JOINS.labels(slot).inc()
+
+    def queue_length(self, slot: str, length: int) -> None:
+        QUEUE_LENGTH.labels(slot).set(length)
+
+
+def slot_state_changed(change: StateChange) -> None:
+    """A slot state listener (``chat.relay.slots.state_listeners``)."""
+    SLOT_READY.labels(change.name).set(1 if change.state == SlotState.READY else 0)
+
+
+def install() -> None:
+    """Watch the relay (once per process; ``ChatConfig.ready``)."""
+    if not isinstance(observe.observer, PrometheusObserver):
+        observe.watch(PrometheusObserver())
+    if slot_state_changed not in slots.state_listeners:
+        slots.state_listeners.append(slot_state_changed)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The metrics as Prometheus' text format and its content type: this process's, or every
+    process's under ``PROMETHEUS_MULTIPROC_DIR``."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
