@@ -546,8 +546,9 @@ def final_response(
 async def cancel_response(stored: StoredResponse) -> dict[str, Any]:
     """Cancel a response in progress (``POST /v1/responses/{id}/cancel``): its generation is
     cancelled here, or in the process that runs it, and the response returned as it ends
-    (``cancelled``, its output so far). Raises ``Refusal`` 400 for a response that already
-    ended."""
+    (``cancelled``, its output so far). A response whose process died before storing its end
+    is stored as cancelled, with no output. Raises ``Refusal`` 400 for a response that
+    already ended."""
     if stored.status != StoredResponse.Status.IN_PROGRESS:
         raise invalid(
             f"Cannot cancel response {stored.id}: it is already {stored.status}; only a "
@@ -563,6 +564,9 @@ async def cancel_response(stored: StoredResponse) -> dict[str, Any]:
         return final_response(
             stored.response, generation, list(generation.chunks), native=stored.native, left=True
         )
+    if generation is None and (store is None or not await store.is_live(stored.generation_id)):
+        # It runs nowhere: its process died (or restarted) before storing its end.
+        return await services.response_amark_cancelled(response_id=stored.id)
     if store is not None:
         await store.request_stop(stored.generation_id)
     deadline = asyncio.get_running_loop().time() + STOP_WAIT_S

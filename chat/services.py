@@ -382,6 +382,19 @@ async def response_afinalise(
         logger.exception("response %s: storing its end failed", response_id)
 
 
+async def response_amark_cancelled(*, response_id: str) -> dict[str, Any]:
+    """Store a response left ``in_progress`` by a process that died as ``cancelled`` (one
+    read, one UPDATE, only while it is still in progress); returns it as stored."""
+    stored = await StoredResponse.objects.aget(pk=response_id)
+    if stored.status == StoredResponse.Status.IN_PROGRESS:
+        stored.response = {**stored.response, "status": StoredResponse.Status.CANCELLED}
+        await StoredResponse.objects.filter(
+            pk=response_id, status=StoredResponse.Status.IN_PROGRESS
+        ).aupdate(status=StoredResponse.Status.CANCELLED, response=stored.response)
+    response: dict[str, Any] = stored.response
+    return response
+
+
 async def response_adelete(*, user: User, response_id: str) -> bool:
     """Delete ``user``'s stored response; False when there is none of theirs by that id."""
     deleted, _ = await StoredResponse.objects.filter(pk=response_id, user=user).adelete()

@@ -554,3 +554,25 @@ def test_embeddings_pass_through(openai_client, slot, sim) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         openai_client.embeddings.create(model="primary", input=[])
     assert body_of(caught)["param"] == "input"
+
+
+def test_cancel_of_a_response_whose_process_died(openai_client, slot, sim, user, api_key) -> None:
+    """A row left in_progress by a process that died (its generation runs nowhere) is
+    cancelled on request, not left in progress for ever."""
+    from chat.relay.responses import skeleton
+
+    initial = skeleton(
+        {"model": "primary"}, response_id="resp_orphan", model="primary", created_at=1
+    )
+    StoredResponse.objects.create(
+        id="resp_orphan",
+        user=user,
+        slot_name="primary",
+        status="in_progress",
+        generation_id="0" * 32,
+        response=initial,
+    )
+    cancelled = openai_client.responses.cancel("resp_orphan")
+    assert cancelled.status == "cancelled"
+    assert StoredResponse.objects.get(pk="resp_orphan").status == "cancelled"
+    assert openai_client.responses.retrieve("resp_orphan").status == "cancelled"
