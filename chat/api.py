@@ -725,7 +725,25 @@ async def _whole_native_response(
     ours = {name: turn.initial[name] for name in ("id", "model", "store", "previous_response_id")}
     response = {**result, **ours}
     usage: dict[str, Any] = result.get("usage") or {}
-    await _store_whole(call, turn, response, responses.response_as_chunk(result))
+    chat_usage = {
+        "prompt_tokens": usage.get("input_tokens"),
+        "completion_tokens": usage.get("output_tokens"),
+    }
+    return await _whole_ended(call, turn, response, responses.response_as_chunk(result), chat_usage)
+
+
+async def _whole_ended(
+    call: _Call,
+    turn: _ResponseTurn,
+    response: dict[str, Any],
+    chunk: dict[str, Any],
+    usage: dict[str, Any] | None,
+) -> JsonResponse:
+    """A non-streamed response's end: stored (unless ``store`` is false) with the one chat
+    chunk a resumed stream of it is rendered from, its call recorded (``usage`` in chat
+    completions' words), and answered."""
+    if turn.store:
+        await _store_whole(turn, response, chunk)
     await services.api_call_arecord(
         api_key=turn.key,
         endpoint=RESPONSES,
@@ -734,21 +752,15 @@ async def _whole_native_response(
         http_status=200,
         outcome="complete",
         started_at=call.started_at,
-        usage={
-            "prompt_tokens": usage.get("input_tokens"),
-            "completion_tokens": usage.get("output_tokens"),
-        },
+        usage=usage,
     )
     return JsonResponse(response)
 
 
 async def _store_whole(
-    call: _Call, turn: _ResponseTurn, response: dict[str, Any], chunk: dict[str, Any]
+    turn: _ResponseTurn, response: dict[str, Any], chunk: dict[str, Any]
 ) -> None:
-    """Store a non-streamed response (unless ``store`` is false), with the one chat chunk a
-    resumed stream of it is rendered from."""
-    if not turn.store:
-        return
+    """One INSERT; a failure is logged, never raised: the client gets its answer."""
     try:
         await services.response_acreate(
             response_id=response["id"],
@@ -786,18 +798,7 @@ async def _whole_response(call: _Call, turn: _ResponseTurn) -> JsonResponse:
         [chunk],
         completed_at=turn.initial["created_at"] + round(time.monotonic() - call.started_at),
     )
-    await _store_whole(call, turn, response, chunk)
-    await services.api_call_arecord(
-        api_key=turn.key,
-        endpoint=RESPONSES,
-        slot_name=turn.slot.name,
-        stream=False,
-        http_status=200,
-        outcome="complete",
-        started_at=call.started_at,
-        usage=result.get("usage"),
-    )
-    return JsonResponse(response)
+    return await _whole_ended(call, turn, response, chunk, result.get("usage"))
 
 
 async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpResponse:

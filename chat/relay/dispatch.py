@@ -377,13 +377,7 @@ async def complete_whole(
     chat = _is_chat(endpoint)
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
-        result = await request_json(cfg.backend, "POST", endpoint, body)
-        cfg.runtime().call_succeeded()
-        if not isinstance(result, dict):
-            raise RelayError(
-                "upstream answered with a body that is not an object",
-                code="upstream_malformed_body",
-            )
+        result = await _json_object(cfg, endpoint, body)
         problem = checks.completion_problem(result, chat=chat)
         if problem is not None:
             raise RelayError(
@@ -392,8 +386,6 @@ async def complete_whole(
                 if "finish_reason" in problem
                 else "upstream_malformed_body",
             )
-        if checks.has_nul(json.dumps(result)):
-            result = checks.without_nul(result)
         _cut_at_stops(result, all_stops(cfg, request), chat=chat)
         return result
 
@@ -409,20 +401,25 @@ async def call_whole(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -
     Raises ``RelayError``."""
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
-        result = await request_json(cfg.backend, "POST", endpoint, body)
-        cfg.runtime().call_succeeded()
-        if not isinstance(result, dict):
-            raise RelayError(
-                "upstream answered with a body that is not an object",
-                code="upstream_malformed_body",
-            )
-        if checks.has_nul(json.dumps(result)):
-            result = checks.without_nul(result)
-        return result
+        return await _json_object(cfg, endpoint, body)
 
     return await with_slot_policy(
         slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
     )
+
+
+async def _json_object(cfg: SlotConfig, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One non-streaming POST to ``cfg``'s backend: its JSON object answer, NUL characters
+    removed (they cannot be stored). Raises ``RelayError``."""
+    result = await request_json(cfg.backend, "POST", endpoint, body)
+    cfg.runtime().call_succeeded()
+    if not isinstance(result, dict):
+        raise RelayError(
+            "upstream answered with a body that is not an object", code="upstream_malformed_body"
+        )
+    if checks.has_nul(json.dumps(result)):
+        result = checks.without_nul(result)
+    return result
 
 
 def _cut_at_stops(result: dict[str, Any], stops: list[str], *, chat: bool) -> None:

@@ -10,26 +10,21 @@ from __future__ import annotations
 
 import json
 import time
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from chat import readcache
 from chat.models import ApiCall, ApiKey, Backend, Slot, StoredResponse
 from chat.relay.sse import SSEDecoder
 from chat.services import api_key_create
 from tests.conftest import make_slot
+from tests.support.openapi import assert_valid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-OPENAPI = Path(__file__).parents[1] / "fixtures" / "openapi" / "openai-responses.yaml"
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "name": "get_weather",
@@ -50,37 +45,6 @@ def slot(transactional_db, sim) -> Slot:
     Backend.objects.filter(pk=made.backend_id).update(responses_api="translate")
     readcache.invalidate()  # .update() sends no signal
     return made
-
-
-@cache
-def _components() -> dict[str, Any]:
-    return yaml.safe_load(OPENAPI.read_text())["components"]
-
-
-def assert_valid(obj: Any, schema: str) -> None:
-    """``obj`` validates against ``#/components/schemas/<schema>`` of OpenAI's document. A
-    stream event is checked against its own type's schema (``ResponseStreamEvent`` is a union
-    of them), so a failure names the field."""
-    components = _components()
-    if schema == "ResponseStreamEvent":
-        schema = _event_schemas()[obj["type"]]
-    validator = Draft202012Validator(
-        {"$ref": f"#/components/schemas/{schema}", "components": components}
-    )
-    error = best_match(validator.iter_errors(obj))
-    assert error is None, f"{schema}: {error.message} at {list(error.absolute_path)}"
-
-
-@cache
-def _event_schemas() -> dict[str, str]:
-    """Each stream event type → the name of its schema."""
-    schemas = _components()["schemas"]
-    out = {}
-    for option in schemas["ResponseStreamEvent"]["anyOf"]:
-        name = option["$ref"].rsplit("/", 1)[1]
-        for kind in schemas[name]["properties"]["type"]["enum"]:
-            out[kind] = name
-    return out
 
 
 def body_of(caught: pytest.ExceptionInfo[openai.APIStatusError]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from chat import readcache
 from chat.models import ApiCall, Backend, Slot
 from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot
-from tests.integration.test_responses_api import assert_valid, raw_events, wait_for_row
+from tests.integration.test_responses_api import raw_events, wait_for_row
+from tests.support.openapi import assert_valid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,14 +8,10 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from chat.relay.errors import RelayError
 from chat.relay.responses import (
@@ -33,10 +29,10 @@ from chat.relay.responses import (
     whole_as_chunk,
 )
 from chat.relay.sse import SSEDecoder
+from tests.support.openapi import assert_valid
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SSE = FIXTURES / "sse"
-OPENAPI = FIXTURES / "openapi" / "openai-responses.yaml"
 RECORDINGS = [
     "openai-chat-parallel-tool-calls.sse",
     "openai-chat-tool-calls.sse",
@@ -72,37 +68,6 @@ WEATHER_TOOL: dict[str, Any] = {
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
-@cache
-def _components() -> dict[str, Any]:
-    components: dict[str, Any] = yaml.safe_load(OPENAPI.read_text())["components"]
-    return components
-
-
-@cache
-def _event_schemas() -> dict[str, str]:
-    """Each stream event type → the name of its schema."""
-    schemas = _components()["schemas"]
-    out = {}
-    for option in schemas["ResponseStreamEvent"]["anyOf"]:
-        name = option["$ref"].rsplit("/", 1)[1]
-        for kind in schemas[name]["properties"]["type"]["enum"]:
-            out[kind] = name
-    return out
-
-
-def assert_valid(obj: Any, schema: str) -> None:
-    """``obj`` validates against ``#/components/schemas/<schema>`` of OpenAI's document; a
-    stream event against its own type's schema (as ``tests/integration``'s helper does)."""
-    if schema == "ResponseStreamEvent":
-        assert obj["type"] in _event_schemas(), f"unknown event type {obj['type']}"
-        schema = _event_schemas()[obj["type"]]
-    validator = Draft202012Validator(
-        {"$ref": f"#/components/schemas/{schema}", "components": _components()}
-    )
-    error = best_match(validator.iter_errors(obj))
-    assert error is None, f"{schema}: {error.message} at {list(error.absolute_path)}"
-
-
 def chunks_of(name: str) -> list[dict[str, Any]]:
     """A recording's chat chunks: no ``[DONE]``, nothing that is not a JSON object, no error
     events."""
