@@ -377,17 +377,25 @@ async def _whole_completion(
     result = await dispatch.complete_whole(slot_config(slot), call.endpoint, body)
     result["model"] = slot.name
     result["id"] = _id_prefix(call.endpoint == CHAT) + uuid.uuid4().hex
+    return await _answered(call, key, slot.name, result, result.get("usage"))
+
+
+async def _answered(
+    call: _Call, key: ApiKey, slot_name: str, body: dict[str, Any], usage: dict[str, Any] | None
+) -> JsonResponse:
+    """A whole (non-streamed) answer, its call recorded as complete with ``usage`` (chat
+    completions' words: prompt and completion tokens)."""
     await services.api_call_arecord(
         api_key=key,
         endpoint=call.endpoint,
-        slot_name=slot.name,
+        slot_name=slot_name,
         stream=False,
         http_status=200,
         outcome="complete",
         started_at=call.started_at,
-        usage=result.get("usage"),
+        usage=usage,
     )
-    return JsonResponse(result)
+    return JsonResponse(body)
 
 
 async def _streamed_completion(
@@ -744,17 +752,7 @@ async def _whole_ended(
     completions' words), and answered."""
     if turn.store:
         await _store_whole(turn, response, chunk)
-    await services.api_call_arecord(
-        api_key=turn.key,
-        endpoint=RESPONSES,
-        slot_name=turn.slot.name,
-        stream=False,
-        http_status=200,
-        outcome="complete",
-        started_at=call.started_at,
-        usage=usage,
-    )
-    return JsonResponse(response)
+    return await _answered(call, turn.key, turn.slot.name, response, usage)
 
 
 async def _store_whole(
@@ -1031,16 +1029,6 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         slot = await resolve_slot(call.slot_name, call.key, lookups)
         result = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
         result["model"] = slot.name
-        await services.api_call_arecord(
-            api_key=call.key,
-            endpoint=EMBEDDINGS,
-            slot_name=slot.name,
-            stream=False,
-            http_status=200,
-            outcome="complete",
-            started_at=call.started_at,
-            usage=result.get("usage"),
-        )
-        return JsonResponse(result)
+        return await _answered(call, call.key, slot.name, result, result.get("usage"))
     except EnvelopeError as exc:
         return await _refused(call, exc)
