@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from chat.relay.checks import clean_usage
 from chat.relay.errors import RelayError
 from chat.relay.sse import encode_event
 from chat.relay.upstream import TERMINAL_EVENTS
@@ -36,7 +37,7 @@ from chat.relay.upstream import TERMINAL_EVENTS
 # Which incomplete_details.reason a chat finish_reason becomes (others complete the response).
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 # Response.error.code is an enum in OpenAI's schema; the relay's own code goes in the message.
-_RATE_LIMITED = "rate_limit_exceeded"
+_RATE_LIMITED, _SERVER_ERROR = "rate_limit_exceeded", "server_error"
 # The Responses API's own request fields (OpenAPI ``CreateResponse``): translated or dropped,
 # never sent upstream as they are. Any other field (``seed``, ``top_k``, ``min_p``: what an SDK's
 # ``extra_body`` adds for a local server) passes through to the chat request unchanged.
@@ -50,7 +51,6 @@ RESPONSES_FIELDS = frozenset(
         "max_tool_calls", "context_management",
     }
 )  # fmt: skip
-_SERVER_ERROR = "server_error"
 
 
 class TranslationError(ValueError):
@@ -113,10 +113,8 @@ def items_to_messages(items: list[dict[str, Any]], *, at: str = "input") -> list
                 "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")},
             }
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
-                last["tool_calls"].append(call)
-            elif last is not None and last["role"] == "assistant" and "tool_calls" not in last:
-                last["tool_calls"] = [call]
+            if last is not None and last["role"] == "assistant":
+                last.setdefault("tool_calls", []).append(call)
             else:
                 # "" rather than null: llama-cpp-python refuses an assistant message whose
                 # content is not a string; OpenAI and vLLM take either.
@@ -301,7 +299,10 @@ def _echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 
 def usage_of(chat_usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Chat completions usage as the Responses API's (None when the upstream sent none)."""
+    """Chat completions usage as the Responses API's (None when the upstream sent none). Only
+    well-formed counts are read (``checks.clean_usage``): an upstream's "many" or -5 counts
+    as absent."""
+    chat_usage = clean_usage(chat_usage)
     if not chat_usage:
         return None
     prompt = int(chat_usage.get("prompt_tokens") or 0)
@@ -412,11 +413,11 @@ class ResponseEvents:
         error: dict[str, Any] | None = None,
         completed_at: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Close the open item and end: ``response.failed`` with ``error`` (a
-        ``Response.error`` object, ``error_of``); status
-        ``cancelled`` (stopped before its end) as ``response.failed`` too, since OpenAI's
-        stream has no cancelled event; ``response.incomplete`` for a length or
-        content-filter finish; else ``response.completed``."""
+        """Close what is open and end: ``response.failed`` with ``error`` (a ``Response.error``
+        object, ``error_of``); status ``cancelled`` (stopped before its end) as
+        ``response.failed`` too, since OpenAI's stream has no cancelled event;
+        ``response.incomplete`` for a length or content-filter finish; else
+        ``response.completed`` (at ``completed_at``, Unix s)."""
         reason = _INCOMPLETE_REASONS.get(self.finish_reason or "")
         item_status = "incomplete" if (reason or cancelled or error) else "completed"
         events = self._close(item_status)

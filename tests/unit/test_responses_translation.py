@@ -754,3 +754,14 @@ def test_a_missing_tool_output_is_empty_text() -> None:
     """A ``function_call_output`` without output is an empty tool message, not "null"."""
     messages = items_to_messages([{"type": "function_call_output", "call_id": "c", "output": None}])
     assert messages == [{"role": "tool", "tool_call_id": "c", "content": ""}]
+
+
+def test_malformed_upstream_usage_counts_as_absent() -> None:
+    """An upstream's usage with text or negative counts must not break the stream's end."""
+    chunk = {
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": "many", "completion_tokens": -5, "total_tokens": 3.5},
+    }
+    events, response = live([chunk])
+    assert events[-1]["type"] == "response.completed"
+    assert "usage" not in response
