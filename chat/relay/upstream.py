@@ -405,11 +405,13 @@ class UpstreamStream:
         )
 
     def _event(self, data: str, obj: dict[str, Any]) -> Chunk | None:
-        """One event of a backend's own Responses stream: an object with a string ``type``;
-        after its terminal event the stream is complete."""
-        if not isinstance(obj.get("type"), str):
+        """One event of a backend's own Responses stream: an object with a ``type`` that can
+        be an SSE event name (a non-empty string without CR or LF); after its terminal event
+        the stream is complete."""
+        kind = obj.get("type")
+        if not isinstance(kind, str) or not kind or "\n" in kind or "\r" in kind:
             raise MidStreamError(
-                f"upstream sent a Responses event without a type: {data[:200]!r}",
+                f"upstream sent a Responses event without a usable type: {data[:200]!r}",
                 code="upstream_malformed_chunk",
             )
         if self.done:

@@ -179,3 +179,15 @@ def test_native_errors_keep_their_status(openai_client, native_slot, sim):
     sim.configure(fail_requests=1, fail_status=429)
     with pytest.raises(openai.RateLimitError):
         openai_client.responses.create(model="primary", input="Hi")
+
+
+def test_native_event_with_an_unusable_type_fails_the_response(server, api_key, native_slot, sim):
+    """An event type that cannot be an SSE event name (a line break in it) is bad data from
+    the backend: the response fails with our closing event, and the stream stays well-formed."""
+    sim.configure(
+        ttft_ms=0, tokens_per_s=0, length=10, inject_after=3, inject_data='{"type":"a\\nb"}'
+    )
+    events = raw_events(server, api_key, {"model": "primary", "input": "Hi"})
+    assert events[-1]["type"] == "response.failed"
+    assert "upstream_malformed_chunk" in events[-1]["response"]["error"]["message"]
+    assert_valid(events[-1], "ResponseStreamEvent")
