@@ -18,6 +18,8 @@ gives each request one of a few long-lived threads instead.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -29,6 +31,8 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+logger = logging.getLogger(__name__)
 
 
 class SyncThread(ThreadPoolExecutor):
@@ -88,6 +92,21 @@ class SlipstreamHandler(ASGIHandler):
             if candidate.pending < best.pending:
                 best = candidate
         return best
+
+    async def send_response(self, response: Any, send: Any) -> None:
+        """Django's, except that a streaming body whose iterator raises still ends: the
+        failure is logged and the closing message sent, so the client sees the stream end
+        (cut short) at once instead of waiting on an open connection until its read timeout
+        (Django lets the exception out with the response unfinished, and daphne leaves the
+        connection open). A client that left (``CancelledError``) is not caught."""
+        try:
+            await super().send_response(response, send)
+        except Exception:
+            if not response.streaming:
+                raise
+            logger.exception("a streaming response failed mid-body: ending it there")
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body"})
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -39,3 +39,31 @@ def test_every_thread_busy_picks_the_least_loaded() -> None:
         release.set()
         for thread in handler.threads:
             thread.shutdown(wait=True)
+
+
+async def test_a_stream_whose_iterator_raises_still_ends() -> None:
+    """A streaming body that fails mid-way is ended with the closing message (the client sees
+    the stream end), not left open until the client's read timeout."""
+    from django.http import StreamingHttpResponse
+
+    async def body():
+        yield b"data: one\n\n"
+        raise ValueError("a bug while rendering the next event")
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    handler = SlipstreamHandler(threads=1)
+    try:
+        await handler.send_response(StreamingHttpResponse(body()), send)
+    finally:
+        handler.threads[0].shutdown(wait=True)
+    assert [m["type"] for m in sent] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.body",
+    ]
+    assert sent[1]["body"] == b"data: one\n\n"
+    assert sent[-1].get("more_body", False) is False
