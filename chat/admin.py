@@ -5,13 +5,23 @@ from weakref import WeakKeyDictionary
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
 from chat import services
-from chat.models import ApiCall, ApiKey, Backend, Conversation, Message, Slot, Widget
+from chat.models import (
+    ApiCall,
+    ApiKey,
+    AuditEntry,
+    Backend,
+    Conversation,
+    Message,
+    Slot,
+    Widget,
+)
 
 
 class SlotStateMixin:
@@ -308,4 +318,36 @@ class ApiCallAdmin(admin.ModelAdmin[ApiCall]):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(AuditEntry)
+class AuditLogAdmin(admin.ModelAdmin[AuditEntry]):
+    """Who changed what, and when: every admin change (backends, slots, widgets, keys, users
+    and their groups) as Django's admin logs it, and API keys created or revoked on the keys
+    page (``services.audit_log``). Read-only, for staff with the view permission."""
+
+    list_display = ("action_time", "user", "content_type", "object_repr", "action", "message")
+    list_filter = ("action_flag", "content_type")
+    search_fields = ("object_repr", "change_message", "user__username")
+    date_hierarchy = "action_time"
+    list_select_related = ("user", "content_type")
+
+    @admin.display(description="action", ordering="action_flag")
+    def action(self, entry: LogEntry) -> str:
+        return {ADDITION: "added", CHANGE: "changed", DELETION: "deleted"}.get(
+            entry.action_flag, str(entry.action_flag)
+        )
+
+    @admin.display(description="change")
+    def message(self, entry: LogEntry) -> str:
+        return entry.get_change_message()
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: LogEntry | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: LogEntry | None = None) -> bool:
         return False

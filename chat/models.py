@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
@@ -511,3 +512,13 @@ class StoredResponse(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"
+
+
+class AuditEntry(LogEntry):
+    """Django admin's own log, under the name staff look for: who changed what and when (every
+    admin change, and API keys made or revoked on the keys page: ``services.audit_log``)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"

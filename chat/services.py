@@ -14,8 +14,10 @@ from typing import Any
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
+from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import User
 from django.db import DatabaseError
+from django.db.models import Model
 from django.utils import timezone
 
 from chat import readcache
@@ -206,10 +208,11 @@ _last_used_written: dict[int, datetime] = {}
 
 
 def api_key_create(
-    *, user: User, name: str, store_conversations: bool = False
+    *, user: User, name: str, store_conversations: bool = False, audit: str = ""
 ) -> tuple[ApiKey, str]:
     """A new key for ``user``. Returns the row and the raw key, which is never stored: show it
-    once. Raw keys are ``sk-slip-`` plus 43 URL-safe characters (256 random bits)."""
+    once. Raw keys are ``sk-slip-`` plus 43 URL-safe characters (256 random bits). ``audit``:
+    the audit log's message for a key made outside the admin (the admin logs its own)."""
     raw = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(
         user=user,
@@ -218,16 +221,30 @@ def api_key_create(
         digest=api_key_digest(raw),
         store_conversations=store_conversations,
     )
+    if audit:
+        audit_log(user=user, obj=key, action=ADDITION, message=audit)
     return key, raw
 
 
 def api_key_revoke(*, user: User, key_id: int) -> bool:
-    """Revoke one of ``user``'s keys at once. Returns False when it is not theirs."""
+    """Revoke one of ``user``'s keys at once (and say so in the audit log). Returns False
+    when it is not theirs, or revoked already."""
     updated = ApiKey.objects.filter(user=user, pk=key_id, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )
     readcache.invalidate()  # .update() sends no signal
+    if updated:
+        audit_log(user=user, obj=ApiKey.objects.get(pk=key_id), action=CHANGE, message="Revoked")
     return updated == 1
+
+
+def audit_log(*, user: User, obj: Model, action: int, message: str) -> None:
+    """One entry of the audit log for a change made outside the admin (the admin logs its own):
+    Django admin's ``LogEntry``, shown to staff as the admin's "Audit log". ``action``:
+    ``ADDITION``, ``CHANGE`` or ``DELETION`` (``django.contrib.admin.models``)."""
+    LogEntry.objects.log_actions(
+        user_id=user.pk, queryset=[obj], action_flag=action, change_message=message
+    )
 
 
 async def api_call_arecord(

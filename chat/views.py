@@ -261,6 +261,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             user=user,
             name=request.POST.get("name", "")[:100],
             store_conversations=request.POST.get("store_conversations") == "on",
+            audit="Created on the API keys page",
         )
     return render(
         request,
