@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -20,6 +21,7 @@ from chat.models import (
     Conversation,
     Message,
     Slot,
+    UsageDay,
     Widget,
 )
 
@@ -350,4 +352,76 @@ class AuditLogAdmin(admin.ModelAdmin[AuditEntry]):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: LogEntry | None = None) -> bool:
+        return False
+
+
+# The CSV export's columns, as exported (the admin's list shows the same figures).
+USAGE_CSV_FIELDS = (
+    "day",
+    "user",
+    "api_key",
+    "widget",
+    "slot_name",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "mean_ttft_ms",
+)
+
+
+@admin.register(UsageDay)
+class UsageDayAdmin(admin.ModelAdmin[UsageDay]):
+    """Usage per day, user, API key, widget and slot (``services.usage_arecord``), read-only,
+    with a CSV export of the selected rows (or all the filtered ones: select all)."""
+
+    list_display = (
+        "day",
+        "user",
+        "api_key",
+        "widget",
+        "slot_name",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "mean_ttft",
+    )
+    list_filter = ("day", "slot_name")
+    search_fields = ("user__username", "slot_name", "api_key__name", "widget__name")
+    date_hierarchy = "day"
+    list_select_related = ("user", "api_key", "widget")
+    actions = ("export_csv",)
+
+    @admin.display(description="mean TTFT (ms)")
+    def mean_ttft(self, row: UsageDay) -> str:
+        return "–" if row.mean_ttft_ms is None else f"{row.mean_ttft_ms:,.0f}"
+
+    @admin.action(description="Export selected rows as CSV")
+    def export_csv(self, request: HttpRequest, queryset: Any) -> HttpResponse:
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="slipstream-usage.csv"'
+        writer = csv.writer(response)
+        writer.writerow(USAGE_CSV_FIELDS)
+        for row in queryset.select_related("user", "api_key", "widget"):
+            writer.writerow(
+                [
+                    row.day.isoformat(),
+                    row.user.get_username() if row.user else "",
+                    row.api_key.name if row.api_key else "",
+                    row.widget.name if row.widget else "",
+                    row.slot_name,
+                    row.requests,
+                    row.errors,
+                    row.prompt_tokens,
+                    row.completion_tokens,
+                    "" if row.mean_ttft_ms is None else round(row.mean_ttft_ms, 1),
+                ]
+            )
+        return response
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
         return False

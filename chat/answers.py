@@ -193,7 +193,12 @@ async def _answer(
     except BaseException:
         generation.detach()
         raise
-    await keep(generation, message_id=assistant.pk, conversation_id=conversation.pk)
+    await keep(
+        generation,
+        message_id=assistant.pk,
+        conversation_id=conversation.pk,
+        owner=(conversation.user_id, conversation.widget_id),
+    )
     return Started(generation, conversation, user_message, assistant, slot)
 
 
@@ -262,17 +267,27 @@ def _not_found(message: str, *, param: str) -> Refusal:
 # ------------------------------------------------------------------------------------------------
 # Keep
 # ------------------------------------------------------------------------------------------------
-async def keep(generation: Generation, *, message_id: int, conversation_id: Any) -> None:
+async def keep(
+    generation: Generation,
+    *,
+    message_id: int,
+    conversation_id: Any,
+    owner: tuple[int | None, int | None] | None = None,
+) -> None:
     """Store message ``message_id`` from ``generation``: its text about once a second while it
     streams, and once when it ends, unless it was stopped on its own meanwhile (``stop`` of a
-    shared single-flight answer stores it then)."""
+    shared single-flight answer stores it then). ``owner``: the conversation's (user id,
+    widget id), for its usage (else read when it ends)."""
     owners = _owners.setdefault(generation.id, set())
     owners.add(message_id)
 
     async def store(finished: Generation) -> None:
         if message_id in owners:
             await services.message_afinalise(
-                message_id=message_id, conversation_id=conversation_id, generation=finished
+                message_id=message_id,
+                conversation_id=conversation_id,
+                generation=finished,
+                owner=owner,
             )
         owners.discard(message_id)
         if not owners:

@@ -522,3 +522,43 @@ class AuditEntry(LogEntry):
         proxy = True
         verbose_name = "audit log entry"
         verbose_name_plural = "audit log"
+
+
+class UsageDay(models.Model):
+    """Usage of one day (UTC) by one scope: a user's chat answers (``user``), a widget's
+    (``widget``) or an API key's calls (``api_key``, with its ``user``), on one slot. Written
+    once per answer or call (one UPDATE, or an INSERT for the day's first), never per token,
+    so reports read these rows, never raw calls. ``scope`` is the unique text of the scope
+    (nullable foreign keys cannot make a unique key that works on every database)."""
+
+    day = models.DateField()
+    scope = models.CharField(max_length=200)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    widget = models.ForeignKey(
+        Widget, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    slot_name = models.CharField(max_length=100)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    ttft_ms_sum = models.FloatField(default=0, help_text="Sum of times to first token, ms.")
+    ttft_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day", "scope"]
+        verbose_name = "usage (per day)"
+        verbose_name_plural = "usage (per day)"
+        constraints = [models.UniqueConstraint(fields=["day", "scope"], name="usage_day_scope")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.scope}"
+
+    @property
+    def mean_ttft_ms(self) -> float | None:
+        return self.ttft_ms_sum / self.ttft_count if self.ttft_count else None

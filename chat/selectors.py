@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.models import User
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from chat import readcache
@@ -20,6 +20,7 @@ from chat.models import (
     Message,
     Slot,
     StoredResponse,
+    UsageDay,
     Widget,
     api_key_digest,
 )
@@ -343,3 +344,25 @@ async def response_achain(*, user: User, response_id: str) -> list[StoredRespons
         next_id = stored.previous_id
     chain.reverse()
     return chain
+
+
+# ------------------------------------------------------------------------------------------------
+# Usage
+# ------------------------------------------------------------------------------------------------
+def usage_by_day(*, user: User, days: int) -> list[dict[str, Any]]:
+    """``user``'s usage per day (UTC) over the last ``days`` days, newest first: their chat
+    answers and their API keys' calls summed over slots (``day``, ``requests``, ``errors``,
+    ``prompt_tokens``, ``completion_tokens``). Reads the per-day rows, never raw calls."""
+    since = timezone.now().date() - timedelta(days=days - 1)
+    return [
+        dict(row)
+        for row in UsageDay.objects.filter(user=user, day__gte=since)
+        .values("day")
+        .annotate(
+            requests=Sum("requests"),
+            errors=Sum("errors"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+        )
+        .order_by("-day")
+    ]

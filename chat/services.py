@@ -16,8 +16,8 @@ from uuid import UUID
 from asgiref.sync import sync_to_async
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import User
-from django.db import DatabaseError
-from django.db.models import Model
+from django.db import DatabaseError, IntegrityError
+from django.db.models import F, Model
 from django.utils import timezone
 
 from chat import readcache
@@ -30,6 +30,7 @@ from chat.models import (
     Message,
     Slot,
     StoredResponse,
+    UsageDay,
     Widget,
     api_key_digest,
 )
@@ -169,10 +170,17 @@ async def message_amark_interrupted(*, message_ids: list[int]) -> int:
 
 
 async def message_afinalise(
-    *, message_id: int, conversation_id: Any, generation: Generation, status: str | None = None
+    *,
+    message_id: int,
+    conversation_id: Any,
+    generation: Generation,
+    status: str | None = None,
+    owner: tuple[int | None, int | None] | None = None,
 ) -> None:
-    """Store the finished answer in one UPDATE, and bump its conversation in the sidebar.
-    ``status`` overrides the generation's (an answer stopped while its generation goes on).
+    """Store the finished answer in one UPDATE, bump its conversation in the sidebar, and count
+    it in its owner's usage (``owner``: the conversation's user id and widget id; read from
+    the conversation when not given). ``status`` overrides the generation's (an answer
+    stopped while its generation goes on).
 
     Never raises: when the full row cannot be stored (a value the database refuses), the
     failure is logged once with the message id and the answer's text and status are stored
@@ -195,8 +203,27 @@ async def message_afinalise(
             logger.exception("message %s: storing its text failed too", message_id)
     try:
         await Conversation.objects.filter(pk=conversation_id).aupdate(updated_at=now)
+        if owner is None:
+            row = (
+                await Conversation.objects.filter(pk=conversation_id)
+                .values_list("user_id", "widget_id")
+                .afirst()
+            )
+            owner = None if row is None else (row[0], row[1])
     except DatabaseError:
         logger.exception("conversation %s: bumping updated_at failed", conversation_id)
+        return
+    if owner is not None:
+        usage = checks.clean_usage(generation.accumulator.usage) or {}
+        await usage_arecord(
+            slot_name=generation.slot,
+            ok=fields["status"] != Message.Status.ERROR,
+            user_id=owner[0],
+            widget_id=owner[1],
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=generation.accumulator.completion_tokens(),
+            ttft_ms=generation.ttft_ms,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -264,6 +291,18 @@ async def api_call_arecord(
     minute). ``started_at`` is ``time.monotonic()`` at the call's start. Upstream usage is
     cleaned first (``checks.clean_usage``); a failed INSERT is logged, never raised."""
     usage = checks.clean_usage(generation.accumulator.usage if generation else usage) or {}
+    completion_tokens = (
+        generation.accumulator.completion_tokens() if generation else usage.get("completion_tokens")
+    )
+    await usage_arecord(
+        slot_name=slot_name,
+        ok=outcome == "complete",
+        user_id=api_key.user_id,
+        api_key_id=api_key.pk,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=completion_tokens,
+        ttft_ms=generation.ttft_ms if generation else None,
+    )
     try:
         await ApiCall.objects.acreate(
             api_key=api_key,
@@ -274,9 +313,7 @@ async def api_call_arecord(
             outcome=outcome,
             error_code=((error.code or error.type) if error else "")[:64],
             prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=generation.accumulator.completion_tokens()
-            if generation
-            else usage.get("completion_tokens"),
+            completion_tokens=completion_tokens,
             ttft_ms=generation.ttft_ms if generation else None,
             duration_ms=(time.monotonic() - started_at) * 1000,
         )
@@ -428,3 +465,57 @@ async def backend_anote_responses_api(*, backend_id: int, native: bool) -> None:
         await sync_to_async(readcache.invalidate)()  # .update() sends no signal
     except DatabaseError:
         logger.exception("backend %s: noting its Responses API failed", backend_id)
+
+
+# ------------------------------------------------------------------------------------------------
+# Usage per day
+# ------------------------------------------------------------------------------------------------
+async def usage_arecord(
+    *,
+    slot_name: str,
+    ok: bool,
+    user_id: int | None = None,
+    api_key_id: int | None = None,
+    widget_id: int | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    ttft_ms: float | None = None,
+) -> None:
+    """Count one answer or call in today's (UTC) ``UsageDay`` of its scope: one UPDATE, or
+    an INSERT for the scope's first of the day (a race between two first ones ends in the
+    UPDATE). Tokens are counted as given (None: 0). Never raises: a failed write is logged,
+    and the answer stands."""
+    day = timezone.now().date()
+    scope = f"u{user_id or '-'}:k{api_key_id or '-'}:w{widget_id or '-'}:{slot_name}"[:200]
+    prompt, completion = prompt_tokens or 0, completion_tokens or 0
+    increments = {
+        "requests": F("requests") + 1,
+        "errors": F("errors") + (0 if ok else 1),
+        "prompt_tokens": F("prompt_tokens") + prompt,
+        "completion_tokens": F("completion_tokens") + completion,
+        "ttft_ms_sum": F("ttft_ms_sum") + (ttft_ms or 0.0),
+        "ttft_count": F("ttft_count") + (0 if ttft_ms is None else 1),
+    }
+    rows = UsageDay.objects.filter(day=day, scope=scope)
+    try:
+        if await rows.aupdate(**increments):
+            return
+        try:
+            await UsageDay.objects.acreate(
+                day=day,
+                scope=scope,
+                user_id=user_id,
+                api_key_id=api_key_id,
+                widget_id=widget_id,
+                slot_name=slot_name[:100],
+                requests=1,
+                errors=0 if ok else 1,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                ttft_ms_sum=ttft_ms or 0.0,
+                ttft_count=0 if ttft_ms is None else 1,
+            )
+        except IntegrityError:
+            await rows.aupdate(**increments)
+    except DatabaseError:
+        logger.exception("usage of %s on %s: recording failed", scope, day)

@@ -35,5 +35,6 @@ urlpatterns = [
         name="generation-stop",
     ),
     path("settings/keys/", views.api_keys, name="api-keys"),
+    path("settings/usage/", views.usage, name="usage"),
     path("settings/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
 ]

@@ -280,3 +280,21 @@ def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     if not services.api_key_revoke(user=signed_in(request.user), key_id=key_id):
         raise Http404("No such key")
     return redirect("chat:api-keys")
+
+
+@require_GET
+@login_required
+def usage(request: HttpRequest) -> HttpResponse:
+    """The user's own usage per day (``selectors.usage_by_day``): their chat answers and their
+    API keys' calls."""
+    user = signed_in(request.user)
+    rows = selectors.usage_by_day(user=user, days=USAGE_DAYS)
+    total = {
+        name: sum(row[name] for row in rows)
+        for name in ("requests", "errors", "prompt_tokens", "completion_tokens")
+    }
+    return render(request, "chat/usage.html", {"rows": rows, "total": total, "days": USAGE_DAYS})
+
+
+# How far back the usage page looks, days.
+USAGE_DAYS = 30

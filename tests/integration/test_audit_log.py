@@ -38,7 +38,9 @@ def test_keys_made_and_revoked_on_the_keys_page_are_logged(browser_session, user
         (user, ADDITION, "Created on the API keys page"),
         (user, CHANGE, "Revoked"),
     ]
-    assert entries[0].content_type.model_class() is ApiKey
+    content_type = entries[0].content_type
+    assert content_type is not None
+    assert content_type.model_class() is ApiKey
     assert "laptop" in entries[0].object_repr
     # Revoking again changes nothing, and logs nothing.
     assert browser_session.post(f"/settings/keys/{key.pk}/revoke/").status_code == 404
