@@ -20,6 +20,7 @@ from chat.models import (
     Backend,
     Conversation,
     Message,
+    Quota,
     Slot,
     UsageDay,
     Widget,
@@ -425,3 +426,15 @@ class UsageDayAdmin(admin.ModelAdmin[UsageDay]):
 
     def has_change_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
         return False
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin[Quota]):
+    """Token and request budgets per day or month for users, groups and API keys, enforced
+    before each upstream call (``answers.check_quotas``)."""
+
+    list_display = ("__str__", "period", "max_tokens", "max_requests")
+    list_filter = ("period",)
+    list_select_related = ("user", "group", "api_key")
+    autocomplete_fields = ("user", "group")
+    fields = ("user", "group", "api_key", "period", "max_tokens", "max_requests")

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -37,9 +37,9 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError
 from django.utils import timezone
 
-from chat import selectors, services, streaming
+from chat import readcache, selectors, services, streaming
 from chat.http import Refusal, invalid
-from chat.models import ApiKey, Conversation, Message, Slot, StoredResponse, Widget
+from chat.models import ApiKey, Conversation, Message, Quota, Slot, StoredResponse, Widget
 from chat.relay import dispatch, responses
 from chat.relay.background import spawn
 from chat.relay.generation import Generation, Status, find
@@ -96,10 +96,11 @@ class Started:
 # ------------------------------------------------------------------------------------------------
 async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
     """A signed-in user's new message, edit or regenerate, answered. Raises ``Refusal`` 400
-    (empty or too long a message, a regenerate without its conversation) or 404 (a
-    conversation, message or slot the user does not have)."""
+    (empty or too long a message, a regenerate without its conversation), 404 (a
+    conversation, message or slot the user does not have) or 429 (a quota used up)."""
     if turn.regenerate_id is None:
         check_message(turn.content)
+    await check_quotas(user=user)
     conversation = await _own_conversation(user, turn.conversation_id)
     slot = await _slot_for(user, turn.slot_name, conversation)
     if turn.regenerate_id is not None:
@@ -432,6 +433,57 @@ async def _watch_widgets(running: set[int]) -> None:
             raise
         except Exception:
             logger.exception("checking for disabled widgets failed")
+
+
+# ------------------------------------------------------------------------------------------------
+# Quotas
+# ------------------------------------------------------------------------------------------------
+async def check_quotas(
+    *, user: User, api_key: ApiKey | None = None, lookups: readcache.Lookups | None = None
+) -> None:
+    """Refuse a request before its upstream call when a quota of ``user``, of one of their
+    groups or of ``api_key`` is used up for its day or month (UTC). Costs nothing when no quota
+    applies (the quotas are a cached lookup); else one query per quota. Raises ``Refusal`` 429
+    (``quota_exceeded``) naming the budget and when it resets, with ``Retry-After`` (s) until
+    then."""
+    quotas = await selectors.quotas_aget(
+        user=user,
+        api_key_id=api_key.pk if api_key is not None else None,
+        lookups=lookups or readcache.Lookups(),
+    )
+    if not quotas:
+        return
+    now = timezone.now()
+    for quota in quotas:
+        since, resets = _quota_period(quota, now)
+        tokens, requests = await selectors.quota_aused(quota=quota, since=since.date())
+        for used, limit, what in (
+            (tokens, quota.max_tokens, "token"),
+            (requests, quota.max_requests, "request"),
+        ):
+            if limit is not None and used >= limit:
+                raise Refusal(
+                    f"The {_PERIOD_WORD[quota.period]} {what} budget of "
+                    f"{quota.target} ({limit:,} {what}s) is used up ({used:,} used). It resets "
+                    f"at {resets:%Y-%m-%d %H:%M} UTC.",
+                    status=429,
+                    type="insufficient_quota",
+                    code="quota_exceeded",
+                    retry_after=(resets - now).total_seconds(),
+                )
+
+
+_PERIOD_WORD: dict[str, str] = {Quota.Period.DAY: "daily", Quota.Period.MONTH: "monthly"}
+
+
+def _quota_period(quota: Quota, now: datetime) -> tuple[datetime, datetime]:
+    """(start, end) of the day or month (UTC) that contains ``now``, for ``quota``."""
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if quota.period == Quota.Period.DAY:
+        return day, day + timedelta(days=1)
+    month = day.replace(day=1)
+    following = (month + timedelta(days=32)).replace(day=1)
+    return month, following
 
 
 # ------------------------------------------------------------------------------------------------

@@ -362,6 +362,7 @@ async def _create_completion(
         validate(body, chat=endpoint == CHAT)
         call.slot_name, call.stream = body["model"], bool(body.get("stream"))
         slot = await resolve_slot(call.slot_name, call.key, lookups)
+        await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
         if not call.stream:
             return await _whole_completion(call, call.key, slot, body)
         return await _streamed_completion(call, call.key, slot, body)
@@ -619,6 +620,7 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
     validate_response_request(body)
     call.slot_name, call.stream = body["model"], bool(body.get("stream"))
     slot = await resolve_slot(call.slot_name, call.key, lookups)
+    await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
     previous_id = body.get("previous_response_id")
     history_items: list[dict[str, Any]] = []
     if previous_id:
@@ -1027,6 +1029,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         _check(body, "dimensions", _is_int, "an integer")
         call.slot_name = body["model"]
         slot = await resolve_slot(call.slot_name, call.key, lookups)
+        await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
         result = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
         result["model"] = slot.name
         return await _answered(call, call.key, slot.name, result, result.get("usage"))

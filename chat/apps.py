@@ -20,10 +20,10 @@ class ChatConfig(AppConfig):
         from django.db.models.signals import m2m_changed, post_delete, post_save
 
         from chat import readcache
-        from chat.models import ApiKey, Backend, Slot, Widget
+        from chat.models import ApiKey, Backend, Quota, Slot, Widget
 
         # Any change that could change who may use what drops the cached lookups.
-        for model in (ApiKey, Backend, Slot, Widget, User, Group):
+        for model in (ApiKey, Backend, Quota, Slot, Widget, User, Group):
             post_save.connect(readcache.invalidate, sender=model, dispatch_uid=f"rc-{model}")
             post_delete.connect(readcache.invalidate, sender=model, dispatch_uid=f"rc-d-{model}")
         for through in (Slot.groups.through, User.groups.through):

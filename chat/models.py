@@ -562,3 +562,49 @@ class UsageDay(models.Model):
     @property
     def mean_ttft_ms(self) -> float | None:
         return self.ttft_ms_sum / self.ttft_count if self.ttft_count else None
+
+
+class Quota(models.Model):
+    """A budget per day or per month (UTC) of tokens (prompt + completion) and/or requests,
+    for one user (their chat answers and all their keys' calls), one group (its members
+    together) or one API key. Checked before each upstream call (``answers.check_quotas``),
+    from the per-day usage (``UsageDay``)."""
+
+    class Period(models.TextChoices):
+        DAY = "day", "per day"
+        MONTH = "month", "per month"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, null=True, blank=True)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, null=True, blank=True)
+    period = models.CharField(max_length=5, choices=Period.choices, default=Period.DAY)
+    max_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt and completion tokens together; empty: no limit."
+    )
+    max_requests = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Answers and API calls; empty: no limit."
+    )
+
+    class Meta:
+        verbose_name = "quota"
+
+    def __str__(self) -> str:
+        return f"{self.target} {self.get_period_display()}"
+
+    @property
+    def target(self) -> str:
+        """Whose budget it is, in words ("user alice", "group team", "API key laptop (…)")."""
+        if self.user_id is not None and self.user is not None:
+            return f"user {self.user.get_username()}"
+        if self.group_id is not None and self.group is not None:
+            return f"group {self.group.name}"
+        return f"API key {self.api_key}"
+
+    def clean(self) -> None:
+        targets = [t for t in (self.user_id, self.group_id, self.api_key_id) if t is not None]
+        if len(targets) != 1:
+            raise ValidationError("A quota is for exactly one user, one group or one API key.")
+        if self.max_tokens is None and self.max_requests is None:
+            raise ValidationError("Give a token budget, a request budget, or both.")

@@ -18,6 +18,7 @@ from chat.models import (
     ApiKey,
     Conversation,
     Message,
+    Quota,
     Slot,
     StoredResponse,
     UsageDay,
@@ -366,3 +367,39 @@ def usage_by_day(*, user: User, days: int) -> list[dict[str, Any]]:
         )
         .order_by("-day")
     ]
+
+
+async def quotas_aget(
+    *, user: User, api_key_id: int | None, lookups: readcache.Lookups
+) -> list[Quota]:
+    """The quotas that apply to ``user`` (theirs, their groups') and to the API key
+    ``api_key_id`` (when the call has one), through ``readcache``: no query per call unless
+    quotas change."""
+
+    async def load() -> list[Quota]:
+        applies = Q(user=user) | Q(group__in=user.groups.all())
+        if api_key_id is not None:
+            applies |= Q(api_key_id=api_key_id)
+        return [
+            q
+            async for q in Quota.objects.filter(applies).select_related("user", "group", "api_key")
+        ]
+
+    return await lookups.aget_or_load(f"quotas:{user.pk}:{api_key_id}", load)
+
+
+async def quota_aused(*, quota: Quota, since: date) -> tuple[int, int]:
+    """(tokens, requests) counted against ``quota`` since the day ``since`` (UTC): the usage of
+    its user, of its group's members, or of its key."""
+    rows = UsageDay.objects.filter(day__gte=since)
+    if quota.user_id is not None:
+        rows = rows.filter(user_id=quota.user_id)
+    elif quota.group_id is not None:
+        rows = rows.filter(user__groups=quota.group_id)
+    else:
+        rows = rows.filter(api_key_id=quota.api_key_id)
+    totals = await rows.aaggregate(
+        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), requests=Sum("requests")
+    )
+    tokens = (totals["prompt"] or 0) + (totals["completion"] or 0)
+    return tokens, totals["requests"] or 0
