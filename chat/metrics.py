@@ -21,10 +21,15 @@ Metrics (label ``slot``: the slot's name):
   one's generation.
 - ``slipstream_queue_length{slot}`` (gauge): requests waiting for a place on the slot.
 - ``slipstream_slot_ready{slot}`` (gauge): 1 while the slot is ready, else 0.
+
+Gauges count live processes only: each scrape drops the gauges of processes that are gone
+(``forget_dead_processes``), counters and histograms keep their counts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 
@@ -86,7 +91,7 @@ SLOT_READY = Gauge(
     "slipstream_slot_ready",
     "1 while the slot is ready, else 0 (as this process last saw it).",
     ["slot"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 
 
@@ -140,10 +145,35 @@ def install() -> None:
         slots.state_listeners.append(slot_state_changed)
 
 
+def forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges (streams in flight, queue length, readiness) of processes that are
+    gone: prometheus-client keeps them until ``mark_process_dead`` is called, which nothing
+    does for a process that was killed, so a killed process's streams stayed "in flight" for
+    ever. Counters and histograms of dead processes are kept, as prometheus-client intends."""
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = path.rsplit("_", 1)[-1].removesuffix(".db")
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):  # another process's scrape got there first
+                prometheus_multiprocess.mark_process_dead(int(pid), directory)  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (the directory is local to it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics as Prometheus' text format and its content type: this process's, or every
-    process's under ``PROMETHEUS_MULTIPROC_DIR``."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    live process's under ``PROMETHEUS_MULTIPROC_DIR``."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        forget_dead_processes(directory)
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

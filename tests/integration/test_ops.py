@@ -5,6 +5,7 @@ and address rules that guard them."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -125,7 +126,8 @@ def test_metrics_move_with_a_stream(server, slot, sim, api_key) -> None:
     after = scrape(server.base_url)
     ttft_count = "slipstream_stream_ttft_seconds_count"
     assert value(after, ttft_count, slot="primary") == value(before, ttft_count, slot="primary") + 1
-    assert value(after, "slipstream_streams_in_flight", slot="primary") == 0
+    in_flight = "slipstream_streams_in_flight"
+    assert value(after, in_flight, slot="primary") == value(before, in_flight, slot="primary")
 
 
 def test_upstream_errors_and_retries_are_counted(server, slot, sim, api_key) -> None:
@@ -160,3 +162,38 @@ def test_two_processes_report_one_view(server, second, slot, sim, api_key) -> No
         "both processes' streams never added up",
     )
     assert streams_ended(second.base_url) == before + 2
+
+
+def in_flight(base_url: str) -> float:
+    return value(scrape(base_url), "slipstream_streams_in_flight", slot="primary")
+
+
+def test_a_killed_process_streams_leave_the_in_flight_count(
+    server, slot, sim, api_key, django_db_blocker
+) -> None:
+    """A process killed mid-stream never says its streams ended: the next scrape of any other
+    process drops its gauges, so its streams are not "in flight" for ever."""
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
+    with django_db_blocker.unblock():
+        env = server_env()
+    before = in_flight(server.base_url)
+    with (
+        DaphneServer(env=env) as doomed,
+        httpx.stream(
+            "POST",
+            doomed.base_url + "/v1/chat/completions",
+            json={"model": "primary", "messages": HELLO, "stream": True},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=30,
+        ) as response,
+    ):
+        lines = response.iter_lines()  # kept: a dropped iterator closes the stream
+        next(lines)  # streaming now
+        wait_for(
+            lambda: in_flight(server.base_url) == before + 1,
+            "the other process's stream never showed",
+        )
+        assert doomed.process is not None
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait()
+    assert in_flight(server.base_url) == before
