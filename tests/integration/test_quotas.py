@@ -40,6 +40,8 @@ def test_a_key_over_its_daily_requests_gets_429_until_midnight(server, slot, sim
         for _ in range(2):
             client.chat.completions.create(model="primary", messages=HELLO)
         before = sim.stats()["requests"]
+        # Taken before the call: the server's Retry-After counts from a moment after this.
+        to_midnight = seconds_to_midnight_utc()
         with pytest.raises(openai.RateLimitError) as caught:
             client.chat.completions.create(model="primary", messages=HELLO)
         # Refused before the upstream call: the model server never saw it.
@@ -55,7 +57,7 @@ def test_a_key_over_its_daily_requests_gets_429_until_midnight(server, slot, sim
     assert "daily request budget of API key tests" in error.message
     assert "(2 requests) is used up (2 used)" in error.message
     retry_after = int(error.response.headers["retry-after"])
-    assert 0 < retry_after <= seconds_to_midnight_utc() + 1
+    assert 0 < retry_after <= to_midnight + 1  # whole seconds, rounded up
 
 
 def test_a_user_token_budget_counts_chat_and_api_together(
