@@ -15,12 +15,16 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import METRICS_TOKEN, server_env
+from chat.models import Slot
+from tests.conftest import METRICS_TOKEN, make_slot, server_env
 from tests.support.daphne_server import DaphneServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BEARER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+# A slot of these tests' own: the test processes live for the whole run, and another test's
+# answer that ends meanwhile must not move the figures read here.
+SLOT = "metered"
 HELLO: Any = [{"role": "user", "content": "Hello"}]
 
 
@@ -41,7 +45,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def streams_ended(base_url: str, status: str = "complete") -> float:
-    return value(scrape(base_url), "slipstream_streams_total", slot="primary", status=status)
+    return value(scrape(base_url), "slipstream_streams_total", slot=SLOT, status=status)
 
 
 def wait_for(predicate: Any, what: str) -> None:
@@ -54,8 +58,13 @@ def wait_for(predicate: Any, what: str) -> None:
 
 def stream_one(base_url: str, api_key: str) -> None:
     with openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0) as client:
-        chunks = list(client.chat.completions.create(model="primary", messages=HELLO, stream=True))
+        chunks = list(client.chat.completions.create(model=SLOT, messages=HELLO, stream=True))
     assert chunks
+
+
+@pytest.fixture
+def metered(transactional_db, sim) -> Slot:
+    return make_slot(sim.base_url, name=SLOT)
 
 
 def test_healthz(server) -> None:
@@ -112,35 +121,35 @@ def test_metrics_without_a_token_are_for_allowed_addresses(django_db_setup, djan
         assert httpx.get(here.base_url + "/metrics").status_code == 200
 
 
-def test_metrics_move_with_a_stream(server, slot, sim, api_key) -> None:
+def test_metrics_move_with_a_stream(server, metered, sim, api_key) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
     before = scrape(server.base_url)
     stream_one(server.base_url, api_key)
     wait_for(
         lambda: (
             streams_ended(server.base_url)
-            == value(before, "slipstream_streams_total", slot="primary", status="complete") + 1
+            == value(before, "slipstream_streams_total", slot=SLOT, status="complete") + 1
         ),
         "the stream's end never reached the metrics",
     )
     after = scrape(server.base_url)
     ttft_count = "slipstream_stream_ttft_seconds_count"
-    assert value(after, ttft_count, slot="primary") == value(before, ttft_count, slot="primary") + 1
+    assert value(after, ttft_count, slot=SLOT) == value(before, ttft_count, slot=SLOT) + 1
     in_flight = "slipstream_streams_in_flight"
-    assert value(after, in_flight, slot="primary") == value(before, in_flight, slot="primary")
+    assert value(after, in_flight, slot=SLOT) == value(before, in_flight, slot=SLOT)
 
 
-def test_upstream_errors_and_retries_are_counted(server, slot, sim, api_key) -> None:
+def test_upstream_errors_and_retries_are_counted(server, metered, sim, api_key) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=3, fail_requests=1, fail_status=502)
     before = scrape(server.base_url)
     stream_one(server.base_url, api_key)  # the 502 is retried, then the answer streams
     after = scrape(server.base_url)
     errors = "slipstream_upstream_errors_total"
     retries = "slipstream_upstream_retries_total"
-    assert value(after, errors, slot="primary", code="502") == (
-        value(before, errors, slot="primary", code="502") + 1
+    assert value(after, errors, slot=SLOT, code="502") == (
+        value(before, errors, slot=SLOT, code="502") + 1
     )
-    assert value(after, retries, slot="primary") == value(before, retries, slot="primary") + 1
+    assert value(after, retries, slot=SLOT) == value(before, retries, slot=SLOT) + 1
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +161,7 @@ def second(django_db_setup: None, django_db_blocker) -> Iterator[DaphneServer]:
         yield daphne
 
 
-def test_two_processes_report_one_view(server, second, slot, sim, api_key) -> None:
+def test_two_processes_report_one_view(server, second, metered, sim, api_key) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
     before = streams_ended(server.base_url)
     stream_one(server.base_url, api_key)
@@ -165,11 +174,11 @@ def test_two_processes_report_one_view(server, second, slot, sim, api_key) -> No
 
 
 def in_flight(base_url: str) -> float:
-    return value(scrape(base_url), "slipstream_streams_in_flight", slot="primary")
+    return value(scrape(base_url), "slipstream_streams_in_flight", slot=SLOT)
 
 
 def test_a_killed_process_streams_leave_the_in_flight_count(
-    server, slot, sim, api_key, django_db_blocker
+    server, metered, sim, api_key, django_db_blocker
 ) -> None:
     """A process killed mid-stream never says its streams ended: the next scrape of any other
     process drops its gauges, so its streams are not "in flight" for ever."""
@@ -182,7 +191,7 @@ def test_a_killed_process_streams_leave_the_in_flight_count(
         httpx.stream(
             "POST",
             doomed.base_url + "/v1/chat/completions",
-            json={"model": "primary", "messages": HELLO, "stream": True},
+            json={"model": SLOT, "messages": HELLO, "stream": True},
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=30,
         ) as response,
