@@ -82,6 +82,16 @@ class BackendForm(forms.ModelForm[Backend]):
         return super().save(commit)
 
 
+class ReadOnlyAdmin:
+    """For records the app writes and staff only read (and may delete): no add, no change."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin[Backend]):
     form = BackendForm
@@ -300,7 +310,7 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
 
 
 @admin.register(ApiCall)
-class ApiCallAdmin(admin.ModelAdmin[ApiCall]):
+class ApiCallAdmin(ReadOnlyAdmin, admin.ModelAdmin[ApiCall]):
     list_display = (
         "created_at",
         "api_key",
@@ -317,15 +327,9 @@ class ApiCallAdmin(admin.ModelAdmin[ApiCall]):
     list_filter = ("outcome", "endpoint", "stream", "slot_name")
     list_select_related = ("api_key",)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
 
 @admin.register(AuditEntry)
-class AuditLogAdmin(admin.ModelAdmin[AuditEntry]):
+class AuditLogAdmin(ReadOnlyAdmin, admin.ModelAdmin[AuditEntry]):
     """Who changed what, and when: every admin change (backends, slots, widgets, keys, users
     and their groups) as Django's admin logs it, and API keys created or revoked on the keys
     page (``services.audit_log``). Read-only, for staff with the view permission."""
@@ -346,14 +350,8 @@ class AuditLogAdmin(admin.ModelAdmin[AuditEntry]):
     def message(self, entry: LogEntry) -> str:
         return entry.get_change_message()
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: LogEntry | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: LogEntry | None = None) -> bool:
-        return False
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # an audit log nobody can rewrite
 
 
 # The CSV export's columns, as exported (the admin's list shows the same figures).
@@ -372,7 +370,7 @@ USAGE_CSV_FIELDS = (
 
 
 @admin.register(UsageDay)
-class UsageDayAdmin(admin.ModelAdmin[UsageDay]):
+class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
     """Usage per day, user, API key, widget and slot (``services.usage_arecord``), read-only,
     with a CSV export of the selected rows (or all the filtered ones: select all)."""
 
@@ -420,12 +418,6 @@ class UsageDayAdmin(admin.ModelAdmin[UsageDay]):
                 ]
             )
         return response
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: UsageDay | None = None) -> bool:
-        return False
 
 
 @admin.register(Quota)

@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group
 
 from chat.models import ApiKey, AuditEntry, Backend
 from tests.conftest import session_client
+from tests.integration.test_admin_secrets import backend_form
 from tests.support.daphne_server import DaphneServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,22 +52,7 @@ def test_admin_changes_show_in_the_audit_log(admin_session) -> None:
     page = admin_session.get("/admin/chat/backend/add/")
     assert page.status_code == 200
     added = admin_session.post(
-        "/admin/chat/backend/add/",
-        data={
-            "name": "audited",
-            "base_url": "http://127.0.0.1:9/v1",
-            "api_key": "",
-            "connect_timeout_s": "5",
-            "read_timeout_s": "120",
-            "total_timeout_s": "900",
-            "health_path": "/models",
-            "max_concurrency": "64",
-            "responses_api": "auto",
-            "slots-TOTAL_FORMS": "0",
-            "slots-INITIAL_FORMS": "0",
-            "slots-MIN_NUM_FORMS": "0",
-            "slots-MAX_NUM_FORMS": "1000",
-        },
+        "/admin/chat/backend/add/", data=backend_form(name="audited", api_key="")
     )
     assert added.status_code == 302, added.text[:500]
     backend = Backend.objects.get(name="audited")
