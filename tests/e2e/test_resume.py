@@ -163,7 +163,12 @@ def test_a_dropped_answer_resumes_after_the_last_chunk_rendered(
     resumes = [url for url in answer_requests if "/chat/generations/" in url]
     assert len(answer_requests) == 2, answer_requests
     assert len(resumes) == 1, answer_requests
-    assert re.search(r"/chat/generations/[^/]+/\?after=10$", resumes[0]), resumes
+    # The reset may discard events the browser had received but not yet read (the kernel drops
+    # a socket's unread data on RST), so it resumes after the last one it rendered: at most 10.
+    # That it asked for the right one is what the text below shows: every word once, in order.
+    after = re.search(r"/chat/generations/[^/]+/\?after=(\d+)$", resumes[0])
+    assert after, resumes
+    assert 1 <= int(after.group(1)) <= 10, resumes
     stored = Message.objects.get(role="assistant")
     sent = what_the_simulator_says(sim, sim.stats()["last_request"])
     assert stored.status == "complete"
