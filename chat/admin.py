@@ -21,6 +21,7 @@ from chat.models import (
     Conversation,
     Message,
     Quota,
+    SignOnIdentity,
     Slot,
     UsageDay,
     Widget,
@@ -430,3 +431,16 @@ class QuotaAdmin(admin.ModelAdmin[Quota]):
     list_select_related = ("user", "group", "api_key")
     autocomplete_fields = ("user", "group")
     fields = ("user", "group", "api_key", "period", "max_tokens", "max_requests")
+
+
+@admin.register(SignOnIdentity)
+class SignOnIdentityAdmin(admin.ModelAdmin[SignOnIdentity]):
+    """Which account at the single sign-on provider signs in as which user (``chat.sso``).
+    Adding one links an existing local user to its provider account (the provider's ``sub``
+    claim); deleting one makes the next sign-in with that account ask for a new user."""
+
+    list_display = ("user", "subject", "issuer", "created_at", "last_login_at")
+    search_fields = ("user__username", "subject")
+    list_select_related = ("user",)
+    autocomplete_fields = ("user",)
+    readonly_fields = ("created_at", "last_login_at")

@@ -608,3 +608,26 @@ class Quota(models.Model):
             raise ValidationError("A quota is for exactly one user, one group or one API key.")
         if self.max_tokens is None and self.max_requests is None:
             raise ValidationError("Give a token budget, a request budget, or both.")
+
+
+class SignOnIdentity(models.Model):
+    """The account at an OpenID Connect provider that signs in as one user (``chat.sso``): the
+    provider's ``iss`` and the account's ``sub`` claim, which OpenID Connect Core 1.0 §2 says
+    together identify it for good (an e-mail address or a username may change or be reused)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sign_on_identities"
+    )
+    issuer = models.URLField(max_length=400)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_login_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "single sign-on identity"
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="sign_on_identity_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"

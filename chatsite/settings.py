@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "csp",
     "axes",
+    "mozilla_django_oidc",
     "chat",
 ]
 
@@ -111,6 +112,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "chat.sso.sign_in_options",
             ],
         },
     },
@@ -168,14 +170,44 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Single sign-on (chat.sso, mozilla-django-oidc): on when SLIPSTREAM_OIDC_ISSUER is set. The
+# provider's endpoints come from its discovery document; its client's redirect URI is
+# https://<host>/oidc/callback/. SLIPSTREAM_LOCAL_LOGIN=false leaves single sign-on as the only
+# way in (the app's and the admin's password forms refuse).
+SLIPSTREAM_OIDC_ISSUER = env.str("SLIPSTREAM_OIDC_ISSUER", default="")
+SSO_ENABLED = bool(SLIPSTREAM_OIDC_ISSUER)
+LOCAL_LOGIN = env.bool("SLIPSTREAM_LOCAL_LOGIN", default=True) or not SSO_ENABLED
+SLIPSTREAM_OIDC_LABEL = env.str("SLIPSTREAM_OIDC_LABEL", default="Sign in with single sign-on")
+# The claim that names a new user, the claim whose values set a user's groups ("": groups are
+# left to staff), an optional map of its values to group names (value=group,…; then unmapped
+# values are dropped), and the e-mail domains allowed to sign in (empty: any).
+SLIPSTREAM_OIDC_USERNAME_CLAIM = env.str(
+    "SLIPSTREAM_OIDC_USERNAME_CLAIM", default="preferred_username"
+)
+SLIPSTREAM_OIDC_GROUPS_CLAIM = env.str("SLIPSTREAM_OIDC_GROUPS_CLAIM", default="")
+SLIPSTREAM_OIDC_GROUPS_MAP = env.dict("SLIPSTREAM_OIDC_GROUPS_MAP", default={})
+SLIPSTREAM_OIDC_ALLOWED_DOMAINS = [
+    d.lower() for d in env.list("SLIPSTREAM_OIDC_ALLOWED_DOMAINS", default=[])
+]
+# mozilla-django-oidc's own settings.
+OIDC_RP_CLIENT_ID = env.str("SLIPSTREAM_OIDC_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("SLIPSTREAM_OIDC_CLIENT_SECRET", default="")
+OIDC_RP_SCOPES = env.str("SLIPSTREAM_OIDC_SCOPES", default="openid email profile")
+OIDC_RP_SIGN_ALGO = env.str("SLIPSTREAM_OIDC_SIGN_ALGO", default="RS256")
+OIDC_USE_PKCE = True
+OIDC_TOKEN_USE_BASIC_AUTH = True  # client_secret_basic: the default of OpenID Connect Core §9
+OIDC_TIMEOUT = 10  # s, each call to the provider
+OIDC_CALLBACK_CLASS = "chat.sso.SignOnCallback"
+OIDC_AUTHENTICATE_CLASS = "chat.sso.SignOnStart"
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    *(["django.contrib.auth.backends.ModelBackend"] if LOCAL_LOGIN else []),
+    *(["chat.sso.SignOnBackend"] if SSO_ENABLED else []),
+]
 # django-axes: a login refused after SLIPSTREAM_LOGIN_FAILURE_LIMIT failures for one username
 # from one address (both the app's and the admin's login), for SLIPSTREAM_LOGIN_COOLOFF_MIN
 # minutes; staff unlock early by deleting the "Access attempts" row in the admin. The address is
 # REMOTE_ADDR (django-ipware is not installed, so X-Forwarded-For is never read).
-AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
-]
 AXES_FAILURE_LIMIT = env.int("SLIPSTREAM_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.float("SLIPSTREAM_LOGIN_COOLOFF_MIN", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
