@@ -100,7 +100,7 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
     conversation, message or slot the user does not have) or 429 (a quota used up)."""
     if turn.regenerate_id is None:
         check_message(turn.content)
-    await check_quotas(user=user)
+    tokens_left = await check_quotas(user=user)
     conversation = await _own_conversation(user, turn.conversation_id)
     slot = await _slot_for(user, turn.slot_name, conversation)
     if turn.regenerate_id is not None:
@@ -109,7 +109,13 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
         user_message = await _own_user_message(user, conversation, turn.regenerate_id)
         history = await selectors.message_apath_to(message=user_message)
         return await _answer(
-            conversation, slot, user_message, history, keep_running=True, move_leaf=True
+            conversation,
+            slot,
+            user_message,
+            history,
+            keep_running=True,
+            move_leaf=True,
+            tokens_left=tokens_left,
         )
     assert turn.content is not None
     thread = await selectors.message_alist(conversation=conversation) if conversation else []
@@ -125,7 +131,13 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
     )
     history = [*(await selectors.message_apath_to(message=parent) if parent else []), user_message]
     return await _answer(
-        conversation, slot, user_message, history, keep_running=True, move_leaf=move_leaf
+        conversation,
+        slot,
+        user_message,
+        history,
+        keep_running=True,
+        move_leaf=move_leaf,
+        tokens_left=tokens_left,
     )
 
 
@@ -173,14 +185,20 @@ async def _answer(
     *,
     keep_running: bool,
     move_leaf: bool = False,
+    tokens_left: int | None = None,
 ) -> Started:
     """Submit ``history`` to ``slot`` and store the assistant's row; ``keep_running``: the
-    answer goes on without a reader (the chat resumes it), else it ends with its last one."""
+    answer goes on without a reader (the chat resumes it), else it ends with its last one.
+    ``tokens_left``: of the user's tightest token budget, which the answer's length may not
+    pass (``cap_output_tokens``)."""
+    request = chat_request(
+        conversation=conversation, history=selectors.history_for_upstream(history)
+    )
+    cap_output_tokens(
+        request, tokens_left=tokens_left, default=slot.max_tokens, fields=CHAT_OUTPUT_LIMITS
+    )
     generation, _ = await dispatch.submit(
-        slot_config(slot),
-        "chat/completions",
-        chat_request(conversation=conversation, history=selectors.history_for_upstream(history)),
-        keep_running=keep_running,
+        slot_config(slot), "chat/completions", request, keep_running=keep_running
     )
     try:
         assistant = await services.message_acreate_assistant(
@@ -438,39 +456,101 @@ async def _watch_widgets(running: set[int]) -> None:
 # ------------------------------------------------------------------------------------------------
 # Quotas
 # ------------------------------------------------------------------------------------------------
-async def check_quotas(
+@dataclass(frozen=True)
+class BudgetLeft:
+    """What is left of one quota's budget in its current day or month (UTC): ``left`` of
+    ``limit`` ``unit``s ("token": prompt and completion together, or "request"), until
+    ``resets``. ``name`` says whose and which, e.g. "daily token budget of user ada"."""
+
+    unit: str
+    left: int
+    limit: int
+    resets: datetime
+    name: str
+
+    @property
+    def low(self) -> bool:
+        """A fifth or less is left: the chat then shows it."""
+        return self.left * 5 <= self.limit
+
+
+async def budgets_left(
     *, user: User, api_key: ApiKey | None = None, lookups: readcache.Lookups | None = None
-) -> None:
-    """Refuse a request before its upstream call when a quota of ``user``, of one of their
-    groups or of ``api_key`` is used up for its day or month (UTC). Costs nothing when no quota
-    applies (the quotas are a cached lookup); else one query per quota. Raises ``Refusal`` 429
-    (``quota_exceeded``) naming the budget and when it resets, with ``Retry-After`` (s) until
-    then."""
+) -> list[BudgetLeft]:
+    """Every budget of the quotas of ``user``, of their groups and of ``api_key``, with what is
+    left of it now. Costs nothing when no quota applies (a cached lookup); else one query per
+    quota."""
     quotas = await selectors.quotas_aget(
         user=user,
         api_key_id=api_key.pk if api_key is not None else None,
         lookups=lookups or readcache.Lookups(),
     )
-    if not quotas:
-        return
+    budgets: list[BudgetLeft] = []
     now = timezone.now()
     for quota in quotas:
         since, resets = _quota_period(quota, now)
         tokens, requests = await selectors.quota_aused(quota=quota, since=since.date())
-        for used, limit, what in (
+        for used, limit, unit in (
             (tokens, quota.max_tokens, "token"),
             (requests, quota.max_requests, "request"),
         ):
-            if limit is not None and used >= limit:
-                raise Refusal(
-                    f"The {_PERIOD_WORD[quota.period]} {what} budget of "
-                    f"{quota.target} ({limit:,} {what}s) is used up ({used:,} used). It resets "
-                    f"at {resets:%Y-%m-%d %H:%M} UTC.",
-                    status=429,
-                    type="insufficient_quota",
-                    code="quota_exceeded",
-                    retry_after=(resets - now).total_seconds(),
-                )
+            if limit is not None:
+                name = f"{_PERIOD_WORD[quota.period]} {unit} budget of {quota.target}"
+                budgets.append(BudgetLeft(unit, max(limit - used, 0), limit, resets, name))
+    return budgets
+
+
+async def check_quotas(
+    *, user: User, api_key: ApiKey | None = None, lookups: readcache.Lookups | None = None
+) -> int | None:
+    """Refuse a request before its upstream call when a quota of ``user``, of one of their
+    groups or of ``api_key`` is used up for its day or month (UTC). Raises ``Refusal`` 429
+    (``quota_exceeded``) naming the budget and when it resets, with ``Retry-After`` (s) until
+    then. Returns the tokens left of the tightest token budget (``None``: no token budget
+    applies), for ``cap_output_tokens``."""
+    budgets = await budgets_left(user=user, api_key=api_key, lookups=lookups)
+    for budget in budgets:
+        if budget.left <= 0:
+            now = timezone.now()
+            raise Refusal(
+                f"The {budget.name} ({budget.limit:,} {budget.unit}s) is used up "
+                f"({budget.limit - budget.left:,} used). It resets at "
+                f"{budget.resets:%Y-%m-%d %H:%M} UTC.",
+                status=429,
+                type="insufficient_quota",
+                code="quota_exceeded",
+                retry_after=(budget.resets - now).total_seconds(),
+            )
+    tokens = [budget.left for budget in budgets if budget.unit == "token"]
+    return min(tokens) if tokens else None
+
+
+# A chat completion's names for its output limit (OpenAI's reference: max_tokens, deprecated
+# for max_completion_tokens, which not every upstream knows yet).
+CHAT_OUTPUT_LIMITS = ["max_tokens", "max_completion_tokens"]
+
+
+def cap_output_tokens(
+    request: dict[str, Any], *, tokens_left: int | None, default: int | None, fields: list[str]
+) -> bool:
+    """Lower the request's output limit to ``tokens_left`` (of a token budget) when it would
+    allow more, so that the upstream itself stops the answer at the budget with
+    ``finish_reason: "length"`` (``"incomplete"`` with ``max_output_tokens`` on the Responses
+    API). ``fields`` are the request's names for the limit, the first set when none is present
+    (chat completions: ``max_tokens`` and ``max_completion_tokens``); ``default`` is the slot's,
+    which applies when the request gives none. Returns whether the budget is now the limit.
+
+    The budget counts prompt tokens too, which are not known before the call: an answer may
+    take the total past the budget by at most its prompt; the next request is then refused."""
+    if tokens_left is None:
+        return False
+    present = [name for name in fields if isinstance(request.get(name), int)]
+    asked = min(request[name] for name in present) if present else default
+    if asked is not None and asked <= tokens_left:
+        return False
+    for name in present or fields[:1]:
+        request[name] = max(tokens_left, 1)
+    return True
 
 
 _PERIOD_WORD: dict[str, str] = {Quota.Period.DAY: "daily", Quota.Period.MONTH: "monthly"}

@@ -362,7 +362,15 @@ async def _create_completion(
         validate(body, chat=endpoint == CHAT)
         call.slot_name, call.stream = body["model"], bool(body.get("stream"))
         slot = await resolve_slot(call.slot_name, call.key, lookups)
-        await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
+        tokens_left = await answers.check_quotas(
+            user=call.key.user, api_key=call.key, lookups=lookups
+        )
+        answers.cap_output_tokens(
+            body,
+            tokens_left=tokens_left,
+            default=slot.max_tokens,
+            fields=answers.CHAT_OUTPUT_LIMITS if endpoint == CHAT else ["max_tokens"],
+        )
         if not call.stream:
             return await _whole_completion(call, call.key, slot, body)
         return await _streamed_completion(call, call.key, slot, body)
@@ -620,7 +628,10 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
     validate_response_request(body)
     call.slot_name, call.stream = body["model"], bool(body.get("stream"))
     slot = await resolve_slot(call.slot_name, call.key, lookups)
-    await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
+    tokens_left = await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
+    answers.cap_output_tokens(
+        body, tokens_left=tokens_left, default=slot.max_tokens, fields=["max_output_tokens"]
+    )
     previous_id = body.get("previous_response_id")
     history_items: list[dict[str, Any]] = []
     if previous_id:

@@ -36,5 +36,6 @@ urlpatterns = [
     ),
     path("settings/keys/", views.api_keys, name="api-keys"),
     path("settings/usage/", views.usage, name="usage"),
+    path("chat/budget/", views.budget, name="budget"),
     path("settings/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
 ]

@@ -17,6 +17,7 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
@@ -294,6 +295,18 @@ def usage(request: HttpRequest) -> HttpResponse:
         for name in ("requests", "errors", "prompt_tokens", "completion_tokens")
     }
     return render(request, "chat/usage.html", {"rows": rows, "total": total, "days": USAGE_DAYS})
+
+
+@require_GET
+@login_required
+async def budget(request: HttpRequest) -> HttpResponse:
+    """The chat's budget notice (``chat/_budget.html``), loaded with the page and after each
+    answer: the user's budget with the smallest share left, when a fifth or less of it is left
+    (``answers.BudgetLeft.low``); empty otherwise."""
+    user = signed_in(await request.auser())
+    low = [b for b in await answers.budgets_left(user=user) if b.low]
+    lowest = min(low, key=lambda b: b.left / b.limit, default=None)
+    return HttpResponse(render_to_string("chat/_budget.html", {"budget": lowest}))
 
 
 # How far back the usage page looks, days.

@@ -204,6 +204,8 @@ async function runAnswer(view, url, payload) {
   generationId = null;
   stopPending = false;
   setStreaming(false);
+  // The budget notice (#budget) refreshes: this answer counted against the user's quotas.
+  document.body.dispatchEvent(new CustomEvent("answer-ended"));
   box.focus();
 }
 

@@ -98,6 +98,44 @@ def test_stop_keeps_the_partial_answer(
     assert 0 < len(stored.locator(".content").inner_text().split()) < 500
 
 
+def test_the_chat_shows_a_low_budget_and_cuts_the_answer_at_it(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    from chat.models import Quota
+
+    Quota.objects.create(user=user, period="day", max_tokens=40)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    notice = page.locator("#budget")
+    answers = page.locator("article.message.assistant")
+
+    def ask(text: str, *, length: int, answered: int) -> None:
+        sim.configure(ttft_ms=0, tokens_per_s=0, length=length)
+        page.get_by_role("textbox", name="Message").fill(text)
+        page.get_by_role("button", name="Send").click()
+        expect(answers).to_have_count(answered)
+        expect(answers.last).to_have_attribute("data-status", "complete")
+
+    def tokens_left() -> int:
+        return 40 - sum(
+            (m.usage or {})["total_tokens"] for m in Message.objects.filter(role="assistant")
+        )
+
+    ask("Hello there", length=8, answered=1)  # 2 prompt + 8 completion tokens: 30 of 40 left
+    expect(notice).to_be_empty()  # more than a fifth left: nothing to say
+    ask("Hello there", length=15, answered=2)  # the whole thread is the prompt now
+    left = tokens_left()
+    assert 0 < left <= 40 // 5
+    expect(notice.get_by_role("status")).to_contain_text(
+        f"{left} of 40 tokens left in the daily token budget of user ada"
+    )
+    ask("Hello there", length=60, answered=3)  # capped at the tokens left
+    assert len(answers.last.locator(".content").inner_text().split()) == left
+    expect(notice.get_by_role("status")).to_contain_text(
+        "daily token budget of user ada (40 tokens) is used up"
+    )
+
+
 @pytest.mark.llama
 def test_chat_with_a_real_llama_cpp_server(browser_context, server, llama_server, user) -> None:
     from tests.conftest import make_slot

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from chat.models import ApiKey, Quota
+from chat.models import ApiKey, Message, Quota
 from chat.services import api_key_create
 from tests.support.sse_client import post_message
 
@@ -109,3 +109,71 @@ def test_no_quota_no_refusal(server, slot, sim, api_key) -> None:
     with sdk(server, api_key) as client:
         for _ in range(3):
             assert client.chat.completions.create(model="primary", messages=HELLO).choices
+
+
+def test_a_stream_is_cut_at_the_token_budget(server, slot, sim, user, api_key):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=60)
+    Quota.objects.create(user=user, period="day", max_tokens=25)
+    with sdk(server, api_key) as client:
+        stream = client.chat.completions.create(
+            model="primary", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+        # The upstream was asked for no more than the budget left, and stopped there itself.
+        assert sim.stats()["last_request"]["max_tokens"] == 25
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+        assert [f for f in finishes if f] == ["length"]
+        assert chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == 25
+        # 2 prompt + 25 completion: past the budget by the prompt, so the next call is refused.
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="primary", messages=HELLO, stream=True)
+
+
+def test_a_smaller_limit_of_the_request_or_the_slot_stays(server, slot, sim, user, api_key):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=60)
+    Quota.objects.create(user=user, period="day", max_tokens=1000)
+    with sdk(server, api_key) as client:
+        client.chat.completions.create(model="primary", messages=HELLO, max_completion_tokens=7)
+        assert sim.stats()["last_request"]["max_completion_tokens"] == 7
+        assert "max_tokens" not in sim.stats()["last_request"]
+        slot.max_tokens = 9
+        slot.save()
+        client.chat.completions.create(model="primary", messages=HELLO)
+        assert sim.stats()["last_request"]["max_tokens"] == 9
+
+
+def test_a_response_is_incomplete_at_the_token_budget(server, slot, sim, api_key):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=60)
+    Quota.objects.create(api_key=ApiKey.objects.get(), period="month", max_tokens=20)
+    with sdk(server, api_key) as client:
+        response = client.responses.create(model="primary", input="Hi", max_output_tokens=500)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage is not None
+    assert response.usage.output_tokens == 20
+
+
+def test_the_chat_cuts_at_the_budget_and_says_so_when_it_is_low(
+    server, slot, sim, user, browser_session
+):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=8)
+    assert browser_session.get("/chat/budget/").text.strip() == ""  # no quota, no notice
+    Quota.objects.create(user=user, period="day", max_tokens=60)
+    assert post_message(browser_session, "Hello there").status_code == 200  # 2 + 8 tokens
+    # 50 of 60 left: more than a fifth, so no notice yet.
+    assert browser_session.get("/chat/budget/").text.strip() == ""
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=45)
+    assert post_message(browser_session, "Hello there").status_code == 200  # 2 + 45: 57 used
+    notice = " ".join(browser_session.get("/chat/budget/").text.split())
+    assert f"3 of 60 tokens left in the daily token budget of user {user.get_username()}" in notice
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=60)
+    assert post_message(browser_session, "Hello there").status_code == 200
+    cut = Message.objects.filter(role="assistant").latest("created_at")
+    assert cut.usage is not None
+    assert cut.finish_reason == "length"
+    assert cut.usage["completion_tokens"] == 3
+    notice = " ".join(browser_session.get("/chat/budget/").text.split())
+    assert "The daily token budget of user" in notice
+    assert "(60 tokens) is used up: answers stopped at it" in notice
