@@ -1,18 +1,22 @@
 from __future__ import annotations
 
 import csv
+from datetime import date, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
-from chat import services
+from chat import selectors, services
 from chat.models import (
     ApiCall,
     ApiKey,
@@ -393,6 +397,69 @@ class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
     list_select_related = ("user", "api_key", "widget")
     actions = ("export_csv",)
 
+    # The dashboard's periods, days; the first is its default.
+    DASHBOARD_DAYS = (30, 7, 90)
+
+    def get_urls(self) -> list[URLPattern]:
+        dashboard = path(
+            "dashboard/",
+            self.admin_site.admin_view(self.dashboard),
+            name="chat_usageday_dashboard",
+        )
+        return [dashboard, *super().get_urls()]
+
+    def dashboard(self, request: HttpRequest) -> HttpResponse:
+        """Usage over the last 7, 30 or 90 days (``?days=``): totals with TTFT and speed
+        percentiles, tokens and requests per day as bar charts, and the top users, API keys,
+        widgets and slots. Read from the per-day rows only (``selectors.usage_summary``)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        days = int(request.GET.get("days", "")) if request.GET.get("days", "").isdigit() else 0
+        days = days if days in self.DASHBOARD_DAYS else self.DASHBOARD_DAYS[0]
+        today = timezone.now().date()
+        since = today - timedelta(days=days - 1)
+        rows = UsageDay.objects.filter(day__gte=since)
+        per_day = {row["day"]: row for row in selectors.usage_summary(rows, by=["day"])}
+        series = [per_day.get(since + timedelta(days=i)) for i in range(days)]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "opts": self.model._meta,
+            "days": days,
+            "periods": sorted(self.DASHBOARD_DAYS),
+            "since": since,
+            "total": selectors.usage_summary(rows, by=[])[0],
+            "charts": [
+                _bar_chart("Tokens per day", "tokens", series, since),
+                _bar_chart("Requests per day", "requests", series, since),
+            ],
+            "tables": [
+                (
+                    "Users",
+                    "User",
+                    selectors.usage_summary(
+                        rows.filter(user__isnull=False, widget__isnull=True), by=["user__username"]
+                    )[:DASHBOARD_TOP],
+                ),
+                (
+                    "API keys",
+                    "API key",
+                    selectors.usage_summary(
+                        rows.filter(api_key__isnull=False), by=["api_key__name"]
+                    )[:DASHBOARD_TOP],
+                ),
+                (
+                    "Widgets",
+                    "Widget",
+                    selectors.usage_summary(rows.filter(widget__isnull=False), by=["widget__name"])[
+                        :DASHBOARD_TOP
+                    ],
+                ),
+                ("Slots", "Slot", selectors.usage_summary(rows, by=["slot_name"])[:DASHBOARD_TOP]),
+            ],
+        }
+        return TemplateResponse(request, "admin/chat/usageday/dashboard.html", context)
+
     @admin.display(description="mean TTFT (ms)")
     def mean_ttft(self, row: UsageDay) -> str:
         return "–" if row.mean_ttft_ms is None else f"{row.mean_ttft_ms:,.0f}"
@@ -419,6 +486,33 @@ class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
                 ]
             )
         return response
+
+
+# Rows in each of the dashboard's top lists.
+DASHBOARD_TOP = 20
+
+
+def _bar_chart(
+    title: str, field: str, series: list[dict[str, Any] | None], since: date
+) -> dict[str, Any]:
+    """One bar per day of ``series`` (None: nothing that day) for the dashboard's SVG:
+    ``{"title", "peak", "width", "bars": [{"day", "value", "x", "y", "height"}]}``, heights in
+    the chart's 100-unit-high viewBox."""
+    values = [row[field] if row else 0 for row in series]
+    peak = max(values, default=0)
+    bars = []
+    for i, value in enumerate(values):
+        height = round(100 * value / peak, 2) if peak else 0
+        bars.append(
+            {
+                "day": since + timedelta(days=i),
+                "value": value,
+                "x": i * 10 + 1,
+                "y": round(100 - height, 2),
+                "height": height,
+            }
+        )
+    return {"title": title, "peak": peak, "width": len(values) * 10, "bars": bars}
 
 
 @admin.register(Quota)

@@ -524,6 +524,25 @@ class AuditEntry(LogEntry):
         verbose_name_plural = "audit log"
 
 
+# UsageDay's histogram buckets: upper bounds, ms and tokens/s (see its fields).
+TTFT_BUCKETS_MS = (100, 250, 500, 1000, 2500, 5000, 10000)
+TOKENS_PER_S_BUCKETS = (5, 10, 20, 40, 80, 160)
+
+
+def bucket_field(prefix: str, bounds: tuple[int, ...], value: float) -> str:
+    """The ``UsageDay`` column counting ``value``: ``{prefix}_le_{bound}`` for the first
+    bound it does not pass, else ``{prefix}_over_{last bound}``."""
+    for bound in bounds:
+        if value <= bound:
+            return f"{prefix}_le_{bound}"
+    return f"{prefix}_over_{bounds[-1]}"
+
+
+def bucket_fields(prefix: str, bounds: tuple[int, ...]) -> list[str]:
+    """Every column of one ``UsageDay`` histogram, lowest bucket first."""
+    return [f"{prefix}_le_{b}" for b in bounds] + [f"{prefix}_over_{bounds[-1]}"]
+
+
 class UsageDay(models.Model):
     """Usage of one day (UTC) by one scope: a user's chat answers (``user``), a widget's
     (``widget``) or an API key's calls (``api_key``, with its ``user``), on one slot. Written
@@ -549,6 +568,25 @@ class UsageDay(models.Model):
     completion_tokens = models.PositiveBigIntegerField(default=0)
     ttft_ms_sum = models.FloatField(default=0, help_text="Sum of times to first token, ms.")
     ttft_count = models.PositiveIntegerField(default=0)
+    # Histograms for percentiles (selectors.usage_percentiles): answers counted by time to
+    # first token (ms) and by streaming speed (tokens/s), one column per bucket of
+    # TTFT_BUCKETS_MS and TOKENS_PER_S_BUCKETS (upper bounds; the last column is above them),
+    # so that recording an answer stays one UPDATE on every database.
+    ttft_le_100 = models.PositiveIntegerField(default=0)
+    ttft_le_250 = models.PositiveIntegerField(default=0)
+    ttft_le_500 = models.PositiveIntegerField(default=0)
+    ttft_le_1000 = models.PositiveIntegerField(default=0)
+    ttft_le_2500 = models.PositiveIntegerField(default=0)
+    ttft_le_5000 = models.PositiveIntegerField(default=0)
+    ttft_le_10000 = models.PositiveIntegerField(default=0)
+    ttft_over_10000 = models.PositiveIntegerField(default=0)
+    tps_le_5 = models.PositiveIntegerField(default=0)
+    tps_le_10 = models.PositiveIntegerField(default=0)
+    tps_le_20 = models.PositiveIntegerField(default=0)
+    tps_le_40 = models.PositiveIntegerField(default=0)
+    tps_le_80 = models.PositiveIntegerField(default=0)
+    tps_le_160 = models.PositiveIntegerField(default=0)
+    tps_over_160 = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-day", "scope"]

@@ -15,6 +15,8 @@ from django.utils import timezone
 from chat import readcache
 from chat.models import (
     API_KEY_PREFIX,
+    TOKENS_PER_S_BUCKETS,
+    TTFT_BUCKETS_MS,
     ApiKey,
     Conversation,
     Message,
@@ -24,6 +26,7 @@ from chat.models import (
     UsageDay,
     Widget,
     api_key_digest,
+    bucket_fields,
 )
 
 
@@ -350,23 +353,77 @@ async def response_achain(*, user: User, response_id: str) -> list[StoredRespons
 # ------------------------------------------------------------------------------------------------
 # Usage
 # ------------------------------------------------------------------------------------------------
+_TTFT_FIELDS = bucket_fields("ttft", TTFT_BUCKETS_MS)
+_TPS_FIELDS = bucket_fields("tps", TOKENS_PER_S_BUCKETS)
+_USAGE_SUMS = [
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    *_TTFT_FIELDS,
+    *_TPS_FIELDS,
+]
+
+
+def quantile(counts: list[int], bounds: tuple[int, ...], q: float) -> float | None:
+    """The ``q``-quantile (0 < q < 1) of the values a histogram counted: ``counts[i]`` values
+    at most ``bounds[i]`` (and above the bound before), the last count above ``bounds[-1]``.
+    Interpolated linearly within the bucket that holds it, from 0 for the first, as
+    Prometheus' ``histogram_quantile`` does; in the top bucket it is ``bounds[-1]`` (a lower
+    bound). None for an empty histogram."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen, lower = q * total, 0, 0.0
+    for upper, count in zip(bounds, counts, strict=False):
+        if count and seen + count >= rank:
+            return lower + (upper - lower) * (rank - seen) / count
+        seen, lower = seen + count, float(upper)
+    return float(bounds[-1])
+
+
+def _with_percentiles(row: dict[str, Any]) -> dict[str, Any]:
+    """A summed usage row with its percentiles added: ``ttft_p50_ms``, ``ttft_p95_ms``,
+    ``tokens_per_s_p50`` and ``tokens_per_s_p5`` (the slowest twentieth), None when unmeasured;
+    the histogram columns are dropped."""
+    ttft = [row.pop(name) or 0 for name in _TTFT_FIELDS]
+    speed = [row.pop(name) or 0 for name in _TPS_FIELDS]
+    row.update(
+        ttft_p50_ms=quantile(ttft, TTFT_BUCKETS_MS, 0.5),
+        ttft_p95_ms=quantile(ttft, TTFT_BUCKETS_MS, 0.95),
+        tokens_per_s_p50=quantile(speed, TOKENS_PER_S_BUCKETS, 0.5),
+        tokens_per_s_p5=quantile(speed, TOKENS_PER_S_BUCKETS, 0.05),
+    )
+    return row
+
+
+def usage_summary(rows: QuerySet[UsageDay], *, by: list[str]) -> list[dict[str, Any]]:
+    """``rows`` summed per distinct value of the fields ``by`` (e.g. ``["day"]``,
+    ``["user__username"]``; ``[]``: one total), largest token count first (newest first when by
+    day): the ``by`` fields, ``label`` (their values joined), ``requests``, ``errors``,
+    ``prompt_tokens``, ``completion_tokens``, ``tokens``, and the percentiles of
+    ``_with_percentiles``. One query over the per-day rows."""
+    sums = {name: Sum(name) for name in _USAGE_SUMS}
+    summed = list(rows.order_by().values(*by).annotate(**sums)) if by else [rows.aggregate(**sums)]
+    result = []
+    for row in summed:
+        row = _with_percentiles(dict(row))
+        for name in ("requests", "errors", "prompt_tokens", "completion_tokens"):
+            row[name] = row[name] or 0
+        row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+        row["label"] = " · ".join(str(row[name]) for name in by if row[name] is not None)
+        result.append(row)
+    if by == ["day"]:
+        return sorted(result, key=lambda r: r["day"], reverse=True)
+    return sorted(result, key=lambda r: r["tokens"], reverse=True)
+
+
 def usage_by_day(*, user: User, days: int) -> list[dict[str, Any]]:
     """``user``'s usage per day (UTC) over the last ``days`` days, newest first: their chat
-    answers and their API keys' calls summed over slots (``day``, ``requests``, ``errors``,
-    ``prompt_tokens``, ``completion_tokens``). Reads the per-day rows, never raw calls."""
+    answers and their API keys' calls summed over slots (``usage_summary``'s fields and
+    ``day``). Reads the per-day rows, never raw calls."""
     since = timezone.now().date() - timedelta(days=days - 1)
-    return [
-        dict(row)
-        for row in UsageDay.objects.filter(user=user, day__gte=since)
-        .values("day")
-        .annotate(
-            requests=Sum("requests"),
-            errors=Sum("errors"),
-            prompt_tokens=Sum("prompt_tokens"),
-            completion_tokens=Sum("completion_tokens"),
-        )
-        .order_by("-day")
-    ]
+    return usage_summary(UsageDay.objects.filter(user=user, day__gte=since), by=["day"])
 
 
 async def quotas_aget(

@@ -23,6 +23,8 @@ from django.utils import timezone
 from chat import readcache
 from chat.models import (
     API_KEY_PREFIX,
+    TOKENS_PER_S_BUCKETS,
+    TTFT_BUCKETS_MS,
     ApiCall,
     ApiKey,
     Backend,
@@ -33,6 +35,7 @@ from chat.models import (
     UsageDay,
     Widget,
     api_key_digest,
+    bucket_field,
 )
 from chat.relay import checks
 from chat.relay.errors import EnvelopeError
@@ -223,6 +226,7 @@ async def message_afinalise(
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=generation.accumulator.completion_tokens(),
             ttft_ms=generation.ttft_ms,
+            tokens_per_s=generation.tokens_per_s,
         )
 
 
@@ -302,6 +306,7 @@ async def api_call_arecord(
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=completion_tokens,
         ttft_ms=generation.ttft_ms if generation else None,
+        tokens_per_s=generation.tokens_per_s if generation else None,
     )
     try:
         await ApiCall.objects.acreate(
@@ -480,22 +485,29 @@ async def usage_arecord(
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
     ttft_ms: float | None = None,
+    tokens_per_s: float | None = None,
 ) -> None:
     """Count one answer or call in today's (UTC) ``UsageDay`` of its scope: one UPDATE, or
     an INSERT for the scope's first of the day (a race between two first ones ends in the
-    UPDATE). Tokens are counted as given (None: 0). Never raises: a failed write is logged,
+    UPDATE). Tokens are counted as given (None: 0); ``ttft_ms`` and ``tokens_per_s`` (None:
+    not measured) also go into the row's histograms. Never raises: a failed write is logged,
     and the answer stands."""
     day = timezone.now().date()
     scope = f"u{user_id or '-'}:k{api_key_id or '-'}:w{widget_id or '-'}:{slot_name}"[:200]
     prompt, completion = prompt_tokens or 0, completion_tokens or 0
-    increments = {
-        "requests": F("requests") + 1,
-        "errors": F("errors") + (0 if ok else 1),
-        "prompt_tokens": F("prompt_tokens") + prompt,
-        "completion_tokens": F("completion_tokens") + completion,
-        "ttft_ms_sum": F("ttft_ms_sum") + (ttft_ms or 0.0),
-        "ttft_count": F("ttft_count") + (0 if ttft_ms is None else 1),
+    counts = {
+        "requests": 1,
+        "errors": 0 if ok else 1,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "ttft_ms_sum": ttft_ms or 0.0,
+        "ttft_count": 0 if ttft_ms is None else 1,
     }
+    if ttft_ms is not None:
+        counts[bucket_field("ttft", TTFT_BUCKETS_MS, ttft_ms)] = 1
+    if tokens_per_s is not None:
+        counts[bucket_field("tps", TOKENS_PER_S_BUCKETS, tokens_per_s)] = 1
+    increments = {name: F(name) + value for name, value in counts.items()}
     rows = UsageDay.objects.filter(day=day, scope=scope)
     try:
         if await rows.aupdate(**increments):
@@ -508,12 +520,7 @@ async def usage_arecord(
                 api_key_id=api_key_id,
                 widget_id=widget_id,
                 slot_name=slot_name[:100],
-                requests=1,
-                errors=0 if ok else 1,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                ttft_ms_sum=ttft_ms or 0.0,
-                ttft_count=0 if ttft_ms is None else 1,
+                **counts,
             )
         except IntegrityError:
             await rows.aupdate(**increments)

@@ -5,6 +5,7 @@ authorise and call one function (reads in ``selectors``, writes in ``services``,
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -19,13 +20,14 @@ from django.http import (
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import answers, jsonbody, selectors, services, streaming
 from chat.conversation_views import sidebar_context
 from chat.forms import ConversationSettingsForm
 from chat.http import error_response, invalid, signed_in, sse_response
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, UsageDay
 from chat.relay.errors import EnvelopeError
 from chat.slotconfig import slot_config
 
@@ -290,10 +292,8 @@ def usage(request: HttpRequest) -> HttpResponse:
     API keys' calls."""
     user = signed_in(request.user)
     rows = selectors.usage_by_day(user=user, days=USAGE_DAYS)
-    total = {
-        name: sum(row[name] for row in rows)
-        for name in ("requests", "errors", "prompt_tokens", "completion_tokens")
-    }
+    since = timezone.now().date() - timedelta(days=USAGE_DAYS - 1)
+    (total,) = selectors.usage_summary(UsageDay.objects.filter(user=user, day__gte=since), by=[])
     return render(request, "chat/usage.html", {"rows": rows, "total": total, "days": USAGE_DAYS})
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 import httpx
@@ -107,3 +108,45 @@ def test_usage_page_needs_a_login(server) -> None:
     response = httpx.get(server.base_url + "/settings/usage/")
     assert response.status_code == 302
     assert "/login/" in response.headers["location"]
+
+
+def test_the_admin_dashboard_sums_what_two_users_streamed(server, slot, sim, user, browser_session):
+    sim.configure(ttft_ms=300, tokens_per_s=0, length=4)  # the chat's answer; /v1 says its own
+    _, raw = api_key_create(user=user, name="script")
+    stream(server, raw, 5)
+    stream(server, raw, 7)
+    assert post_message(browser_session, "Hello there").status_code == 200
+    other = get_user_model().objects.create_user("other", password="o" * 20)
+    _, other_raw = api_key_create(user=other, name="theirs")
+    stream(server, other_raw, 3)
+    with (
+        openai.OpenAI(base_url=server.base_url + "/v1", api_key=other_raw, max_retries=0) as sdk,
+        pytest.raises(openai.NotFoundError),
+    ):
+        sdk.chat.completions.create(model="nope", messages=HELLO)
+
+    root = get_user_model().objects.create_superuser(username="root", password="r" * 20)
+    admin = session_client(server, root)
+    try:
+        page = admin.get("/admin/chat/usageday/dashboard/?days=7")
+        listing = admin.get("/admin/chat/usageday/")
+    finally:
+        admin.close()
+    assert page.status_code == 200
+    assert "/admin/chat/usageday/dashboard/" in listing.text  # linked from the rows' list
+    text = " ".join(page.text.split())
+    # Users: ada 3 answers (2 prompt tokens each; 5 + 7 + 4 completion), other 1 + 1 refused.
+    assert '<th scope="row">ada</th> <td>3</td><td>0</td><td>6</td><td>16</td>' in text
+    assert '<th scope="row">other</th> <td>2</td><td>1</td><td>2</td><td>3</td>' in text
+    assert '<th scope="row">script</th> <td>2</td><td>0</td><td>4</td><td>12</td>' in text
+    assert '<th scope="row">nope</th> <td>1</td><td>1</td><td>0</td><td>0</td>' in text
+    assert '<dd id="total-requests">5</dd>' in text
+    today = UsageDay.objects.values_list("day", flat=True).first()
+    assert f"<title>{today:%Y-%m-%d}: 27</title>" in text  # today's bar: 6 + 16 + 2 + 3 tokens
+    # Every answer's first token took the simulator's 300 ms and a little more: in the
+    # (250, 500] ms bucket, so the p50 and p95 lie in it.
+    row = re.search(
+        r'<th scope="row">ada</th>(?:\s*<td>[^<]*</td>){4}\s*<td>(\d+) ms / (\d+) ms', page.text
+    )
+    assert row, page.text
+    assert all(250 < int(ms) <= 500 for ms in row.groups())
