@@ -139,6 +139,24 @@ def test_metrics_move_with_a_stream(server, metered, sim, api_key) -> None:
     assert value(after, in_flight, slot=SLOT) == value(before, in_flight, slot=SLOT)
 
 
+def test_database_writes_are_counted_by_table(server, metered, sim, api_key) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    before = scrape(server.base_url)
+    stream_one(server.base_url, api_key)
+    after = scrape(server.base_url)
+    writes = "slipstream_db_writes_total"
+
+    def more(table: str, statement: str) -> float:
+        labels = {"table": table, "statement": statement}
+        return value(after, writes, **labels) - value(before, writes, **labels)
+
+    assert more("chat_apicall", "INSERT") == 1  # the call's record, before its [DONE]
+    # One UPDATE of the day's usage row; the day's first finds none, and INSERTs it.
+    assert more("chat_usageday", "UPDATE") == 1
+    assert more("chat_usageday", "INSERT") in (0, 1)
+    assert more("chat_apicall", "SELECT") == 0  # reads are not writes
+
+
 def test_upstream_errors_and_retries_are_counted(server, metered, sim, api_key) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=3, fail_requests=1, fail_status=502)
     before = scrape(server.base_url)
