@@ -435,27 +435,11 @@ class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
             ],
             "tables": [
                 (
-                    "Users",
-                    "User",
-                    selectors.usage_summary(
-                        rows.filter(user__isnull=False, widget__isnull=True), by=["user__username"]
-                    )[:DASHBOARD_TOP],
-                ),
-                (
-                    "API keys",
-                    "API key",
-                    selectors.usage_summary(
-                        rows.filter(api_key__isnull=False), by=["api_key__name"]
-                    )[:DASHBOARD_TOP],
-                ),
-                (
-                    "Widgets",
-                    "Widget",
-                    selectors.usage_summary(rows.filter(widget__isnull=False), by=["widget__name"])[
-                        :DASHBOARD_TOP
-                    ],
-                ),
-                ("Slots", "Slot", selectors.usage_summary(rows, by=["slot_name"])[:DASHBOARD_TOP]),
+                    heading,
+                    label,
+                    selectors.usage_summary(rows.filter(**only), by=by)[:DASHBOARD_TOP],
+                )
+                for heading, label, only, by in DASHBOARD_TABLES
             ],
         }
         return TemplateResponse(request, "admin/chat/usageday/dashboard.html", context)
@@ -490,6 +474,15 @@ class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
 
 # Rows in each of the dashboard's top lists.
 DASHBOARD_TOP = 20
+# The dashboard's top lists: heading, first column's name, which rows, summed by what. A
+# user's answers count for each of their groups.
+DASHBOARD_TABLES: list[tuple[str, str, dict[str, Any], list[str]]] = [
+    ("Users", "User", {"user__isnull": False}, ["user__username"]),
+    ("Groups", "Group", {"user__groups__isnull": False}, ["user__groups__name"]),
+    ("API keys", "API key · user", {"api_key__isnull": False}, ["api_key__name", "user__username"]),
+    ("Widgets", "Widget", {"widget__isnull": False}, ["widget__name"]),
+    ("Slots", "Slot", {}, ["slot_name"]),
+]
 
 
 def _bar_chart(

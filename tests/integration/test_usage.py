@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 
 from chat.models import UsageDay
 from chat.services import api_key_create
@@ -117,6 +118,7 @@ def test_the_admin_dashboard_sums_what_two_users_streamed(server, slot, sim, use
     stream(server, raw, 7)
     assert post_message(browser_session, "Hello there").status_code == 200
     other = get_user_model().objects.create_user("other", password="o" * 20)
+    other.groups.add(Group.objects.create(name="team"))
     _, other_raw = api_key_create(user=other, name="theirs")
     stream(server, other_raw, 3)
     with (
@@ -138,7 +140,8 @@ def test_the_admin_dashboard_sums_what_two_users_streamed(server, slot, sim, use
     # Users: ada 3 answers (2 prompt tokens each; 5 + 7 + 4 completion), other 1 + 1 refused.
     assert '<th scope="row">ada</th> <td>3</td><td>0</td><td>6</td><td>16</td>' in text
     assert '<th scope="row">other</th> <td>2</td><td>1</td><td>2</td><td>3</td>' in text
-    assert '<th scope="row">script</th> <td>2</td><td>0</td><td>4</td><td>12</td>' in text
+    assert '<th scope="row">script · ada</th> <td>2</td><td>0</td><td>4</td><td>12</td>' in text
+    assert '<th scope="row">team</th> <td>2</td><td>1</td><td>2</td><td>3</td>' in text
     assert '<th scope="row">nope</th> <td>1</td><td>1</td><td>0</td><td>0</td>' in text
     assert '<dd id="total-requests">5</dd>' in text
     today = UsageDay.objects.values_list("day", flat=True).first()
