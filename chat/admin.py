@@ -87,6 +87,11 @@ class BackendForm(forms.ModelForm[Backend]):
         return super().save(commit)
 
 
+admin.site.site_header = "Slipstream"
+admin.site.site_title = "Slipstream admin"
+admin.site.index_title = "Administration"
+
+
 class ReadOnlyAdmin:
     """For records the app writes and staff only read (and may delete): no add, no change."""
 
@@ -236,8 +241,12 @@ class WidgetAdmin(admin.ModelAdmin[Widget]):
             return "Saved widgets show their snippet here."
         snippets = widget.embed_snippets(base_url=self._request.build_absolute_uri("/"))
         return format_html(
-            "<p>A launcher button (recommended):</p><pre>{}</pre>"
-            "<p>Or a plain frame:</p><pre>{}</pre>",
+            "<p>A launcher button (recommended):</p>"
+            '<div class="copy-field"><pre id="embed-script">{}</pre>'
+            '<button type="button" class="button" data-copy="#embed-script">Copy</button></div>'
+            "<p>Or a plain frame:</p>"
+            '<div class="copy-field"><pre id="embed-iframe">{}</pre>'
+            '<button type="button" class="button" data-copy="#embed-iframe">Copy</button></div>',
             snippets["script"],
             snippets["iframe"],
         )

@@ -256,25 +256,33 @@ def _message_json(message: Message) -> dict[str, Any]:
 
 @login_required
 def api_keys(request: HttpRequest) -> HttpResponse:
-    """The user's API keys; POST creates one and shows it this once."""
+    """The user's API keys. POST creates one and redirects here (so that a reload cannot
+    create another); the GET that follows shows the new key this once, from the server-side
+    session, which forgets it as it is shown."""
     user = signed_in(request.user)
-    created = None
     if request.method == "POST":
-        _, created = services.api_key_create(
+        _, raw = services.api_key_create(
             user=user,
             name=request.POST.get("name", "")[:100],
             store_conversations=request.POST.get("store_conversations") == "on",
             audit="Created on the API keys page",
         )
+        request.session[NEW_API_KEY] = raw
+        return redirect("chat:api-keys")
     return render(
         request,
         "chat/api_keys.html",
         {
             "keys": selectors.api_key_list(user=user),
-            "created_key": created,
+            "created_key": request.session.pop(NEW_API_KEY, None),
             "api_base_url": request.build_absolute_uri("/v1"),
         },
     )
+
+
+# The session key holding a new API key until the page shows it (never the cookie: sessions
+# are stored server-side, django.contrib.sessions' database backend).
+NEW_API_KEY = "slipstream_new_api_key"
 
 
 @require_POST

@@ -3,7 +3,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 
 from chat import api, csp, ops
 
@@ -13,6 +15,8 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     *([path("oidc/", include("mozilla_django_oidc.urls"))] if settings.SSO_ENABLED else []),
     path("csp-report/", csp.report, name="csp-report"),
+    # Browsers ask for it where a page names no icon (a JSON page, a file): no 404 in the log.
+    path("favicon.ico", RedirectView.as_view(url=static("chat/favicon.svg"), permanent=True)),
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.prometheus, name="metrics"),

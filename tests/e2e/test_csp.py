@@ -157,7 +157,7 @@ def test_the_admin_works_under_the_policy(
     page.get_by_label("Username").fill("root")
     page.get_by_label("Password").fill("correct horse 42")
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
+    expect(page.get_by_role("heading", name="Administration", exact=True)).to_be_visible()
 
     # The backend with its slots: the live state badges (slot_state.js) and the inline forms.
     page.goto(f"{server.base_url}/admin/chat/backend/{slot.backend_id}/change/")

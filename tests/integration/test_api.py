@@ -328,7 +328,9 @@ def test_disconnect_cancels_upstream_within_a_second(openai_client, slot, sim) -
 
 def test_key_storage_holds_only_a_digest(client, user, slot, openai_client) -> None:
     client.force_login(user)
-    page = client.post("/settings/keys/", {"name": "laptop"})
+    made = client.post("/settings/keys/", {"name": "laptop"})
+    assert made.status_code == 302  # POST, redirect, GET: a reload cannot make another key
+    page = client.get(made["location"])
     raw = page.context["created_key"]
     assert raw.startswith("sk-slip-")
     assert raw in page.content.decode()
@@ -337,8 +339,12 @@ def test_key_storage_holds_only_a_digest(client, user, slot, openai_client) -> N
     stored = json.dumps(list(ApiKey.objects.values()), default=str)
     assert raw not in stored
     assert raw[len(key.prefix) :] not in stored
-    # shown once: the page never shows it again
+    # shown once: the page never shows it again, and the session forgot it
     assert raw not in client.get("/settings/keys/").content.decode()
+    assert ApiKey.objects.filter(name="laptop").count() == 1
+    from django.contrib.sessions.models import Session
+
+    assert all(raw not in str(s.get_decoded()) for s in Session.objects.all())
     works = openai.OpenAI(base_url=openai_client.base_url, api_key=raw, max_retries=0)
     assert works.models.list().data
     client.post(f"/settings/keys/{key.pk}/revoke/")

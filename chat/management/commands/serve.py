@@ -33,7 +33,9 @@ class Command(BaseCommand):
         if result.uses_simulator:
             children.append(self._start_simulator())
         children.append(subprocess.Popen(server.command(options["host"], options["port"])))
-        self.stdout.write(f"Slipstream: http://{options['host']}:{options['port']}/")
+        base = f"http://{options['host']}:{options['port']}"
+        self.stdout.write(f"Slipstream: {base}/")
+        self.stdout.write(f"OpenAI-compatible API: {base}/v1 (keys: Settings › API keys)")
         self._supervise(children)
 
     def _prepare(self) -> BootstrapResult:
@@ -81,8 +83,11 @@ class Command(BaseCommand):
 
     def _start_simulator(self) -> subprocess.Popen[bytes]:
         port = settings.SIMULATOR_PORT
+        # Its own banner names its URL as an OpenAI base_url, which read as Slipstream's API:
+        # this command says what the simulator is instead.
         child = subprocess.Popen(
-            [sys.executable, "-m", "chat.simulator", "--host", "127.0.0.1", "--port", str(port)]
+            [sys.executable, "-m", "chat.simulator", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
