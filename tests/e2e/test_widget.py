@@ -100,7 +100,9 @@ def test_embed_chat_and_come_back(browser: Browser, server, slot, sim, host) -> 
     page = browser.new_context().new_page()
     page.goto(url)
     frame = open_panel(page)
-    expect(frame.locator("article.greeting .content")).to_have_text("Hi! Ask me.")
+    greeting = frame.locator("article.greeting .content")
+    expect(greeting).to_have_text("Hi! Ask me.")
+    expect(greeting).to_be_visible()  # the text was in the page, hidden by the chat's CSS
     ask(frame, "How do I install it?")
     answer = frame.locator("article.message.assistant:not(.greeting)").last
     expect(answer).to_have_attribute("data-status", "complete")
