@@ -68,6 +68,22 @@ def thread(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
     )
 
 
+@require_GET
+@login_required
+def tools(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """The header's settings and sharing (partial), for a conversation the chat's first
+    message just made (the page was rendered before it existed)."""
+    conversation = _own(request, conversation_id)
+    return render(
+        request,
+        "chat/_tools.html",
+        {
+            "conversation": conversation,
+            "settings_form": ConversationSettingsForm(instance=conversation),
+        },
+    )
+
+
 @require_POST
 @login_required
 def branch(request: HttpRequest, conversation_id: UUID) -> HttpResponse:

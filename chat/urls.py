@@ -11,6 +11,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
     path("sidebar/", conversation_views.sidebar, name="sidebar"),
     path("c/<uuid:conversation_id>/thread/", conversation_views.thread, name="thread"),
+    path("c/<uuid:conversation_id>/tools/", conversation_views.tools, name="tools"),
     path("c/<uuid:conversation_id>/branch/", conversation_views.branch, name="branch"),
     path("c/<uuid:conversation_id>/rename/", conversation_views.rename, name="rename"),
     path("c/<uuid:conversation_id>/delete/", conversation_views.delete, name="delete"),

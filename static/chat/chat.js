@@ -52,6 +52,13 @@ async function refreshThread() {
   await htmx.ajax("GET", url, { target: "#messages", swap: "innerHTML" });
 }
 
+/** Show the header's settings and sharing for the conversation the first message just made. */
+async function showConversationTools() {
+  if (typeof htmx === "undefined") return;
+  const url = chat.dataset.toolsUrl.replace("00000000-0000-0000-0000-000000000000", chat.dataset.conversation);
+  await htmx.ajax("GET", url, { target: "#conversation-tools", swap: "innerHTML" });
+}
+
 /** Drop ``article`` and every message after it from the page (a new branch replaces them). */
 function removeFrom(article) {
   while (article.nextElementSibling) article.nextElementSibling.remove();
@@ -194,6 +201,7 @@ async function runAnswer(view, url, payload) {
         document.getElementById("chat-title").textContent = data.title;
         document.title = `${data.title} · Slipstream`;
         document.body.dispatchEvent(new CustomEvent("conversations-changed"));
+        showConversationTools();
       }
     },
   });

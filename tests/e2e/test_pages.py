@@ -59,3 +59,90 @@ def test_no_page_asks_for_what_is_not_there(
     expect(page).to_have_title("Select slot to change | Slipstream admin")
     expect(page.locator("#site-name")).to_have_text("Slipstream")
     assert missing == []
+
+
+TEXT_LEFT = """el => {
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  return range.getBoundingClientRect().left;
+}"""
+
+
+def test_the_first_answer_brings_settings_and_nothing_moves(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    picker = page.get_by_label("Model")
+    before = picker.bounding_box()
+    long_title = "A question whose title is far longer than twenty characters"
+    page.get_by_role("textbox", name="Message").fill(long_title)
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("article.message.assistant").last).to_have_attribute(
+        "data-status", "complete"
+    )
+    expect(page.locator("#chat-title")).to_have_text(long_title[:60])
+    # Settings came with the new conversation, without a reload, and are this conversation's.
+    settings = page.get_by_text("Settings", exact=True)
+    expect(settings).to_be_visible()
+    after = picker.bounding_box()
+    settings.click()
+    expect(page.get_by_role("button", name="Save settings")).to_be_visible()
+    conversation = page.url.rstrip("/").rsplit("/", 1)[-1]
+    assert conversation in (page.locator("#conversation-settings").get_attribute("action") or "")
+    assert before is not None
+    assert after is not None
+    assert (after["x"], after["y"]) == (before["x"], before["y"])  # the header did not shift
+
+    nav = page.get_by_role("navigation", name="Conversations")
+    link = nav.get_by_role("link", name=long_title[:60])
+    expect(link).to_be_visible()
+    heading = nav.locator(".conversation-group").first
+    assert abs(heading.evaluate(TEXT_LEFT) - link.evaluate(TEXT_LEFT)) < 1  # aligned
+    title = link.locator(".title")
+    line = title.evaluate("el => parseFloat(getComputedStyle(el).lineHeight)")
+    box = title.bounding_box()
+    assert box is not None
+    assert 1.5 * line < box["height"] < 2.5 * line  # two lines, then cut (not one, not three)
+
+
+def test_on_a_phone_the_chat_fills_the_screen_and_the_list_is_a_drawer(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.set_viewport_size({"width": 390, "height": 844})
+    nav = page.get_by_role("navigation", name="Conversations")
+    menu = page.get_by_role("button", name="Menu")
+    expect(nav).to_be_hidden()
+    expect(menu).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") == 390  # nothing scrolls sideways
+
+    page.get_by_role("textbox", name="Message").fill("First from the phone")
+    page.get_by_role("button", name="Send").click()  # fails if anything covers it
+    expect(page.locator("article.message.assistant").last).to_have_attribute(
+        "data-status", "complete"
+    )
+    composer = page.locator("#composer").bounding_box()
+    assert composer is not None
+    assert composer["y"] + composer["height"] <= 844
+    expect(page.locator("#chat-title")).to_be_visible()
+    first = page.url
+
+    menu.click()
+    expect(nav).to_be_visible()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    page.keyboard.press("Escape")
+    expect(nav).to_be_hidden()
+    expect(menu).to_be_focused()
+    menu.click()
+    nav.get_by_role("link", name="New chat").click()
+    expect(page).to_have_url(server.base_url + "/")
+    expect(nav).to_be_hidden()
+    menu.click()
+    nav.get_by_role("link", name="First from the phone").click()
+    expect(page).to_have_url(first)
+    expect(nav).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") == 390
