@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import csv
+import json
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -30,6 +32,7 @@ from chat.models import (
     UsageDay,
     Widget,
 )
+from chat.templatetags.units import duration_ms, per_second
 
 
 class SlotStateMixin:
@@ -43,6 +46,70 @@ class SlotStateMixin:
             slot.last_error,
             slot.state,
         )
+
+
+def _in_units(field: str, description: str, show: Callable[[Any], str]) -> Any:
+    """A list or detail column showing ``field`` for people (``chat.templatetags.units``),
+    sortable by the field itself."""
+
+    @admin.display(description=description, ordering=field)
+    def column(admin_: Any, obj: Any) -> str:
+        return show(getattr(obj, field))
+
+    return column
+
+
+class StopStringsField(forms.CharField):
+    """A slot's stop strings as lines of text instead of raw JSON: one string per line, with
+    ``\\n`` for a newline inside one (the commonest stop is a blank line: ``\\n\\n``),
+    ``\\t`` for a tab and ``\\\\`` for a backslash. Cleans to a list of non-empty strings."""
+
+    _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("strip", False)
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 3, "cols": 40}))
+        kwargs.setdefault(
+            "help_text",
+            "One per line; write \\n for a newline inside one (\\n\\n: a blank line).",
+        )
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("["):
+            value = json.loads(value)  # the model field's JSON, on a form shown again
+        if isinstance(value, list):
+            return "\n".join(
+                str(s).replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+                for s in value
+            )
+        return value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value) or ""
+        return [self._unescape(line) for line in text.splitlines() if line.strip()]
+
+    def _unescape(self, line: str) -> str:
+        out, chars = [], iter(line.rstrip("\r"))
+        for char in chars:
+            if char == "\\":
+                following = next(chars, "")
+                out.append(self._ESCAPES.get(following, "\\" + following))
+            else:
+                out.append(char)
+        return "".join(out)
+
+
+class SlotForm(forms.ModelForm[Slot]):
+    """The slot's form in the admin: the fields are SlotAdmin's fieldsets (Django's admin
+    passes them); this only edits stop strings as lines."""
+
+    stop = StopStringsField(label="Stop strings")
+
+    class Meta:
+        model = Slot
+        fields = ["stop"]
 
 
 class SlotInline(SlotStateMixin, admin.TabularInline[Slot, Backend]):
@@ -133,6 +200,7 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
 
 @admin.register(Slot)
 class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
+    form = SlotForm
     list_display = (
         "name",
         "backend",
@@ -178,8 +246,9 @@ class MessageInline(admin.StackedInline[Message, Conversation]):
     model = Message
     extra = 0
     can_delete = False
-    fields = ("role", "status", "content", "reasoning", "finish_reason", "usage", "ttft_ms")
+    fields = ("role", "status", "content", "reasoning", "finish_reason", "usage", "ttft")
     readonly_fields = fields
+    ttft = _in_units("ttft_ms", "TTFT", duration_ms)
 
     def has_add_permission(self, request: object, obj: object = None) -> bool:
         return False
@@ -260,13 +329,16 @@ class MessageAdmin(admin.ModelAdmin[Message]):
         "role",
         "status",
         "finish_reason",
-        "ttft_ms",
+        "ttft",
+        "speed",
         "created_at",
     )
     list_filter = ("role", "status")
     search_fields = ("content",)
     list_select_related = ("conversation",)
     readonly_fields = ("conversation",)
+    ttft = _in_units("ttft_ms", "TTFT", duration_ms)
+    speed = _in_units("tokens_per_s", "tokens/s", per_second)
 
 
 @admin.register(ApiKey)
@@ -335,11 +407,13 @@ class ApiCallAdmin(ReadOnlyAdmin, admin.ModelAdmin[ApiCall]):
         "outcome",
         "prompt_tokens",
         "completion_tokens",
-        "ttft_ms",
-        "duration_ms",
+        "ttft",
+        "duration",
     )
     list_filter = ("outcome", "endpoint", "stream", "slot_name")
     list_select_related = ("api_key",)
+    ttft = _in_units("ttft_ms", "TTFT", duration_ms)
+    duration = _in_units("duration_ms", "duration", duration_ms)
 
 
 @admin.register(AuditEntry)
@@ -453,9 +527,9 @@ class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
         }
         return TemplateResponse(request, "admin/chat/usageday/dashboard.html", context)
 
-    @admin.display(description="mean TTFT (ms)")
+    @admin.display(description="mean TTFT")
     def mean_ttft(self, row: UsageDay) -> str:
-        return "–" if row.mean_ttft_ms is None else f"{row.mean_ttft_ms:,.0f}"
+        return duration_ms(row.mean_ttft_ms)
 
     @admin.action(description="Export selected rows as CSV")
     def export_csv(self, request: HttpRequest, queryset: Any) -> HttpResponse:

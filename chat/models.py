@@ -49,14 +49,19 @@ class Backend(models.Model):
     # The upstream's key, Fernet-encrypted (chat.crypto): written with set_api_key, read only by
     # config(), so the plain key exists in memory just long enough to build the relay's config.
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
-    connect_timeout_s = models.FloatField(default=5.0, help_text="Seconds to open a connection.")
+    connect_timeout_s = models.FloatField(
+        "connect timeout (s)", default=5.0, help_text="Seconds to open a connection."
+    )
     read_timeout_s = models.FloatField(
+        "read timeout (s)",
         default=120.0,
         help_text="Longest silence between two bytes, in seconds, including the wait for the "
         "first token.",
     )
     total_timeout_s = models.FloatField(
-        default=900.0, help_text="Longest time for one whole answer, in seconds."
+        "total timeout (s)",
+        default=900.0,
+        help_text="Longest time for one whole answer, in seconds.",
     )
     health_path = models.CharField(
         max_length=200, default="/models", help_text="Probed relative to the base URL."
@@ -175,9 +180,12 @@ class Slot(models.Model):
         default=32, help_text="Most requests in flight on this slot; the rest queue in order."
     )
     queue_timeout_s = models.FloatField(
-        default=30.0, help_text="Longest wait in the queue, in seconds, before HTTP 429."
+        "queue timeout (s)",
+        default=30.0,
+        help_text="Longest wait in the queue, in seconds, before HTTP 429.",
     )
     cold_boot_timeout_s = models.FloatField(
+        "cold boot timeout (s)",
         default=120.0,
         help_text="Longest wait for a loading model, in seconds, before HTTP 503.",
     )
@@ -384,8 +392,10 @@ class Message(models.Model):
     usage = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True, help_text="OpenAI error envelope, if any.")
     slot_name = models.CharField(max_length=100, blank=True)
-    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, ms.")
-    tokens_per_s = models.FloatField(null=True, blank=True)
+    ttft_ms = models.FloatField(
+        "TTFT (ms)", null=True, blank=True, help_text="Time to first token, ms."
+    )
+    tokens_per_s = models.FloatField("tokens/s", null=True, blank=True)
     # The generation that streams this answer: a reloaded page resumes it by this id.
     generation_id = models.CharField(max_length=32, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -459,8 +469,10 @@ class ApiCall(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
-    ttft_ms = models.FloatField(null=True, blank=True, help_text="Time to first token, ms.")
-    duration_ms = models.FloatField(help_text="Whole call, ms.")
+    ttft_ms = models.FloatField(
+        "TTFT (ms)", null=True, blank=True, help_text="Time to first token, ms."
+    )
+    duration_ms = models.FloatField("duration (ms)", help_text="Whole call, ms.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
