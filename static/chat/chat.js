@@ -34,6 +34,7 @@ async function submit() {
   const content = box.value;
   if (!content.trim() || controller) return;
   box.value = "";
+  document.getElementById("empty-state")?.remove();
   messages.append(userMessage(content));
   const view = new AnswerView(slotPicker?.value);
   messages.append(view.article);
@@ -249,3 +250,12 @@ messages.scrollTop = messages.scrollHeight;
 const streaming = messages.querySelector("article.message.assistant[data-generation-id]");
 if (streaming) resume(streaming);
 chat.dataset.ready = "true"; // for tests: the composer is wired
+
+// A new chat's example prompts fill the composer, ready to edit or send.
+messages.addEventListener("click", (event) => {
+  const example = event.target instanceof Element && event.target.closest("button[data-prompt]");
+  if (!example) return;
+  box.value = example.dataset.prompt;
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
+});

@@ -146,3 +146,47 @@ def test_on_a_phone_the_chat_fills_the_screen_and_the_list_is_a_drawer(
     expect(page).to_have_url(first)
     expect(nav).to_be_hidden()
     assert page.evaluate("document.documentElement.scrollWidth") == 390
+
+
+def test_a_new_chat_offers_examples_and_the_keyboard_drives_it(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    empty = page.locator("#empty-state")
+    expect(empty.get_by_role("heading", name="What can I help with?")).to_be_visible()
+    page.get_by_role("button", name="Draft an e-mail").click()
+    box = page.get_by_role("textbox", name="Message")
+    expect(box).to_have_value(
+        "Draft a short, friendly e-mail asking to move a meeting to next week."
+    )
+    expect(box).to_be_focused()
+    box.press("Enter")
+    answers = page.locator("article.message.assistant")
+    expect(answers.last).to_have_attribute("data-status", "complete")
+    expect(empty).to_have_count(0)
+    conversation_url = page.url
+
+    page.locator("#chat-title").click()  # away from the message box: ? is then a shortcut
+    page.keyboard.press("?")
+    sheet = page.get_by_role("dialog", name="Keyboard shortcuts")
+    expect(sheet).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(sheet).to_be_hidden()
+    page.keyboard.press("Control+k")
+    expect(page.get_by_role("searchbox", name="Search conversations")).to_be_focused()
+    page.keyboard.press("Shift+Escape")
+    expect(box).to_be_focused()
+    box.press("?")  # in the message box, ? is text
+    expect(box).to_have_value("?")
+    expect(sheet).to_be_hidden()
+    box.fill("")
+
+    requests = sim.stats()["requests"]
+    page.keyboard.press("Control+Shift+E")  # regenerate the last answer
+    expect(page.locator(".branch-pager").last).to_contain_text("2/2")
+    assert sim.stats()["requests"] == requests + 1
+    page.keyboard.press("Control+Shift+O")
+    expect(page).to_have_url(server.base_url + "/")
+    assert conversation_url != page.url
