@@ -124,11 +124,21 @@ function codeBlock(pre, { finished }) {
   const label = document.createElement("span");
   label.className = "code-lang";
   label.textContent = language;
+  const wrap = document.createElement("button");
+  wrap.type = "button";
+  wrap.className = "wrap-code";
+  wrap.setAttribute("aria-pressed", "false");
+  wrap.innerHTML = 'Wrap<span class="visually-hidden"> long lines</span>';
   const button = document.createElement("button");
   button.type = "button";
   button.className = "copy-code";
   button.innerHTML = '<span class="copy-label">Copy</span><span class="visually-hidden"> code</span>';
-  head.append(label, button);
+  const tools = document.createElement("span");
+  tools.className = "code-tools";
+  tools.append(wrap, button);
+  head.append(label, tools);
+  // A block wider than the answer scrolls sideways: keyboard users reach it by Tab to scroll.
+  pre.tabIndex = 0;
   pre.replaceWith(wrapper);
   wrapper.append(head, pre);
 }
@@ -174,8 +184,14 @@ async function copyCode(button) {
   }, 2000);
 }
 
-// One listener for every Copy button, those of answers still streaming included.
+// One listener for every Copy and Wrap button, those of answers still streaming included.
 document.addEventListener("click", (event) => {
-  const button = event.target instanceof Element && event.target.closest("button.copy-code");
-  if (button) copyCode(button);
+  const target = event.target instanceof Element ? event.target : null;
+  const copy = target?.closest("button.copy-code");
+  if (copy) copyCode(copy);
+  const wrap = target?.closest("button.wrap-code");
+  if (wrap) {
+    const wrapped = wrap.closest(".code-block").classList.toggle("wrapped");
+    wrap.setAttribute("aria-pressed", String(wrapped));
+  }
 });

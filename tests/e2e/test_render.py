@@ -23,6 +23,7 @@ from chat.relay.accumulate import MessageAccumulator
 from chat.relay.sse import SSEDecoder
 from chat.simulator import SimulatorThread
 from tests.conftest import FIXTURES, make_slot
+from tests.e2e.test_accessibility import violations
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -207,6 +208,16 @@ def check_markdown(page: Page, answer: Locator) -> None:
     button.click()
     expect(button).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == CODE
+    # Wrap: long lines fold inside the block instead of scrolling it sideways, and back.
+    wrap = answer.get_by_role("button", name="Wrap long lines")
+    pre = answer.locator("pre")
+    expect(pre).to_have_css("white-space", "pre")
+    wrap.click()
+    expect(wrap).to_have_attribute("aria-pressed", "true")
+    expect(pre).to_have_css("white-space", "pre-wrap")
+    wrap.click()
+    expect(pre).to_have_css("white-space", "pre")
+    expect(pre).to_have_attribute("tabindex", "0")  # a block that scrolls is reachable by Tab
 
 
 def test_markdown_answer_renders_highlights_and_copies(
@@ -461,3 +472,18 @@ def test_rendering_the_history_again_leaves_a_streaming_answer_alone(view_page: 
     expect(answer.locator(".typing-cursor")).to_have_count(1)
     feed(view_page, {"content": " and after."}, finish=True)
     expect(answer.locator(".content")).to_have_text("Streaming now and after.")
+
+
+def test_an_answer_with_code_passes_axe(
+    browser_context: BrowserContext, server, replay, user
+) -> None:
+    """axe-core (tests/e2e/test_accessibility.py) on a rendered answer: code, lists, links."""
+    replay.configure(replay="render-markdown.sse")  # headings, a list, a link, a code block
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.get_by_role("textbox", name="Message").fill("What changed?")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator("article.message.assistant").last
+    expect(answer).to_have_attribute("data-status", "complete")
+    expect(answer.locator(".code-block")).to_have_count(1)
+    assert violations(page) == []

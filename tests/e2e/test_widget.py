@@ -231,3 +231,25 @@ def test_limits_and_switching_off_are_said_plainly(
     frame = open_panel(page)
     expect(frame.get_by_role("textbox", name="Message")).to_be_disabled()
     assert sim.stats()["requests"] == requests_before
+
+
+def test_the_widget_fits_a_320_px_phone_and_passes_axe(browser: Browser, server, slot, sim, host):
+    from tests.e2e.test_accessibility import violations
+
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=30)
+    url = embed(host, server, make_widget(slot, host))
+    page = browser.new_context(viewport={"width": 320, "height": 640}).new_page()
+    page.goto(url)
+    frame = open_panel(page)
+    ask(frame, "A question from a small phone")
+    answer = frame.locator("article.message.assistant:not(.greeting)")
+    expect(answer).to_have_attribute("data-status", "complete")
+    panel = page.locator("iframe[data-slipstream-panel]").bounding_box()
+    assert panel is not None
+    assert panel["x"] >= 0
+    assert panel["x"] + panel["width"] <= 320  # the panel fits the screen
+    widget = next(f for f in page.frames if "/widget/" in f.url)
+    # Nothing inside scrolls sideways, and the composer is in view.
+    assert widget.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    expect(frame.get_by_role("button", name="Send")).to_be_in_viewport()
+    assert violations(widget) == []
