@@ -418,6 +418,25 @@ def usage_summary(rows: QuerySet[UsageDay], *, by: list[str]) -> list[dict[str, 
     return sorted(result, key=lambda r: r["tokens"], reverse=True)
 
 
+async def slot_ttft_today(names: list[str]) -> dict[str, float]:
+    """Today's (UTC) median time to first token, ms, of each slot in ``names`` that answered
+    today, from the per-day rows' histograms (one query)."""
+    rows = (
+        UsageDay.objects.filter(day=timezone.now().date(), slot_name__in=names)
+        .order_by()
+        .values("slot_name")
+        .annotate(**{name: Sum(name) for name in _TTFT_FIELDS})
+    )
+    medians = {}
+    async for summed in rows:
+        row: dict[str, Any] = dict(summed)
+        counts = [row[name] or 0 for name in _TTFT_FIELDS]
+        median = quantile(counts, TTFT_BUCKETS_MS, 0.5)
+        if median is not None:
+            medians[row["slot_name"]] = median
+    return medians
+
+
 def usage_by_day(*, user: User, days: int) -> list[dict[str, Any]]:
     """``user``'s usage per day (UTC) over the last ``days`` days, newest first: their chat
     answers and their API keys' calls summed over slots (``usage_summary``'s fields and

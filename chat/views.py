@@ -78,15 +78,20 @@ def conversation_detail(request: HttpRequest, conversation_id: UUID) -> HttpResp
 @require_GET
 @login_required
 async def slot_states(request: HttpRequest) -> JsonResponse:
-    """``{"slots": [{"name", "label", "state", "last_error", "changed_at"}]}`` for the enabled
-    slots, read by the chat's slot picker and the admin's slot list to show state live. Asking
-    is also the on-demand probe: a slot this process has not seen ready is probed now."""
+    """``{"slots": [{"name", "label", "state", "last_error", "changed_at", "in_flight",
+    "queued", "ttft_p50_ms"}]}`` for the enabled slots, read by the chat's slot picker and the
+    admin's slot list to show them live. ``in_flight`` and ``queued`` are this process's
+    requests on the slot (answering, waiting for a place); ``ttft_p50_ms`` is today's (UTC)
+    median time to first token on it, ms, or None. Asking is also the on-demand probe: a slot
+    this process has not seen ready is probed now."""
     user = signed_in(await request.auser())
     slots = [slot async for slot in selectors.slot_list_enabled(user=user)]
+    runtimes = {}
     for slot in slots:
-        runtime = slot_config(slot).runtime()
+        runtime = runtimes[slot.name] = slot_config(slot).runtime()
         if not runtime.ready:
             runtime.probe_soon()
+    ttft = await selectors.slot_ttft_today([slot.name for slot in slots])
     return JsonResponse(
         {
             "slots": [
@@ -98,6 +103,9 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
                     "changed_at": slot.state_changed_at.isoformat()
                     if slot.state_changed_at
                     else None,
+                    "in_flight": runtimes[slot.name].in_flight,
+                    "queued": len(runtimes[slot.name].waiters),
+                    "ttft_p50_ms": ttft.get(slot.name),
                 }
                 for slot in slots
             ]

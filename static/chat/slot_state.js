@@ -25,6 +25,17 @@
     }
   }
 
+  // "primary · ready · 2 queued · first token 350 ms": what a user weighs when picking a model.
+  function optionText(slot) {
+    const parts = [slot.label, slot.state];
+    if (slot.queued) parts.push(`${slot.queued} queued`);
+    if (slot.ttft_p50_ms != null) {
+      const ms = slot.ttft_p50_ms;
+      parts.push(`first token ${ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`}`);
+    }
+    return parts.join(" · ");
+  }
+
   let states = new Map();
 
   async function refresh() {
@@ -45,7 +56,7 @@
       const slot = states.get(option.value);
       if (slot) {
         option.dataset.state = slot.state;
-        option.textContent = `${slot.label} · ${slot.state}`;
+        option.textContent = optionText(slot);
       }
     }
     paintPickerBadge(states);

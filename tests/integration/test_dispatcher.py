@@ -485,3 +485,44 @@ def test_recorded_mid_stream_errors_end_the_same_way(name, server, api_key, slot
         for _ in client.chat.completions.create(model="primary", messages=HELLO, stream=True):
             pass
     assert caught.value.message == recorded_error["message"]
+
+
+def test_slot_states_say_what_is_queued_and_how_fast_it_answers(slot, sim, browser_session):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    assert post_message(browser_session, "Warm it up").status_code == 200
+    (shown,) = browser_session.get("/chat/slots/").json()["slots"]
+    assert (shown["in_flight"], shown["queued"]) == (0, 0)
+    assert shown["ttft_p50_ms"] is not None  # today's answers: one
+    assert 0 < shown["ttft_p50_ms"] <= 100  # the simulator answered at once: the first bucket
+
+    slot.max_concurrency = 1
+    slot.save()
+    sim.configure(ttft_ms=0, tokens_per_s=2, length=40)  # 20 s each: held while we look
+    with (
+        browser_session.stream("POST", "/chat/stream/", json={"content": "one"}) as first,
+        browser_session.stream("POST", "/chat/stream/", json={"content": "two"}) as second,
+    ):
+        # The line iterators stay referenced: dropping one would close its stream.
+        opened = [first_event(response) for response in (first, second)]
+        generations = [data["generation_id"] for data, _ in opened]
+
+        def load() -> tuple[int, int]:
+            (state,) = browser_session.get("/chat/slots/").json()["slots"]
+            return state["queued"], state["in_flight"]
+
+        try:
+            wait_until(lambda: load() == (1, 1))
+        finally:
+            # Chat answers run on without a reader: stop them, or they stream into later tests.
+            for generation in generations:
+                browser_session.post(f"/chat/generations/{generation}/stop/")
+
+
+def first_event(response: httpx.Response) -> tuple[dict[str, Any], Iterator[str]]:
+    """The JSON of the first ``data:`` line of an SSE response (the chat's
+    ``slipstream.message`` event), and the iterator of the lines after it."""
+    lines = response.iter_lines()
+    for line in lines:
+        if line.startswith("data:"):
+            return json.loads(line.removeprefix("data:")), lines
+    raise AssertionError("the stream ended before its first event")
