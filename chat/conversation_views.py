@@ -8,6 +8,7 @@ partial they replace, and plain requests with a redirect.
 from __future__ import annotations
 
 import json
+from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
@@ -20,8 +21,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import exports, selectors, services
 from chat.forms import ConversationSettingsForm
-from chat.http import signed_in
-from chat.models import Conversation
+from chat.http import error_response, invalid, signed_in
+from chat.models import Conversation, Folder
 
 
 def _own(request: HttpRequest, conversation_id: UUID) -> Conversation:
@@ -34,14 +35,31 @@ def _own(request: HttpRequest, conversation_id: UUID) -> Conversation:
 
 
 def sidebar_context(request: HttpRequest, *, current_id: str = "") -> dict[str, object]:
-    """What ``chat/_sidebar.html`` needs: conversations under date headings, the search."""
-    query = request.GET.get("q", "")[:200]
-    conversations = selectors.conversation_list(user=signed_in(request.user), query=query)[:200]
+    """What ``chat/_sidebar.html`` needs: conversations under their headings (pinned,
+    folders, dates), the search, and the user's folders; ``?archived=1`` lists the archived
+    conversations instead."""
+    user = signed_in(request.user)
+    query = request.GET.get(SEARCH, "")[:200]
+    archived = request.GET.get(ARCHIVED) == "1"
+    conversations = selectors.conversation_list(user=user, query=query, archived=archived)
+    folders = selectors.folder_list(user=user)
+    if archived:
+        groups = [selectors.SidebarGroup("Archived", list(conversations[:200]))]
+    else:
+        groups = selectors.conversation_groups(
+            conversations[:200], today=timezone.localdate(), folders=[] if query else folders
+        )
     return {
-        "groups": selectors.conversation_groups(conversations, today=timezone.localdate()),
+        "groups": groups,
+        "folders": folders,
         "current_id": current_id,
         "query": query,
+        "archived": archived,
     }
+
+
+# The sidebar's query parameters: the search, and the archived list instead of the others.
+SEARCH, ARCHIVED = "q", "archived"
 
 
 @require_GET
@@ -107,6 +125,63 @@ def branch(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
 def rename(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
     conversation = _own(request, conversation_id)
     services.conversation_rename(conversation=conversation, title=request.POST.get("title", ""))
+    return _sidebar_or(request, conversation)
+
+
+@require_POST
+@login_required
+def organise(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """Pin, unpin, archive, unarchive or move a conversation: POST ``action`` (``pin``,
+    ``unpin``, ``archive``, ``unarchive``, ``move``) and, to move, ``folder`` (a folder's id,
+    or empty for none) or ``new_folder`` (a name). Answers with the sidebar (htmx) or a
+    redirect to the conversation; 400 for an unknown action or folder."""
+    user = signed_in(request.user)
+    conversation = _own(request, conversation_id)
+    action = request.POST.get("action", "")
+    if action in ("pin", "unpin"):
+        services.conversation_organise(conversation=conversation, pinned=action == "pin")
+    elif action in ("archive", "unarchive"):
+        services.conversation_organise(conversation=conversation, archived=action == "archive")
+    elif action == "move":
+        folder = _folder_of(request, user)
+        if isinstance(folder, HttpResponse):
+            return folder
+        services.conversation_organise(conversation=conversation, folder=folder)
+    else:
+        return error_response(invalid("Unknown action.", param="action"))
+    return _sidebar_or(request, conversation)
+
+
+def _folder_of(request: HttpRequest, user: Any) -> Folder | HttpResponse | None:
+    """The folder a move names: a new one by name, one of the user's by id, or none; a 400
+    response for another user's or an unknown id."""
+    new_name = request.POST.get("new_folder", "").strip()
+    if new_name:
+        return services.folder_get_or_create(user=user, name=new_name)
+    folder_id = request.POST.get("folder", "")
+    if not folder_id:
+        return None
+    folder = Folder.objects.filter(user=user, pk=folder_id).first() if folder_id.isdigit() else None
+    if folder is None:
+        return error_response(invalid("Unknown folder.", param="folder"))
+    return folder
+
+
+@require_POST
+@login_required
+def folder_delete(request: HttpRequest, folder_id: int) -> HttpResponse:
+    """Delete one of the user's folders (its conversations stay, in no folder)."""
+    folder = Folder.objects.filter(user=signed_in(request.user), pk=folder_id).first()
+    if folder is None:
+        raise Http404("No such folder")
+    services.folder_delete(folder=folder)
+    if request.htmx:  # type: ignore[attr-defined]
+        return render(request, "chat/_sidebar.html", sidebar_context(request))
+    return redirect("chat:index")
+
+
+def _sidebar_or(request: HttpRequest, conversation: Conversation) -> HttpResponse:
+    """The sidebar for htmx, marking ``conversation``; else a redirect to it."""
     if request.htmx:  # type: ignore[attr-defined]
         return render(
             request, "chat/_sidebar.html", sidebar_context(request, current_id=str(conversation.pk))

@@ -324,6 +324,23 @@ class Widget(models.Model):
                 )
 
 
+class Folder(models.Model):
+    """A user's folder of conversations in the sidebar (a conversation is in one or none)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="folders"
+    )
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["user", "name"], name="folder_user_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # A team member's conversation, or a widget visitor's (then user is empty).
@@ -350,6 +367,12 @@ class Conversation(models.Model):
     )
     # Set while shared: other signed-in members open it read-only at /s/<share_id>/.
     share_id = models.UUIDField(null=True, blank=True, unique=True)
+    # The sidebar's organisation: pinned on top, in a folder, or archived (out of the list).
+    pinned = models.BooleanField(default=False)
+    folder = models.ForeignKey(
+        Folder, on_delete=models.SET_NULL, null=True, blank=True, related_name="conversations"
+    )
+    archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 

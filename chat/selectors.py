@@ -19,6 +19,7 @@ from chat.models import (
     TTFT_BUCKETS_MS,
     ApiKey,
     Conversation,
+    Folder,
     Message,
     Quota,
     Slot,
@@ -30,41 +31,67 @@ from chat.models import (
 )
 
 
-def conversation_list(*, user: User, query: str = "") -> QuerySet[Conversation]:
-    """The user's conversations, most recently active first; with ``query``, those whose title
-    or any message contains it (case-insensitive)."""
-    conversations = Conversation.objects.filter(user=user)
+def conversation_list(
+    *, user: User, query: str = "", archived: bool = False
+) -> QuerySet[Conversation]:
+    """The user's conversations (the archived ones, or the others), most recently active
+    first; with ``query``, those whose title or any message contains it (case-insensitive)."""
+    conversations = Conversation.objects.filter(user=user, archived_at__isnull=not archived)
     query = query.strip()
     if query:
         matching = Message.objects.filter(content__icontains=query).values("conversation_id")
         conversations = conversations.filter(Q(title__icontains=query) | Q(pk__in=matching))
-    return conversations.order_by("-updated_at")
+    return conversations.select_related("folder").order_by("-updated_at")
 
 
 DATE_GROUPS = ("Today", "Yesterday", "Previous 7 days", "Previous 30 days", "Older")
 
 
+@dataclass(frozen=True)
+class SidebarGroup:
+    """One heading of the sidebar and its conversations: ``folder`` is set for a folder's."""
+
+    label: str
+    items: list[Conversation]
+    folder: Folder | None = None
+
+
 def conversation_groups(
-    conversations: Iterable[Conversation], *, today: date
-) -> list[tuple[str, list[Conversation]]]:
-    """Conversations under the sidebar's date headings (by last activity, in local time),
-    empty headings left out, order kept."""
-    groups: dict[str, list[Conversation]] = {label: [] for label in DATE_GROUPS}
+    conversations: Iterable[Conversation], *, today: date, folders: Iterable[Folder] = ()
+) -> list[SidebarGroup]:
+    """The sidebar's headings: "Pinned", then each of ``folders`` (empty ones too, so that they
+    can be seen and deleted), then the rest under date headings (by last activity, in local
+    time; empty date headings left out). Order within each is kept."""
+    pinned: list[Conversation] = []
+    in_folder: dict[int, list[Conversation]] = {folder.pk: [] for folder in folders}
+    by_date: dict[str, list[Conversation]] = {label: [] for label in DATE_GROUPS}
     for conversation in conversations:
-        age = (today - timezone.localtime(conversation.updated_at).date()).days
-        label = (
-            "Today"
-            if age <= 0
-            else "Yesterday"
-            if age == 1
-            else "Previous 7 days"
-            if age <= 7
-            else "Previous 30 days"
-            if age <= 30
-            else "Older"
-        )
-        groups[label].append(conversation)
-    return [(label, items) for label, items in groups.items() if items]
+        if conversation.pinned:
+            pinned.append(conversation)
+        elif conversation.folder_id in in_folder:
+            in_folder[conversation.folder_id].append(conversation)
+        else:
+            by_date[_age_label(today, conversation)].append(conversation)
+    groups = [SidebarGroup("Pinned", pinned)] if pinned else []
+    groups += [SidebarGroup(f.name, in_folder[f.pk], f) for f in folders]
+    groups += [SidebarGroup(label, items) for label, items in by_date.items() if items]
+    return groups
+
+
+def _age_label(today: date, conversation: Conversation) -> str:
+    age = (today - timezone.localtime(conversation.updated_at).date()).days
+    if age <= 0:
+        return "Today"
+    if age == 1:
+        return "Yesterday"
+    if age <= 7:
+        return "Previous 7 days"
+    return "Previous 30 days" if age <= 30 else "Older"
+
+
+def folder_list(*, user: User) -> list[Folder]:
+    """The user's folders, by name."""
+    return list(Folder.objects.filter(user=user))
 
 
 def conversation_get(*, user: User, conversation_id: Any) -> Conversation | None:

@@ -10,7 +10,7 @@ import time
 import uuid
 import zlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
@@ -29,6 +29,7 @@ from chat.models import (
     ApiKey,
     Backend,
     Conversation,
+    Folder,
     Message,
     Slot,
     StoredResponse,
@@ -371,6 +372,43 @@ def conversation_rename(*, conversation: Conversation, title: str) -> None:
     title = " ".join(title.split())[:200]
     conversation.title = title or conversation.title
     conversation.save(update_fields=["title"])
+
+
+def conversation_organise(
+    *,
+    conversation: Conversation,
+    pinned: bool | None = None,
+    archived: bool | None = None,
+    folder: Folder | Literal["keep"] | None = "keep",
+) -> None:
+    """Pin or unpin, archive or bring back, move into a folder (``None``: out of any) what is
+    given; the conversation's last activity (its place by date) is left as it was."""
+    fields = []
+    if pinned is not None:
+        conversation.pinned = pinned
+        fields.append("pinned")
+    if archived is not None:
+        conversation.archived_at = timezone.now() if archived else None
+        fields.append("archived_at")
+    if folder != "keep":
+        conversation.folder = folder
+        fields.append("folder")
+    if fields:
+        conversation.save(update_fields=fields)
+
+
+def folder_get_or_create(*, user: User, name: str) -> Folder:
+    """The user's folder of that name (spaces collapsed, at most 100 characters), made if new.
+    Raises ``ValueError`` for an empty name."""
+    name = " ".join(name.split())[:100]
+    if not name:
+        raise ValueError("A folder needs a name.")
+    return Folder.objects.get_or_create(user=user, name=name)[0]
+
+
+def folder_delete(*, folder: Folder) -> None:
+    """Delete a folder; its conversations stay, in no folder."""
+    folder.delete()
 
 
 def conversation_delete(*, conversation: Conversation) -> None:

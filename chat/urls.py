@@ -15,6 +15,8 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/branch/", conversation_views.branch, name="branch"),
     path("c/<uuid:conversation_id>/rename/", conversation_views.rename, name="rename"),
     path("c/<uuid:conversation_id>/delete/", conversation_views.delete, name="delete"),
+    path("c/<uuid:conversation_id>/organise/", conversation_views.organise, name="organise"),
+    path("folders/<int:folder_id>/delete/", conversation_views.folder_delete, name="folder-delete"),
     path(
         "c/<uuid:conversation_id>/settings/",
         conversation_views.settings_update,

@@ -190,3 +190,38 @@ def test_a_new_chat_offers_examples_and_the_keyboard_drives_it(
     page.keyboard.press("Control+Shift+O")
     expect(page).to_have_url(server.base_url + "/")
     assert conversation_url != page.url
+
+
+def test_conversations_are_pinned_filed_and_archived_from_their_menu(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    from chat.models import Conversation
+
+    for title in ("Alpha plans", "Beta notes"):
+        Conversation.objects.create(user=user, title=title)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    nav = page.get_by_role("navigation", name="Conversations")
+    groups = nav.locator(".conversation-group")
+
+    def menu(title: str) -> Any:
+        nav.get_by_label(f"Actions for {title}").click()
+        return nav.locator(".conversation-item", has_text=title).locator(".conversation-menu")
+
+    menu("Alpha plans").get_by_role("button", name="Pin").click()
+    expect(groups.first).to_have_text("Pinned")
+    expect(nav.locator(".conversation-list").first).to_contain_text("Alpha plans")
+
+    beta = menu("Beta notes")
+    beta.get_by_placeholder("Folder name").fill("Research")
+    beta.get_by_role("button", name="Move").click()
+    expect(groups).to_have_text(["Pinned", "Research"])
+
+    menu("Beta notes").get_by_role("button", name="Archive").click()
+    expect(nav.get_by_role("link", name="Beta notes")).to_have_count(0)
+    nav.get_by_role("link", name="Archived").click()
+    expect(groups).to_have_text(["Archived"])
+    expect(nav.get_by_role("link", name="Beta notes")).to_be_visible()
+    menu("Beta notes").get_by_role("button", name="Unarchive").click()  # back to the list
+    expect(groups).to_have_text(["Pinned", "Research"])
+    expect(nav.locator(".conversation-item", has_text="Beta notes")).to_be_visible()
