@@ -21,6 +21,7 @@ from chat.models import (
     Conversation,
     Folder,
     Message,
+    Prompt,
     Quota,
     Slot,
     StoredResponse,
@@ -87,6 +88,16 @@ def _age_label(today: date, conversation: Conversation) -> str:
     if age <= 7:
         return "Previous 7 days"
     return "Previous 30 days" if age <= 30 else "Older"
+
+
+def prompt_list(*, user: User) -> QuerySet[Prompt]:
+    """The prompts ``user`` may use: their own and those shared with one of their groups, by
+    title."""
+    return (
+        Prompt.objects.filter(Q(owner=user) | Q(group__in=user.groups.all()))
+        .select_related("owner", "group")
+        .distinct()
+    )
 
 
 def folder_list(*, user: User) -> list[Folder]:

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import DatabaseError, IntegrityError
 from django.db.models import F, Model
 from django.utils import timezone
@@ -31,6 +31,7 @@ from chat.models import (
     Conversation,
     Folder,
     Message,
+    Prompt,
     Slot,
     StoredResponse,
     UsageDay,
@@ -395,6 +396,17 @@ def conversation_organise(
         fields.append("folder")
     if fields:
         conversation.save(update_fields=fields)
+
+
+def prompt_create(*, owner: User, title: str, text: str, group: Group | None = None) -> Prompt:
+    """A new prompt of ``owner``'s library, shared with ``group`` (one of theirs) when given.
+    Raises ``ValueError`` for an empty title or text, or a group the owner is not in."""
+    title, text = " ".join(title.split())[:100], text.strip()
+    if not title or not text:
+        raise ValueError("A prompt needs a title and a text.")
+    if group is not None and not owner.groups.filter(pk=group.pk).exists():
+        raise ValueError("Prompts are shared only with your own groups.")
+    return Prompt.objects.create(owner=owner, title=title, text=text[:20_000], group=group)
 
 
 def folder_get_or_create(*, user: User, name: str) -> Folder:

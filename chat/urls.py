@@ -40,5 +40,8 @@ urlpatterns = [
     path("settings/keys/", views.api_keys, name="api-keys"),
     path("settings/usage/", views.usage, name="usage"),
     path("chat/budget/", views.budget, name="budget"),
+    path("settings/prompts/", views.prompts, name="prompts"),
+    path("settings/prompts/<int:prompt_id>/delete/", views.prompt_delete, name="prompt-delete"),
+    path("chat/prompts/", views.prompt_choices, name="prompt-choices"),
     path("settings/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
 ]

@@ -27,7 +27,7 @@ from chat import answers, jsonbody, selectors, services, streaming
 from chat.conversation_views import sidebar_context
 from chat.forms import ConversationSettingsForm
 from chat.http import error_response, invalid, signed_in, sse_response
-from chat.models import Conversation, Message, UsageDay
+from chat.models import Conversation, Message, Prompt, UsageDay
 from chat.relay.errors import EnvelopeError
 from chat.slotconfig import slot_config
 
@@ -311,6 +311,73 @@ def usage(request: HttpRequest) -> HttpResponse:
     since = timezone.now().date() - timedelta(days=USAGE_DAYS - 1)
     (total,) = selectors.usage_summary(UsageDay.objects.filter(user=user, day__gte=since), by=[])
     return render(request, "chat/usage.html", {"rows": rows, "total": total, "days": USAGE_DAYS})
+
+
+@login_required
+def prompts(request: HttpRequest) -> HttpResponse:
+    """The prompt library: the user's prompts and those shared with their groups. POST
+    ``title``, ``text`` and optionally ``group`` (one of theirs) adds one, then redirects here;
+    a refused one is shown again with the reason."""
+    user = signed_in(request.user)
+    error = ""
+    if request.method == "POST":
+        group_id = request.POST.get("group", "")
+        group = user.groups.filter(pk=group_id).first() if group_id.isdigit() else None
+        try:
+            if group_id and group is None:
+                raise ValueError("Prompts are shared only with your own groups.")
+            services.prompt_create(
+                owner=user,
+                title=request.POST.get("title", ""),
+                text=request.POST.get("text", ""),
+                group=group,
+            )
+        except ValueError as exc:
+            error = str(exc)
+        else:
+            return redirect("chat:prompts")
+    return render(
+        request,
+        "chat/prompts.html",
+        {
+            "prompts": selectors.prompt_list(user=user),
+            "groups": user.groups.all(),
+            "error": error,
+            "form": request.POST if error else {},
+        },
+        status=400 if error else 200,
+    )
+
+
+@require_POST
+@login_required
+def prompt_delete(request: HttpRequest, prompt_id: int) -> HttpResponse:
+    """Delete one of the user's own prompts (a shared one only its owner deletes)."""
+    deleted, _ = Prompt.objects.filter(owner=signed_in(request.user), pk=prompt_id).delete()
+    if not deleted:
+        raise Http404("No such prompt")
+    return redirect("chat:prompts")
+
+
+@require_GET
+@login_required
+def prompt_choices(request: HttpRequest) -> JsonResponse:
+    """``{"prompts": [{"id", "title", "text", "shared_by"}]}``: what ``/`` in the message box
+    offers (prompts.js), the user's own and their groups'."""
+    user = signed_in(request.user)
+    return JsonResponse(
+        {
+            "prompts": [
+                {
+                    "id": p.pk,
+                    "title": p.title,
+                    "text": p.text,
+                    "shared_by": "" if p.owner_id == user.pk else p.owner.get_username(),
+                }
+                for p in selectors.prompt_list(user=user)[:500]
+            ]
+        }
+    )
 
 
 @require_GET

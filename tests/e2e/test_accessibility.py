@@ -53,6 +53,6 @@ def test_the_chat_and_its_pages_pass_axe(
         "data-status", "complete"
     )
     assert violations(page) == []
-    for path in ("/settings/keys/", "/settings/usage/"):
+    for path in ("/settings/keys/", "/settings/usage/", "/settings/prompts/"):
         page.goto(server.base_url + path)
         assert violations(page) == [], path

@@ -225,3 +225,37 @@ def test_conversations_are_pinned_filed_and_archived_from_their_menu(
     menu("Beta notes").get_by_role("button", name="Unarchive").click()  # back to the list
     expect(groups).to_have_text(["Pinned", "Research"])
     expect(nav.locator(".conversation-item", has_text="Beta notes")).to_be_visible()
+
+
+def test_slash_in_the_message_box_finds_a_saved_prompt(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=4)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.get_by_role("link", name="Prompts").click()
+    for title, text in (("Summarise", "Summarise this text:"), ("Translate", "Into French:")):
+        page.get_by_label("Title").fill(title)
+        page.get_by_label("Text").fill(text)
+        page.get_by_role("button", name="Save prompt").click()
+        expect(page.get_by_role("cell", name=title, exact=True)).to_be_visible()
+    page.get_by_role("link", name="← Back to chat").click()
+
+    box = page.get_by_role("textbox", name="Message")
+    box.fill("")
+    box.press_sequentially("/")
+    options = page.get_by_role("listbox", name="Saved prompts").get_by_role("option")
+    expect(options).to_have_text(["Summarise", "Translate"])
+    box.press_sequentially("tr")
+    expect(options).to_have_text(["Translate"])
+    box.press("Backspace")
+    box.press("Backspace")
+    box.press("ArrowDown")
+    expect(options.nth(1)).to_have_attribute("aria-selected", "true")
+    box.press("Enter")  # puts the prompt in; does not send
+    expect(box).to_have_value("Into French:")
+    expect(page.get_by_role("listbox", name="Saved prompts")).to_be_hidden()
+    expect(page.locator("article.message")).to_have_count(0)
+    box.press_sequentially(" Good morning")
+    box.press("Enter")  # now it sends
+    expect(page.locator("article.message.user .content")).to_have_text("Into French: Good morning")
