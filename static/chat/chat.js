@@ -32,7 +32,14 @@ function generationUrl(id, suffix = "") {
 
 async function submit() {
   const content = box.value;
-  if (!content.trim() || controller) return;
+  if (!content.trim() || controller || comparing) return;
+  const compared = compareSlots();
+  if (compared.length > 1) {
+    box.value = "";
+    document.getElementById("empty-state")?.remove();
+    await compare(content, compared);
+    return;
+  }
   box.value = "";
   document.getElementById("empty-state")?.remove();
   messages.append(userMessage(content));
@@ -220,6 +227,10 @@ async function runAnswer(view, url, payload) {
 
 
 async function stopAnswer() {
+  if (comparing) {
+    comparing.forEach((column) => column.stop());
+    return;
+  }
   if (!controller) return;
   if (!generationId) {
     // Aborting now would leave the answer generating on the server: stop it once we know it.
@@ -259,3 +270,129 @@ messages.addEventListener("click", (event) => {
   box.focus();
   box.setSelectionRange(box.value.length, box.value.length);
 });
+
+// --- Compare: one message answered by 2 or 3 slots side by side --------------------------
+// The first slot answers the message; the others answer it again at once (regenerate, with
+// their slot), so the answers are sibling versions of one turn. Each column streams with its
+// own cursor, TTFT and tok/s, and its own Stop; "Use this answer" shows that version and the
+// conversation goes on from it (the others stay in the version pager).
+
+const comparePicker = document.getElementById("compare-picker");
+let comparing = null; // the columns while a comparison streams
+
+function compareSlots() {
+  if (!comparePicker) return [];
+  return [...comparePicker.querySelectorAll("input[name=compare]:checked")].map((input) => input.value);
+}
+
+// At most three: the others are disabled once three are ticked.
+comparePicker?.addEventListener("change", () => {
+  const boxes = [...comparePicker.querySelectorAll("input[name=compare]")];
+  const full = boxes.filter((input) => input.checked).length >= 3;
+  boxes.forEach((input) => { input.disabled = full && !input.checked; });
+  const count = compareSlots().length;
+  comparePicker.querySelector("summary").textContent = count > 1 ? `Compare (${count})` : "Compare";
+});
+
+function compareColumn(slot) {
+  const column = document.createElement("section");
+  column.className = "compare-column";
+  column.setAttribute("aria-label", `Answer from ${slot}`);
+  const head = document.createElement("div");
+  head.className = "compare-head";
+  const stopButton = Object.assign(document.createElement("button"), { type: "button", textContent: "Stop" });
+  stopButton.setAttribute("aria-label", `Stop ${slot}`);
+  const use = Object.assign(document.createElement("button"), { type: "button", textContent: "Use this answer", hidden: true });
+  use.setAttribute("aria-label", `Use the answer from ${slot}`);
+  head.append(Object.assign(document.createElement("strong"), { textContent: slot }), stopButton, use);
+  const view = new AnswerView(slot);
+  column.append(head, view.article);
+  const state = { slot, view, column, use, generationId: null, controller: new AbortController() };
+  state.stop = async () => {
+    if (!state.generationId) return state.controller.abort();
+    try {
+      const response = await fetch(generationUrl(state.generationId, "stop/"), {
+        method: "POST", headers: { "X-CSRFToken": csrfToken }, credentials: "same-origin",
+      });
+      if (!response.ok) state.controller.abort();
+    } catch {
+      state.controller.abort();
+    }
+  };
+  stopButton.addEventListener("click", state.stop);
+  state.stopButton = stopButton;
+  return state;
+}
+
+function playColumn(column, payload, onMessage) {
+  return playAnswer(column.view, chat.dataset.streamUrl, payload, {
+    csrfToken,
+    signal: column.controller.signal,
+    resumeUrl,
+    onMessage(data) {
+      column.generationId = data.generation_id;
+      column.messageId = data.assistant_message_id;
+      onMessage?.(data);
+    },
+  }).then((status) => {
+    column.stopButton.hidden = true;
+    column.use.hidden = !column.messageId;
+    return status;
+  });
+}
+
+async function compare(content, slots) {
+  const grid = document.createElement("div");
+  grid.className = "compare-grid";
+  grid.setAttribute("role", "group");
+  grid.setAttribute("aria-label", "Answers to compare");
+  messages.append(userMessage(content), grid);
+  const columns = slots.map(compareColumn);
+  grid.append(...columns.map((column) => column.column));
+  comparing = columns;
+  setStreaming(true);
+  let userMessageId = null;
+  let started;
+  const begun = new Promise((resolve) => { started = resolve; });
+  const first = playColumn(columns[0], {
+    content, conversation: chat.dataset.conversation || null, slot: slots[0],
+  }, (data) => {
+    userMessageId = data.user_message_id;
+    if (!chat.dataset.conversation && data.conversation_url) {
+      chat.dataset.conversation = data.conversation_id;
+      history.replaceState(null, "", data.conversation_url);
+      document.getElementById("chat-title").textContent = data.title;
+      document.title = `${data.title} · Slipstream`;
+      document.body.dispatchEvent(new CustomEvent("conversations-changed"));
+      showConversationTools();
+    }
+    started();
+  });
+  first.then(started); // refused or failed before it began: the others cannot follow
+  await begun;
+  const runs = columns.slice(1).map((column) => {
+    if (!userMessageId) {
+      column.stopButton.hidden = true;
+      column.view.finish({ status: "error", error: "The first answer did not start." });
+      return Promise.resolve("error");
+    }
+    return playColumn(column, {
+      conversation: chat.dataset.conversation, regenerate: userMessageId, slot: column.slot,
+    });
+  });
+  await Promise.all([first, ...runs]);
+  comparing = null;
+  setStreaming(false);
+  announcer.textContent = "Answers ready to compare: choose one to go on with.";
+  document.body.dispatchEvent(new CustomEvent("answer-ended"));
+  grid.addEventListener("click", async (event) => {
+    const chosen = columns.find((column) => column.use === event.target);
+    if (!chosen) return;
+    const body = new URLSearchParams({ message: chosen.messageId });
+    await fetch(chat.dataset.branchUrl.replace("00000000-0000-0000-0000-000000000000", chat.dataset.conversation), {
+      method: "POST", body, headers: { "X-CSRFToken": csrfToken }, credentials: "same-origin",
+    });
+    await refreshThread();
+    box.focus();
+  });
+}

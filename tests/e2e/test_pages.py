@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, Response, expect
 
-from chat.models import ApiKey
+from chat.models import ApiKey, Slot
 from tests.e2e.test_chat import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -259,3 +259,69 @@ def test_slash_in_the_message_box_finds_a_saved_prompt(
     box.press_sequentially(" Good morning")
     box.press("Enter")  # now it sends
     expect(page.locator("article.message.user .content")).to_have_text("Into French: Good morning")
+
+
+def test_compare_answers_side_by_side_and_go_on_with_one(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    from chat.models import Message
+    from tests.conftest import make_slot
+
+    make_slot(sim.base_url, name="second")
+    Slot.objects.filter(name="second").update(is_default=False)  # "primary" stays the default
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=6)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.get_by_text("Compare", exact=True).click()
+    page.get_by_role("checkbox", name="primary").check()
+    page.get_by_role("checkbox", name="second").check()
+    page.get_by_role("textbox", name="Message").fill("Which is better?")
+    page.get_by_role("button", name="Send").click()
+
+    grid = page.get_by_role("group", name="Answers to compare")
+    columns = grid.locator(".compare-column")
+    expect(columns).to_have_count(2)
+    for name in ("primary", "second"):
+        column = grid.get_by_role("region", name=f"Answer from {name}")
+        expect(column.locator("article.message.assistant")).to_have_attribute(
+            "data-status", "complete"
+        )
+        expect(column.locator(".meta")).to_contain_text("TTFT")
+    answers = Message.objects.filter(role="assistant")
+    assert sorted(answers.values_list("slot_name", flat=True)) == ["primary", "second"]
+    assert len({m.parent_id for m in answers}) == 1  # two versions of one turn
+
+    grid.get_by_role("button", name="Use the answer from second").click()
+    expect(grid).to_have_count(0)  # the thread, as stored, in its place
+    shown = page.locator("article.message.assistant")
+    expect(shown).to_have_count(1)
+    chosen = answers.get(slot_name="second")
+    expect(shown).to_have_attribute("data-message-id", str(chosen.pk))
+    expect(page.locator(".branch-pager")).to_contain_text("/2")
+
+
+def test_each_compared_answer_stops_on_its_own(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    from tests.conftest import make_slot
+
+    make_slot(sim.base_url, name="second")
+    Slot.objects.filter(name="second").update(is_default=False)  # "primary" stays the default
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.get_by_text("Compare", exact=True).click()
+    page.get_by_role("checkbox", name="primary").check()
+    page.get_by_role("checkbox", name="second").check()
+    page.get_by_role("textbox", name="Message").fill("Go on and on")
+    page.get_by_role("button", name="Send").click()
+    grid = page.get_by_role("group", name="Answers to compare")
+    second = grid.get_by_role("region", name="Answer from second")
+    primary = grid.get_by_role("region", name="Answer from primary")
+    expect(second.locator(".content")).to_contain_text(" ")
+    second.get_by_role("button", name="Stop second").click()
+    expect(second.locator("article")).to_have_attribute("data-status", "stopped")
+    expect(primary.locator("article")).to_have_attribute("data-status", "streaming")
+    page.keyboard.press("Escape")  # Stop (and Esc) stop every answer still running
+    expect(primary.locator("article")).to_have_attribute("data-status", "stopped")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
