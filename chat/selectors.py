@@ -456,23 +456,26 @@ def usage_summary(rows: QuerySet[UsageDay], *, by: list[str]) -> list[dict[str, 
     return sorted(result, key=lambda r: r["tokens"], reverse=True)
 
 
-async def slot_ttft_today(names: list[str]) -> dict[str, float]:
-    """Today's (UTC) median time to first token, ms, of each slot in ``names`` that answered
-    today, from the per-day rows' histograms (one query)."""
+async def slot_today(names: list[str]) -> dict[str, dict[str, Any]]:
+    """Today's (UTC) figures of each slot in ``names`` that answered today, from the per-day
+    rows (one query): ``requests``, ``errors``, ``ttft_p50_ms`` (median time to first token,
+    ms) and ``tokens_per_s_p50``, None where unmeasured."""
     rows = (
         UsageDay.objects.filter(day=timezone.now().date(), slot_name__in=names)
         .order_by()
         .values("slot_name")
-        .annotate(**{name: Sum(name) for name in _TTFT_FIELDS})
+        .annotate(**{name: Sum(name) for name in _USAGE_SUMS})
     )
-    medians = {}
+    today = {}
     async for summed in rows:
-        row: dict[str, Any] = dict(summed)
-        counts = [row[name] or 0 for name in _TTFT_FIELDS]
-        median = quantile(counts, TTFT_BUCKETS_MS, 0.5)
-        if median is not None:
-            medians[row["slot_name"]] = median
-    return medians
+        row = _with_percentiles(dict(summed))
+        today[row["slot_name"]] = {
+            "requests": row["requests"] or 0,
+            "errors": row["errors"] or 0,
+            "ttft_p50_ms": row["ttft_p50_ms"],
+            "tokens_per_s_p50": row["tokens_per_s_p50"],
+        }
+    return today
 
 
 def usage_by_day(*, user: User, days: int) -> list[dict[str, Any]]:

@@ -79,11 +79,12 @@ def conversation_detail(request: HttpRequest, conversation_id: UUID) -> HttpResp
 @login_required
 async def slot_states(request: HttpRequest) -> JsonResponse:
     """``{"slots": [{"name", "label", "state", "last_error", "changed_at", "in_flight",
-    "queued", "ttft_p50_ms"}]}`` for the enabled slots, read by the chat's slot picker and the
-    admin's slot list to show them live. ``in_flight`` and ``queued`` are this process's
-    requests on the slot (answering, waiting for a place); ``ttft_p50_ms`` is today's (UTC)
-    median time to first token on it, ms, or None. Asking is also the on-demand probe: a slot
-    this process has not seen ready is probed now."""
+    "queued", "requests_today", "errors_today", "ttft_p50_ms", "tokens_per_s_p50"}]}`` for
+    the enabled slots, read by the chat's slot picker, the admin's slot list and its front page
+    to show them live. ``in_flight`` and ``queued`` are this process's requests on the slot
+    (answering, waiting for a place); the rest is today's (UTC): requests, errors, and the
+    median time to first token (ms) and speed (tokens/s), None before any. Asking is also
+    the on-demand probe: a slot this process has not seen ready is probed now."""
     user = signed_in(await request.auser())
     slots = [slot async for slot in selectors.slot_list_enabled(user=user)]
     runtimes = {}
@@ -91,7 +92,7 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
         runtime = runtimes[slot.name] = slot_config(slot).runtime()
         if not runtime.ready:
             runtime.probe_soon()
-    ttft = await selectors.slot_ttft_today([slot.name for slot in slots])
+    today = await selectors.slot_today([slot.name for slot in slots])
     return JsonResponse(
         {
             "slots": [
@@ -105,12 +106,24 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
                     else None,
                     "in_flight": runtimes[slot.name].in_flight,
                     "queued": len(runtimes[slot.name].waiters),
-                    "ttft_p50_ms": ttft.get(slot.name),
+                    **{
+                        "requests_today": 0,
+                        "errors_today": 0,
+                        "ttft_p50_ms": None,
+                        "tokens_per_s_p50": None,
+                        **_renamed(today.get(slot.name, {})),
+                    },
                 }
                 for slot in slots
             ]
         }
     )
+
+
+def _renamed(today: dict[str, Any]) -> dict[str, Any]:
+    """``selectors.slot_today``'s figures under slot_states' names."""
+    names = {"requests": "requests_today", "errors": "errors_today"}
+    return {names.get(key, key): value for key, value in today.items()}
 
 
 def _bad_request(message: str, *, param: str | None = None, status: int = 400) -> JsonResponse:

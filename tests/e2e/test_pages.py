@@ -5,6 +5,7 @@ page names one, and that /favicon.ico answers, is tests/integration/test_serve.p
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -325,3 +326,26 @@ def test_each_compared_answer_stops_on_its_own(
     page.keyboard.press("Escape")  # Stop (and Esc) stop every answer still running
     expect(primary.locator("article")).to_have_attribute("data-status", "stopped")
     expect(page.get_by_role("button", name="Send")).to_be_visible()
+
+
+def test_the_admin_front_page_shows_the_slots_live(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    user.is_staff = user.is_superuser = True
+    user.save()
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.get_by_role("textbox", name="Message").fill("Count me")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("article.message.assistant").last).to_have_attribute(
+        "data-status", "complete"
+    )
+    page.goto(server.base_url + "/admin/")
+    row = page.locator("#slots-now tbody tr[data-slot=primary]")
+    expect(row.locator(".slot-state")).to_have_text(re.compile("ready|cold|warming"))
+    cells = row.locator("td")
+    expect(cells).to_have_count(7)
+    expect(cells.nth(1)).to_have_text("0")  # streaming now
+    expect(cells.nth(3)).to_have_text("1")  # requests today
+    expect(cells.nth(5)).to_have_text(re.compile(r"^\d+ ms$"))  # first token p50
