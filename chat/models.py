@@ -698,6 +698,7 @@ class SignOnIdentity(models.Model):
 
     class Meta:
         verbose_name = "single sign-on identity"
+        verbose_name_plural = "single sign-on identities"
         constraints = [
             models.UniqueConstraint(fields=["issuer", "subject"], name="sign_on_identity_unique")
         ]

@@ -4,11 +4,13 @@ critical WCAG 2 A/AA violation on the pages people use, on a wide screen and on 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from playwright.sync_api import BrowserContext, Frame, Page, expect
 
+from chat import services
+from chat.models import Conversation
 from tests.e2e.test_chat import sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -36,12 +38,20 @@ def violations(page: Page | Frame) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.mark.parametrize("theme", ["light", "dark"])
 @pytest.mark.parametrize("viewport", [(1280, 800), (390, 844)], ids=["wide", "phone"])
 def test_the_chat_and_its_pages_pass_axe(
-    browser_context: BrowserContext, server, slot, sim, user, viewport: tuple[int, int]
+    browser_context: BrowserContext,
+    server,
+    slot,
+    sim,
+    user,
+    viewport: tuple[int, int],
+    theme: Literal["light", "dark"],
 ) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=12)
     page = browser_context.new_page()
+    page.emulate_media(color_scheme=theme)
     page.goto(server.base_url + "/login/")
     assert violations(page) == []
     sign_in(page, server.base_url)
@@ -53,6 +63,9 @@ def test_the_chat_and_its_pages_pass_axe(
         "data-status", "complete"
     )
     assert violations(page) == []
-    for path in ("/settings/keys/", "/settings/usage/", "/settings/prompts/"):
+    conversation = Conversation.objects.get()
+    services.conversation_share(conversation=conversation, shared=True)
+    shared = f"/s/{conversation.share_id}/"
+    for path in ("/settings/keys/", "/settings/usage/", "/settings/prompts/", shared):
         page.goto(server.base_url + path)
         assert violations(page) == [], path

@@ -299,6 +299,9 @@ def test_compare_answers_side_by_side_and_go_on_with_one(
     chosen = answers.get(slot_name="second")
     expect(shown).to_have_attribute("data-message-id", str(chosen.pk))
     expect(page.locator(".branch-pager")).to_contain_text("/2")
+    page.reload()  # the chosen one is the conversation's shown branch, not only on this page
+    expect(shown).to_have_count(1)
+    expect(shown).to_have_attribute("data-message-id", str(chosen.pk))
 
 
 def test_each_compared_answer_stops_on_its_own(
@@ -349,3 +352,39 @@ def test_the_admin_front_page_shows_the_slots_live(
     expect(cells.nth(1)).to_have_text("0")  # streaming now
     expect(cells.nth(3)).to_have_text("1")  # requests today
     expect(cells.nth(5)).to_have_text(re.compile(r"^\d+ ms$"))  # first token p50
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(320, 640), (390, 844), (768, 1024), (1280, 800)], ids=str
+)
+def test_every_width_sends_stops_and_scrolls_only_down(
+    browser_context: BrowserContext, server, slot, sim, user, width: int, height: int
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": width, "height": height})
+    sign_in(page, server.base_url)
+    no_overflow = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    assert page.evaluate(no_overflow)
+    nav = page.get_by_role("navigation", name="Conversations")
+    menu = page.get_by_role("button", name="Menu")
+    if width <= 700:  # a drawer behind the menu button
+        expect(nav).to_be_hidden()
+        menu.click()
+        expect(nav).to_be_visible()
+        page.locator("#backdrop").click(position={"x": width - 10, "y": height // 2})
+        expect(nav).to_be_hidden()
+    else:
+        expect(nav).to_be_visible()
+        expect(menu).to_be_hidden()
+
+    page.get_by_role("textbox", name="Message").fill("A long answer, please")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator("article.message.assistant").last
+    expect(answer.locator(".content")).to_contain_text(" ")
+    expect(page.locator("#composer")).to_be_in_viewport(ratio=1)  # while the answer streams
+    assert page.evaluate(no_overflow)
+    page.get_by_role("button", name="Stop").click()
+    expect(answer).to_have_attribute("data-status", "stopped")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+    assert page.evaluate(no_overflow)
