@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint browser node-deps bench
+.PHONY: run test lint browser node-deps bench screenshots
 
 run: $(VENV)/.runtime
 	$(PY) manage.py serve
@@ -27,6 +27,10 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) bench/run_all.py
+
+# Every page at phone and desktop widths, light and dark, into docs/screenshots/ (replaced).
+screenshots: $(VENV)/.dev browser node-deps
+	$(PY) -m tests.support.screenshots docs/screenshots
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

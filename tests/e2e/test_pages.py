@@ -362,8 +362,8 @@ def test_every_width_sends_stops_and_scrolls_only_down(
 ) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
     page = browser_context.new_page()
+    sign_in(page, server.base_url)  # sign_in waits for the sidebar: before the width changes
     page.set_viewport_size({"width": width, "height": height})
-    sign_in(page, server.base_url)
     no_overflow = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
     assert page.evaluate(no_overflow)
     nav = page.get_by_role("navigation", name="Conversations")
