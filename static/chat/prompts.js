@@ -77,9 +77,25 @@
     document.getElementById(`prompt-option-${current.id}`)?.scrollIntoView({ block: "nearest" });
   }
 
-  function pick(prompt) {
-    box.value = prompt.text;
+  // Variables a prompt may hold, filled as it is picked: {{date}} and {{time}} (the browser's
+  // locale), {{clipboard}} (the clipboard's text, when the browser lets us read it: else it
+  // stays as written, for the user to replace).
+  async function fill(text) {
+    const now = new Date();
+    let filled = text.replaceAll("{{date}}", now.toLocaleDateString()).replaceAll("{{time}}", now.toLocaleTimeString());
+    if (filled.includes("{{clipboard}}")) {
+      try {
+        filled = filled.replaceAll("{{clipboard}}", await navigator.clipboard.readText());
+      } catch {
+        // no permission: leave the placeholder
+      }
+    }
+    return filled;
+  }
+
+  async function pick(prompt) {
     close();
+    box.value = await fill(prompt.text);
     box.focus();
     box.setSelectionRange(box.value.length, box.value.length);
     announcer.textContent = `Prompt “${prompt.title}” put in the message box.`;

@@ -388,3 +388,20 @@ def test_every_width_sends_stops_and_scrolls_only_down(
     expect(answer).to_have_attribute("data-status", "stopped")
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     assert page.evaluate(no_overflow)
+
+
+def test_a_prompts_variables_are_filled_as_it_is_picked(
+    browser_context: BrowserContext, server, slot, user
+) -> None:
+    from chat.models import Prompt
+
+    Prompt.objects.create(owner=user, title="Fix", text="On {{date}}, fix this: {{clipboard}}")
+    browser_context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.base_url)
+    page = browser_context.new_page()
+    sign_in(page, server.base_url)
+    page.evaluate("navigator.clipboard.writeText('TypeError in line 3')")
+    today = page.evaluate("new Date().toLocaleDateString()")
+    box = page.get_by_role("textbox", name="Message")
+    box.press_sequentially("/fix")
+    box.press("Enter")
+    expect(box).to_have_value(f"On {today}, fix this: TypeError in line 3")
