@@ -60,6 +60,18 @@ async function refreshThread() {
   await htmx.ajax("GET", url, { target: "#messages", swap: "innerHTML" });
 }
 
+/** A new chat's first message made its conversation (``data``: the slipstream.message event):
+ * the page becomes that conversation's (URL, title, sidebar, header tools). */
+function adoptConversation(data) {
+  if (chat.dataset.conversation || !data.conversation_url) return;
+  chat.dataset.conversation = data.conversation_id;
+  history.replaceState(null, "", data.conversation_url);
+  document.getElementById("chat-title").textContent = data.title;
+  document.title = `${data.title} · Slipstream`;
+  document.body.dispatchEvent(new CustomEvent("conversations-changed"));
+  showConversationTools();
+}
+
 /** Show the header's settings and sharing for the conversation the first message just made. */
 async function showConversationTools() {
   if (typeof htmx === "undefined") return;
@@ -203,14 +215,7 @@ async function runAnswer(view, url, payload) {
         stopPending = false;
         stopAnswer();
       }
-      if (!chat.dataset.conversation && data.conversation_url) {
-        chat.dataset.conversation = data.conversation_id;
-        history.replaceState(null, "", data.conversation_url);
-        document.getElementById("chat-title").textContent = data.title;
-        document.title = `${data.title} · Slipstream`;
-        document.body.dispatchEvent(new CustomEvent("conversations-changed"));
-        showConversationTools();
-      }
+      adoptConversation(data);
     },
   });
   messages.removeEventListener("scroll", onScroll);
@@ -358,14 +363,7 @@ async function compare(content, slots) {
     content, conversation: chat.dataset.conversation || null, slot: slots[0],
   }, (data) => {
     userMessageId = data.user_message_id;
-    if (!chat.dataset.conversation && data.conversation_url) {
-      chat.dataset.conversation = data.conversation_id;
-      history.replaceState(null, "", data.conversation_url);
-      document.getElementById("chat-title").textContent = data.title;
-      document.title = `${data.title} · Slipstream`;
-      document.body.dispatchEvent(new CustomEvent("conversations-changed"));
-      showConversationTools();
-    }
+    adoptConversation(data);
     started();
   });
   first.then(started); // refused or failed before it began: the others cannot follow

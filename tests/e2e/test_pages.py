@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import BrowserContext, Response, expect
+from playwright.sync_api import BrowserContext, Locator, Page, Response, expect
 
 from chat.models import ApiKey, Slot
 from tests.e2e.test_chat import sign_in
@@ -262,24 +262,30 @@ def test_slash_in_the_message_box_finds_a_saved_prompt(
     expect(page.locator("article.message.user .content")).to_have_text("Into French: Good morning")
 
 
-def test_compare_answers_side_by_side_and_go_on_with_one(
-    browser_context: BrowserContext, server, slot, sim, user
-) -> None:
-    from chat.models import Message
+def compare_two(page: Page, server: Any, sim: Any, text: str) -> Locator:
+    """Sign in, add a second slot on the simulator, tick both under Compare and send ``text``.
+    Returns the group of compared answers."""
     from tests.conftest import make_slot
 
     make_slot(sim.base_url, name="second")
     Slot.objects.filter(name="second").update(is_default=False)  # "primary" stays the default
-    sim.configure(ttft_ms=0, tokens_per_s=0, length=6)
-    page = browser_context.new_page()
     sign_in(page, server.base_url)
     page.get_by_text("Compare", exact=True).click()
     page.get_by_role("checkbox", name="primary").check()
     page.get_by_role("checkbox", name="second").check()
-    page.get_by_role("textbox", name="Message").fill("Which is better?")
+    page.get_by_role("textbox", name="Message").fill(text)
     page.get_by_role("button", name="Send").click()
+    return page.get_by_role("group", name="Answers to compare")
 
-    grid = page.get_by_role("group", name="Answers to compare")
+
+def test_compare_answers_side_by_side_and_go_on_with_one(
+    browser_context: BrowserContext, server, slot, sim, user
+) -> None:
+    from chat.models import Message
+
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=6)
+    page = browser_context.new_page()
+    grid = compare_two(page, server, sim, "Which is better?")
     columns = grid.locator(".compare-column")
     expect(columns).to_have_count(2)
     for name in ("primary", "second"):
@@ -307,19 +313,9 @@ def test_compare_answers_side_by_side_and_go_on_with_one(
 def test_each_compared_answer_stops_on_its_own(
     browser_context: BrowserContext, server, slot, sim, user
 ) -> None:
-    from tests.conftest import make_slot
-
-    make_slot(sim.base_url, name="second")
-    Slot.objects.filter(name="second").update(is_default=False)  # "primary" stays the default
     sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
     page = browser_context.new_page()
-    sign_in(page, server.base_url)
-    page.get_by_text("Compare", exact=True).click()
-    page.get_by_role("checkbox", name="primary").check()
-    page.get_by_role("checkbox", name="second").check()
-    page.get_by_role("textbox", name="Message").fill("Go on and on")
-    page.get_by_role("button", name="Send").click()
-    grid = page.get_by_role("group", name="Answers to compare")
+    grid = compare_two(page, server, sim, "Go on and on")
     second = grid.get_by_role("region", name="Answer from second")
     primary = grid.get_by_role("region", name="Answer from primary")
     expect(second.locator(".content")).to_contain_text(" ")
