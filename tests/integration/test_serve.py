@@ -56,7 +56,9 @@ def test_serve_says_where_the_app_and_its_api_are(tmp_path: Path) -> None:
         while not any(line.startswith("OpenAI-compatible API:") for line in printed):
             assert process.poll() is None, "".join(printed)
             printed.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
-        while True:  # daphne starts after the line is printed: poll until it answers
+        # daphne starts after the line is printed and, at verbosity 0, says nothing when it
+        # listens: no event to wait on, so poll until it answers (the deadline bounds it).
+        while True:
             try:
                 if httpx.get(base + "/healthz", timeout=2).status_code == 200:
                     break
