@@ -130,6 +130,29 @@ class SignOnBackend(OIDCAuthenticationBackend):
 
     get_settings = staticmethod(sso_setting)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Not the library's __init__, which reads the provider's endpoints: Django builds every
+        # backend for each password sign-in, each permission check and each request of a user
+        # signed in this way, and none of those may wait on (or fail with) the provider. The
+        # endpoints are read when a sign-in needs them (the properties below).
+        self.OIDC_RP_CLIENT_ID = settings.OIDC_RP_CLIENT_ID
+        self.OIDC_RP_CLIENT_SECRET = settings.OIDC_RP_CLIENT_SECRET
+        self.OIDC_RP_SIGN_ALGO = settings.OIDC_RP_SIGN_ALGO
+        self.OIDC_RP_IDP_SIGN_KEY = None
+        self.UserModel = get_user_model()
+
+    @property
+    def OIDC_OP_TOKEN_ENDPOINT(self) -> str:
+        return str(sso_setting("OIDC_OP_TOKEN_ENDPOINT"))
+
+    @property
+    def OIDC_OP_USER_ENDPOINT(self) -> str:
+        return str(sso_setting("OIDC_OP_USER_ENDPOINT"))
+
+    @property
+    def OIDC_OP_JWKS_ENDPOINT(self) -> str:
+        return str(sso_setting("OIDC_OP_JWKS_ENDPOINT"))
+
     def verify_token(self, token: str, **kwargs: Any) -> dict[str, Any]:
         """The library's signature and nonce checks, then ``iss`` and ``aud``. Raises
         ``SuspiciousOperation`` when one fails."""

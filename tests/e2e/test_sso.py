@@ -165,3 +165,29 @@ def test_an_unreachable_provider_is_said_plainly(django_db_blocker: Any) -> None
     assert "Single sign-on is not available right now" in page.text
     assert "single sign-on: http://127.0.0.1:" in log  # the reason, for the operator
     assert "Traceback" not in log
+
+
+def test_an_unreachable_provider_stops_no_password_sign_in(django_db_blocker: Any) -> None:
+    """Django builds every authentication backend for a password sign-in and for each request
+    of a signed-in user: none of that may ask the provider."""
+    with django_db_blocker.unblock():
+        env = server_env()
+        get_user_model().objects.create_user("local", password="correct horse 42")
+    env.update(sso_env(f"http://127.0.0.1:{free_port()}"), SLIPSTREAM_LOCAL_LOGIN="true")
+    with (
+        DaphneServer(env=env) as server,
+        httpx.Client(base_url=server.base_url, timeout=20) as client,
+    ):
+        client.get("/login/")
+        signed_in = client.post(
+            "/login/",
+            data={
+                "username": "local",
+                "password": "correct horse 42",
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            },
+        )
+        assert signed_in.status_code == 302
+        assert client.get("/").status_code == 200  # the chat, for the signed-in user
+        log = server.log_text()
+    assert "Traceback" not in log
