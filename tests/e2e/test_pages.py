@@ -384,6 +384,10 @@ def test_every_width_sends_stops_and_scrolls_only_down(
     expect(answer).to_have_attribute("data-status", "stopped")
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     assert page.evaluate(no_overflow)
+    # The conversation's settings open on screen, whole, at every width.
+    page.get_by_text("Settings", exact=True).click()
+    expect(page.get_by_role("button", name="Save settings")).to_be_visible()
+    expect(page.locator(".conversation-tools-panel")).to_be_in_viewport(ratio=1)
 
 
 def test_a_prompts_variables_are_filled_as_it_is_picked(
