@@ -1,7 +1,8 @@
 // The prompt library in the message box: "/" at its start opens a list of saved prompts
 // (GET chat:prompt-choices, fetched once) filtered by what follows, by title; Up/Down choose,
 // Enter or Tab puts the prompt's text in the box, Esc closes. Enter never sends while the list
-// is open: this listens on the form in the capture phase, before answer.js's Enter-to-send.
+// is open or still loading: this listens on the form in the capture phase, before answer.js's
+// Enter-to-send.
 (() => {
   const chat = document.getElementById("chat");
   const form = document.getElementById("composer");
@@ -19,18 +20,16 @@
   box.setAttribute("aria-controls", menu.id);
 
   let prompts = null; // loaded on the first "/"
+  let loading = null; // the one request for them, shared by every keystroke while it runs
   let shown = [];
   let active = 0;
 
-  async function load() {
-    if (prompts) return prompts;
-    try {
-      const response = await fetch(chat.dataset.promptsUrl, { credentials: "same-origin" });
-      prompts = response.ok ? (await response.json()).prompts : [];
-    } catch {
-      prompts = [];
-    }
-    return prompts;
+  function load() {
+    loading ??= fetch(chat.dataset.promptsUrl, { credentials: "same-origin" })
+      .then((response) => (response.ok ? response.json() : { prompts: [] }))
+      .then((data) => data.prompts, () => [])
+      .then((list) => (prompts = list));
+    return loading;
   }
 
   function query() {
@@ -116,7 +115,19 @@
   form.addEventListener(
     "keydown",
     (event) => {
-      if (menu.hidden || event.target !== box) return;
+      if (event.target !== box) return;
+      if (menu.hidden && prompts === null && event.key === "Enter" && !event.shiftKey && query() !== null) {
+        // "/fix" then Enter before the list has loaded: pick once it has, never send "/fix".
+        event.preventDefault();
+        event.stopPropagation();
+        load().then((all) => {
+          const wanted = query();
+          const match = wanted === null ? null : all.find((prompt) => prompt.title.toLowerCase().includes(wanted));
+          if (match) pick(match);
+        });
+        return;
+      }
+      if (menu.hidden) return;
       if (event.key === "ArrowDown" || event.key === "ArrowUp") {
         if (!shown.length) return;
         active = (active + (event.key === "ArrowDown" ? 1 : shown.length - 1)) % shown.length;

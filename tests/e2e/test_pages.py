@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import BrowserContext, Locator, Page, Response, expect
+from playwright.sync_api import BrowserContext, Locator, Page, Response, Route, expect
 
 from chat.models import ApiKey, Slot
 from tests.e2e.test_chat import sign_in
@@ -402,6 +402,20 @@ def test_a_prompts_variables_are_filled_as_it_is_picked(
     page.evaluate("navigator.clipboard.writeText('TypeError in line 3')")
     today = page.evaluate("new Date().toLocaleDateString()")
     box = page.get_by_role("textbox", name="Message")
-    box.press_sequentially("/fix")
+    # The list's request is held until Enter has been pressed: a fast typist's "/fix" and Enter
+    # must pick the prompt once it has loaded, never send "/fix" (CI once saw it sent).
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    page.route("**/chat/prompts/", hold)
+    with page.expect_request("**/chat/prompts/"):
+        box.press_sequentially("/fix")
     box.press("Enter")
+    expect(box).to_have_value("/fix")
+    expect(page.locator("article.message")).to_have_count(0)
+    assert len(held) == 1
+    held[0].continue_()
     expect(box).to_have_value(f"On {today}, fix this: TypeError in line 3")
+    expect(page.locator("article.message")).to_have_count(0)
