@@ -457,21 +457,29 @@ def usage_summary(rows: QuerySet[UsageDay], *, by: list[str]) -> list[dict[str, 
 
 
 async def slot_today(names: list[str]) -> dict[str, dict[str, Any]]:
-    """Today's (UTC) figures of each slot in ``names`` that answered today, from the per-day
-    rows (one query): ``requests``, ``errors``, ``ttft_p50_ms`` (median time to first token,
-    ms) and ``tokens_per_s_p50``, None where unmeasured."""
+    """Today's (UTC) figures of each slot in ``names``, from the per-day rows (one query):
+    ``requests_today``, ``errors_today``, ``ttft_p50_ms`` (median time to first token, ms) and
+    ``tokens_per_s_p50``; 0 and None for a slot that has not answered today."""
+    today = {
+        name: {
+            "requests_today": 0,
+            "errors_today": 0,
+            "ttft_p50_ms": None,
+            "tokens_per_s_p50": None,
+        }
+        for name in names
+    }
     rows = (
         UsageDay.objects.filter(day=timezone.now().date(), slot_name__in=names)
         .order_by()
         .values("slot_name")
         .annotate(**{name: Sum(name) for name in _USAGE_SUMS})
     )
-    today = {}
     async for summed in rows:
         row = _with_percentiles(dict(summed))
         today[row["slot_name"]] = {
-            "requests": row["requests"] or 0,
-            "errors": row["errors"] or 0,
+            "requests_today": row["requests"] or 0,
+            "errors_today": row["errors"] or 0,
             "ttft_p50_ms": row["ttft_p50_ms"],
             "tokens_per_s_p50": row["tokens_per_s_p50"],
         }

@@ -106,24 +106,12 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
                     else None,
                     "in_flight": runtimes[slot.name].in_flight,
                     "queued": len(runtimes[slot.name].waiters),
-                    **{
-                        "requests_today": 0,
-                        "errors_today": 0,
-                        "ttft_p50_ms": None,
-                        "tokens_per_s_p50": None,
-                        **_renamed(today.get(slot.name, {})),
-                    },
+                    **today[slot.name],
                 }
                 for slot in slots
             ]
         }
     )
-
-
-def _renamed(today: dict[str, Any]) -> dict[str, Any]:
-    """``selectors.slot_today``'s figures under slot_states' names."""
-    names = {"requests": "requests_today", "errors": "errors_today"}
-    return {names.get(key, key): value for key, value in today.items()}
 
 
 def _bad_request(message: str, *, param: str | None = None, status: int = 400) -> JsonResponse:
