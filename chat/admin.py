@@ -11,7 +11,10 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
@@ -22,6 +25,7 @@ from chat import selectors, services
 from chat.models import (
     ApiCall,
     ApiKey,
+    Attachment,
     AuditEntry,
     Backend,
     Conversation,
@@ -234,6 +238,7 @@ class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
             },
         ),
         ("Routing", {"fields": ("is_default", "enabled", "groups")}),
+        ("Attachments", {"fields": ("accepts_images", "image_max_side", "document_tokens")}),
     )
     filter_horizontal = ("groups",)
 
@@ -282,6 +287,7 @@ class WidgetAdmin(admin.ModelAdmin[Widget]):
         ("Look", {"fields": ("title", "accent_color", "greeting")}),
         ("Answers", {"fields": ("system_prompt",)}),
         ("Access", {"fields": ("allowed_origins", "visitor_days")}),
+        ("Attachments", {"fields": ("accepts_images", "image_max_bytes")}),
         (
             "Limits",
             {
@@ -414,6 +420,32 @@ class ApiCallAdmin(ReadOnlyAdmin, admin.ModelAdmin[ApiCall]):
     list_select_related = ("api_key",)
     ttft = _in_units("ttft_ms", "TTFT", duration_ms)
     duration = _in_units("duration_ms", "duration", duration_ms)
+
+
+@admin.register(Attachment)
+class AttachmentAdmin(ReadOnlyAdmin, admin.ModelAdmin[Attachment]):
+    """Uploaded files, for staff to see what is stored and by whom, and to delete. The file
+    itself is not linked: it is its owner's."""
+
+    list_display = ("created_at", "name", "kind", "mime", "size", "user", "widget", "conversation")
+    list_filter = ("kind", "mime")
+    list_select_related = ("user", "widget", "conversation")
+    search_fields = ("name", "user__username")
+    exclude = ("text", "file")
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size(self, obj: Attachment) -> str:
+        return filesizeformat(obj.size_bytes)
+
+    def delete_model(self, request: HttpRequest, obj: Attachment) -> None:
+        names = [obj.file.name] if obj.file.name else []
+        super().delete_model(request, obj)
+        transaction.on_commit(lambda: services.attachment_files_delete(names))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Attachment]) -> None:
+        names = [name for name in queryset.values_list("file", flat=True) if name]
+        super().delete_queryset(request, queryset)
+        transaction.on_commit(lambda: services.attachment_files_delete(names))
 
 
 @admin.register(AuditEntry)

@@ -37,7 +37,7 @@ from django.contrib.auth.models import User
 from django.db import DatabaseError
 from django.utils import timezone
 
-from chat import readcache, selectors, services, streaming
+from chat import attachments, readcache, selectors, services, streaming
 from chat.http import Refusal, invalid
 from chat.models import ApiKey, Conversation, Message, Quota, Slot, StoredResponse, Widget
 from chat.relay import dispatch, responses
@@ -76,6 +76,7 @@ class ChatTurn:
     parent_given: bool = False
     parent_id: int | None = None
     regenerate_id: int | None = None
+    attachment_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,9 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
             tokens_left=tokens_left,
         )
     assert turn.content is not None
+    files = await attachments.for_message(
+        turn.attachment_ids, slot=slot, conversation=conversation, user=user
+    )
     thread = await selectors.message_alist(conversation=conversation) if conversation else []
     parent = await _parent(user, conversation, thread, turn)
     # The new turn is not under the shown leaf (an edit, a new root): show its branch.
@@ -126,8 +130,12 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
         conversation = await services.conversation_acreate(
             user=user, slot=slot, first_message=turn.content
         )
+    await attachments.attach(files, conversation=conversation)
     user_message = await services.message_acreate_user(
-        conversation=conversation, content=turn.content, parent=parent
+        conversation=conversation,
+        content=turn.content,
+        parent=parent,
+        attachment_ids=[str(a.pk) for a in files],
     )
     history = [*(await selectors.message_apath_to(message=parent) if parent else []), user_message]
     return await _answer(
@@ -142,14 +150,29 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
 
 
 async def start_widget_answer(
-    *, widget: Widget, visitor_id: UUID, slot: Slot, content: str, conversation_id: str | None
+    *,
+    widget: Widget,
+    visitor_id: UUID,
+    slot: Slot,
+    content: str,
+    conversation_id: str | None,
+    attachment_ids: list[str] | None = None,
 ) -> Started:
-    """A widget visitor's message, answered in their conversation ``conversation_id`` (a new
-    one when it is not theirs on this widget). The answer is cancelled when the visitor goes
-    away. Raises ``Refusal`` 400 for an empty or too long message."""
+    """A widget visitor's message, with the images they uploaded (``attachment_ids``),
+    answered in their conversation ``conversation_id`` (a new one when it is not theirs on this
+    widget). The answer is cancelled when the visitor goes away. Raises ``Refusal`` 400 for an
+    empty or too long message or an image the slot cannot read, 404 for an attachment that is
+    not theirs."""
     check_message(content)
     conversation = await selectors.conversation_aget_for_visitor(
         widget=widget, visitor_id=visitor_id, conversation_id=conversation_id
+    )
+    files = await attachments.for_message(
+        attachment_ids or (),
+        slot=slot,
+        conversation=conversation,
+        widget=widget,
+        visitor_id=visitor_id,
     )
     thread: list[Message] = []
     if conversation is None:
@@ -158,8 +181,12 @@ async def start_widget_answer(
         )
     else:
         thread = await selectors.message_alist(conversation=conversation)
+    await attachments.attach(files, conversation=conversation)
     user_message = await services.message_acreate_user(
-        conversation=conversation, content=content, parent=thread[-1] if thread else None
+        conversation=conversation,
+        content=content,
+        parent=thread[-1] if thread else None,
+        attachment_ids=[str(a.pk) for a in files],
     )
     started = await _answer(
         conversation, slot, user_message, [*thread, user_message], keep_running=False
@@ -192,7 +219,8 @@ async def _answer(
     ``tokens_left``: of the user's tightest token budget, which the answer's length may not
     pass (``cap_output_tokens``)."""
     request = chat_request(
-        conversation=conversation, history=selectors.history_for_upstream(history)
+        conversation=conversation,
+        history=await attachments.upstream_history(history, slot=slot),
     )
     cap_output_tokens(
         request, tokens_left=tokens_left, default=slot.max_tokens, fields=CHAT_OUTPUT_LIMITS
@@ -221,10 +249,10 @@ async def _answer(
     return Started(generation, conversation, user_message, assistant, slot)
 
 
-def chat_request(*, conversation: Conversation, history: list[dict[str, str]]) -> dict[str, Any]:
+def chat_request(*, conversation: Conversation, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The OpenAI request for the next answer in ``conversation``: its history, and its own
     settings over the slot's (a system prompt of its own replaces the slot's)."""
-    messages: list[dict[str, str]] = list(history)
+    messages: list[dict[str, Any]] = list(history)
     if conversation.system_prompt.strip():
         messages.insert(0, {"role": "system", "content": conversation.system_prompt})
     request: dict[str, Any] = {"messages": messages}

@@ -135,6 +135,7 @@ def _is_prompt(value: Any) -> bool:
 def _validate_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise invalid("'messages' must be a non-empty array of message objects.", param="messages")
+    media: list[tuple[str, dict[str, Any]]] = []  # (param, part) of parts other than text
     for i, message in enumerate(messages):
         at = f"messages[{i}]"
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
@@ -158,9 +159,57 @@ def _validate_messages(messages: Any) -> None:
                 _check(
                     part, name, lambda v: isinstance(v, str), "a string", at=part_at, nullable=False
                 )
+            if part.get("type") != "text":
+                media.append((part_at, part))
         for name in ("name", "tool_call_id"):
             _check(message, name, lambda v: isinstance(v, str), "a string", at=at)
         _check(message, "tool_calls", lambda v: isinstance(v, list), "an array", at=at)
+    _check_media(media)
+
+
+def _check_media(media: list[tuple[str, dict[str, Any]]]) -> None:
+    """Content parts other than text pass through unchanged (a remote ``image_url`` is only
+    forwarded, never fetched here), within ``SLIPSTREAM_API_MAX_PARTS`` per request (400) and
+    ``SLIPSTREAM_API_MAX_PART_BYTES`` each (413), counted on the inline data as sent."""
+    if len(media) > settings.SLIPSTREAM_API_MAX_PARTS:
+        raise invalid(
+            f"Too many content parts other than text: {len(media)}; at most "
+            f"{settings.SLIPSTREAM_API_MAX_PARTS} per request.",
+            param=media[settings.SLIPSTREAM_API_MAX_PARTS][0],
+            code="too_many_parts",
+        )
+    for param, part in media:
+        size = _part_bytes(part)
+        if size > settings.SLIPSTREAM_API_MAX_PART_BYTES:
+            raise invalid(
+                f"Content part '{param}' is {size:,} bytes; at most "
+                f"{settings.SLIPSTREAM_API_MAX_PART_BYTES:,} bytes each.",
+                param=param,
+                code="part_too_large",
+                status=413,
+            )
+
+
+def _part_bytes(part: dict[str, Any]) -> int:
+    """The bytes of a content part's inline data: an ``image_url``'s URL, ``input_audio``'s
+    ``data``, a ``file``'s ``file_data`` (OpenAI's ``ChatCompletionRequestMessageContentPart*``)."""
+    body = part.get(str(part.get("type")))
+    if isinstance(body, str):
+        return len(body)
+    if not isinstance(body, dict):
+        return 0
+    data = body.get("url") or body.get("data") or body.get("file_data") or ""
+    return len(data) if isinstance(data, str) else 0
+
+
+def has_images(body: dict[str, Any]) -> bool:
+    """Whether a chat request's messages carry an ``image_url`` part."""
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for message in body.get("messages") or ()
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
 
 
 def _validate_tools(body: dict[str, Any]) -> None:
@@ -362,6 +411,12 @@ async def _create_completion(
         validate(body, chat=endpoint == CHAT)
         call.slot_name, call.stream = body["model"], bool(body.get("stream"))
         slot = await resolve_slot(call.slot_name, call.key, lookups)
+        if endpoint == CHAT and not slot.accepts_images and has_images(body):
+            raise invalid(
+                f"The model '{slot.name}' does not accept images.",
+                param="messages",
+                code="images_not_supported",
+            )
         tokens_left = await answers.check_quotas(
             user=call.key.user, api_key=call.key, lookups=lookups
         )

@@ -257,12 +257,18 @@ def export(request: HttpRequest, conversation_id: UUID, fmt: str) -> HttpRespons
     conversation = _own(request, conversation_id)
     thread = selectors.message_thread(conversation=conversation)
     name = slugify(str(conversation))[:60] or "conversation"
+    files = {str(a.pk): a for a in conversation.attachments.all()}
+    base_url = request.build_absolute_uri("/").rstrip("/")
     if fmt == "json":
-        exported = exports.as_json(conversation=conversation, thread=thread)
+        exported = exports.as_json(
+            conversation=conversation, thread=thread, attachments=files, base_url=base_url
+        )
         body = json.dumps(exported, indent=2, ensure_ascii=False)
         content_type = "application/json"
     else:
-        body = exports.as_markdown(conversation=conversation, thread=thread)
+        body = exports.as_markdown(
+            conversation=conversation, thread=thread, attachments=files, base_url=base_url
+        )
         content_type = "text/markdown; charset=utf-8"
     response = HttpResponse(body, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'

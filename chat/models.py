@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import escape
 
 from chat import crypto
@@ -203,6 +204,26 @@ class Slot(models.Model):
         help_text="Takes requests when this slot is in error or its retries are spent.",
     )
 
+    # Attachments (chat.attachments): what this slot's model can read.
+    accepts_images = models.BooleanField(
+        default=False,
+        help_text="The model reads images (a vision model): the chat and /v1 send it "
+        "image_url parts; otherwise an image is refused before the call.",
+    )
+    image_max_side = models.PositiveIntegerField(
+        "image max side (px)",
+        default=1568,
+        validators=[MinValueValidator(64)],
+        help_text="Images are downscaled so that their longer side is at most this many pixels.",
+    )
+    document_tokens = models.PositiveIntegerField(
+        "document budget (tokens)",
+        default=8000,
+        validators=[MinValueValidator(100)],
+        help_text="Most tokens of attached documents' text sent with one message (about 4 "
+        "characters a token); the rest is cut, with a note in the chat.",
+    )
+
     # Live state, written by the dispatcher on each change.
     state = models.CharField(max_length=10, choices=State.choices, default=State.COLD)
     last_error = models.TextField(blank=True)
@@ -265,6 +286,14 @@ class Widget(models.Model):
         max_length=7,
         default="#2563eb",
         validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour like #2563eb.")],
+    )
+    accepts_images = models.BooleanField(
+        default=False, help_text="Visitors may attach images (the slot must accept images)."
+    )
+    image_max_bytes = models.PositiveIntegerField(
+        "image size limit (bytes)",
+        default=5 * 1024 * 1024,
+        help_text="Largest image a visitor may attach, in bytes.",
     )
     rate_per_minute = models.PositiveIntegerField(default=10, help_text="Messages per visitor.")
     rate_per_day = models.PositiveIntegerField(default=200, help_text="Messages per visitor.")
@@ -410,6 +439,10 @@ class Message(models.Model):
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
+    # The user's attachments sent with this message (``Attachment`` ids as strings, in order).
+    # A list on the row, not a many-to-many table, so that building an answer's history needs
+    # no extra query when nothing is attached; an edit's new version lists the same ids.
+    attachment_ids = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     finish_reason = models.CharField(max_length=32, blank=True)
     usage = models.JSONField(null=True, blank=True)
@@ -429,6 +462,70 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+def attachment_path(attachment: Attachment, filename: str) -> str:
+    """Where an attachment's file is stored: under a random name, never the uploaded one."""
+    return f"attachments/{attachment.created_at:%Y/%m}/{attachment.pk.hex}"
+
+
+class Attachment(models.Model):
+    """A file a user (or a widget visitor) attached to a message: an image sent to vision
+    models as an ``image_url`` part, or a document whose extracted ``text`` is sent as context.
+
+    Uploaded before the message is sent (``conversation`` None until then), served only to its
+    owner and to viewers of its conversation's share link (``views.attachment_file``), deleted
+    with its conversation. ``size_bytes`` is the stored file's size, which counts against the
+    owner's quota of stored bytes."""
+
+    class Kind(models.TextChoices):
+        IMAGE = "image"
+        DOCUMENT = "document"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="attachments",
+    )
+    widget = models.ForeignKey(
+        Widget, on_delete=models.CASCADE, null=True, blank=True, related_name="attachments"
+    )
+    visitor_id = models.UUIDField(null=True, blank=True)
+    conversation = models.ForeignKey(
+        Conversation,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="attachments",
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    name = models.CharField(max_length=255, help_text="The file's name as uploaded.")
+    mime = models.CharField("MIME type", max_length=100, help_text="Found from the content.")
+    size_bytes = models.PositiveBigIntegerField("size (bytes)")
+    file = models.FileField(upload_to=attachment_path, max_length=200)
+    sha256 = models.CharField(max_length=64, help_text="Of the stored file.")
+    width = models.PositiveIntegerField("width (px)", null=True, blank=True)
+    height = models.PositiveIntegerField("height (px)", null=True, blank=True)
+    # Documents: the text extracted once at upload, so a regenerate does not extract again.
+    text = models.TextField(blank=True)
+    text_tokens = models.PositiveIntegerField(
+        "text (tokens)", null=True, blank=True, help_text="Tokens of the text that are sent."
+    )
+    text_truncated = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def url(self) -> str:
+        return reverse("chat:attachment", args=[self.pk])
 
 
 API_KEY_PREFIX = "sk-slip-"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -18,6 +18,7 @@ from chat.models import (
     TOKENS_PER_S_BUCKETS,
     TTFT_BUCKETS_MS,
     ApiKey,
+    Attachment,
     Conversation,
     Folder,
     Message,
@@ -128,12 +129,13 @@ async def conversation_aget(*, user: User, conversation_id: Any) -> Conversation
 class ThreadItem:
     """One message of the shown thread with its versions, for the "< 1/2 >" pager:
     ``version_ids`` (its siblings' ids, itself included, oldest first), ``version`` (its
-    1-based place among them) and ``versions`` (how many)."""
+    1-based place among them), ``versions`` (how many) and the message's ``attachments``."""
 
     message: Message
     version_ids: list[int]
     version: int
     versions: int
+    attachments: list[Attachment] = field(default_factory=list)
 
 
 async def conversation_aget_for_visitor(
@@ -165,7 +167,12 @@ def message_list(*, conversation: Conversation) -> list[ThreadItem]:
     """The messages shown for ``conversation``: its current branch, root first, each with its
     versions."""
     messages = list(conversation.messages.order_by("created_at", "id"))
-    return with_versions(messages, thread_of(messages, conversation.current_leaf_id))
+    items = with_versions(messages, thread_of(messages, conversation.current_leaf_id))
+    if any(item.message.attachment_ids for item in items):
+        found = {str(a.pk): a for a in conversation.attachments.all()}
+        for item in items:
+            item.attachments.extend(found[i] for i in item.message.attachment_ids if i in found)
+    return items
 
 
 def message_thread(*, conversation: Conversation) -> list[Message]:
@@ -257,11 +264,15 @@ def _path_to(by_id: dict[int, Message], message: Message) -> list[Message]:
     return path
 
 
-def history_for_upstream(thread: list[Message]) -> list[dict[str, str]]:
+def history_for_upstream(
+    thread: list[Message], *, contents: Mapping[int, Any] | None = None
+) -> list[dict[str, Any]]:
     """A thread as OpenAI ``messages``: user turns, and assistant turns that produced text (an
-    answer that failed before any text is left out rather than sent as empty)."""
+    answer that failed before any text is left out rather than sent as empty). ``contents``:
+    the content to send instead of a message's text, by message id (``chat.attachments``)."""
+    contents = contents or {}
     return [
-        {"role": m.role, "content": m.content}
+        {"role": m.role, "content": contents.get(m.pk, m.content)}
         for m in thread
         if m.role != Message.Role.ASSISTANT or m.content
     ]
@@ -302,6 +313,12 @@ def slot_list_enabled(*, user: User | None = None) -> QuerySet[Slot]:
     if user is not None and not user.is_superuser:
         slots = slots.filter(Q(groups__isnull=True) | Q(groups__user=user)).distinct()
     return slots.order_by("-is_default", "name")
+
+
+def slot_get(*, name: str | None, user: User | None = None) -> Slot | None:
+    """``slot_aget``, sync."""
+    slots = slot_list_enabled(user=user)
+    return (slots.filter(name=name) if name else slots).first()
 
 
 async def slot_aget(*, name: str | None, user: User | None = None) -> Slot | None:

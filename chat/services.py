@@ -16,7 +16,8 @@ from uuid import UUID
 from asgiref.sync import sync_to_async
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import Group, User
-from django.db import DatabaseError, IntegrityError
+from django.core.files.storage import default_storage
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Model
 from django.utils import timezone
 
@@ -84,10 +85,18 @@ async def conversation_acreate_for_visitor(
 
 
 async def message_acreate_user(
-    *, conversation: Conversation, content: str, parent: Message | None = None
+    *,
+    conversation: Conversation,
+    content: str,
+    parent: Message | None = None,
+    attachment_ids: list[str] | None = None,
 ) -> Message:
     return await Message.objects.acreate(
-        conversation=conversation, role=Message.Role.USER, content=content, parent=parent
+        conversation=conversation,
+        role=Message.Role.USER,
+        content=content,
+        parent=parent,
+        attachment_ids=attachment_ids or [],
     )
 
 
@@ -424,7 +433,21 @@ def folder_delete(*, folder: Folder) -> None:
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete ``conversation``, its messages and its attachments, their files included (once
+    the rows are gone for good: a rolled-back delete keeps its files)."""
+    names = list(conversation.attachments.values_list("file", flat=True))
     conversation.delete()
+    if names:
+        transaction.on_commit(lambda: attachment_files_delete(names))
+
+
+def attachment_files_delete(names: list[str]) -> None:
+    """Remove stored attachment files by name; one that is already gone is skipped."""
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            logger.warning("could not delete attachment file %s", name, exc_info=True)
 
 
 def conversation_share(*, conversation: Conversation, shared: bool) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from chat import conversation_views, views
+from chat import attachment_views, conversation_views, views
 
 app_name = "chat"
 
@@ -30,6 +30,12 @@ urlpatterns = [
     ),
     path("s/<uuid:share_id>/", conversation_views.shared, name="shared"),
     path("chat/stream/", views.stream, name="stream"),
+    path("chat/attachments/", attachment_views.attachment_upload, name="attachments"),
+    path(
+        "chat/attachments/<uuid:attachment_id>/",
+        attachment_views.attachment_file,
+        name="attachment",
+    ),
     path("chat/slots/", views.slot_states, name="slot-states"),
     path("chat/generations/<str:generation_id>/", views.generation_events, name="generation"),
     path(

@@ -23,7 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import answers, jsonbody, selectors, services, streaming
+from chat import answers, attachments, jsonbody, selectors, services, streaming
 from chat.conversation_views import sidebar_context
 from chat.forms import ConversationSettingsForm
 from chat.http import error_response, invalid, signed_in, sse_response
@@ -49,6 +49,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             if conversation
             else None,
             "slots": slots,
+            "attachment_limits": attachments.limits(),
             "current_slot": conversation.slot if conversation and conversation.slot else None,
             # The slot the picker shows first: the conversation's, else the default (first).
             "picked_slot": (conversation.slot if conversation and conversation.slot else None)
@@ -125,6 +126,7 @@ _STREAM_FIELDS: tuple[tuple[str, type, str], ...] = (
     ("slot", str, "a string (a model name)"),
     ("parent", int, "an integer (a message id)"),
     ("regenerate", int, "an integer (a message id)"),
+    ("attachments", list, "an array of attachment ids"),
 )
 
 
@@ -144,10 +146,12 @@ async def stream(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Send a user message (or regenerate an answer) and stream the answer back as SSE.
 
     Body: JSON ``{"content": str, "conversation": uuid | null, "slot": str | null,
-    "parent": int | null, "regenerate": int}``. ``parent`` (optional) is the message the new
-    one follows: another message's parent makes an edit, a sibling branch; absent, the new
-    message follows the conversation's shown thread. ``regenerate`` (a user message id, no
-    ``content``) answers that message again, as a sibling of its earlier answers.
+    "parent": int | null, "regenerate": int, "attachments": [attachment id, …]}``
+    (``attachments``: uploaded first, ``attachment_views.attachment_upload``). ``parent``
+    (optional) is the message the new one follows: another message's parent makes an edit, a
+    sibling branch; absent, the new message follows the conversation's shown thread.
+    ``regenerate`` (a user message id, no ``content``) answers that message again, as a sibling
+    of its earlier answers.
 
     Response: ``text/event-stream`` (WHATWG SSE) carrying, in order, a named
     ``slipstream.message`` event (``conversation_id``, ``conversation_url``, ``title``,
@@ -201,7 +205,14 @@ def _chat_turn(payload: dict[str, Any]) -> answers.ChatTurn:
         parent_given="parent" in payload,
         parent_id=payload.get("parent"),
         regenerate_id=payload.get("regenerate"),
+        attachment_ids=_attachment_ids(payload.get("attachments")),
     )
+
+
+def _attachment_ids(value: list[Any] | None) -> tuple[str, ...]:
+    if value and not all(isinstance(i, str) for i in value):
+        raise invalid("'attachments' must be an array of attachment ids.", param="attachments")
+    return tuple(value or ())
 
 
 @require_GET

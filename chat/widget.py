@@ -48,7 +48,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from django_ratelimit.core import is_ratelimited
 
-from chat import answers, jsonbody, selectors, streaming
+from chat import answers, attachments, jsonbody, selectors, streaming
 from chat.http import Refusal, error_response, invalid, sse_response
 from chat.models import ORIGIN_RE, Widget, normalise_origin
 from chat.relay.errors import EnvelopeError
@@ -188,6 +188,17 @@ async def _guard(request: HttpRequest, key: str) -> Widget | JsonResponse:
     return widget
 
 
+async def _guard_visitor(request: HttpRequest, key: str) -> tuple[Widget, uuid.UUID] | JsonResponse:
+    """``_guard``, then the request's visitor (401 without a valid token)."""
+    widget = await _guard(request, key)
+    if isinstance(widget, JsonResponse):
+        return widget
+    visitor_id = visitor_of(request, widget)
+    if visitor_id is None:
+        return refused("Unknown visitor: reload the chat.", status=401, code="invalid_visitor")
+    return widget, visitor_id
+
+
 @csrf_exempt
 @require_POST
 async def visitor(request: HttpRequest, key: str) -> JsonResponse:
@@ -304,18 +315,18 @@ def _too_many(limit: Limit) -> JsonResponse:
 @require_POST
 async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttpResponse:
     """Send the visitor's message and stream the answer, in the chat's SSE format
-    (``views.stream``). Body: JSON ``{"content": str, "conversation": uuid | null}``. The answer
+    (``views.stream``). Body: JSON ``{"content": str, "conversation": uuid | null,
+    "attachments": [id, …]}`` (images uploaded by ``attachment_upload``). The answer
     is cancelled when the visitor goes away (closes the panel or the page)."""
-    widget = await _guard(request, key)
-    if isinstance(widget, JsonResponse):
-        return widget
-    visitor_id = visitor_of(request, widget)
-    if visitor_id is None:
-        return refused("Unknown visitor: reload the chat.", status=401, code="invalid_visitor")
+    guarded = await _guard_visitor(request, key)
+    if isinstance(guarded, JsonResponse):
+        return guarded
+    widget, visitor_id = guarded
     try:
         payload = jsonbody.read_object(request)
         content = answers.check_message(payload.get("content"))
         conversation_id = _conversation_id(payload)
+        attachment_ids = _attachment_ids(payload)
     except EnvelopeError as exc:
         return error_response(exc)
     limit = await _exceeded(request, _message_limits(request, widget, visitor_id))
@@ -324,13 +335,17 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
     slot = await selectors.slot_aget(name=widget.slot.name)  # enabled, with its fallbacks
     if slot is None:
         return refused("This chat has no model right now.", status=503, code="no_model")
-    started = await answers.start_widget_answer(
-        widget=widget,
-        visitor_id=visitor_id,
-        slot=slot,
-        content=content,
-        conversation_id=conversation_id,
-    )
+    try:
+        started = await answers.start_widget_answer(
+            widget=widget,
+            visitor_id=visitor_id,
+            slot=slot,
+            content=content,
+            conversation_id=conversation_id,
+            attachment_ids=attachment_ids,
+        )
+    except EnvelopeError as exc:
+        return error_response(exc)
     meta: dict[str, Any] = {
         "conversation_id": str(started.conversation.pk),
         "user_message_id": started.user_message.pk,
@@ -339,6 +354,43 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
         "slot": slot.name,
     }
     return sse_response(streaming.answer_sse(started.generation, meta))
+
+
+@csrf_exempt
+@require_POST
+async def attachment_upload(request: HttpRequest, key: str) -> JsonResponse:
+    """``POST /widget/<key>/attachments/``: a visitor's image (multipart ``file``), when the
+    widget takes images: 201 with the attachment (``attachments.describe``), 403 when it does
+    not, 413 over the widget's image limit, 415 for anything but an image. Each upload counts
+    against the visitor's message limits (429), so that an anonymous visitor cannot fill the
+    disk."""
+    guarded = await _guard_visitor(request, key)
+    if isinstance(guarded, JsonResponse):
+        return guarded
+    widget, visitor_id = guarded
+    if not widget.accepts_images:
+        return refused("This chat does not take images.", status=403, code="images_not_allowed")
+    limit = await _exceeded(request, _message_limits(request, widget, visitor_id))
+    if limit is not None:
+        return _too_many(limit)
+    upload = request.FILES.get("file")
+    if upload is None:
+        return refused("Attach one image, as the form field 'file'.", status=400, code="no_file")
+    try:
+        attachment = await sync_to_async(attachments.attachment_create)(
+            upload=upload, slot=widget.slot, widget=widget, visitor_id=visitor_id
+        )
+    except EnvelopeError as exc:
+        return error_response(exc)
+    return JsonResponse(attachments.describe(attachment), status=201)
+
+
+def _attachment_ids(payload: dict[str, Any]) -> list[str]:
+    """The body's ``attachments``: absent, or an array of id strings (``Refusal`` 400)."""
+    ids = payload.get("attachments") or []
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise invalid("'attachments' must be an array of attachment ids.", param="attachments")
+    return ids
 
 
 def _conversation_id(payload: dict[str, Any]) -> str | None:

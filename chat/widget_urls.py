@@ -14,4 +14,5 @@ urlpatterns = [
     path("<slug:key>/visitor/", widget.visitor, name="visitor"),
     path("<slug:key>/conversation/", widget.conversation, name="conversation"),
     path("<slug:key>/stream/", widget.stream, name="stream"),
+    path("<slug:key>/attachments/", widget.attachment_upload, name="attachments"),
 ]

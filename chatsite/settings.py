@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import django_stubs_ext
 import environ
@@ -260,7 +261,7 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # warn about a missing directory on a fresh checkout.
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
@@ -284,8 +285,45 @@ LLM_MODEL = env.str("LLM_MODEL", default="")
 SLIPSTREAM_ENCRYPTION_KEY = env.list("SLIPSTREAM_ENCRYPTION_KEY", default=[])
 SIMULATOR_PORT = env.int("SLIPSTREAM_SIMULATOR_PORT", default=8001)
 # Largest /v1 request body, bytes; bigger ones get 413. Django's own limit follows it.
-SLIPSTREAM_API_MAX_BODY_BYTES = env.int("SLIPSTREAM_API_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+# 20 MiB: a few images as base64 data URLs fit (a 3 MB photo is 4 MB of base64).
+SLIPSTREAM_API_MAX_BODY_BYTES = env.int("SLIPSTREAM_API_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SLIPSTREAM_API_MAX_BODY_BYTES
+# /v1 content parts other than text (image_url, input_audio, file), passed through unchanged:
+# at most this many in one request (400), each at most this many bytes (413).
+SLIPSTREAM_API_MAX_PARTS = env.int("SLIPSTREAM_API_MAX_PARTS", default=20)
+SLIPSTREAM_API_MAX_PART_BYTES = env.int("SLIPSTREAM_API_MAX_PART_BYTES", default=10 * 1024 * 1024)
+
+# Attachments (chat.attachments): uploaded files, stored through Django's storage API: local
+# files under var/media by default; S3-compatible object storage when SLIPSTREAM_S3_BUCKET is
+# set (django-storages; credentials from the SLIPSTREAM_S3_* variables or boto3's own chain).
+MEDIA_ROOT = env.path("SLIPSTREAM_MEDIA_ROOT", default=VAR_DIR / "media")
+SLIPSTREAM_S3_BUCKET = env.str("SLIPSTREAM_S3_BUCKET", default="")
+if SLIPSTREAM_S3_BUCKET:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": SLIPSTREAM_S3_BUCKET,
+            "endpoint_url": env.str("SLIPSTREAM_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("SLIPSTREAM_S3_REGION", default="") or None,
+            "access_key": env.str("SLIPSTREAM_S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("SLIPSTREAM_S3_SECRET_ACCESS_KEY", default="") or None,
+            # Files are served by Slipstream to their owner only, never by a public URL.
+            "default_acl": "private",
+            "querystring_auth": True,
+            "file_overwrite": False,
+        },
+    }
+# Per file, bytes (larger uploads get 413 before their body is read).
+SLIPSTREAM_ATTACHMENT_MAX_BYTES = env.int("SLIPSTREAM_ATTACHMENT_MAX_BYTES", default=20 * 2**20)
+# Per message: how many files, and their bytes together.
+SLIPSTREAM_ATTACHMENT_MAX_COUNT = env.int("SLIPSTREAM_ATTACHMENT_MAX_COUNT", default=10)
+SLIPSTREAM_MESSAGE_MAX_BYTES = env.int("SLIPSTREAM_MESSAGE_MAX_BYTES", default=50 * 2**20)
+# Stored bytes per user, all their attachments together.
+SLIPSTREAM_ATTACHMENT_QUOTA_BYTES = env.int("SLIPSTREAM_ATTACHMENT_QUOTA_BYTES", default=2**30)
+# Images: refused above this many pixels before they are decoded (decompression bombs), and
+# stored with their longer side at most this long (each slot downscales further as it says).
+SLIPSTREAM_IMAGE_MAX_PIXELS = env.int("SLIPSTREAM_IMAGE_MAX_PIXELS", default=50_000_000)
+SLIPSTREAM_IMAGE_STORE_MAX_SIDE = env.int("SLIPSTREAM_IMAGE_STORE_MAX_SIDE", default=2048)
 
 # /metrics (chat.ops): with a token set, only requests bearing it ("Authorization: Bearer …");
 # otherwise only from these addresses or networks (loopback by default).

@@ -31,6 +31,9 @@ CACHE_DIR = tempfile.mkdtemp(prefix="slipstream-test-cache-")
 # prometheus-client's files, shared by every daphne process of this run (chat.metrics).
 METRICS_DIR = tempfile.mkdtemp(prefix="slipstream-test-metrics-")
 METRICS_TOKEN = "metrics-test-token"
+# Attachments' files: the test runner and its daphne processes read and write the same ones.
+MEDIA_DIR = tempfile.mkdtemp(prefix="slipstream-test-media-")
+settings.MEDIA_ROOT = MEDIA_DIR
 # Django's file cache culls a third of its entries, at random, past MAX_ENTRIES (300 by
 # default): a session's worth of lookups and rate-limit counters passed it, and a widget
 # limit's counter vanished mid-test (8 messages through a limit of 5, in a full run only).
@@ -132,6 +135,7 @@ def server_env() -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "tests.support.server_settings",
         "PROMETHEUS_MULTIPROC_DIR": METRICS_DIR,
         "SLIPSTREAM_METRICS_TOKEN": METRICS_TOKEN,
+        "SLIPSTREAM_MEDIA_ROOT": MEDIA_DIR,
     }
 
 

@@ -14,6 +14,7 @@ request with ``max_tokens=k`` gets the first k words of the uncapped answer.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import random
@@ -494,3 +495,53 @@ def response_body(plan: Plan, initial: dict[str, Any]) -> dict[str, Any]:
     chunk = responses.whole_as_chunk(complete_body(plan))
     _, response = responses.render(initial, [chunk], completed_at=int(time.time()))
     return response
+
+
+def content_parts(body: Any) -> list[dict[str, Any]]:
+    """What a chat request's messages carried, for tests to check that exact bytes reached the
+    upstream: per message ``{"message": index, "type": "text", "chars": n}`` for string content,
+    and per content part its ``type`` with, for text, ``chars``; for an ``image_url`` with a
+    ``data:`` URL (and ``input_audio`` / ``file`` data), ``media_type``, ``bytes`` (decoded) and
+    ``sha256`` (hex, of the decoded bytes); for a remote ``image_url``, its ``url``."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    parts: list[dict[str, Any]] = []
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append({"message": index, "type": "text", "chars": len(content)})
+            continue
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict):
+                parts.append({"message": index, **_part_summary(part)})
+    return parts
+
+
+def _part_summary(part: dict[str, Any]) -> dict[str, Any]:
+    kind = str(part.get("type"))
+    if kind == "text":
+        return {"type": kind, "chars": len(str(part.get("text", "")))}
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = str(image.get("url", "") if isinstance(image, dict) else image)
+        if not url.startswith("data:"):
+            return {"type": kind, "url": url}
+        header, _, data = url.partition(",")
+        return {"type": kind, "media_type": header[5:].split(";")[0], **_decoded(data)}
+    if kind == "input_audio":
+        audio = part.get("input_audio") or {}
+        return {"type": kind, "media_type": audio.get("format"), **_decoded(audio.get("data"))}
+    if kind == "file":
+        file = part.get("file") or {}
+        return {"type": kind, "filename": file.get("filename"), **_decoded(file.get("file_data"))}
+    return {"type": kind}
+
+
+def _decoded(data: Any) -> dict[str, Any]:
+    text = str(data or "")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return {"bytes": None, "sha256": None}
+    return {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}

@@ -42,6 +42,7 @@ from chat.simulator.planning import (
     Plan,
     as_chat_request,
     complete_body,
+    content_parts,
     embeddings_body,
     event,
     plan_answer,
@@ -175,7 +176,8 @@ class Simulator:
     def stats(self) -> Stats:
         """A snapshot: ``requests``, ``streams_started``, ``completed``, ``cancelled``, ``active``,
         ``health_checks`` (``GET /health`` and ``GET /v1/models``),
-        ``cancel_times`` (monotonic s), ``last_request`` (last JSON body or None) and
+        ``cancel_times`` (monotonic s), ``last_request`` (last JSON body or None),
+        ``last_parts`` (what its messages carried: ``content_parts``) and
         ``history``: per request ``{"id", "path", "stream", "started_at", "ended_at",
         "cancelled_at", "outcome"}`` with outcome active|completed|cancelled|error|dropped
         (the last ``HISTORY_SIZE`` requests)."""
@@ -184,6 +186,7 @@ class Simulator:
             "active": self._active,
             "cancel_times": list(self._cancel_times),
             "last_request": self._last_request,
+            "last_parts": content_parts(self._last_request),
             "history": [dict(record) for record in self._history],
         }
 

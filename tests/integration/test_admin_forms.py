@@ -41,6 +41,8 @@ def slot_form(backend: Backend, **fields: Any) -> dict[str, Any]:
         "fallback": "",
         "is_default": "",
         "enabled": "on",
+        "image_max_side": "1568",
+        "document_tokens": "8000",
         **fields,
     }
 

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from django.conf import settings
 from openai.types.chat import ChatCompletionMessageParam
 
 from chat.models import ApiCall, ApiKey, Conversation, Message
@@ -259,7 +260,12 @@ def test_invalid_json_and_oversized_body(server, slot, api_key) -> None:
     assert bad.status_code == 400
     assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
     huge = json.dumps(
-        {"model": "primary", "messages": [{"role": "user", "content": "x" * (5 << 20)}]}
+        {
+            "model": "primary",
+            "messages": [
+                {"role": "user", "content": "x" * (settings.SLIPSTREAM_API_MAX_BODY_BYTES + 1)}
+            ],
+        }
     )
     too_big = httpx.post(url, content=huge, headers=headers, timeout=30)
     assert too_big.status_code == 413

@@ -1,0 +1,441 @@
+"""Attachments: files sent with a chat or widget message. Images go to vision models as OpenAI
+``image_url`` content parts; documents (PDF, text, Markdown, code, CSV) go as their extracted
+text, within the slot's token budget.
+
+- ``attachment_create``: check an upload by its content (never its name or the browser's
+  type), guard against decompression bombs, re-encode images without their metadata (EXIF,
+  GPS) at the slot's largest side, extract a document's text once, store it, count it against
+  the owner's quota of stored bytes.
+- ``for_message``: the attachments a new message names, checked (its owner's, not sent in
+  another conversation, within the per-message limits, images only to a slot that reads them).
+- ``upstream_history``: a thread as OpenAI ``messages`` with each message's attachments as
+  content parts (OpenAI API reference, "Chat Completions", ``ChatCompletionRequestUserMessage``
+  content parts ``text`` and ``image_url`` with a ``data:`` URL).
+
+Raises ``Refusal`` (``chat.http``): 400 (unreadable, a text-only slot), 404 (not the user's),
+413 (too large, quota used up), 415 (a type not accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import UploadedFile
+from django.db.models import Sum
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pypdf import PdfReader
+from pypdf.errors import PdfReadError
+
+from chat import selectors
+from chat.http import Refusal, invalid
+from chat.models import Attachment, Conversation, Message, Slot, Widget
+
+logger = logging.getLogger(__name__)
+
+# Raster formats vision servers decode (llama.cpp's stb_image, vLLM's Pillow, Ollama): stored as
+# PNG, or JPEG when they came as JPEG. WebP and GIF (first frame) become PNG.
+IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+# Text documents by extension: the content decides that it is text, the name only which label.
+TEXT_TYPES = {
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".csv": "text/csv",
+    ".json": "application/json",
+}
+CODE_EXTENSIONS = [
+    ".txt",
+    ".py",
+    ".js",
+    ".mjs",
+    ".ts",
+    ".tsx",
+    ".jsx",
+    ".java",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".cs",
+    ".go",
+    ".rs",
+    ".rb",
+    ".php",
+    ".swift",
+    ".kt",
+    ".scala",
+    ".sh",
+    ".sql",
+    ".html",
+    ".css",
+    ".xml",
+    ".yaml",
+    ".yml",
+    ".toml",
+    ".ini",
+    ".cfg",
+    ".log",
+    ".tex",
+    ".r",
+    ".lua",
+    ".pl",
+]
+# What the file picker offers (its ``accept``): the content is checked whatever it says.
+ACCEPT = ",".join(
+    [*IMAGE_FORMATS.values(), "application/pdf", "text/*", *TEXT_TYPES, *CODE_EXTENSIONS]
+)
+# Extracted text kept per document, characters: a budget far above any slot's.
+MAX_TEXT_CHARS = 2_000_000
+CHARS_PER_TOKEN = 4  # the usual estimate for English text with BPE tokenizers
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The attachment limits, bytes: per file, per message, a user's stored total; and the
+    count per message. Shown to the composer so it refuses before uploading."""
+
+    max_bytes: int
+    max_count: int
+    message_max_bytes: int
+    quota_bytes: int
+    accept: str = ACCEPT
+
+
+def limits() -> Limits:
+    return Limits(
+        max_bytes=settings.SLIPSTREAM_ATTACHMENT_MAX_BYTES,
+        max_count=settings.SLIPSTREAM_ATTACHMENT_MAX_COUNT,
+        message_max_bytes=settings.SLIPSTREAM_MESSAGE_MAX_BYTES,
+        quota_bytes=settings.SLIPSTREAM_ATTACHMENT_QUOTA_BYTES,
+    )
+
+
+def tokens_of(text: str) -> int:
+    """Estimated tokens of ``text`` (no tokenizer is at hand for every upstream)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def describe(attachment: Attachment) -> dict[str, Any]:
+    """An attachment as the composer and exports show it: ``{"id", "name", "kind", "mime",
+    "size" (bytes), "url", "width", "height" (px or None), "tokens", "truncated"}``."""
+    return {
+        "id": str(attachment.pk),
+        "name": attachment.name,
+        "kind": attachment.kind,
+        "mime": attachment.mime,
+        "size": attachment.size_bytes,
+        "url": attachment.url,
+        "width": attachment.width,
+        "height": attachment.height,
+        "tokens": attachment.text_tokens,
+        "truncated": attachment.text_truncated,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Upload
+# ------------------------------------------------------------------------------------------------
+def attachment_create(
+    *,
+    upload: UploadedFile[bytes],
+    slot: Slot | None,
+    user: User | None = None,
+    widget: Widget | None = None,
+    visitor_id: Any = None,
+) -> Attachment:
+    """Store ``upload`` for ``user`` (or a widget's visitor), made ready for ``slot`` (its image
+    side and document budget; the defaults without one). Raises ``Refusal`` 413 (over the size
+    limit, the widget's image limit, the user's quota, too many pixels), 415 (not an accepted
+    type, by content; a widget takes images only), 400 (an image or PDF that cannot be read)."""
+    limit = (
+        widget.image_max_bytes if widget is not None else settings.SLIPSTREAM_ATTACHMENT_MAX_BYTES
+    )
+    size = upload.size or 0
+    if size > limit:
+        raise too_large(upload.name or "file", size, limit)
+    data = upload.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(upload.name or "file", len(data), limit)
+    name = (upload.name or "file")[-255:]
+    attachment = Attachment(user=user, widget=widget, visitor_id=visitor_id, name=name)
+    if _is_image(data):
+        side = min(settings.SLIPSTREAM_IMAGE_STORE_MAX_SIDE, slot.image_max_side if slot else 1568)
+        stored, attachment.mime, attachment.width, attachment.height = _reencode(data, side)
+        attachment.kind = Attachment.Kind.IMAGE
+    elif widget is not None:
+        raise invalid("Only images can be attached here.", param="file", status=415)
+    else:
+        attachment.mime, attachment.text = _document(data, name)
+        stored = data
+        attachment.kind = Attachment.Kind.DOCUMENT
+        budget = (slot.document_tokens if slot else 8000) * CHARS_PER_TOKEN
+        attachment.text_truncated = len(attachment.text) > budget
+        attachment.text_tokens = tokens_of(attachment.text[:budget])
+    if user is not None:
+        _check_quota(user, len(stored))
+    attachment.size_bytes = len(stored)
+    attachment.sha256 = hashlib.sha256(stored).hexdigest()
+    attachment.file.save(attachment.pk.hex, ContentFile(stored), save=False)
+    attachment.save()
+    return attachment
+
+
+def too_large(name: str, size: int, limit: int) -> Refusal:
+    return invalid(
+        f'"{name}" is {size / 2**20:.1f} MB; the limit is {limit / 2**20:.1f} MB.',
+        param="file",
+        code="file_too_large",
+        status=413,
+    )
+
+
+def _check_quota(user: User, size: int) -> None:
+    used = Attachment.objects.filter(user=user).aggregate(total=Sum("size_bytes"))["total"] or 0
+    quota = settings.SLIPSTREAM_ATTACHMENT_QUOTA_BYTES
+    if used + size > quota:
+        raise invalid(
+            f"Your stored files would pass your {quota / 2**20:.0f} MB quota; delete "
+            "conversations with attachments to make room.",
+            param="file",
+            code="quota_exceeded",
+            status=413,
+        )
+
+
+@contextmanager
+def _opened(data: bytes) -> Iterator[Image.Image]:
+    """``Image.open`` (which reads the header only), with Pillow's own decompression-bomb
+    check left to ours: the pixel limit is ``SLIPSTREAM_IMAGE_MAX_PIXELS``, checked on the
+    header's size before anything is decoded (``_reencode``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise _too_many_pixels(str(exc)) from exc
+    with image:
+        yield image
+
+
+def _too_many_pixels(detail: str) -> Refusal:
+    return invalid(
+        f"The image has too many pixels ({detail}); the limit is "
+        f"{settings.SLIPSTREAM_IMAGE_MAX_PIXELS:,} pixels.",
+        param="file",
+        code="image_too_large",
+        status=413,
+    )
+
+
+def _is_image(data: bytes) -> bool:
+    try:
+        with _opened(data) as image:
+            return image.format in IMAGE_FORMATS
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+    except Refusal:
+        return True  # a bomb's header: _reencode refuses it
+
+
+def _reencode(data: bytes, side: int) -> tuple[bytes, str, int, int]:
+    """The image without metadata, turned upright (its EXIF orientation), its longer side at
+    most ``side`` px: ``(bytes, mime, width, height)``. The pixel count is checked from the
+    header before anything is decoded."""
+    try:
+        with _opened(data) as image:
+            width, height = image.size
+            if width * height > settings.SLIPSTREAM_IMAGE_MAX_PIXELS:
+                raise _too_many_pixels(f"{width}×{height}")
+            jpeg = image.format == "JPEG"
+            upright = ImageOps.exif_transpose(image)
+            upright.thumbnail((side, side), Image.Resampling.LANCZOS)
+            out = io.BytesIO()
+            if jpeg:
+                upright.convert("RGB").save(out, "JPEG", quality=90)
+            else:
+                if upright.mode not in ("RGB", "RGBA", "L", "LA"):
+                    upright = upright.convert("RGBA")
+                upright.save(out, "PNG", optimize=False)
+            return out.getvalue(), "image/jpeg" if jpeg else "image/png", *upright.size
+    except (OSError, ValueError) as exc:
+        raise invalid(f"The image could not be read: {exc}", param="file") from exc
+
+
+def _document(data: bytes, name: str) -> tuple[str, str]:
+    """``(mime, text)`` of a PDF or a text file; ``Refusal`` 415 for anything else."""
+    if data.startswith(b"%PDF-"):
+        return "application/pdf", _pdf_text(data)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or "\x00" in text:
+        raise invalid(
+            f'"{name}" is not an image, a PDF or a text file.',
+            param="file",
+            code="unsupported_file_type",
+            status=415,
+        )
+    suffix = name[name.rfind(".") :].lower() if "." in name else ""
+    return TEXT_TYPES.get(suffix, "text/plain"), text[:MAX_TEXT_CHARS]
+
+
+def _pdf_text(data: bytes) -> str:
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise invalid("The PDF is encrypted with a password.", param="file")
+        pages: list[str] = []
+        length = 0
+        for page in reader.pages:
+            text = page.extract_text() or ""
+            pages.append(text)
+            length += len(text)
+            if length >= MAX_TEXT_CHARS:
+                break
+    except (PdfReadError, OSError, ValueError, KeyError) as exc:
+        raise invalid(f"The PDF could not be read: {exc}", param="file") from exc
+    return "\n\n".join(pages)[:MAX_TEXT_CHARS]
+
+
+# ------------------------------------------------------------------------------------------------
+# Send
+# ------------------------------------------------------------------------------------------------
+async def for_message(
+    ids: Iterable[str],
+    *,
+    slot: Slot,
+    conversation: Conversation | None,
+    user: User | None = None,
+    widget: Widget | None = None,
+    visitor_id: Any = None,
+) -> list[Attachment]:
+    """The attachments a new message names, in its order: the sender's, not yet sent or sent in
+    this ``conversation`` (an edit keeps them). Raises ``Refusal`` 404 (an unknown id), 400 (too
+    many; an image to a slot that does not read images), 413 (over the message's bytes)."""
+    wanted = list(dict.fromkeys(str(i) for i in ids))
+    if not wanted:
+        return []
+    if len(wanted) > settings.SLIPSTREAM_ATTACHMENT_MAX_COUNT:
+        raise invalid(
+            f"At most {settings.SLIPSTREAM_ATTACHMENT_MAX_COUNT} attachments per message.",
+            param="attachments",
+        )
+    owned = Attachment.objects.filter(user=user, widget=widget, visitor_id=visitor_id)
+    found = {}
+    try:
+        async for attachment in owned.filter(pk__in=wanted):
+            found[str(attachment.pk)] = attachment
+    except ValidationError as exc:  # a malformed UUID
+        raise _unknown() from exc
+    attachments = [found[i] for i in wanted if i in found]
+    if len(attachments) != len(wanted) or any(
+        a.conversation_id not in (None, conversation.pk if conversation else None)
+        for a in attachments
+    ):
+        raise _unknown()
+    total = sum(a.size_bytes for a in attachments)
+    if total > settings.SLIPSTREAM_MESSAGE_MAX_BYTES:
+        raise invalid(
+            f"The attachments are {total / 2**20:.1f} MB together; the limit is "
+            f"{settings.SLIPSTREAM_MESSAGE_MAX_BYTES / 2**20:.1f} MB per message.",
+            param="attachments",
+            code="file_too_large",
+            status=413,
+        )
+    check_images(attachments, slot)
+    return attachments
+
+
+def _unknown() -> Refusal:
+    return invalid("Unknown attachment.", param="attachments", status=404)
+
+
+def check_images(attachments: Iterable[Attachment], slot: Slot) -> None:
+    """``Refusal`` 400 when an image goes to a slot that does not read images."""
+    if not slot.accepts_images and any(a.kind == Attachment.Kind.IMAGE for a in attachments):
+        raise invalid(
+            f"{slot.label} does not read images. Pick a model that does, or remove the image.",
+            param="attachments",
+            code="images_not_supported",
+        )
+
+
+async def attach(attachments: list[Attachment], *, conversation: Conversation) -> None:
+    """Mark newly sent attachments as ``conversation``'s (deleted with it, shared with it)."""
+    fresh = [a.pk for a in attachments if a.conversation_id is None]
+    if fresh:
+        await Attachment.objects.filter(pk__in=fresh, conversation=None).aupdate(
+            conversation=conversation
+        )
+
+
+async def upstream_history(thread: list[Message], *, slot: Slot) -> list[dict[str, Any]]:
+    """``thread`` as OpenAI ``messages`` (``selectors.history_for_upstream``), each message with
+    attachments as content: its documents' text first, within ``slot.document_tokens`` for the
+    message, then its own text; images as ``image_url`` parts with a base64 ``data:`` URL,
+    downscaled to ``slot.image_max_side``. A message with documents only stays one string, which
+    text-only servers that refuse content arrays still read. Raises ``Refusal`` 400 when an
+    image goes to a slot that does not read images. No query when nothing is attached."""
+    with_files = [m for m in thread if m.attachment_ids]
+    if not with_files:
+        return selectors.history_for_upstream(thread)
+    ids = [i for m in with_files for i in m.attachment_ids]
+    found = {str(a.pk): a async for a in Attachment.objects.filter(pk__in=ids)}
+    contents = {}
+    for message in with_files:
+        attachments = [found[i] for i in message.attachment_ids if i in found]
+        check_images(attachments, slot)
+        contents[message.pk] = await asyncio.to_thread(_content, message, attachments, slot)
+    return selectors.history_for_upstream(thread, contents=contents)
+
+
+def _content(message: Message, attachments: list[Attachment], slot: Slot) -> str | list[Any]:
+    budget = slot.document_tokens * CHARS_PER_TOKEN
+    texts = []
+    for document in (a for a in attachments if a.kind == Attachment.Kind.DOCUMENT):
+        text = document.text[: max(budget, 0)]
+        budget -= len(text)
+        note = (
+            f"\n[Cut here: only the first {tokens_of(text)} tokens of this document are included.]"
+            if len(text) < len(document.text)
+            else ""
+        )
+        texts.append(f'Attached document "{document.name}":\n\n{text}{note}')
+    text = "\n\n".join([*texts, message.content])
+    images = [a for a in attachments if a.kind == Attachment.Kind.IMAGE]
+    if not images:
+        return text
+    return [
+        {"type": "text", "text": text},
+        *({"type": "image_url", "image_url": {"url": _data_url(a, slot)}} for a in images),
+    ]
+
+
+def _data_url(image: Attachment, slot: Slot) -> str:
+    with image.file.open("rb") as f:
+        data = f.read()
+    if max(image.width or 0, image.height or 0) > slot.image_max_side:
+        data, mime, _, _ = _reencode(data, slot.image_max_side)
+    else:
+        mime = image.mime
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def files_of(conversation: Conversation) -> list[str]:
+    """The stored names of ``conversation``'s files, to delete once the rows are gone."""
+    return [name for name in conversation.attachments.values_list("file", flat=True) if name]
