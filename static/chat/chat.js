@@ -1,5 +1,6 @@
 // The chat page: the composer, Stop, resume, edit, regenerate and copy, around answer.js.
 import { playAnswer, wireComposer } from "./answer.js";
+import { wireAttachments } from "./attachments.js";
 import { AnswerView, hydrateAnswers, userMessage } from "./render.js";
 
 const chat = document.getElementById("chat");
@@ -23,6 +24,8 @@ const setStreaming = wireComposer({
   form, box, send, stop, onSubmit: () => submit(), onStop: () => stopAnswer(),
 });
 
+const attachments = wireAttachments({ chat, form, box, csrfToken, send });
+
 let generationId = null; // the answer streaming now, for Stop
 let stopPending = false; // Stop pressed before the server said which generation it is
 
@@ -33,22 +36,34 @@ function generationUrl(id, suffix = "") {
 async function submit() {
   const content = box.value;
   if (!content.trim() || controller || comparing) return;
+  const problem = attachments.problem();
+  if (problem) {
+    attachments.showError(problem);
+    return;
+  }
+  const files = attachments.items();
   const compared = compareSlots();
   if (compared.length > 1) {
+    if (files.length) {
+      attachments.showError("Compare does not take attachments: remove them, or untick the models to compare.");
+      return;
+    }
     box.value = "";
     document.getElementById("empty-state")?.remove();
     await compare(content, compared);
     return;
   }
   box.value = "";
+  attachments.clear();
   document.getElementById("empty-state")?.remove();
-  messages.append(userMessage(content));
+  messages.append(userMessage(content, files));
   const view = new AnswerView(slotPicker?.value);
   messages.append(view.article);
   await runAnswer(view, chat.dataset.streamUrl, {
     content,
     conversation: chat.dataset.conversation || null,
     slot: slotPicker?.value || null,
+    attachments: files.map((file) => file.id),
   });
   await refreshThread();
 }
@@ -126,8 +141,14 @@ function edit(article) {
     const text = area.value;
     if (!text.trim()) return;
     const parent = article.dataset.parentId ? Number(article.dataset.parentId) : null;
+    // The new version keeps the original's files (the server has them: sent by id).
+    const ids = article.dataset.attachmentIds ? article.dataset.attachmentIds.split(",") : [];
+    const files = article.querySelector(":scope > .attachments")?.cloneNode(true);
     removeFrom(article);
-    messages.append(userMessage(text));
+    const bubble = userMessage(text);
+    if (ids.length) bubble.dataset.attachmentIds = ids.join(",");
+    if (files) bubble.querySelector(".content").after(files);
+    messages.append(bubble);
     const view = new AnswerView(slotPicker?.value);
     messages.append(view.article);
     await runAnswer(view, chat.dataset.streamUrl, {
@@ -135,6 +156,7 @@ function edit(article) {
       conversation: chat.dataset.conversation,
       parent,
       slot: slotPicker?.value || null,
+      attachments: ids,
     });
     await refreshThread();
   });

@@ -15,11 +15,54 @@ function el(tag, className, text) {
   return node;
 }
 
-/** A user's message, as the server renders it in _message.html: plain text, never HTML. */
-export function userMessage(text) {
+/** `bytes` as Django's `filesizeformat` writes it: "512 bytes", "1.5 KB", "30.0 MB". */
+export function humanSize(bytes) {
+  if (bytes < 1024) return bytes === 1 ? "1 byte" : `${bytes} bytes`;
+  const units = ["KB", "MB", "GB", "TB"];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** A message's files, as _message.html renders them: `attachments` are the upload's JSON
+ * ({id, name, kind, url, size, tokens, truncated}). */
+export function attachmentList(attachments) {
+  const list = el("div", "attachments");
+  for (const file of attachments) {
+    const link = el("a", `attachment ${file.kind === "image" ? "image" : "document"}`);
+    link.href = file.url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    if (file.kind === "image") {
+      const image = el("img");
+      image.src = file.url;
+      image.alt = file.name;
+      link.append(image);
+    } else {
+      const icon = el("span", "attachment-icon", "📄");
+      icon.setAttribute("aria-hidden", "true");
+      link.append(icon, el("span", "attachment-name", file.name), " ", el("span", "attachment-size", humanSize(file.size)));
+      if (file.truncated) link.append(el("span", "attachment-note", `Only the first ${file.tokens} tokens are sent`));
+    }
+    list.append(link);
+  }
+  return list;
+}
+
+/** A user's message, as the server renders it in _message.html: plain text, never HTML,
+ * then its attachments (the uploads' JSON, see `attachmentList`). */
+export function userMessage(text, attachments = []) {
   const article = el("article", "message user");
   article.dataset.status = "complete";
   article.append(el("div", "role", "You"), el("div", "content", text));
+  if (attachments.length) {
+    article.dataset.attachmentIds = attachments.map((file) => file.id).join(",");
+    article.append(attachmentList(attachments));
+  }
   return article;
 }
 

@@ -4,8 +4,10 @@
 // storage in many profiles), so embed.js keeps the token in the host page's own storage and
 // hands it back in the iframe URL's fragment (#v=…, never sent to a server); the iframe's own
 // localStorage is used too where it works (the plain <iframe> snippet). Stop and closing the
-// panel cancel the answer.
+// panel cancel the answer. Where the widget takes images (#widget has data-attachments-url),
+// visitors attach them as on the chat page (attachments.js).
 import { playAnswer, wireComposer } from "./answer.js";
+import { wireAttachments } from "./attachments.js";
 import { AnswerView, userMessage } from "./render.js";
 
 const root = document.getElementById("widget");
@@ -15,6 +17,7 @@ const send = document.getElementById("send");
 const stop = document.getElementById("stop");
 const notice = document.getElementById("notice");
 const announcer = document.getElementById("announcer");
+const form = document.getElementById("composer");
 const storageKey = `slipstream.widget.${root.dataset.key}`;
 
 // Through the CSSOM, which the page's CSP allows (an inline style attribute it would refuse).
@@ -22,6 +25,7 @@ root.style.setProperty("--widget-accent", root.dataset.accent);
 
 let state = load();
 let controller = null;
+let visitorPending = null; // the visitor being made: several images picked at once make one
 
 function load() {
   const handed = new URLSearchParams(location.hash.slice(1)).get("v");
@@ -70,8 +74,13 @@ async function errorMessage(response) {
   }
 }
 
-async function ensureVisitor() {
-  if (state.token) return true;
+function ensureVisitor() {
+  if (state.token) return Promise.resolve(true);
+  visitorPending ??= newVisitor().finally(() => { visitorPending = null; });
+  return visitorPending;
+}
+
+async function newVisitor() {
   const response = await fetch(root.dataset.visitorUrl, { method: "POST" });
   if (!response.ok) {
     say(await errorMessage(response));
@@ -82,13 +91,13 @@ async function ensureVisitor() {
   return true;
 }
 
-function headers() {
+function visitorHeaders() {
   return state.token ? { "X-Widget-Visitor": state.token } : {};
 }
 
 async function showHistory() {
   if (!state.token) return;
-  const response = await fetch(root.dataset.conversationUrl, { headers: headers() });
+  const response = await fetch(root.dataset.conversationUrl, { headers: visitorHeaders() });
   if (response.status === 401) {
     state = {}; // a token from elsewhere (another widget, a changed secret key): start afresh
     return;
@@ -115,7 +124,7 @@ async function showHistory() {
 
 // In the widget, closing the stream is stopping: the server cancels an answer nobody reads.
 const setStreaming = wireComposer({
-  form: document.getElementById("composer"),
+  form,
   box,
   send,
   stop,
@@ -123,13 +132,65 @@ const setStreaming = wireComposer({
   onStop: () => controller?.abort(),
 });
 
+// A switched-off widget takes no files (nor messages): a drop on it is left alone.
+const takesImages = Boolean(root.dataset.attachmentsUrl) && root.dataset.enabled !== "false";
+const attachments = takesImages
+  ? wireAttachments({
+    chat: root,
+    form,
+    box,
+    send,
+    strictAccept: true,
+    // An image picked before the first message needs the visitor the message would have made.
+    // Refused, the notice says why and the image's chip only that it was not uploaded.
+    async headers() {
+      if (!(await ensureVisitor())) throw new Error();
+      return visitorHeaders();
+    },
+  })
+  : null;
+
+/** The visitor's message with its images from the tray's own previews (data: URLs): the
+ * uploads' `url` is for the owner signed in, not for a visitor, so nothing links to it. */
+function visitorMessage(content, files) {
+  const article = userMessage(content);
+  if (!files.length) return article;
+  article.dataset.attachmentIds = files.map((file) => file.id).join(",");
+  const list = document.createElement("div");
+  list.className = "attachments";
+  for (const file of files) {
+    const item = document.createElement("span");
+    item.className = "attachment image";
+    if (file.preview) {
+      const image = document.createElement("img");
+      image.src = file.preview;
+      image.alt = file.name;
+      item.append(image);
+    } else {
+      item.classList.add("no-preview");
+      item.textContent = file.name; // not read yet: its name stands in
+    }
+    list.append(item);
+  }
+  article.append(list);
+  return article;
+}
+
 async function submit() {
   const content = box.value;
   if (!content.trim() || controller) return;
   say("");
   if (!(await ensureVisitor())) return;
+  // After the wait above, in which another image may have been pasted.
+  const problem = attachments?.problem();
+  if (problem) {
+    attachments.showError(problem);
+    return;
+  }
+  const files = attachments?.items() || [];
   box.value = "";
-  messages.append(userMessage(content));
+  attachments?.clear();
+  messages.append(visitorMessage(content, files));
   const view = new AnswerView(document.title);
   messages.append(view.article);
   view.onFlush = () => { messages.scrollTop = messages.scrollHeight; };
@@ -139,8 +200,9 @@ async function submit() {
   const status = await playAnswer(view, root.dataset.streamUrl, {
     content,
     conversation: state.conversation || null,
+    ...(attachments ? { attachments: files.map((file) => file.id) } : {}),
   }, {
-    headers: headers(),
+    headers: visitorHeaders(),
     signal: controller.signal,
     onMessage(meta) {
       state.conversation = meta.conversation_id;

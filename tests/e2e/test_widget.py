@@ -15,7 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, FrameLocator, Page, expect
 
-from chat.models import Conversation, Widget
+from chat.models import Attachment, Conversation, Widget
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -253,3 +253,36 @@ def test_the_widget_fits_a_320_px_phone_and_passes_axe(browser: Browser, server,
     assert widget.evaluate("document.documentElement.scrollWidth <= innerWidth")
     expect(frame.get_by_role("button", name="Send")).to_be_in_viewport()
     assert violations(widget) == []
+
+
+def test_a_visitor_attaches_an_image_when_the_widget_takes_them(
+    browser: Browser, server, sim, host
+) -> None:
+    from tests.conftest import make_slot
+    from tests.support.files import png
+
+    slot = make_slot(sim.base_url, accepts_images=True, image_max_side=128)
+    sim.configure(ttft_ms=0, tokens_per_s=100, length=5)
+    without = make_widget(slot, host)
+    page = browser.new_context().new_page()
+    page.goto(embed(host, server, without))
+    expect(open_panel(page).locator("#attach")).to_have_count(0)  # off by default
+
+    widget = make_widget(slot, host, accepts_images=True, public_key="wk_images")
+    page = browser.new_context().new_page()
+    page.goto(embed(host, server, widget))
+    frame = open_panel(page)
+    frame.locator("#attach-input").set_input_files(
+        {"name": "error.png", "mimeType": "image/png", "buffer": png(512, 256)}
+    )
+    expect(frame.locator('#attachment-tray .attachment-chip[data-state="done"]')).to_have_count(1)
+    ask(frame, "What does this error mean?")
+    expect(frame.locator("article.message.assistant:not(.greeting)").last).to_have_attribute(
+        "data-status", "complete"
+    )
+    expect(frame.locator("article.message.user .attachments img")).to_be_visible()
+    parts = sim.stats()["last_parts"]
+    assert [p["type"] for p in parts] == ["text", "image_url"]
+    stored = Attachment.objects.get()
+    assert (stored.widget_id, stored.width, stored.height) == (widget.pk, 128, 64)
+    assert parts[1]["sha256"] == stored.sha256
