@@ -605,10 +605,15 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
                     return await _whole_native_response(call, turn, cfg)
                 return await _streamed_native_response(call, turn, cfg)
             except RelayError as exc:
-                if cfg.responses_native is not None or exc.status not in _NO_RESPONSES_API:
+                # The slot whose call failed: a fallback's backend may lack what the primary's
+                # has, and what is learnt belongs to the backend that answered.
+                failed = cfg.in_chain(exc.slot)
+                if failed.responses_native is not None or exc.status not in _NO_RESPONSES_API:
                     raise
                 # "auto" found a backend without the Responses API: translate, from now on.
-                await services.backend_anote_responses_api(backend_id=cfg.backend_id, native=False)
+                await services.backend_anote_responses_api(
+                    backend_id=failed.backend_id, native=False
+                )
         if not call.stream:
             return await _whole_response(call, turn)
         return await _streamed_response(call, turn)
@@ -725,10 +730,11 @@ def _goes_native(cfg: dispatch.SlotConfig) -> bool:
     return all(c.responses_native is not False and not c.stop for c in cfg.chain())
 
 
-async def _noted_native(cfg: dispatch.SlotConfig) -> None:
-    """An ``auto`` backend answered on its own ``/responses``: remember it."""
-    if cfg.responses_native is None:
-        await services.backend_anote_responses_api(backend_id=cfg.backend_id, native=True)
+async def _noted_native(answered: dispatch.SlotConfig) -> None:
+    """The slot that ``answered`` (the primary, or a fallback) has an ``auto`` backend that
+    answered on its own ``/responses``: remember it."""
+    if answered.responses_native is None:
+        await services.backend_anote_responses_api(backend_id=answered.backend_id, native=True)
 
 
 async def _whole_native_response(
@@ -736,13 +742,13 @@ async def _whole_native_response(
 ) -> JsonResponse:
     """A non-streaming response from the backend's own ``/responses``: its response object
     with our id, model, ``store`` and ``previous_response_id``. Raises ``RelayError``."""
-    result = await dispatch.call_whole(cfg, RESPONSES, turn.native_body())
+    result, answered = await dispatch.call_whole(cfg, RESPONSES, turn.native_body())
     if result.get("object") != "response" or not isinstance(result.get("output"), list):
         raise RelayError(
             "upstream answered /responses with a body that is not a response object",
             code="upstream_malformed_body",
         )
-    await _noted_native(cfg)
+    await _noted_native(answered)
     ours = {name: turn.initial[name] for name in ("id", "model", "store", "previous_response_id")}
     response = {**result, **ours}
     usage: dict[str, Any] = result.get("usage") or {}
@@ -795,7 +801,10 @@ async def _streamed_native_response(
     generation = await _first_chunk(
         await dispatch.submit(cfg, RESPONSES, turn.native_body(), started_at=call.started_at)
     )
-    await _noted_native(cfg)
+    if generation.chunks:
+        # Its first event came from the slot that answered; held only until the first
+        # keep-alive, the call may not have reached one yet: the next call finds out then.
+        await _noted_native(cfg.in_chain(generation.slot))
     return _stream_response(turn, generation, native=True)
 
 
@@ -1041,7 +1050,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         call.slot_name = body["model"]
         slot = await resolve_slot(call.slot_name, call.key, lookups)
         await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
-        result = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
+        result, _ = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
         result["model"] = slot.name
         return await _answered(call, call.key, slot.name, result, result.get("usage"))
     except EnvelopeError as exc:
