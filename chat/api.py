@@ -386,23 +386,39 @@ async def _whole_completion(
     result = await dispatch.complete_whole(slot_config(slot), call.endpoint, body)
     result["model"] = slot.name
     result["id"] = _id_prefix(call.endpoint == CHAT) + uuid.uuid4().hex
-    return await _answered(call, key, slot.name, result, result.get("usage"))
+    chat = call.endpoint == CHAT
+    return await _answered(
+        call,
+        key,
+        slot,
+        result,
+        result.get("usage"),
+        messages=body.get("messages"),
+        chunk=responses.whole_as_chunk(result) if chat else None,
+    )
 
 
 async def _answered(
-    call: _Call, key: ApiKey, slot_name: str, body: dict[str, Any], usage: dict[str, Any] | None
+    call: _Call,
+    key: ApiKey,
+    slot: Slot,
+    body: dict[str, Any],
+    usage: dict[str, Any] | None,
+    *,
+    messages: list[Any] | None = None,
+    chunk: dict[str, Any] | None = None,
 ) -> JsonResponse:
     """A whole (non-streamed) answer, its call recorded as complete with ``usage`` (chat
-    completions' words: prompt and completion tokens)."""
-    await services.api_call_arecord(
-        api_key=key,
+    completions' words: prompt and completion tokens) and kept as a conversation when the key
+    says so (``messages``: the chat request's; ``chunk``: the answer as one chat chunk)."""
+    await answers.record_whole_api_call(
+        key=key,
+        slot=slot,
         endpoint=call.endpoint,
-        slot_name=slot_name,
-        stream=False,
-        http_status=200,
-        outcome="complete",
         started_at=call.started_at,
         usage=usage,
+        messages=messages,
+        chunk=chunk,
     )
     return JsonResponse(body)
 
@@ -768,10 +784,18 @@ async def _whole_ended(
 ) -> JsonResponse:
     """A non-streamed response's end: stored (unless ``store`` is false) with the one chat
     chunk a resumed stream of it is rendered from, its call recorded (``usage`` in chat
-    completions' words), and answered."""
+    completions' words) and kept as a conversation when the key says so, and answered."""
     if turn.store:
         await _store_whole(turn, response, chunk)
-    return await _answered(call, turn.key, turn.slot.name, response, usage)
+    return await _answered(
+        call,
+        turn.key,
+        turn.slot,
+        response,
+        usage,
+        messages=turn.chat_body["messages"],
+        chunk=chunk,
+    )
 
 
 async def _store_whole(
@@ -1052,6 +1076,6 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
         result, _ = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
         result["model"] = slot.name
-        return await _answered(call, call.key, slot.name, result, result.get("usage"))
+        return await _answered(call, call.key, slot, result, result.get("usage"))
     except EnvelopeError as exc:
         return await _refused(call, exc)

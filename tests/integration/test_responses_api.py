@@ -500,6 +500,26 @@ def test_keys_that_keep_conversations_keep_responses(openai_client, slot, sim, u
     assert conversation.messages.order_by("pk").first().content == "Kept"
 
 
+@pytest.mark.parametrize("mode", ["translate", "native"])
+def test_keys_that_keep_conversations_keep_whole_responses(
+    openai_client, slot, sim, user, mode
+) -> None:
+    """Not only streamed calls: a non-streamed response is kept before it is answered."""
+    Backend.objects.filter(pk=slot.backend_id).update(responses_api=mode)
+    key = ApiKey.objects.get()
+    key.store_conversations = True
+    key.save()  # as the admin saves it: the cached lookup is invalidated (chat.readcache)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    response = openai_client.responses.create(model="primary", input="Kept whole")
+    assert ("messages" in sim.stats()["last_request"]) is (mode == "translate")
+    conversation = user.conversations.get()
+    assert list(conversation.messages.order_by("pk").values_list("role", "content")) == [
+        ("user", "Kept whole"),
+        ("assistant", response.output_text),
+    ]
+    assert conversation.messages.get(role="assistant").status == "complete"
+
+
 # ------------------------------------------------------------------------------------------------
 # Embeddings
 # ------------------------------------------------------------------------------------------------
