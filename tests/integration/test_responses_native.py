@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -224,6 +225,26 @@ def test_a_fallback_that_answers_natively_is_the_one_detected(
     assert sim.stats()["last_request"]["input"] == "Hi"
     assert detected(backup) is True
     assert detected(primary) is None
+
+
+def test_native_disconnect_cancels_upstream_and_stores_cancelled(openai_client, native_slot, sim):
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
+    stream = openai_client.responses.create(model="primary", input="Long", stream=True)
+    response_id = ""
+    for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        if event.type == "response.output_text.delta":
+            break
+    stream.close()
+    closed_at = time.monotonic()
+    sim.wait_for(lambda s: s["cancelled"] >= 1, timeout_s=2)
+    assert sim.stats()["cancelled"] == 1
+    assert sim.stats()["cancel_times"][0] - closed_at < 1.0
+    assert "input" in sim.stats()["last_request"]  # the backend's own /responses was cancelled
+    stored = wait_for_row(response_id, "cancelled")
+    assert stored.native
+    assert stored.response["status"] == "cancelled"
 
 
 def test_slots_with_stop_strings_translate(openai_client, transactional_db, sim):
