@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
@@ -126,7 +126,8 @@ class SlotInline(SlotStateMixin, admin.TabularInline[Slot, Backend]):
 
 class BackendForm(forms.ModelForm[Backend]):
     """The API key is write-only: the form says whether one is set, never what it is (not even
-    in the input's value); a new value replaces it, an empty one keeps it."""
+    in the input's value); a new value replaces it, an empty one keeps it. A new base URL is
+    another server: what ``auto`` detected of the old one's Responses API is forgotten."""
 
     api_key = forms.CharField(
         label="API key",
@@ -155,6 +156,10 @@ class BackendForm(forms.ModelForm[Backend]):
             self.instance.set_api_key("")
         elif self.cleaned_data.get("api_key"):
             self.instance.set_api_key(self.cleaned_data["api_key"])
+        if "base_url" in self.changed_data:
+            # The next /v1/responses call detects again (a server without /responses put where
+            # one with it was would otherwise get every request native, and 404).
+            self.instance.responses_api_detected = None
         return super().save(commit)
 
 
@@ -196,6 +201,9 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
         ("Responses API", {"fields": ("responses_api", "responses_api_detected")}),
     )
     readonly_fields = ("responses_api_detected",)
+    # Upstreams on loopback or a LAN mostly speak plain HTTP: a base URL typed without a scheme
+    # means http:// (Django 6 will assume https; saying which silences its deprecation warning).
+    formfield_overrides = {models.URLField: {"assume_scheme": "http"}}
 
     @admin.display(description="API key", boolean=True)
     def api_key_set(self, backend: Backend) -> bool:

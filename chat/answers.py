@@ -15,7 +15,8 @@ The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one
 - ``stop``: end an answer, here or in the process that runs it.
 - Widgets switched off: a widget's answers in flight are stopped once it is disabled (polled by
   each process that runs some, every ``WIDGET_WATCH_S``).
-- ``record_api_call``: a ``/v1`` call's record, and its conversation when the key keeps them.
+- ``record_api_call`` / ``record_whole_api_call``: a streamed or whole ``/v1`` call's record,
+  and its conversation when the key keeps them.
 - ``/v1/responses``: a streamed response stored ``in_progress`` off the first byte's path
   (``store_response_start``), its end stored (``record_response``), ``cancel_response``.
 - ``sweep_forever``: mark ``interrupted`` the answers whose process died.
@@ -597,6 +598,11 @@ def _quota_period(quota: Quota, now: datetime) -> tuple[datetime, datetime]:
 # ------------------------------------------------------------------------------------------------
 # /v1 calls
 # ------------------------------------------------------------------------------------------------
+# The endpoints whose calls a key marked "keep calls as conversations" keeps (embeddings and
+# legacy completions have no conversation to show).
+KEPT_ENDPOINTS = ("chat/completions", "responses")
+
+
 async def record_api_call(
     *,
     key: ApiKey,
@@ -607,7 +613,7 @@ async def record_api_call(
     outcome: str,
 ) -> None:
     """Record a finished streamed ``/v1`` call (one ``ApiCall`` row), and keep it as a
-    conversation of the key's owner when the key says so (chat completions only)."""
+    conversation of the key's owner when the key says so (chat completions and responses)."""
     await services.api_call_arecord(
         api_key=key,
         endpoint=endpoint,
@@ -619,9 +625,45 @@ async def record_api_call(
         generation=generation,
         error=generation.error,
     )
-    if key.store_conversations and endpoint in ("chat/completions", "responses"):
+    if key.store_conversations and endpoint in KEPT_ENDPOINTS:
         await services.api_conversation_astore(
-            api_key=key, slot=slot, messages=messages, generation=generation, status=outcome
+            api_key=key,
+            slot=slot,
+            messages=messages,
+            answer=services.generation_fields(generation, status=outcome),
+        )
+
+
+async def record_whole_api_call(
+    *,
+    key: ApiKey,
+    slot: Slot,
+    endpoint: str,
+    started_at: float,
+    usage: dict[str, Any] | None,
+    messages: list[Any] | None = None,
+    chunk: dict[str, Any] | None = None,
+) -> None:
+    """Record a whole (non-streamed) ``/v1`` call as complete (one ``ApiCall`` row, ``usage``
+    in chat completions' words), and keep it as a conversation of the key's owner as
+    ``record_api_call`` keeps a stream: ``messages`` the chat request's, ``chunk`` the one
+    chat chunk that says what it answered (``responses.whole_as_chunk``)."""
+    await services.api_call_arecord(
+        api_key=key,
+        endpoint=endpoint,
+        slot_name=slot.name,
+        stream=False,
+        http_status=200,
+        outcome="complete",
+        started_at=started_at,
+        usage=usage,
+    )
+    if key.store_conversations and endpoint in KEPT_ENDPOINTS and chunk is not None:
+        await services.api_conversation_astore(
+            api_key=key,
+            slot=slot,
+            messages=messages or [],
+            answer=services.whole_answer_fields(chunk, slot_name=slot.name),
         )
 
 

@@ -441,23 +441,39 @@ async def _whole_completion(
     result = await dispatch.complete_whole(slot_config(slot), call.endpoint, body)
     result["model"] = slot.name
     result["id"] = _id_prefix(call.endpoint == CHAT) + uuid.uuid4().hex
-    return await _answered(call, key, slot.name, result, result.get("usage"))
+    chat = call.endpoint == CHAT
+    return await _answered(
+        call,
+        key,
+        slot,
+        result,
+        result.get("usage"),
+        messages=body.get("messages"),
+        chunk=responses.whole_as_chunk(result) if chat else None,
+    )
 
 
 async def _answered(
-    call: _Call, key: ApiKey, slot_name: str, body: dict[str, Any], usage: dict[str, Any] | None
+    call: _Call,
+    key: ApiKey,
+    slot: Slot,
+    body: dict[str, Any],
+    usage: dict[str, Any] | None,
+    *,
+    messages: list[Any] | None = None,
+    chunk: dict[str, Any] | None = None,
 ) -> JsonResponse:
     """A whole (non-streamed) answer, its call recorded as complete with ``usage`` (chat
-    completions' words: prompt and completion tokens)."""
-    await services.api_call_arecord(
-        api_key=key,
+    completions' words: prompt and completion tokens) and kept as a conversation when the key
+    says so (``messages``: the chat request's; ``chunk``: the answer as one chat chunk)."""
+    await answers.record_whole_api_call(
+        key=key,
+        slot=slot,
         endpoint=call.endpoint,
-        slot_name=slot_name,
-        stream=False,
-        http_status=200,
-        outcome="complete",
         started_at=call.started_at,
         usage=usage,
+        messages=messages,
+        chunk=chunk,
     )
     return JsonResponse(body)
 
@@ -660,10 +676,15 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
                     return await _whole_native_response(call, turn, cfg)
                 return await _streamed_native_response(call, turn, cfg)
             except RelayError as exc:
-                if cfg.responses_native is not None or exc.status not in _NO_RESPONSES_API:
+                # The slot whose call failed: a fallback's backend may lack what the primary's
+                # has, and what is learnt belongs to the backend that answered.
+                failed = cfg.in_chain(exc.slot)
+                if failed.responses_native is not None or exc.status not in _NO_RESPONSES_API:
                     raise
                 # "auto" found a backend without the Responses API: translate, from now on.
-                await services.backend_anote_responses_api(backend_id=cfg.backend_id, native=False)
+                await services.backend_anote_responses_api(
+                    backend_id=failed.backend_id, native=False
+                )
         if not call.stream:
             return await _whole_response(call, turn)
         return await _streamed_response(call, turn)
@@ -780,10 +801,11 @@ def _goes_native(cfg: dispatch.SlotConfig) -> bool:
     return all(c.responses_native is not False and not c.stop for c in cfg.chain())
 
 
-async def _noted_native(cfg: dispatch.SlotConfig) -> None:
-    """An ``auto`` backend answered on its own ``/responses``: remember it."""
-    if cfg.responses_native is None:
-        await services.backend_anote_responses_api(backend_id=cfg.backend_id, native=True)
+async def _noted_native(answered: dispatch.SlotConfig) -> None:
+    """The slot that ``answered`` (the primary, or a fallback) has an ``auto`` backend that
+    answered on its own ``/responses``: remember it."""
+    if answered.responses_native is None:
+        await services.backend_anote_responses_api(backend_id=answered.backend_id, native=True)
 
 
 async def _whole_native_response(
@@ -791,13 +813,13 @@ async def _whole_native_response(
 ) -> JsonResponse:
     """A non-streaming response from the backend's own ``/responses``: its response object
     with our id, model, ``store`` and ``previous_response_id``. Raises ``RelayError``."""
-    result = await dispatch.call_whole(cfg, RESPONSES, turn.native_body())
+    result, answered = await dispatch.call_whole(cfg, RESPONSES, turn.native_body())
     if result.get("object") != "response" or not isinstance(result.get("output"), list):
         raise RelayError(
             "upstream answered /responses with a body that is not a response object",
             code="upstream_malformed_body",
         )
-    await _noted_native(cfg)
+    await _noted_native(answered)
     ours = {name: turn.initial[name] for name in ("id", "model", "store", "previous_response_id")}
     response = {**result, **ours}
     usage: dict[str, Any] = result.get("usage") or {}
@@ -817,10 +839,18 @@ async def _whole_ended(
 ) -> JsonResponse:
     """A non-streamed response's end: stored (unless ``store`` is false) with the one chat
     chunk a resumed stream of it is rendered from, its call recorded (``usage`` in chat
-    completions' words), and answered."""
+    completions' words) and kept as a conversation when the key says so, and answered."""
     if turn.store:
         await _store_whole(turn, response, chunk)
-    return await _answered(call, turn.key, turn.slot.name, response, usage)
+    return await _answered(
+        call,
+        turn.key,
+        turn.slot,
+        response,
+        usage,
+        messages=turn.chat_body["messages"],
+        chunk=chunk,
+    )
 
 
 async def _store_whole(
@@ -850,7 +880,10 @@ async def _streamed_native_response(
     generation = await _first_chunk(
         await dispatch.submit(cfg, RESPONSES, turn.native_body(), started_at=call.started_at)
     )
-    await _noted_native(cfg)
+    if generation.chunks:
+        # Its first event came from the slot that answered; held only until the first
+        # keep-alive, the call may not have reached one yet: the next call finds out then.
+        await _noted_native(cfg.in_chain(generation.slot))
     return _stream_response(turn, generation, native=True)
 
 
@@ -1096,8 +1129,8 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         call.slot_name = body["model"]
         slot = await resolve_slot(call.slot_name, call.key, lookups)
         await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
-        result = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
+        result, _ = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
         result["model"] = slot.name
-        return await _answered(call, call.key, slot.name, result, result.get("usage"))
+        return await _answered(call, call.key, slot, result, result.get("usage"))
     except EnvelopeError as exc:
         return await _refused(call, exc)

@@ -41,6 +41,7 @@ from chat.models import (
     bucket_field,
 )
 from chat.relay import checks
+from chat.relay.accumulate import MessageAccumulator
 from chat.relay.errors import EnvelopeError
 from chat.relay.generation import Generation
 from chat.relay.slots import StateChange
@@ -151,9 +152,27 @@ def generation_fields(generation: Generation, *, status: str | None = None) -> d
 FINISH_REASON_LENGTH = Message._meta.get_field("finish_reason").max_length or 32
 
 
+def whole_answer_fields(chunk: dict[str, Any], *, slot_name: str) -> dict[str, Any]:
+    """What a whole (non-streamed) answer stores on its message, as ``generation_fields`` for
+    a stream: ``chunk`` is the one chat chunk that says the same as the answer
+    (``responses.whole_as_chunk``, ``responses.response_as_chunk``); complete, no timings."""
+    acc = MessageAccumulator()
+    acc.add(chunk)
+    return {
+        **_accumulated_text(acc),
+        "slot_name": slot_name[:100],
+        "status": Message.Status.COMPLETE,
+        "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
+        "usage": checks.clean_usage(acc.usage),
+    }
+
+
 def _text_fields(generation: Generation) -> dict[str, Any]:
     """The answer's text: what must be stored whatever else fails."""
-    acc = generation.accumulator
+    return _accumulated_text(generation.accumulator)
+
+
+def _accumulated_text(acc: MessageAccumulator) -> dict[str, Any]:
     return {
         "content": checks.without_nul(acc.content() or acc.refusal()),
         "reasoning": checks.without_nul(acc.reasoning()),
@@ -346,15 +365,11 @@ async def api_call_arecord(
 
 
 async def api_conversation_astore(
-    *,
-    api_key: ApiKey,
-    slot: Slot,
-    messages: list[Any],
-    generation: Generation,
-    status: str | None = None,
+    *, api_key: ApiKey, slot: Slot, messages: list[Any], answer: dict[str, Any]
 ) -> None:
     """Keep an API call as a conversation of the key's owner (the key's opt-in option): the
-    request's last user message and the answer."""
+    request's last user message and the answer (its message's fields: ``generation_fields``
+    of a stream, ``whole_answer_fields`` of a whole answer)."""
     last_user = next(
         (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {}
     )
@@ -367,9 +382,7 @@ async def api_conversation_astore(
         )
         await message_acreate_user(conversation=conversation, content=checks.without_nul(text))
         await Message.objects.acreate(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            **generation_fields(generation, status=status),
+            conversation=conversation, role=Message.Role.ASSISTANT, **answer
         )
     except DatabaseError:
         logger.exception("API call of key %s: keeping it as a conversation failed", api_key.pk)

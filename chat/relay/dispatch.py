@@ -116,6 +116,11 @@ class SlotConfig:
             slot = slot.fallback
         return chain
 
+    def in_chain(self, name: str | None) -> SlotConfig:
+        """The slot of this chain called ``name`` (the one that answered, or failed: a
+        generation's ``slot``, a ``RelayError``'s ``slot``); this slot when none is."""
+        return next((cfg for cfg in self.chain() if cfg.name == name), self)
+
 
 # ------------------------------------------------------------------------------------------------
 # Request bodies
@@ -394,14 +399,16 @@ async def complete_whole(
     )
 
 
-async def call_whole(slot: SlotConfig, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+async def call_whole(
+    slot: SlotConfig, endpoint: str, request: dict[str, Any]
+) -> tuple[dict[str, Any], SlotConfig]:
     """A non-streaming call whose answer is not a chat or text completion (``"embeddings"``,
     or ``"responses"`` on a backend's own Responses API) under the slot's policy, its body
-    from ``upstream_body``. Returns the upstream's JSON object (NUL characters removed).
-    Raises ``RelayError``."""
+    from ``upstream_body``. Returns the upstream's JSON object (NUL characters removed) and the
+    slot of the chain that answered (a fallback, once it took over). Raises ``RelayError``."""
 
-    async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
-        return await _json_object(cfg, endpoint, body)
+    async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> tuple[dict[str, Any], SlotConfig]:
+        return await _json_object(cfg, endpoint, body), cfg
 
     return await with_slot_policy(
         slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
@@ -455,7 +462,8 @@ async def with_slot_policy(
 
     ``published()`` tells whether a byte of the answer has reached a client (no retry, no
     fallback after that). Phases (queued, warming, retrying) are published on ``generation``.
-    Raises the last ``RelayError``.
+    Raises the last ``RelayError``, its ``slot`` naming the slot whose call failed (a fallback
+    may lack what the primary has: ``/responses``, say).
     """
     chain = slot.chain()
     for position, cfg in enumerate(chain):
@@ -465,10 +473,15 @@ async def with_slot_policy(
             runtime.probe_soon()  # it may come back; meanwhile the fallback answers
             continue
         body = upstream_body(cfg, request, endpoint=endpoint, stream=stream)
-        lease = await _admit(cfg, runtime, generation)
+        try:
+            lease = await _admit(cfg, runtime, generation)
+        except RelayError as exc:
+            exc.slot = exc.slot or cfg.name
+            raise
         try:
             return await _attempts(cfg, runtime, body, attempt, published, generation)
         except RelayError as exc:
+            exc.slot = exc.slot or cfg.name
             # Spent retries, or a model still loading after its cold-boot wait: the fallback
             # answers instead, if nothing reached the client yet.
             if last or published() or not (_retryable(exc) or exc.code == "slot_warming"):

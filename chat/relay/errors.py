@@ -53,7 +53,9 @@ class RelayError(EnvelopeError):
     the request (queue, cold boot), a generation that ended badly.
 
     ``upstream_status`` is the HTTP status the upstream itself answered (a 500 is reported as
-    502 but is not a 502), which the dispatcher's retry rule reads.
+    502 but is not a 502), which the dispatcher's retry rule reads. ``slot`` names the slot of
+    the fallback chain whose call failed (set by the dispatcher; None before any slot was
+    tried), so a caller can tell the primary's failure from a fallback's.
     """
 
     def __init__(
@@ -66,11 +68,13 @@ class RelayError(EnvelopeError):
         param: str | None = None,
         retry_after: float | None = None,
         upstream_status: int | None = None,
+        slot: str | None = None,
     ) -> None:
         super().__init__(
             message, status=status, type=type, code=code, param=param, retry_after=retry_after
         )
         self.upstream_status = upstream_status
+        self.slot = slot
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, as JSON-ready values (``from_dict`` reads it back)."""
@@ -82,12 +86,13 @@ class RelayError(EnvelopeError):
             "param": self.param,
             "retry_after": self.retry_after,
             "upstream_status": self.upstream_status,
+            "slot": self.slot,
         }
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> RelayError:
         """The error ``to_dict`` described (unknown keys ignored; a missing message is one)."""
-        known = ("status", "type", "code", "param", "retry_after", "upstream_status")
+        known = ("status", "type", "code", "param", "retry_after", "upstream_status", "slot")
         return cls(
             str(fields.get("message") or "upstream error"),
             **{k: fields[k] for k in known if fields.get(k) is not None},

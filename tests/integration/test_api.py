@@ -377,6 +377,22 @@ def test_calls_are_stored_as_conversations_only_when_the_key_says_so(
     ]
 
 
+def test_whole_calls_are_stored_as_conversations_too(openai_client, slot, sim, user) -> None:
+    key = ApiKey.objects.get()
+    key.store_conversations = True
+    key.save()
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=4)
+    completion = openai_client.chat.completions.create(model="primary", messages=HELLO)
+    # Kept before the answer was sent: no waiting.
+    conversation = Conversation.objects.get()
+    assert conversation.user == user
+    assert list(Message.objects.values_list("role", "content", "status")) == [
+        ("user", "Hello", "complete"),
+        ("assistant", completion.choices[0].message.content, "complete"),
+    ]
+    assert Message.objects.get(role="assistant").finish_reason == "stop"
+
+
 OPENAI_RECORDINGS = sorted(p.name for p in SSE.glob("openai-c*.sse"))
 
 

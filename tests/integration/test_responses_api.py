@@ -183,6 +183,29 @@ def test_max_output_tokens_ends_incomplete(openai_client, slot, sim) -> None:
     assert sim.stats()["last_request"]["max_tokens"] == 5
 
 
+def test_stop_strings_are_held_back_from_text_deltas(openai_client, slot, sim) -> None:
+    """A slot's stop string spanning two tokens: the relay holds back a delta's tail that may
+    begin it, so no delta carries it or what follows; the response still ends ``completed``
+    (OpenAI's ``incomplete_details.reason`` has no stop reason)."""
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=30, ignore_stop=True)
+    full = openai_client.responses.create(model="primary", input="Hello").output_text
+    words = full.split()
+    stop = f"{words[5][-2:]} {words[6][:2]}"  # the end of one token and the start of the next
+    expected = full[: full.find(stop)]
+    Slot.objects.update(stop=[stop])
+    readcache.invalidate()  # .update() sends no signal
+    events = list(openai_client.responses.create(model="primary", input="Hello", stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas
+    assert not any(stop in delta for delta in deltas)
+    assert "".join(deltas) == expected  # nothing after the stop string either
+    (done,) = [e for e in events if e.type == "response.output_text.done"]
+    assert done.text == expected
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == expected
+    assert events[-1].response.incomplete_details is None
+
+
 def test_mid_stream_error_ends_in_response_failed(server, api_key, slot, sim) -> None:
     sim.configure(ttft_ms=0, tokens_per_s=0, length=30, error_after=4)
     events = raw_events(server, api_key, {"model": "primary", "input": "Hi"})
@@ -351,7 +374,18 @@ def test_another_users_response_is_not_found(openai_client, server, slot, sim, u
             stranger.responses.create(
                 model="primary", input="Theirs", previous_response_id=response.id
             )
-    assert StoredResponse.objects.filter(pk=response.id).exists()
+        with pytest.raises(openai.NotFoundError) as caught:
+            stranger.responses.cancel(response.id)
+        assert_valid(caught.value.response.json(), "ErrorResponse")
+    resumed = httpx.get(
+        f"{server.base_url}/v1/responses/{response.id}",
+        params={"stream": "true", "starting_after": 0},
+        headers={"Authorization": f"Bearer {raw}"},
+    )
+    assert resumed.status_code == 404
+    assert_valid(resumed.json(), "ErrorResponse")
+    assert resumed.json()["error"]["message"] == f"Response with id '{response.id}' not found."
+    assert StoredResponse.objects.get(pk=response.id).status == "completed"
 
 
 def test_resume_by_starting_after_gives_the_exact_tail(server, api_key, slot, sim) -> None:
@@ -439,7 +473,9 @@ def test_cancel_stops_a_response_in_progress(server, openai_client, api_key, slo
             seen += [json.loads(e.data) for e in decoder.feed(next(chunks))]
         response_id = seen[0]["response"]["id"]
         wait_for_row(response_id, "in_progress")
-        cancelled = openai_client.responses.cancel(response_id)
+        answered = openai_client.responses.with_raw_response.cancel(response_id)
+        assert_valid(answered.http_response.json(), "Response")
+        cancelled = answered.parse()
         for chunk in chunks:
             seen += [json.loads(e.data) for e in decoder.feed(chunk)]
     assert cancelled.status == "cancelled"
@@ -450,8 +486,9 @@ def test_cancel_stops_a_response_in_progress(server, openai_client, api_key, slo
     assert (
         wait_for_row(response_id, "cancelled").response["output"] == seen[-1]["response"]["output"]
     )
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as caught:
         openai_client.responses.cancel(response_id)
+    assert_valid(caught.value.response.json(), "ErrorResponse")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -474,19 +511,63 @@ def test_bad_requests_are_400s_naming_the_param(openai_client, slot, body, param
         openai_client.responses.create(model="primary", **body)
     assert body_of(caught)["param"] == param
     assert body_of(caught)["type"] == "invalid_request_error"
+    assert_valid(caught.value.response.json(), "ErrorResponse")
 
 
 def test_unknown_model_and_bad_key(openai_client, server, slot) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         openai_client.responses.create(model="nope", input="x")
     assert caught.value.code == "model_not_found"
+    assert_valid(caught.value.response.json(), "ErrorResponse")
     with openai.OpenAI(
         base_url=server.base_url + "/v1", api_key="sk-slip-wrong", max_retries=0
     ) as wrong:
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as refused:
             wrong.responses.create(model="primary", input="x")
+        assert_valid(refused.value.response.json(), "ErrorResponse")
         with pytest.raises(openai.AuthenticationError):
             wrong.responses.retrieve("resp_123")
+
+
+def test_a_full_slot_answers_with_chat_completions_429(server, api_key, sim, transactional_db):
+    """A slot at its limit whose queue wait runs out refuses /v1/responses (streamed or not,
+    native or translated) with the very envelope and Retry-After chat completions get."""
+    made = make_slot(sim.base_url, max_concurrency=1, queue_timeout_s=0.2, single_flight="off")
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)  # busy for longer than the test
+    headers = {"Authorization": f"Bearer {api_key}"}
+    hello = [{"role": "user", "content": "Hello"}]
+    with (
+        httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as client,
+        client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "primary", "messages": hello, "stream": True},
+        ) as busy,
+    ):
+        assert busy.status_code == 200
+        sim.wait_for(lambda s: s["streams_started"] == 1, timeout_s=5)
+        chat = client.post(
+            "/v1/chat/completions", json={"model": "primary", "messages": hello, "stream": True}
+        )
+        refused = []
+        for mode in ("native", "translate"):
+            Backend.objects.filter(pk=made.backend_id).update(responses_api=mode)
+            readcache.invalidate()  # .update() sends no signal
+            for stream in (True, False):
+                refused.append(
+                    client.post(
+                        "/v1/responses", json={"model": "primary", "input": "Hi", "stream": stream}
+                    )
+                )
+    assert chat.status_code == 429
+    assert_valid(chat.json(), "ErrorResponse")
+    error = chat.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "slot_queue_timeout")
+    for response in refused:
+        assert response.status_code == 429
+        assert response.json() == chat.json()
+        assert response.headers["Retry-After"] == chat.headers["Retry-After"]
+    assert sim.stats()["requests"] == 1
 
 
 def test_keys_that_keep_conversations_keep_responses(openai_client, slot, sim, user) -> None:
@@ -498,6 +579,26 @@ def test_keys_that_keep_conversations_keep_responses(openai_client, slot, sim, u
         time.sleep(0.02)
     conversation = user.conversations.get()
     assert conversation.messages.order_by("pk").first().content == "Kept"
+
+
+@pytest.mark.parametrize("mode", ["translate", "native"])
+def test_keys_that_keep_conversations_keep_whole_responses(
+    openai_client, slot, sim, user, mode
+) -> None:
+    """Not only streamed calls: a non-streamed response is kept before it is answered."""
+    Backend.objects.filter(pk=slot.backend_id).update(responses_api=mode)
+    key = ApiKey.objects.get()
+    key.store_conversations = True
+    key.save()  # as the admin saves it: the cached lookup is invalidated (chat.readcache)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    response = openai_client.responses.create(model="primary", input="Kept whole")
+    assert ("messages" in sim.stats()["last_request"]) is (mode == "translate")
+    conversation = user.conversations.get()
+    assert list(conversation.messages.order_by("pk").values_list("role", "content")) == [
+        ("user", "Kept whole"),
+        ("assistant", response.output_text),
+    ]
+    assert conversation.messages.get(role="assistant").status == "complete"
 
 
 # ------------------------------------------------------------------------------------------------

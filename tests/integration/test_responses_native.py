@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from chat.models import ApiCall, Backend, Slot
 from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot
 from tests.integration.test_responses_api import raw_events, wait_for_row
+from tests.support.llama_server import free_port
 from tests.support.openapi import assert_valid
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -164,6 +166,85 @@ def test_auto_translates_for_a_backend_without_it(openai_client, slot, sim, stre
         assert sim.stats()["last_request"]["messages"] == [{"role": "user", "content": "Hi"}]
         assert Backend.objects.get(pk=slot.backend_id).responses_api_detected is False
     assert ApiCall.objects.filter(outcome="complete").count() == 2
+
+
+def output_text(openai_client, *, stream: bool) -> str:
+    """One response's text, asked of ``primary`` for the input "Hi"."""
+    if stream:
+        events = list(openai_client.responses.create(model="primary", input="Hi", stream=True))
+        text: str = events[-1].response.output_text
+        return text
+    return openai_client.responses.create(model="primary", input="Hi").output_text
+
+
+def dead_primary_with_backup(sim, primary_mode: str) -> tuple[Slot, Slot]:
+    """``primary`` on a port nobody listens on (refused, no retry), falling back to ``backup``
+    on the simulator; the primary's backend in ``primary_mode``."""
+    backup = make_slot(sim.base_url, name="backup", model="sim-backup")
+    primary = make_slot(
+        f"http://127.0.0.1:{free_port()}", name="primary", max_retries=0, fallback=backup
+    )
+    backend_mode(primary, primary_mode)
+    return primary, backup
+
+
+def detected(slot: Slot) -> bool | None:
+    return Backend.objects.get(pk=slot.backend_id).responses_api_detected
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("primary_mode", ["native", "auto"])
+def test_a_fallbacks_404_translates_for_the_fallbacks_backend(
+    openai_client, transactional_db, sim, primary_mode, stream
+):
+    """The primary is down and its fallback answers, on a backend without /responses: that
+    404 is the fallback backend's, which translates from then on. Before, a native primary
+    made it the client's 404 on every call, and an ``auto`` one was marked translate itself."""
+    primary, backup = dead_primary_with_backup(sim, primary_mode)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=4, responses_api=False)
+    for _ in range(2):
+        assert len(output_text(openai_client, stream=stream).split()) == 4
+        sent = sim.stats()["last_request"]
+        assert (sent["model"], sent["messages"]) == (
+            "sim-backup",
+            [{"role": "user", "content": "Hi"}],
+        )
+        assert detected(backup) is False
+        assert detected(primary) is None
+    # Each call answered once, on chat completions (the simulator's 404 is not in its history).
+    assert [r["path"] for r in sim.stats()["history"]] == ["/v1/chat/completions"] * 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fallback_that_answers_natively_is_the_one_detected(
+    openai_client, transactional_db, sim, stream
+):
+    primary, backup = dead_primary_with_backup(sim, "auto")
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=4)
+    assert len(output_text(openai_client, stream=stream).split()) == 4
+    assert sim.stats()["last_request"]["input"] == "Hi"
+    assert detected(backup) is True
+    assert detected(primary) is None
+
+
+def test_native_disconnect_cancels_upstream_and_stores_cancelled(openai_client, native_slot, sim):
+    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
+    stream = openai_client.responses.create(model="primary", input="Long", stream=True)
+    response_id = ""
+    for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        if event.type == "response.output_text.delta":
+            break
+    stream.close()
+    closed_at = time.monotonic()
+    sim.wait_for(lambda s: s["cancelled"] >= 1, timeout_s=2)
+    assert sim.stats()["cancelled"] == 1
+    assert sim.stats()["cancel_times"][0] - closed_at < 1.0
+    assert "input" in sim.stats()["last_request"]  # the backend's own /responses was cancelled
+    stored = wait_for_row(response_id, "cancelled")
+    assert stored.native
+    assert stored.response["status"] == "cancelled"
 
 
 def test_slots_with_stop_strings_translate(openai_client, transactional_db, sim):

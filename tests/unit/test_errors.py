@@ -18,6 +18,7 @@ def test_every_field_survives_a_trip_through_json() -> None:
         param="model",
         retry_after=5.0,
         upstream_status=503,
+        slot="backup",
     )
     again = RelayError.from_dict(json.loads(json.dumps(error.to_dict())))
     assert again.to_dict() == error.to_dict()
