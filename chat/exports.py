@@ -83,7 +83,8 @@ def as_markdown(
             lines += [m.content, ""]
         for file in _files(m, attachments, base_url):
             image = "!" if file["kind"] == Attachment.Kind.IMAGE else ""
-            lines += [f"{image}[{file['name']}]({file['url']})", ""]
+            label = file["name"].replace("[", "\\[").replace("]", "\\]")
+            lines += [f"{image}[{label}]({file['url']})", ""]
         for call in m.tool_calls or ():
             function = call.get("function", {}) if isinstance(call, dict) else {}
             lines += [f"Tool call `{function.get('name', '?')}`:", "", "```json"]

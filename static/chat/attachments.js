@@ -3,14 +3,7 @@
 // above the message box, and sent with the next message by its id. XMLHttpRequest, not fetch:
 // fetch reports no upload progress. The widget uses it too (images only, POST widget:attachments,
 // its visitor token in a header instead of the CSRF token).
-import { humanSize } from "./render.js";
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+import { el, humanSize } from "./render.js";
 
 const NONE = { ids: () => [], items: () => [], busy: () => false, problem: () => null, clear() {}, showError() {} };
 
@@ -39,10 +32,12 @@ function accepted(file, name, accept) {
  * data-attachment-accept; without the URL it does nothing.
  * @param {{chat: HTMLElement, form: HTMLFormElement, box: HTMLTextAreaElement,
  *          csrfToken?: string, send?: HTMLButtonElement,
- *          headers?: () => (object|Promise<object>), strictAccept?: boolean}} parts
+ *          headers?: () => (object|Promise<object>), fields?: () => object,
+ *          strictAccept?: boolean}} parts
  *   csrfToken: sent as X-CSRFToken when given; headers: more request headers, asked for before
  *   each upload (it may be async, e.g. to make the widget's visitor first; a rejection fails that
- *   upload with its message); strictAccept: refuse a picked, pasted or dropped file that
+ *   upload with its message); fields: more form fields for each upload (the chat's picked
+ *   `slot`, whose image side and document budget the server applies); strictAccept: refuse a picked, pasted or dropped file that
  *   data-attachment-accept does not name before uploading it (the widget's images; the chat
  *   page leaves that to the server, which checks the content whatever the name says).
  * @returns {{ids: () => string[], items: () => object[], busy: () => boolean,
@@ -52,7 +47,7 @@ function accepted(file, name, accept) {
  *   busy: an upload is in flight; problem: why the message cannot be sent now, or null;
  *   clear: empties the tray (after sending).
  */
-export function wireAttachments({ chat, form, box, csrfToken = null, send = null, headers = null, strictAccept = false }) {
+export function wireAttachments({ chat, form, box, csrfToken = null, send = null, headers = null, fields = null, strictAccept = false }) {
   const url = chat?.dataset.attachmentsUrl;
   const tray = document.getElementById("attachment-tray");
   const errors = document.getElementById("attachment-error");
@@ -168,6 +163,7 @@ export function wireAttachments({ chat, form, box, csrfToken = null, send = null
     const body = new FormData();
     // A file with no name (some pasted images) would reach Django as no file at all.
     body.append("file", entry.file, entry.name);
+    for (const [field, value] of Object.entries(fields?.() || {})) body.append(field, value);
     xhr.send(body);
   }
 

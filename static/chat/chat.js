@@ -24,7 +24,9 @@ const setStreaming = wireComposer({
   form, box, send, stop, onSubmit: () => submit(), onStop: () => stopAnswer(),
 });
 
-const attachments = wireAttachments({ chat, form, box, csrfToken, send });
+const attachments = wireAttachments({
+  chat, form, box, csrfToken, send, fields: () => ({ slot: slotPicker?.value || "" }),
+});
 
 let generationId = null; // the answer streaming now, for Stop
 let stopPending = false; // Stop pressed before the server said which generation it is

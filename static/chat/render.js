@@ -8,7 +8,8 @@ import { renderMarkdown } from "./markdown.js";
 
 const frame = typeof requestAnimationFrame === "function" ? requestAnimationFrame : (f) => setTimeout(f, 16);
 
-function el(tag, className, text) {
+/** A new element with an optional class and text (never HTML). */
+export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
@@ -29,17 +30,24 @@ export function humanSize(bytes) {
 }
 
 /** A message's files, as _message.html renders them: `attachments` are the upload's JSON
- * ({id, name, kind, url, size, tokens, truncated}). */
-export function attachmentList(attachments) {
+ * ({id, name, kind, url, size, tokens, truncated}). `local`: images from their `preview` (the
+ * tray's data: URL), not linked: the widget's visitors cannot open the owner-only `url`. */
+export function attachmentList(attachments, { local = false } = {}) {
   const list = el("div", "attachments");
   for (const file of attachments) {
-    const link = el("a", `attachment ${file.kind === "image" ? "image" : "document"}`);
-    link.href = file.url;
-    link.target = "_blank";
-    link.rel = "noopener";
-    if (file.kind === "image") {
+    const kind = `attachment ${file.kind === "image" ? "image" : "document"}`;
+    const link = el(local ? "span" : "a", kind);
+    if (!local) {
+      link.href = file.url;
+      link.target = "_blank";
+      link.rel = "noopener";
+    }
+    if (file.kind === "image" && local && !file.preview) {
+      link.classList.add("no-preview");
+      link.textContent = file.name; // not read yet: its name stands in
+    } else if (file.kind === "image") {
       const image = el("img");
-      image.src = file.url;
+      image.src = local ? file.preview : file.url;
       image.alt = file.name;
       link.append(image);
     } else {
@@ -54,14 +62,14 @@ export function attachmentList(attachments) {
 }
 
 /** A user's message, as the server renders it in _message.html: plain text, never HTML,
- * then its attachments (the uploads' JSON, see `attachmentList`). */
-export function userMessage(text, attachments = []) {
+ * then its attachments (the uploads' JSON and `options`, see `attachmentList`). */
+export function userMessage(text, attachments = [], options = {}) {
   const article = el("article", "message user");
   article.dataset.status = "complete";
   article.append(el("div", "role", "You"), el("div", "content", text));
   if (attachments.length) {
     article.dataset.attachmentIds = attachments.map((file) => file.id).join(",");
-    article.append(attachmentList(attachments));
+    article.append(attachmentList(attachments, options));
   }
   return article;
 }

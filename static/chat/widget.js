@@ -150,32 +150,6 @@ const attachments = takesImages
   })
   : null;
 
-/** The visitor's message with its images from the tray's own previews (data: URLs): the
- * uploads' `url` is for the owner signed in, not for a visitor, so nothing links to it. */
-function visitorMessage(content, files) {
-  const article = userMessage(content);
-  if (!files.length) return article;
-  article.dataset.attachmentIds = files.map((file) => file.id).join(",");
-  const list = document.createElement("div");
-  list.className = "attachments";
-  for (const file of files) {
-    const item = document.createElement("span");
-    item.className = "attachment image";
-    if (file.preview) {
-      const image = document.createElement("img");
-      image.src = file.preview;
-      image.alt = file.name;
-      item.append(image);
-    } else {
-      item.classList.add("no-preview");
-      item.textContent = file.name; // not read yet: its name stands in
-    }
-    list.append(item);
-  }
-  article.append(list);
-  return article;
-}
-
 async function submit() {
   const content = box.value;
   if (!content.trim() || controller) return;
@@ -190,7 +164,8 @@ async function submit() {
   const files = attachments?.items() || [];
   box.value = "";
   attachments?.clear();
-  messages.append(visitorMessage(content, files));
+  // Its images from the tray's previews: the uploads' `url` is for a signed-in owner.
+  messages.append(userMessage(content, files, { local: true }));
   const view = new AnswerView(document.title);
   messages.append(view.article);
   view.onFlush = () => { messages.scrollTop = messages.scrollHeight; };
