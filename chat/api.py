@@ -191,25 +191,45 @@ def _check_media(media: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 def _part_bytes(part: dict[str, Any]) -> int:
-    """The bytes of a content part's inline data: an ``image_url``'s URL, ``input_audio``'s
-    ``data``, a ``file``'s ``file_data`` (OpenAI's ``ChatCompletionRequestMessageContentPart*``)."""
-    body = part.get(str(part.get("type")))
-    if isinstance(body, str):
-        return len(body)
-    if not isinstance(body, dict):
-        return 0
-    data = body.get("url") or body.get("data") or body.get("file_data") or ""
+    """The bytes of a content part's inline data: chat's ``image_url.url``, ``input_audio.data``
+    and ``file.file_data`` (``ChatCompletionRequestMessageContentPart*``); the Responses API's
+    ``image_url`` of an ``input_image`` and ``file_data`` of an ``input_file``
+    (``InputContent``)."""
+    nested = part.get(str(part.get("type")))
+    if isinstance(nested, str):
+        return len(nested)
+    fields = nested if isinstance(nested, dict) else part
+    data = (fields.get("url") or fields.get("image_url") or fields.get("data")) or fields.get(
+        "file_data"
+    )
     return len(data) if isinstance(data, str) else 0
 
 
+# Content parts that are images, in chat completions and in the Responses API.
+_IMAGE_PARTS = ("image_url", "input_image")
+
+
 def has_images(body: dict[str, Any]) -> bool:
-    """Whether a chat request's messages carry an ``image_url`` part."""
+    """Whether a request's ``messages`` (chat) or ``input`` items (Responses) carry an image
+    part."""
+    items = body.get("messages") or body.get("input")
     return any(
-        isinstance(part, dict) and part.get("type") == "image_url"
-        for message in body.get("messages") or ()
-        if isinstance(message, dict) and isinstance(message.get("content"), list)
-        for part in message["content"]
+        isinstance(part, dict) and part.get("type") in _IMAGE_PARTS
+        for item in (items if isinstance(items, list) else ())
+        if isinstance(item, dict) and isinstance(item.get("content"), list)
+        for part in item["content"]
     )
+
+
+def _refuse_images(slot: Slot, body: dict[str, Any], *, param: str) -> None:
+    """``Refusal`` 400 ``images_not_supported`` when ``body`` has an image and ``slot`` does not
+    accept images (its admin checkbox), before any call upstream."""
+    if not slot.accepts_images and has_images(body):
+        raise invalid(
+            f"The model '{slot.name}' does not accept images.",
+            param=param,
+            code="images_not_supported",
+        )
 
 
 def _validate_tools(body: dict[str, Any]) -> None:
@@ -411,12 +431,8 @@ async def _create_completion(
         validate(body, chat=endpoint == CHAT)
         call.slot_name, call.stream = body["model"], bool(body.get("stream"))
         slot = await resolve_slot(call.slot_name, call.key, lookups)
-        if endpoint == CHAT and not slot.accepts_images and has_images(body):
-            raise invalid(
-                f"The model '{slot.name}' does not accept images.",
-                param="messages",
-                code="images_not_supported",
-            )
+        if endpoint == CHAT:
+            _refuse_images(slot, body, param="messages")
         tokens_left = await answers.check_quotas(
             user=call.key.user, api_key=call.key, lookups=lookups
         )
@@ -530,6 +546,7 @@ def _validate_input(value: Any) -> None:
         raise invalid(
             "'input' must be a string or a non-empty array of input items.", param="input"
         )
+    media: list[tuple[str, dict[str, Any]]] = []  # (param, part) of parts other than text
     for i, item in enumerate(value):
         at = f"input[{i}]"
         if not isinstance(item, dict):
@@ -541,7 +558,7 @@ def _validate_input(value: Any) -> None:
         _check(item, "type", _is_str, "a string", at=at, nullable=False)
         kind = item.get("type", "message")
         if kind == "message":
-            _validate_message_item(item, at)
+            media += _validate_message_item(item, at)
         elif kind == "function_call":
             for name in ("call_id", "name", "arguments"):
                 _require(item, name, _is_str, "a string", at)
@@ -550,6 +567,11 @@ def _validate_input(value: Any) -> None:
             _require(
                 item, "output", lambda v: isinstance(v, str | list), "a string or an array", at
             )
+    _check_media(media)
+
+
+# Content parts of the Responses API that are text (the rest count against the media limits).
+_TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
 
 
 def _require(
@@ -561,7 +583,8 @@ def _require(
         )
 
 
-def _validate_message_item(item: dict[str, Any], at: str) -> None:
+def _validate_message_item(item: dict[str, Any], at: str) -> list[tuple[str, dict[str, Any]]]:
+    """Checks a message input item; returns its parts other than text, with their params."""
     if item.get("role") not in _ROLES:
         raise invalid(
             f"Invalid value for '{at}.role': expected one of {', '.join(_ROLES)}.",
@@ -577,6 +600,12 @@ def _validate_message_item(item: dict[str, Any], at: str) -> None:
                 param=f"{at}.content[{j}]",
             )
         _check(part, "text", _is_str, "a string", at=f"{at}.content[{j}]")
+    parts = item["content"] if isinstance(item["content"], list) else []
+    return [
+        (f"{at}.content[{j}]", part)
+        for j, part in enumerate(parts)
+        if part["type"] not in _TEXT_PARTS
+    ]
 
 
 def _validate_response_tools(body: dict[str, Any]) -> None:
@@ -704,6 +733,7 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
     validate_response_request(body)
     call.slot_name, call.stream = body["model"], bool(body.get("stream"))
     slot = await resolve_slot(call.slot_name, call.key, lookups)
+    _refuse_images(slot, body, param="input")
     tokens_left = await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
     answers.cap_output_tokens(
         body, tokens_left=tokens_left, default=slot.max_tokens, fields=["max_output_tokens"]

@@ -498,12 +498,15 @@ def response_body(plan: Plan, initial: dict[str, Any]) -> dict[str, Any]:
 
 
 def content_parts(body: Any) -> list[dict[str, Any]]:
-    """What a chat request's messages carried, for tests to check that exact bytes reached the
-    upstream: per message ``{"message": index, "type": "text", "chars": n}`` for string content,
-    and per content part its ``type`` with, for text, ``chars``; for an ``image_url`` with a
-    ``data:`` URL (and ``input_audio`` / ``file`` data), ``media_type``, ``bytes`` (decoded) and
-    ``sha256`` (hex, of the decoded bytes); for a remote ``image_url``, its ``url``."""
-    messages = body.get("messages") if isinstance(body, dict) else None
+    """What a request's ``messages`` (chat) or ``input`` items (Responses) carried, for tests to
+    check that exact bytes reached the upstream: per message ``{"message": index, "type":
+    "text", "chars": n}`` for string content, and per content part its ``type`` with, for text,
+    ``chars``; for an image (``image_url``, ``input_image``) with a ``data:`` URL (and
+    ``input_audio`` / ``file`` data), ``media_type``, ``bytes`` (decoded) and ``sha256`` (hex, of
+    the decoded bytes); for a remote image, its ``url``. Responses parts are named as chat's."""
+    if not isinstance(body, dict):
+        return []
+    messages = body.get("messages") or body.get("input")
     parts: list[dict[str, Any]] = []
     for index, message in enumerate(messages if isinstance(messages, list) else ()):
         content = message.get("content") if isinstance(message, dict) else None
@@ -517,7 +520,8 @@ def content_parts(body: Any) -> list[dict[str, Any]]:
 
 
 def _part_summary(part: dict[str, Any]) -> dict[str, Any]:
-    kind = str(part.get("type"))
+    kind = {"input_text": "text", "input_image": "image_url"}.get(str(part.get("type")))
+    kind = kind or str(part.get("type"))
     if kind == "text":
         return {"type": kind, "chars": len(str(part.get("text", "")))}
     if kind == "image_url":

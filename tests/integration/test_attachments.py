@@ -17,7 +17,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from PIL import Image
 
-from chat.models import Attachment, Conversation, Message, Widget
+from chat.models import Attachment, Backend, Conversation, Message, Widget
 from tests.conftest import MEDIA_DIR, make_slot, session_client
 from tests.support.files import jpeg_with_exif, pdf_with_text, png, png_claiming
 from tests.support.sse_client import post_message
@@ -423,4 +423,36 @@ def test_v1_limits_on_content_parts(vision_slot, sim, openai_client) -> None:
         )
     assert too_big.value.status_code == 413
     assert too_big.value.code == "part_too_large"
+    assert sim.stats()["requests"] == requests_before
+
+
+@pytest.mark.parametrize("path", ["native", "translate"])
+def test_responses_input_images_reach_the_upstream_within_the_same_limits(
+    vision_slot, sim, openai_client, path: str
+) -> None:
+    import openai
+
+    Backend.objects.update(responses_api=path)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    picture = png(40, 30)
+    url = "data:image/png;base64," + base64.b64encode(picture).decode()
+    image = {"type": "input_image", "image_url": url, "detail": "auto"}
+    question = {"role": "user", "content": [{"type": "input_text", "text": "What?"}, image]}
+    response = openai_client.responses.create(model="primary", input=[question])
+    assert response.status == "completed"
+    assert ("messages" in sim.stats()["last_request"]) == (path == "translate")
+    parts = sim.stats()["last_parts"]
+    assert [p["type"] for p in parts] == ["text", "image_url"]
+    assert parts[1]["sha256"] == hashlib.sha256(picture).hexdigest()
+
+    requests_before = sim.stats()["requests"]
+    crowded = {"role": "user", "content": [image] * 21}
+    with pytest.raises(openai.BadRequestError) as too_many:
+        openai_client.responses.create(model="primary", input=[crowded])
+    assert too_many.value.param == "input[0].content[20]"
+    vision_slot.accepts_images = False
+    vision_slot.save()
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.responses.create(model="primary", input=[question])
+    assert refused.value.code == "images_not_supported"
     assert sim.stats()["requests"] == requests_before
