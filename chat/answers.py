@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,7 @@ MAX_MESSAGE_CHARS = 100_000
 # usually within milliseconds; after this long, with the message as it stands.
 STOP_WAIT_S = 5.0
 SWEEP_EVERY_S = 2.0
+PURGE_EVERY_S = 3600.0  # uploads never sent (attachments.purge_unsent): hourly is plenty
 # How often a process running widget answers checks whether their widgets were disabled: the
 # README promises a switched-off widget stops answering at once (issue 16, finding 7).
 WIDGET_WATCH_S = 0.25
@@ -820,14 +822,20 @@ async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
 
 
 async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
-    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process."""
+    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process, and
+    ``attachments.purge_unsent`` every ``PURGE_EVERY_S``."""
+    purged_at = -PURGE_EVERY_S
     while True:
         try:
             swept = await sweep_interrupted()
             if swept:
                 logger.warning("marked %d answers interrupted (their process is gone)", swept)
+            if time.monotonic() - purged_at >= PURGE_EVERY_S:
+                purged_at = time.monotonic()
+                if purged := await attachments.purge_unsent():
+                    logger.info("deleted %d uploads never sent with a message", purged)
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("sweep of interrupted answers failed")
+            logger.exception("sweep of interrupted answers or unsent uploads failed")
         await asyncio.sleep(every_s)

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -36,11 +37,12 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Sum
+from django.utils import timezone
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
-from chat import selectors
+from chat import selectors, services
 from chat.http import Refusal, invalid
 from chat.models import Attachment, Conversation, Message, Slot, Widget
 
@@ -101,6 +103,8 @@ ACCEPT = ",".join(
 # Extracted text kept per document, characters: a budget far above any slot's.
 MAX_TEXT_CHARS = 2_000_000
 CHARS_PER_TOKEN = 4  # the usual estimate for English text with BPE tokenizers
+# An upload not sent with a message within this long is deleted (``purge_unsent``).
+UNSENT_KEPT = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +440,13 @@ def _data_url(image: Attachment, slot: Slot) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def files_of(conversation: Conversation) -> list[str]:
-    """The stored names of ``conversation``'s files, to delete once the rows are gone."""
-    return [name for name in conversation.attachments.values_list("file", flat=True) if name]
+async def purge_unsent(*, older_than: timedelta = UNSENT_KEPT) -> int:
+    """Delete the uploads never sent with a message (no conversation) that are older than
+    ``older_than``, their files too; they counted against their owner's quota meanwhile.
+    Returns how many were deleted."""
+    stale = Attachment.objects.filter(conversation=None, created_at__lt=timezone.now() - older_than)
+    names = [name async for name in stale.values_list("file", flat=True) if name]
+    deleted, _ = await stale.adelete()
+    if names:
+        await asyncio.to_thread(services.attachment_files_delete, names)
+    return deleted

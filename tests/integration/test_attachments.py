@@ -9,12 +9,14 @@ import hashlib
 import io
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from PIL import Image
 
 from chat.models import Attachment, Backend, Conversation, Message, Widget
@@ -273,6 +275,26 @@ def test_deleting_a_conversation_deletes_its_files(slot, sim, browser_session) -
     assert deleted.status_code in (200, 204, 302)
     assert not Attachment.objects.exists()
     assert not media_files()
+
+
+def test_uploads_never_sent_are_purged_after_a_day(slot, sim, browser_session) -> None:
+    from asgiref.sync import async_to_sync
+
+    from chat.attachments import UNSENT_KEPT, purge_unsent
+
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    sent = upload(browser_session, "sent.txt", b"kept").json()
+    post_message(browser_session, "Keep", attachments=[sent["id"]])
+    stale = upload(browser_session, "stale.txt", b"forgotten").json()
+    upload(browser_session, "fresh.txt", b"about to be sent")
+    day_ago = timezone.now() - UNSENT_KEPT - timedelta(minutes=1)
+    Attachment.objects.filter(pk__in=[sent["id"], stale["id"]]).update(created_at=day_ago)
+    stale_file = Path(MEDIA_DIR) / Attachment.objects.get(pk=stale["id"]).file.name
+
+    assert async_to_sync(purge_unsent)() == 1
+    assert set(Attachment.objects.values_list("name", flat=True)) == {"sent.txt", "fresh.txt"}
+    assert not stale_file.exists()
+    assert len(media_files()) == 2
 
 
 def test_exports_reference_attachments(slot, sim, browser_session) -> None:
