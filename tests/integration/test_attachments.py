@@ -289,7 +289,7 @@ def test_uploads_never_sent_are_purged_after_a_day(slot, sim, browser_session) -
     upload(browser_session, "fresh.txt", b"about to be sent")
     day_ago = timezone.now() - UNSENT_KEPT - timedelta(minutes=1)
     Attachment.objects.filter(pk__in=[sent["id"], stale["id"]]).update(created_at=day_ago)
-    stale_file = Path(MEDIA_DIR) / Attachment.objects.get(pk=stale["id"]).file.name
+    stale_file = Path(Attachment.objects.get(pk=stale["id"]).file.path)
 
     assert async_to_sync(purge_unsent)() == 1
     assert set(Attachment.objects.values_list("name", flat=True)) == {"sent.txt", "fresh.txt"}
