@@ -8,7 +8,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
@@ -246,9 +246,37 @@ class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
             },
         ),
         ("Routing", {"fields": ("is_default", "enabled", "groups")}),
-        ("Attachments", {"fields": ("accepts_images", "image_max_side", "document_tokens")}),
+        (
+            "Attachments",
+            {
+                "description": "The slot list's action “Ask the server whether it reads "
+                "images” sets Accepts images from llama.cpp's or Ollama's own answer.",
+                "fields": ("accepts_images", "image_max_side", "document_tokens"),
+            },
+        ),
     )
     filter_horizontal = ("groups",)
+    actions = ("detect_images",)
+
+    @admin.action(description="Ask the server whether it reads images")
+    def detect_images(self, request: HttpRequest, queryset: QuerySet[Slot]) -> None:
+        """Sets ``accepts_images`` from what each slot's server says of its model, where it
+        says it (``relay.capabilities``); a slot whose server says nothing is left as it is."""
+        for slot in queryset.select_related("backend"):
+            before = slot.accepts_images
+            said, where = services.slot_detect_images(slot=slot)
+            if said is None:
+                self.message_user(
+                    request,
+                    f"{slot.name}: the server does not say whether {slot.upstream_model} reads "
+                    "images (only llama.cpp's server and Ollama do); set it by hand.",
+                    messages.WARNING,
+                )
+                continue
+            verdict = "reads images" if said else "does not read images"
+            self.message_user(request, f"{slot.name}: {verdict} ({where}).", messages.SUCCESS)
+            if said != before:
+                self.log_change(request, slot, f"Accepts images: {said}, from {where}.")
 
     class Media:
         js = ("chat/slot_state.js",)

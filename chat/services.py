@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import Group, User
 from django.core.files.storage import default_storage
@@ -40,11 +40,12 @@ from chat.models import (
     api_key_digest,
     bucket_field,
 )
-from chat.relay import checks
+from chat.relay import capabilities, checks
 from chat.relay.accumulate import MessageAccumulator
 from chat.relay.errors import EnvelopeError
 from chat.relay.generation import Generation
 from chat.relay.slots import StateChange
+from chat.slotconfig import slot_config
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +298,18 @@ def api_key_revoke(*, user: User, key_id: int) -> bool:
     if updated:
         audit_log(user=user, obj=ApiKey.objects.get(pk=key_id), action=CHANGE, message="Revoked")
     return updated == 1
+
+
+def slot_detect_images(*, slot: Slot) -> tuple[bool | None, str]:
+    """Ask ``slot``'s server whether its model reads images (``relay.capabilities``) and store
+    the answer in ``slot.accepts_images`` when there is one. Returns ``(said, where)``;
+    ``(None, "")`` leaves the slot as it is (the server does not say)."""
+    backend = slot_config(slot).backend
+    said, where = async_to_sync(capabilities.reads_images)(backend, slot.upstream_model)
+    if said is not None and said != slot.accepts_images:
+        slot.accepts_images = said
+        slot.save(update_fields=["accepts_images"])
+    return said, where
 
 
 def audit_log(*, user: User, obj: Model, action: int, message: str) -> None:

@@ -56,6 +56,9 @@ class SimConfig:
     responses_api: bool = True  # serve POST /v1/responses natively; False answers 404 there,
     # as servers without the Responses API do (llama-cpp-python's, older vLLM and Ollama)
     keepalive_comment_s: float = 0  # ``: ping`` interval (s) during the TTFT wait and stalls
+    vision: bool | None = None  # say whether the model reads images, as llama.cpp's server
+    # (GET /props: modalities.vision) and Ollama (POST /api/show: capabilities) do; None: 404
+    # there, as servers that do not say (vLLM)
 
     def merged(self, overrides: Mapping[str, Any]) -> SimConfig:
         """A copy with ``overrides`` applied; ``ValueError`` names an unknown or mistyped field."""

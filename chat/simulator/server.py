@@ -127,6 +127,8 @@ class Simulator:
             ("POST", "/v1/responses"): self._responses,
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
+            ("GET", "/props"): self._props,
+            ("POST", "/api/show"): self._show,
             ("GET", "/sim/stats"): self._stats,
             ("GET", "/sim/config"): self._get_config,
             ("POST", "/sim/config"): self._set_config,
@@ -270,6 +272,24 @@ class Simulator:
         await send_json(
             conn, 503 if cold else 200, _LOADING if cold else {"status": "ok"}, req.keep_alive
         )
+
+    async def _props(self, conn: Conn, req: Request) -> None:
+        """llama.cpp server's ``GET /props``: its ``modalities`` (``vision``, ``audio``)."""
+        vision = self.config.vision
+        if vision is None:
+            await send_json(conn, 404, _envelope("File Not Found"), req.keep_alive)
+            return
+        props = {"model_path": self.models[0], "modalities": {"vision": vision, "audio": False}}
+        await send_json(conn, 200, props, req.keep_alive)
+
+    async def _show(self, conn: Conn, req: Request) -> None:
+        """Ollama's ``POST /api/show``: the model's ``capabilities`` (``vision`` among them)."""
+        vision = self.config.vision
+        if vision is None:
+            await send_json(conn, 404, _envelope("404 page not found"), req.keep_alive)
+            return
+        capabilities = ["completion", "vision"] if vision else ["completion"]
+        await send_json(conn, 200, {"capabilities": capabilities}, req.keep_alive)
 
     async def _models(self, conn: Conn, req: Request) -> None:
         self._counts["health_checks"] += 1

@@ -478,3 +478,27 @@ def test_responses_input_images_reach_the_upstream_within_the_same_limits(
         openai_client.responses.create(model="primary", input=[question])
     assert refused.value.code == "images_not_supported"
     assert sim.stats()["requests"] == requests_before
+
+
+# ------------------------------------------------------------------------------------------------
+# Whether a slot reads images, asked of its server
+# ------------------------------------------------------------------------------------------------
+def test_the_admin_asks_the_server_whether_it_reads_images(slot, sim, server) -> None:
+    admin = get_user_model().objects.create_superuser("root", password="r" * 20)
+    staff = session_client(server, admin)
+    action = {"action": "detect_images", "_selected_action": [str(slot.pk)]}
+    try:
+        sim.configure(vision=True)
+        said = staff.post("/admin/chat/slot/", data=action, follow_redirects=True)
+        # (the admin's message list capitalises the first letter)
+        assert "Primary: reads images (GET /props)." in said.text
+        slot.refresh_from_db()
+        assert slot.accepts_images
+
+        sim.configure(vision=None)
+        silent = staff.post("/admin/chat/slot/", data=action, follow_redirects=True)
+        assert "Primary: the server does not say whether sim reads images" in silent.text
+        slot.refresh_from_db()
+        assert slot.accepts_images  # left as it was
+    finally:
+        staff.close()

@@ -612,3 +612,17 @@ def test_llm_sim_command_reuses_the_module_flags() -> None:
         ["--port", "9", "--tokens-per-s", "5", "--model", "a", "--model", "b"]
     )
     assert (options.port, options.tokens_per_s, options.models) == (9, 5.0, ["a", "b"])
+
+
+def test_says_whether_it_reads_images_as_llama_cpp_and_ollama_do(fast: SimulatorThread) -> None:
+    assert httpx.get(fast.base_url + "/props").status_code == 404
+    assert httpx.post(fast.base_url + "/api/show", json={"model": "sim"}).status_code == 404
+    fast.configure(vision=True)
+    props = httpx.get(fast.base_url + "/props").json()
+    assert props["modalities"] == {"vision": True, "audio": False}
+    show = httpx.post(fast.base_url + "/api/show", json={"model": "sim"}).json()
+    assert "vision" in show["capabilities"]
+    fast.configure(vision=False)
+    assert httpx.post(fast.base_url + "/api/show", json={"model": "sim"}).json() == {
+        "capabilities": ["completion"]
+    }

@@ -94,3 +94,15 @@ def test_nul_characters_are_replaced_everywhere() -> None:
         "n": 1,
     }
     assert not checks.has_nul(json.dumps({"a": "plain"}))
+
+
+def test_vision_as_llama_cpp_and_ollama_say_it() -> None:
+    from chat.relay.capabilities import _vision
+
+    assert _vision({"modalities": {"vision": True, "audio": False}}) is True
+    assert _vision({"modalities": {"vision": False}}) is False
+    assert _vision({"capabilities": ["completion", "vision"]}) is True
+    assert _vision({"capabilities": ["completion", "tools"]}) is False
+    assert _vision({"modalities": {"vision": "yes"}}) is None
+    assert _vision({"object": "list", "data": []}) is None
+    assert _vision(["vision"]) is None
