@@ -251,7 +251,7 @@ class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
             {
                 "description": "The slot list's action “Ask the server whether it reads "
                 "images” sets Accepts images from llama.cpp's or Ollama's own answer.",
-                "fields": ("accepts_images", "image_max_side", "document_tokens"),
+                "fields": ("accepts_images", "image_max_side", "image_links", "document_tokens"),
             },
         ),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import attachments, selectors
@@ -56,6 +56,21 @@ def attachment_file(request: HttpRequest, attachment_id: UUID) -> FileResponse:
         as_attachment=not image,
         filename=attachment.name,
         headers=FILE_HEADERS,
+    )
+
+
+@require_GET
+def attachment_link(request: HttpRequest, token: str) -> HttpResponse:
+    """``GET /chat/attachments/link/<token>/``: an image sent to a model server as a signed
+    link (``Slot.image_links``), without signing in, at the side the token names, for as long
+    as ``SLIPSTREAM_IMAGE_LINK_TTL_S``; 404 once expired, tampered with or deleted."""
+    linked = attachments.image_from_link(token)
+    if linked is None:
+        raise Http404("No such image, or the link has expired")
+    image, side = linked
+    data, mime = attachments.image_bytes(image, side=side)
+    return HttpResponse(
+        data, content_type=mime, headers={**FILE_HEADERS, "Cache-Control": "no-store"}
     )
 
 

@@ -33,10 +33,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import Sum
+from django.urls import reverse
 from django.utils import timezone
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pypdf import PdfReader
@@ -103,6 +105,7 @@ ACCEPT = ",".join(
 # Extracted text kept per document, characters: a budget far above any slot's.
 MAX_TEXT_CHARS = 2_000_000
 CHARS_PER_TOKEN = 4  # the usual estimate for English text with BPE tokenizers
+LINK_SALT = "chat.attachments.image-link"
 # An upload not sent with a message within this long is deleted (``purge_unsent``).
 UNSENT_KEPT = timedelta(hours=24)
 
@@ -391,7 +394,7 @@ async def attach(attachments: list[Attachment], *, conversation: Conversation) -
 async def upstream_history(thread: list[Message], *, slot: Slot) -> list[dict[str, Any]]:
     """``thread`` as OpenAI ``messages`` (``selectors.history_for_upstream``), each message with
     attachments as content: its documents' text first, within ``slot.document_tokens`` for the
-    message, then its own text; images as ``image_url`` parts with a base64 ``data:`` URL,
+    message, then its own text; images as ``image_url`` parts (``_image_url``),
     downscaled to ``slot.image_max_side``. A message with documents only stays one string, which
     text-only servers that refuse content arrays still read. Raises ``Refusal`` 400 when an
     image goes to a slot that does not read images. No query when nothing is attached."""
@@ -426,18 +429,48 @@ def _content(message: Message, attachments: list[Attachment], slot: Slot) -> str
         return text
     return [
         {"type": "text", "text": text},
-        *({"type": "image_url", "image_url": {"url": _data_url(a, slot)}} for a in images),
+        *({"type": "image_url", "image_url": {"url": _image_url(a, slot)}} for a in images),
     ]
 
 
-def _data_url(image: Attachment, slot: Slot) -> str:
+def _image_url(image: Attachment, slot: Slot) -> str:
+    """The ``image_url`` a slot gets: a base64 ``data:`` URL, or with ``slot.image_links`` (and
+    ``SLIPSTREAM_PUBLIC_URL`` set) a signed link to Slipstream that works for
+    ``SLIPSTREAM_IMAGE_LINK_TTL_S``, for servers that fetch images themselves."""
+    public: str = settings.SLIPSTREAM_PUBLIC_URL.rstrip("/")
+    if slot.image_links and public:
+        return public + reverse("chat:attachment-link", args=[image_link_token(image, slot)])
+    if slot.image_links:
+        logger.warning("slot %s sends image links, but SLIPSTREAM_PUBLIC_URL is not set", slot)
+    data, mime = image_bytes(image, side=slot.image_max_side)
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_bytes(image: Attachment, *, side: int) -> tuple[bytes, str]:
+    """The stored image, downscaled again when its longer side is over ``side``:
+    ``(bytes, mime)``."""
     with image.file.open("rb") as f:
         data = f.read()
-    if max(image.width or 0, image.height or 0) > slot.image_max_side:
-        data, mime, _, _ = _reencode(data, slot.image_max_side)
-    else:
-        mime = image.mime
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    if max(image.width or 0, image.height or 0) > side:
+        data, mime, _, _ = _reencode(data, side)
+        return data, mime
+    return data, image.mime
+
+
+def image_link_token(image: Attachment, slot: Slot) -> str:
+    """A signed, timestamped token naming ``image`` at ``slot``'s side (``image_from_link``)."""
+    return signing.dumps({"a": image.pk.hex, "s": slot.image_max_side}, salt=LINK_SALT)
+
+
+def image_from_link(token: str) -> tuple[Attachment, int] | None:
+    """The image and side a link's token names, or None: tampered with, older than
+    ``SLIPSTREAM_IMAGE_LINK_TTL_S``, or its image deleted since."""
+    try:
+        claims = signing.loads(token, salt=LINK_SALT, max_age=settings.SLIPSTREAM_IMAGE_LINK_TTL_S)
+        image = Attachment.objects.filter(pk=claims["a"], kind=Attachment.Kind.IMAGE).first()
+        return (image, int(claims["s"])) if image is not None else None
+    except (signing.BadSignature, KeyError, TypeError, ValueError, ValidationError):
+        return None
 
 
 async def purge_unsent(*, older_than: timedelta = UNSENT_KEPT) -> int:

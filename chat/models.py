@@ -216,6 +216,13 @@ class Slot(models.Model):
         validators=[MinValueValidator(64)],
         help_text="Images are downscaled so that their longer side is at most this many pixels.",
     )
+    image_links = models.BooleanField(
+        "send images as links",
+        default=False,
+        help_text="Send images as short-lived signed links to Slipstream instead of inline "
+        "data: URLs, for servers that fetch images themselves (SLIPSTREAM_PUBLIC_URL must be "
+        "an address the server can reach).",
+    )
     document_tokens = models.PositiveIntegerField(
         "document budget (tokens)",
         default=8000,

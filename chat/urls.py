@@ -32,6 +32,11 @@ urlpatterns = [
     path("chat/stream/", views.stream, name="stream"),
     path("chat/attachments/", attachment_views.attachment_upload, name="attachments"),
     path(
+        "chat/attachments/link/<str:token>/",
+        attachment_views.attachment_link,
+        name="attachment-link",
+    ),
+    path(
         "chat/attachments/<uuid:attachment_id>/",
         attachment_views.attachment_file,
         name="attachment",

@@ -324,6 +324,10 @@ SLIPSTREAM_ATTACHMENT_QUOTA_BYTES = env.int("SLIPSTREAM_ATTACHMENT_QUOTA_BYTES",
 # stored with their longer side at most this long (each slot downscales further as it says).
 SLIPSTREAM_IMAGE_MAX_PIXELS = env.int("SLIPSTREAM_IMAGE_MAX_PIXELS", default=50_000_000)
 SLIPSTREAM_IMAGE_STORE_MAX_SIDE = env.int("SLIPSTREAM_IMAGE_STORE_MAX_SIDE", default=2048)
+# Slots that send images as links (Slot.image_links): this site's address as the model servers
+# reach it, and how long a link works (s).
+SLIPSTREAM_PUBLIC_URL = env.str("SLIPSTREAM_PUBLIC_URL", default="")
+SLIPSTREAM_IMAGE_LINK_TTL_S = env.int("SLIPSTREAM_IMAGE_LINK_TTL_S", default=300)
 
 # /metrics (chat.ops): with a token set, only requests bearing it ("Authorization: Bearer …");
 # otherwise only from these addresses or networks (loopback by default).

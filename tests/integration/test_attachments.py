@@ -9,6 +9,8 @@ import hashlib
 import io
 import json
 import shutil
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.utils import timezone
 from PIL import Image
 
+from chat.attachments import LINK_SALT
 from chat.models import Attachment, Backend, Conversation, Message, Widget
-from tests.conftest import MEDIA_DIR, make_slot, session_client
+from tests.conftest import MEDIA_DIR, make_slot, server_env, session_client
+from tests.support.daphne_server import DaphneServer
 from tests.support.files import jpeg_with_exif, pdf_with_text, png, png_claiming
 from tests.support.sse_client import post_message
 
@@ -502,3 +507,52 @@ def test_the_admin_asks_the_server_whether_it_reads_images(slot, sim, server) ->
         assert slot.accepts_images  # left as it was
     finally:
         staff.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Images as signed links, for servers that fetch them
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def linking_server(django_db_blocker: Any) -> Iterator[DaphneServer]:
+    """A Slipstream process that knows its own address (``SLIPSTREAM_PUBLIC_URL``)."""
+    with django_db_blocker.unblock():
+        env = server_env()
+    daphne = DaphneServer(env=env)
+    daphne.env = {**env, "SLIPSTREAM_PUBLIC_URL": daphne.base_url}
+    with daphne:
+        yield daphne
+
+
+def test_images_as_short_lived_signed_links(sim, user, linking_server) -> None:
+    make_slot(sim.base_url, accepts_images=True, image_max_side=300, image_links=True)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    client = session_client(linking_server, user)
+    try:
+        image = client.post(
+            "/chat/attachments/", files={"file": ("wide.png", png(600, 200), "image/png")}
+        ).json()
+        post_message(client, "What is it?", attachments=[image["id"]])
+        link = sim.stats()["last_parts"][1]["url"]
+        assert link.startswith(linking_server.base_url + "/chat/attachments/link/")
+
+        with httpx.Client() as server_side:  # no session: as a model server fetches it
+            fetched = server_side.get(link)
+            assert fetched.status_code == 200
+            assert fetched.headers["content-type"] == "image/png"
+            assert Image.open(io.BytesIO(fetched.content)).size == (300, 100)
+            assert server_side.get(link[:-3] + "xx/").status_code == 404
+
+            # The same claims signed now work; signed 301 s ago (the TTL is 300 s), they do not.
+            claims = {"a": image["id"].replace("-", ""), "s": 300}
+
+            class LongAgo(signing.TimestampSigner):
+                def timestamp(self) -> str:
+                    return signing.b62_encode(int(time.time()) - 301)
+
+            links = linking_server.base_url + "/chat/attachments/link/"
+            fresh = signing.TimestampSigner(salt=LINK_SALT).sign_object(claims)
+            assert server_side.get(f"{links}{fresh}/").status_code == 200
+            expired = LongAgo(salt=LINK_SALT).sign_object(claims)
+            assert server_side.get(f"{links}{expired}/").status_code == 404
+    finally:
+        client.close()
