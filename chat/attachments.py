@@ -439,7 +439,7 @@ def _image_url(image: Attachment, slot: Slot) -> str:
     ``SLIPSTREAM_IMAGE_LINK_TTL_S``, for servers that fetch images themselves."""
     public: str = settings.SLIPSTREAM_PUBLIC_URL.rstrip("/")
     if slot.image_links and public:
-        return public + reverse("chat:attachment-link", args=[image_link_token(image, slot)])
+        return public + image_link_path(image, slot)
     if slot.image_links:
         logger.warning("slot %s sends image links, but SLIPSTREAM_PUBLIC_URL is not set", slot)
     data, mime = image_bytes(image, side=slot.image_max_side)
@@ -457,9 +457,33 @@ def image_bytes(image: Attachment, *, side: int) -> tuple[bytes, str]:
     return data, image.mime
 
 
-def image_link_token(image: Attachment, slot: Slot) -> str:
-    """A signed, timestamped token naming ``image`` at ``slot``'s side (``image_from_link``)."""
-    return signing.dumps({"a": image.pk.hex, "s": slot.image_max_side}, salt=LINK_SALT)
+async def for_visitor(thread: list[Message], *, slot: Slot) -> dict[int, list[dict[str, Any]]]:
+    """A widget visitor's images in ``thread``, by message id, described as ``describe`` does
+    but with ``url`` a signed link (``image_link_path``): the files' own address is for
+    signed-in owners, and a visitor has no session. No query when nothing is attached."""
+    ids = [i for m in thread for i in m.attachment_ids]
+    if not ids:
+        return {}
+    found = {str(a.pk): a async for a in Attachment.objects.filter(pk__in=ids)}
+    return {
+        m.pk: [
+            {
+                **describe(a),
+                "url": image_link_path(a, slot),
+            }
+            for i in m.attachment_ids
+            if (a := found.get(i)) is not None and a.kind == Attachment.Kind.IMAGE
+        ]
+        for m in thread
+        if m.attachment_ids
+    }
+
+
+def image_link_path(image: Attachment, slot: Slot) -> str:
+    """The path of a signed, timestamped link to ``image`` at ``slot``'s side
+    (``image_from_link`` reads its token)."""
+    token = signing.dumps({"a": image.pk.hex, "s": slot.image_max_side}, salt=LINK_SALT)
+    return reverse("chat:attachment-link", args=[token])
 
 
 def image_from_link(token: str) -> tuple[Attachment, int] | None:

@@ -216,7 +216,9 @@ async def visitor(request: HttpRequest, key: str) -> JsonResponse:
 @require_GET
 async def conversation(request: HttpRequest, key: str) -> JsonResponse:
     """The visitor's latest conversation on this widget: ``{"conversation": uuid | null,
-    "messages": [{"role", "content", "reasoning", "tool_calls", "status"}]}``."""
+    "messages": [{"role", "content", "reasoning", "tool_calls", "status", "attachments"}]}``
+    (``attachments``: the images a message carried, each with a short-lived signed ``url``,
+    ``attachments.for_visitor``)."""
     widget = await _guard(request, key)
     if isinstance(widget, JsonResponse):
         return widget
@@ -228,6 +230,8 @@ async def conversation(request: HttpRequest, key: str) -> JsonResponse:
     latest = await selectors.conversation_alatest_for_visitor(widget=widget, visitor_id=visitor_id)
     if latest is None:
         return JsonResponse({"conversation": None, "messages": []})
+    thread = await selectors.message_alist(conversation=latest)
+    images = await attachments.for_visitor(thread, slot=widget.slot)
     return JsonResponse(
         {
             "conversation": str(latest.pk),
@@ -238,8 +242,9 @@ async def conversation(request: HttpRequest, key: str) -> JsonResponse:
                     "reasoning": m.reasoning,
                     "tool_calls": m.tool_calls,
                     "status": m.status,
+                    "attachments": images.get(m.pk, []),
                 }
-                for m in await selectors.message_alist(conversation=latest)
+                for m in thread
             ],
         }
     )

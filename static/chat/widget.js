@@ -108,7 +108,8 @@ async function showHistory() {
   save();
   for (const message of data.messages) {
     if (message.role === "user") {
-      messages.append(userMessage(message.content));
+      // Its images by short-lived signed links: a visitor has no session to fetch them with.
+      messages.append(userMessage(message.content, message.attachments || []));
     } else if (message.role === "assistant") {
       const view = new AnswerView(document.title);
       view.applyDelta({ reasoning_content: message.reasoning || "", content: message.content || "" });

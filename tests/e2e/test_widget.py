@@ -281,6 +281,11 @@ def test_a_visitor_attaches_an_image_when_the_widget_takes_them(
         "data-status", "complete"
     )
     expect(frame.locator("article.message.user .attachments img")).to_be_visible()
+    page.reload()  # the history shows the image again, by a short-lived signed link
+    frame = open_panel(page)
+    shown = frame.locator("article.message.user .attachments img")
+    expect(shown).to_have_attribute("alt", "error.png")
+    expect(shown).to_have_js_property("naturalWidth", 128)
     parts = sim.stats()["last_parts"]
     assert [p["type"] for p in parts] == ["text", "image_url"]
     stored = Attachment.objects.get()

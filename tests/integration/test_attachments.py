@@ -394,6 +394,14 @@ def test_widget_images_only_when_the_widget_takes_them(vision_slot, sim, server)
         parts = sim.stats()["last_parts"]
         assert [p["type"] for p in parts[-2:]] == ["text", "image_url"]
         assert parts[-1]["sha256"] == stored.sha256
+
+        # Coming back, the visitor's history shows the image by a signed link (no session).
+        history = visitor.get(f"/widget/{widget.public_key}/conversation/").json()
+        (shown,) = history["messages"][0]["attachments"]
+        assert (shown["id"], shown["kind"]) == (str(stored.pk), "image")
+        assert shown["url"].startswith("/chat/attachments/link/")
+        with httpx.Client(base_url=server.base_url) as anyone, stored.file.open("rb") as file:
+            assert anyone.get(shown["url"]).content == file.read()
     finally:
         visitor.close()
 
