@@ -5,7 +5,7 @@
 // its visitor token in a header instead of the CSRF token).
 import { el, humanSize } from "./render.js";
 
-const NONE = { ids: () => [], items: () => [], busy: () => false, problem: () => null, clear() {}, showError() {} };
+const NONE = { ids: () => [], items: () => [], busy: () => false, problem: () => null, release() {}, showError() {} };
 
 /** The message an upload refused by the server shows: its envelope's, else one for the status. */
 function failureText(xhr, name) {
@@ -41,11 +41,13 @@ function accepted(file, name, accept) {
  *   data-attachment-accept does not name before uploading it (the widget's images; the chat
  *   page leaves that to the server, which checks the content whatever the name says).
  * @returns {{ids: () => string[], items: () => object[], busy: () => boolean,
- *            problem: () => string|null, clear: () => void, showError: (text: string) => void}}
+ *            problem: () => string|null, release: (ids: string[]) => void,
+ *            showError: (text: string) => void}}
  *   items: the uploads' JSON (id, name, kind, mime, size, url, …) in the tray's order, plus
  *   `preview`: an image's data: URL as the tray shows it (null for a document, or while read);
  *   busy: an upload is in flight; problem: why the message cannot be sent now, or null;
- *   clear: empties the tray (after sending).
+ *   release: takes the uploads with these ids out of the tray (once
+ *   the server took the message that carries them: a refused message leaves them to send again).
  */
 export function wireAttachments({ chat, form, box, csrfToken = null, send = null, headers = null, fields = null, strictAccept = false }) {
   const url = chat?.dataset.attachmentsUrl;
@@ -60,7 +62,7 @@ export function wireAttachments({ chat, form, box, csrfToken = null, send = null
   // "image/png,image/jpeg" → "PNG, JPEG", for the refusal of another type.
   const acceptedKinds = accept.split(",").map((token) => token.trim().replace(/^\w+\//, "").toUpperCase()).join(", ");
 
-  let entries = []; // {file, name, image, preview, xhr, data, chip, state: uploading|done|error}
+  const entries = []; // {file, name, image, preview, xhr, data, chip, state: uploading|done|error}
 
   function showError(text) {
     errors.textContent = text;
@@ -143,7 +145,7 @@ export function wireAttachments({ chat, form, box, csrfToken = null, send = null
       if (entries.includes(entry)) fail(entry, error?.message || `"${entry.name}" could not be uploaded.`);
       return;
     }
-    if (!entries.includes(entry)) return; // removed, or the tray cleared, meanwhile
+    if (!entries.includes(entry)) return; // removed meanwhile
     const xhr = new XMLHttpRequest();
     entry.xhr = xhr;
     xhr.open("POST", url);
@@ -240,14 +242,12 @@ export function wireAttachments({ chat, form, box, csrfToken = null, send = null
       if (entries.some((entry) => entry.state === "error")) return "Remove the files that could not be uploaded.";
       return null;
     },
-    clear() {
-      for (const entry of entries) {
-        if (entry.state === "uploading") entry.xhr?.abort();
-        entry.reader?.abort();
+    release(ids) {
+      for (const entry of entries.filter((e) => e.state === "done" && ids.includes(e.data.id))) {
+        entries.splice(entries.indexOf(entry), 1);
+        entry.chip.remove();
       }
-      entries = [];
-      tray.replaceChildren();
-      showError("");
+      if (!entries.some((entry) => entry.state === "error")) showError("");
       update();
     },
     showError,

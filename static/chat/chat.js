@@ -56,7 +56,6 @@ async function submit() {
     return;
   }
   box.value = "";
-  attachments.clear();
   document.getElementById("empty-state")?.remove();
   messages.append(userMessage(content, files));
   const view = new AnswerView(slotPicker?.value);
@@ -234,6 +233,8 @@ async function runAnswer(view, url, payload) {
     signal: controller.signal,
     resumeUrl,
     onMessage(data) {
+      // The server took the message: its files leave the tray (refused, they stay to resend).
+      attachments.release(payload.attachments || []);
       generationId = data.generation_id;
       if (stopPending) {
         stopPending = false;

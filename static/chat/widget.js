@@ -164,7 +164,6 @@ async function submit() {
   }
   const files = attachments?.items() || [];
   box.value = "";
-  attachments?.clear();
   // Its images from the tray's previews: the uploads' `url` is for a signed-in owner.
   messages.append(userMessage(content, files, { local: true }));
   const view = new AnswerView(document.title);
@@ -181,6 +180,8 @@ async function submit() {
     headers: visitorHeaders(),
     signal: controller.signal,
     onMessage(meta) {
+      // The server took the message: its images leave the tray (refused, they stay).
+      attachments?.release(files.map((file) => file.id));
       state.conversation = meta.conversation_id;
       save();
     },

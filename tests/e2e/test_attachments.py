@@ -92,6 +92,8 @@ def test_a_text_only_model_refuses_an_image_visibly(
     page.get_by_role("textbox", name="Message").fill("Explain the chart")
     page.get_by_role("button", name="Send").click()
     expect(page.get_by_text("does not read images")).to_be_visible()
+    # Refused, the image stays in the tray, to send again with a model that reads images.
+    expect(page.locator('#attachment-tray .attachment-chip[data-state="done"]')).to_have_count(1)
     assert sim.stats()["requests"] == requests_before
 
 
