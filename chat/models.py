@@ -534,6 +534,13 @@ class Attachment(models.Model):
     def url(self) -> str:
         return reverse("chat:attachment", args=[self.pk])
 
+    @property
+    def type_label(self) -> str:
+        """A document's badge: its extension in capitals ("PDF", "MD"), else "FILE" (as
+        render.js' ``typeBadge``)."""
+        _, dot, extension = self.name.rpartition(".")
+        return extension.upper() if dot and _ and len(extension) <= 4 else "FILE"
+
 
 API_KEY_PREFIX = "sk-slip-"
 

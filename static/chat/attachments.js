@@ -3,7 +3,7 @@
 // above the message box, and sent with the next message by its id. XMLHttpRequest, not fetch:
 // fetch reports no upload progress. The widget uses it too (images only, POST widget:attachments,
 // its visitor token in a header instead of the CSRF token).
-import { el, humanSize } from "./render.js";
+import { el, humanSize, typeBadge } from "./render.js";
 
 const NONE = { ids: () => [], items: () => [], busy: () => false, problem: () => null, release() {}, showError() {} };
 
@@ -104,9 +104,7 @@ export function wireAttachments({ chat, form, box, csrfToken = null, send = null
       entry.reader.readAsDataURL(entry.file);
       chip.append(thumb);
     } else {
-      const icon = el("span", "attachment-icon", "📄");
-      icon.setAttribute("aria-hidden", "true");
-      chip.append(icon, el("span", "attachment-name", entry.name));
+      chip.append(typeBadge(entry.name), el("span", "attachment-name", entry.name));
     }
     chip.append(el("span", "attachment-size", humanSize(entry.file.size)));
     entry.progress = el("progress");

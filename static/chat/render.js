@@ -29,6 +29,16 @@ export function humanSize(bytes) {
   return `${value.toFixed(1)} ${units[unit]}`;
 }
 
+/** A document's badge: its extension ("PDF", "MD"), as _message.html's `file_type` filter
+ * writes it; no emoji, which a system without an emoji font shows as a box. */
+export function typeBadge(name) {
+  const dot = name.lastIndexOf(".");
+  const ext = dot > 0 ? name.slice(dot + 1).toUpperCase() : "";
+  const badge = el("span", "attachment-type", ext && ext.length <= 4 ? ext : "FILE");
+  badge.setAttribute("aria-hidden", "true");
+  return badge;
+}
+
 /** A message's files, as _message.html renders them: `attachments` are the upload's JSON
  * ({id, name, kind, url, size, tokens, truncated}). `local`: images from their `preview` (the
  * tray's data: URL), not linked: the widget's visitors cannot open the owner-only `url`. */
@@ -51,9 +61,7 @@ export function attachmentList(attachments, { local = false } = {}) {
       image.alt = file.name;
       link.append(image);
     } else {
-      const icon = el("span", "attachment-icon", "📄");
-      icon.setAttribute("aria-hidden", "true");
-      link.append(icon, el("span", "attachment-name", file.name), " ", el("span", "attachment-size", humanSize(file.size)));
+      link.append(typeBadge(file.name), el("span", "attachment-name", file.name), " ", el("span", "attachment-size", humanSize(file.size)));
       if (file.truncated) link.append(el("span", "attachment-note", `Only the first ${file.tokens} tokens are sent`));
     }
     list.append(link);

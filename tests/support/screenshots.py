@@ -42,6 +42,7 @@ def main(out: Path) -> None:
         os.environ.update(
             DATABASE_URL=f"sqlite:///{tmp}/db.sqlite3",
             DJANGO_SECRET_KEY="screenshots only: " + "x" * 40,
+            SLIPSTREAM_MEDIA_ROOT=f"{tmp}/media",
             DJANGO_SETTINGS_MODULE="chatsite.settings",
         )
         import django
@@ -57,29 +58,49 @@ def main(out: Path) -> None:
             sim.configure(ttft_ms=0, tokens_per_s=0, length=30)
             host = _host_site(Path(tmp) / "host")
             widget_key, share_id = _seed(sim.base_url, host)
-            env = {k: os.environ[k] for k in ("DATABASE_URL", "DJANGO_SECRET_KEY")}
+            env = {
+                k: os.environ[k]
+                for k in ("DATABASE_URL", "DJANGO_SECRET_KEY", "SLIPSTREAM_MEDIA_ROOT")
+            }
             with DaphneServer(env=env) as server:
                 _shoot(out, server.base_url, host, widget_key, share_id)
 
 
 def _seed(simulator_url: str, host: str) -> tuple[str, str]:
-    """A user who is staff, two slots, conversations (one with a code answer, one shared), a
-    prompt, a widget on ``host`` and today's usage. Returns the widget's key and the share."""
+    """A user who is staff, two slots, conversations (one with a code answer, an image and a
+    document attached, one shared), a prompt, a widget on ``host`` and today's usage. Returns
+    the widget's key and the share."""
     from asgiref.sync import async_to_sync
     from django.contrib.auth import get_user_model
+    from django.core.files.uploadedfile import SimpleUploadedFile
 
     from chat import services
-    from chat.models import Backend, Conversation, Message, Prompt, Slot, Widget
+    from chat.attachments import attachment_create
+    from chat.models import Attachment, Backend, Conversation, Message, Prompt, Slot, Widget
+    from tests.support.files import jpeg_with_exif, pdf_with_text
 
     user = get_user_model().objects.create_superuser("ada", password=PASSWORD)
     backend = Backend.objects.create(name="simulator", base_url=simulator_url + "/v1")
-    Slot.objects.create(name="primary", backend=backend, upstream_model="sim", is_default=True)
+    primary = Slot.objects.create(
+        name="primary", backend=backend, upstream_model="sim", is_default=True, accepts_images=True
+    )
     Slot.objects.create(name="fast", backend=backend, upstream_model="sim")
     for title in ("Trip to Lisbon", "Quarterly report outline", "Regex for dates"):
         Conversation.objects.create(user=user, title=title)
     chat = Conversation.objects.create(user=user, title="Remove duplicates in Python")
+    files = [
+        attachment_create(upload=SimpleUploadedFile(name, data), slot=primary, user=user)
+        for name, data in (
+            ("screenshot.jpg", jpeg_with_exif(640, 360)),
+            ("style-guide.pdf", pdf_with_text(["Keep the order of items."])),
+        )
+    ]
+    Attachment.objects.filter(pk__in=[f.pk for f in files]).update(conversation=chat)
     question = Message.objects.create(
-        conversation=chat, role="user", content="How do I remove duplicates from a list?"
+        conversation=chat,
+        role="user",
+        content="How do I remove duplicates from a list?",
+        attachment_ids=[str(f.pk) for f in files],
     )
     answer = Message.objects.create(
         conversation=chat,
