@@ -149,6 +149,27 @@ def server(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServ
         yield daphne
 
 
+def backend_form(**fields: str) -> dict[str, str]:
+    """The backend admin's add or change form as a browser posts it (no slots in its
+    inline)."""
+    return {
+        "name": "upstream",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "",
+        "connect_timeout_s": "5",
+        "read_timeout_s": "120",
+        "total_timeout_s": "900",
+        "health_path": "/models",
+        "max_concurrency": "64",
+        "responses_api": "auto",
+        "slots-TOTAL_FORMS": "0",
+        "slots-INITIAL_FORMS": "0",
+        "slots-MIN_NUM_FORMS": "0",
+        "slots-MAX_NUM_FORMS": "1000",
+        **fields,
+    }
+
+
 def make_slot(base_url: str, *, name: str = "primary", model: str = "sim", **fields: Any) -> Slot:
     backend = Backend.objects.create(name=f"backend-{name}", base_url=base_url + "/v1")
     return Slot.objects.create(

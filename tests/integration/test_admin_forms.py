@@ -11,6 +11,7 @@ from django.test import Client
 
 from chat.models import ApiCall, Backend, Slot
 from chat.services import api_key_create
+from tests.conftest import backend_form
 
 pytestmark = pytest.mark.django_db
 
@@ -85,31 +86,11 @@ def test_calls_show_durations_in_readable_units(staff_client: Client) -> None:
     assert "1326.69" not in page
 
 
-def backend_form(**fields: Any) -> dict[str, Any]:
-    """The backend admin's change form as a browser posts it (no slots inline)."""
-    return {
-        "name": "b",
-        "base_url": "http://127.0.0.1:9/v1",
-        "api_key": "",
-        "connect_timeout_s": "5",
-        "read_timeout_s": "120",
-        "total_timeout_s": "900",
-        "health_path": "/models",
-        "max_concurrency": "64",
-        "responses_api": "auto",
-        "slots-TOTAL_FORMS": "0",
-        "slots-INITIAL_FORMS": "0",
-        "slots-MIN_NUM_FORMS": "0",
-        "slots-MAX_NUM_FORMS": "1000",
-        **fields,
-    }
-
-
 def test_a_new_base_url_forgets_the_detected_responses_api(staff_client: Client) -> None:
     """What "auto" found out belongs to the server it asked: another base URL detects again,
     any other change keeps it."""
     backend = Backend.objects.create(
-        name="b", base_url="http://127.0.0.1:9/v1", responses_api_detected=False
+        name="upstream", base_url="http://127.0.0.1:9/v1", responses_api_detected=False
     )
     url = f"/admin/chat/backend/{backend.pk}/change/"
     kept = staff_client.post(url, backend_form(read_timeout_s="60"))

@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 
 from chat.models import ApiKey, Backend, Slot
-from tests.conftest import session_client
+from tests.conftest import backend_form, session_client
 from tests.support.daphne_server import DaphneServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,26 +30,6 @@ def admin_session(server: DaphneServer, transactional_db: None) -> Iterator[http
     client = session_client(server, root)
     yield client
     client.close()
-
-
-def backend_form(**fields: str) -> dict[str, str]:
-    """The backend admin's form as a browser posts it (no slots in its inline)."""
-    return {
-        "name": "upstream",
-        "base_url": "http://127.0.0.1:9/v1",
-        "api_key": "",
-        "connect_timeout_s": "5",
-        "read_timeout_s": "120",
-        "total_timeout_s": "900",
-        "health_path": "/models",
-        "max_concurrency": "64",
-        "responses_api": "auto",
-        "slots-TOTAL_FORMS": "0",
-        "slots-INITIAL_FORMS": "0",
-        "slots-MIN_NUM_FORMS": "0",
-        "slots-MAX_NUM_FORMS": "1000",
-        **fields,
-    }
 
 
 def stored_key_column() -> str:

@@ -13,8 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from chat.models import ApiKey, AuditEntry, Backend
-from tests.conftest import session_client
-from tests.integration.test_admin_secrets import backend_form
+from tests.conftest import backend_form, session_client
 from tests.support.daphne_server import DaphneServer
 
 pytestmark = pytest.mark.django_db(transaction=True)

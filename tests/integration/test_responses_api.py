@@ -438,7 +438,10 @@ def test_resume_while_streaming_joins_the_live_stream(server, api_key, slot, sim
     assert tail == seen[5:]
 
 
-def test_disconnect_cancels_upstream_and_stores_cancelled(openai_client, slot, sim) -> None:
+def close_mid_stream(openai_client: Any, sim: Any) -> tuple[str, float]:
+    """Stream a long response and close it at its first text delta, then wait (2 s at most)
+    for the simulator to see its request cancelled. Returns the response's id and when it was
+    closed (monotonic s)."""
     sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
     stream = openai_client.responses.create(model="primary", input="Long", stream=True)
     response_id = ""
@@ -449,8 +452,12 @@ def test_disconnect_cancels_upstream_and_stores_cancelled(openai_client, slot, s
             break
     stream.close()
     closed_at = time.monotonic()
-    while sim.stats()["cancelled"] < 1 and time.monotonic() < closed_at + 2:
-        time.sleep(0.02)
+    sim.wait_for(lambda s: s["cancelled"] >= 1, timeout_s=2)
+    return response_id, closed_at
+
+
+def test_disconnect_cancels_upstream_and_stores_cancelled(openai_client, slot, sim) -> None:
+    response_id, closed_at = close_mid_stream(openai_client, sim)
     assert sim.stats()["cancelled"] == 1
     assert sim.stats()["cancel_times"][0] - closed_at < 1.0
     stored = wait_for_row(response_id, "cancelled")

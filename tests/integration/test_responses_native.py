@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ from chat import readcache
 from chat.models import ApiCall, Backend, Slot
 from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot
-from tests.integration.test_responses_api import raw_events, wait_for_row
+from tests.integration.test_responses_api import close_mid_stream, raw_events, wait_for_row
 from tests.support.llama_server import free_port
 from tests.support.openapi import assert_valid
 
@@ -228,17 +227,7 @@ def test_a_fallback_that_answers_natively_is_the_one_detected(
 
 
 def test_native_disconnect_cancels_upstream_and_stores_cancelled(openai_client, native_slot, sim):
-    sim.configure(ttft_ms=0, tokens_per_s=20, length=400)
-    stream = openai_client.responses.create(model="primary", input="Long", stream=True)
-    response_id = ""
-    for event in stream:
-        if event.type == "response.created":
-            response_id = event.response.id
-        if event.type == "response.output_text.delta":
-            break
-    stream.close()
-    closed_at = time.monotonic()
-    sim.wait_for(lambda s: s["cancelled"] >= 1, timeout_s=2)
+    response_id, closed_at = close_mid_stream(openai_client, sim)
     assert sim.stats()["cancelled"] == 1
     assert sim.stats()["cancel_times"][0] - closed_at < 1.0
     assert "input" in sim.stats()["last_request"]  # the backend's own /responses was cancelled
