@@ -46,7 +46,15 @@ from pypdf.errors import PdfReadError
 
 from chat import selectors, services
 from chat.http import Refusal, invalid
-from chat.models import Attachment, Conversation, Message, Slot, Widget
+from chat.models import (
+    DOCUMENT_TOKENS,
+    IMAGE_MAX_SIDE,
+    Attachment,
+    Conversation,
+    Message,
+    Slot,
+    Widget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -180,16 +188,22 @@ def attachment_create(
     name = (upload.name or "file")[-255:]
     attachment = Attachment(user=user, widget=widget, visitor_id=visitor_id, name=name)
     if _is_image(data):
-        side = min(settings.SLIPSTREAM_IMAGE_STORE_MAX_SIDE, slot.image_max_side if slot else 1568)
+        side = slot.image_max_side if slot else IMAGE_MAX_SIDE
+        side = min(settings.SLIPSTREAM_IMAGE_STORE_MAX_SIDE, side)
         stored, attachment.mime, attachment.width, attachment.height = _reencode(data, side)
         attachment.kind = Attachment.Kind.IMAGE
     elif widget is not None:
-        raise invalid("Only images can be attached here.", param="file", status=415)
+        raise invalid(
+            "Only images can be attached here.",
+            param="file",
+            code="unsupported_file_type",
+            status=415,
+        )
     else:
         attachment.mime, attachment.text = _document(data, name)
         stored = data
         attachment.kind = Attachment.Kind.DOCUMENT
-        budget = (slot.document_tokens if slot else 8000) * CHARS_PER_TOKEN
+        budget = (slot.document_tokens if slot else DOCUMENT_TOKENS) * CHARS_PER_TOKEN
         attachment.text_truncated = len(attachment.text) > budget
         attachment.text_tokens = tokens_of(attachment.text[:budget])
     if user is not None:
