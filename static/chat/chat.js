@@ -234,7 +234,7 @@ async function runAnswer(view, url, payload) {
     resumeUrl,
     onMessage(data) {
       // The server took the message: its files leave the tray (refused, they stay to resend).
-      attachments.release(payload.attachments || []);
+      attachments.release(payload?.attachments || []); // a resume has no payload
       generationId = data.generation_id;
       if (stopPending) {
         stopPending = false;
