@@ -17,16 +17,15 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import Group, User
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Model
+from django.db import DatabaseError, transaction
+from django.db.models import Model
 from django.utils import timezone
 
-from chat import readcache
+from chat import readcache, records
 from chat.models import (
     API_KEY_PREFIX,
     TOKENS_PER_S_BUCKETS,
     TTFT_BUCKETS_MS,
-    ApiCall,
     ApiKey,
     Backend,
     Conversation,
@@ -35,7 +34,6 @@ from chat.models import (
     Prompt,
     Slot,
     StoredResponse,
-    UsageDay,
     Widget,
     api_key_digest,
     bucket_field,
@@ -341,40 +339,43 @@ async def api_call_arecord(
     completion_tokens = (
         generation.accumulator.completion_tokens() if generation else usage.get("completion_tokens")
     )
-    await usage_arecord(
-        slot_name=slot_name,
-        ok=outcome == "complete",
-        user_id=api_key.user_id,
-        api_key_id=api_key.pk,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=completion_tokens,
-        ttft_ms=generation.ttft_ms if generation else None,
-        tokens_per_s=generation.tokens_per_s if generation else None,
-    )
-    try:
-        await ApiCall.objects.acreate(
-            api_key=api_key,
-            endpoint=endpoint[:40],
-            slot_name=slot_name[:100],
-            stream=stream,
-            http_status=http_status,
-            outcome=outcome,
-            error_code=((error.code or error.type) if error else "")[:64],
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=completion_tokens,
-            ttft_ms=generation.ttft_ms if generation else None,
-            duration_ms=(time.monotonic() - started_at) * 1000,
+    ttft_ms = generation.ttft_ms if generation else None
+    now = timezone.now()
+    # The key may be a cached copy (readcache) whose last_used_at never moves: remember here
+    # when this process last wrote it.
+    last = _last_used_written.get(api_key.pk) or api_key.last_used_at
+    key_used = None
+    if last is None or now - last > LAST_USED_RESOLUTION:
+        _last_used_written[api_key.pk] = now
+        key_used = (api_key.pk, now)
+    await records.write(
+        records.Record(
+            usage=_usage(
+                slot_name=slot_name,
+                ok=outcome == "complete",
+                user_id=api_key.user_id,
+                api_key_id=api_key.pk,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=completion_tokens,
+                ttft_ms=ttft_ms,
+                tokens_per_s=generation.tokens_per_s if generation else None,
+            ),
+            call={
+                "api_key_id": api_key.pk,
+                "endpoint": endpoint[:40],
+                "slot_name": slot_name[:100],
+                "stream": stream,
+                "http_status": http_status,
+                "outcome": outcome,
+                "error_code": ((error.code or error.type) if error else "")[:64],
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": completion_tokens,
+                "ttft_ms": ttft_ms,
+                "duration_ms": (time.monotonic() - started_at) * 1000,
+            },
+            key_used=key_used,
         )
-        now = timezone.now()
-        # The key may be a cached copy (readcache) whose last_used_at never moves: remember
-        # here when this process last wrote it.
-        last = _last_used_written.get(api_key.pk) or api_key.last_used_at
-        if last is None or now - last > LAST_USED_RESOLUTION:
-            _last_used_written[api_key.pk] = now
-            await ApiKey.objects.filter(pk=api_key.pk).aupdate(last_used_at=now)
-    except DatabaseError:
-        # The call was answered; a record that cannot be stored must not hold its end.
-        logger.exception("API call of key %s to %s: recording failed", api_key.pk, slot_name)
+    )
 
 
 async def api_conversation_astore(
@@ -587,18 +588,46 @@ async def usage_arecord(
     tokens_per_s: float | None = None,
 ) -> None:
     """Count one answer or call in today's (UTC) ``UsageDay`` of its scope: one UPDATE, or
-    an INSERT for the scope's first of the day (a race between two first ones ends in the
-    UPDATE). Tokens are counted as given (None: 0); ``ttft_ms`` and ``tokens_per_s`` (None:
-    not measured) also go into the row's histograms. Never raises: a failed write is logged,
-    and the answer stands."""
-    day = timezone.now().date()
+    an INSERT for the scope's first of the day, in the process's next batch of records
+    (``chat.records``). Tokens are counted as given (None: 0); ``ttft_ms`` and
+    ``tokens_per_s`` (None: not measured) also go into the row's histograms. Never raises: a
+    failed write is logged, and the answer stands."""
+    await records.write(
+        records.Record(
+            usage=_usage(
+                slot_name=slot_name,
+                ok=ok,
+                user_id=user_id,
+                api_key_id=api_key_id,
+                widget_id=widget_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                ttft_ms=ttft_ms,
+                tokens_per_s=tokens_per_s,
+            )
+        )
+    )
+
+
+def _usage(
+    *,
+    slot_name: str,
+    ok: bool,
+    user_id: int | None = None,
+    api_key_id: int | None = None,
+    widget_id: int | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    ttft_ms: float | None = None,
+    tokens_per_s: float | None = None,
+) -> records.Usage:
+    """Today's (UTC) increments of one answer's or call's scope (see ``usage_arecord``)."""
     scope = f"u{user_id or '-'}:k{api_key_id or '-'}:w{widget_id or '-'}:{slot_name}"[:200]
-    prompt, completion = prompt_tokens or 0, completion_tokens or 0
-    counts = {
+    counts: dict[str, int | float] = {
         "requests": 1,
         "errors": 0 if ok else 1,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
+        "prompt_tokens": prompt_tokens or 0,
+        "completion_tokens": completion_tokens or 0,
         "ttft_ms_sum": ttft_ms or 0.0,
         "ttft_count": 0 if ttft_ms is None else 1,
     }
@@ -606,22 +635,12 @@ async def usage_arecord(
         counts[bucket_field("ttft", TTFT_BUCKETS_MS, ttft_ms)] = 1
     if tokens_per_s is not None:
         counts[bucket_field("tps", TOKENS_PER_S_BUCKETS, tokens_per_s)] = 1
-    increments = {name: F(name) + value for name, value in counts.items()}
-    rows = UsageDay.objects.filter(day=day, scope=scope)
-    try:
-        if await rows.aupdate(**increments):
-            return
-        try:
-            await UsageDay.objects.acreate(
-                day=day,
-                scope=scope,
-                user_id=user_id,
-                api_key_id=api_key_id,
-                widget_id=widget_id,
-                slot_name=slot_name[:100],
-                **counts,
-            )
-        except IntegrityError:
-            await rows.aupdate(**increments)
-    except DatabaseError:
-        logger.exception("usage of %s on %s: recording failed", scope, day)
+    return records.Usage(
+        day=timezone.now().date(),
+        scope=scope,
+        slot_name=slot_name,
+        counts=counts,
+        user_id=user_id,
+        api_key_id=api_key_id,
+        widget_id=widget_id,
+    )
