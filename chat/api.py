@@ -42,7 +42,12 @@ logger = logging.getLogger(__name__)
 async def authenticate(request: HttpRequest, lookups: readcache.Lookups) -> ApiKey:
     """The API key of ``Authorization: Bearer <key>`` (``lookups``: the request's cached
     lookups). Raises ``Refusal`` 401."""
-    header = request.headers.get("Authorization", "")
+    return await authenticate_header(request.headers.get("Authorization", ""), lookups)
+
+
+async def authenticate_header(header: str, lookups: readcache.Lookups) -> ApiKey:
+    """The API key of an ``Authorization`` header's value ``Bearer <key>``. Raises
+    ``Refusal`` 401."""
     scheme, _, raw = header.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
         raise invalid(
@@ -418,16 +423,35 @@ class _Call:
 async def _create_completion(
     request: HttpRequest, *, endpoint: str
 ) -> HttpResponse | StreamingHttpResponse:
-    """Authenticate, read and check the body, resolve the slot, then answer whole
-    (``_whole_completion``) or stream (``_streamed_completion``). A refusal or a failure before
-    the first chunk is an HTTP error in OpenAI's envelope, recorded when the key is known."""
+    """Django's adapter of ``create_completion``: the body read from ``request``."""
     if request.method != "POST":
         return method_not_allowed(request, allowed="POST")
+    answer = await create_completion(
+        endpoint=endpoint,
+        authorization=request.headers.get("Authorization", ""),
+        read_body=lambda: jsonbody.read_object(
+            request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES
+        ),
+    )
+    return answer if isinstance(answer, HttpResponse) else sse_response(answer)
+
+
+async def create_completion(
+    *, endpoint: str, authorization: str, read_body: Callable[[], dict[str, Any]]
+) -> JsonResponse | AsyncGenerator[bytes, None]:
+    """One ``POST /v1/chat/completions`` (``endpoint`` ``CHAT``) or ``/v1/completions``
+    (``TEXT``), for any HTTP adapter (this module's views, ``chat.api_asgi``): authenticate
+    ``authorization`` (the header's value), read the body (``read_body()``: the JSON object,
+    or raises an ``EnvelopeError``: 400, 413), check it, resolve the slot, then answer whole
+    (``_whole_completion``: a ``JsonResponse``) or stream (``_streamed_completion``: the SSE
+    events' bytes, for a ``text/event-stream`` body). A refusal or a failure before the first
+    chunk is a ``JsonResponse`` with OpenAI's error envelope and the error's status, recorded
+    when the key is known."""
     call = _Call(endpoint)
     lookups = readcache.Lookups()
     try:
-        call.key = await authenticate(request, lookups)
-        body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
+        call.key = await authenticate_header(authorization, lookups)
+        body = read_body()
         validate(body, chat=endpoint == CHAT)
         call.slot_name, call.stream = body["model"], bool(body.get("stream"))
         slot = await resolve_slot(call.slot_name, call.key, lookups)
@@ -496,10 +520,10 @@ async def _answered(
 
 async def _streamed_completion(
     call: _Call, key: ApiKey, slot: Slot, body: dict[str, Any]
-) -> StreamingHttpResponse:
-    """A streaming call. The HTTP status is held until the first chunk (or the first
-    keep-alive is due), so a failure before it, after the dispatcher's retries, is a real
-    4xx/5xx answer: raises its ``RelayError``."""
+) -> AsyncGenerator[bytes, None]:
+    """A streaming call: its SSE events' bytes. The HTTP status is held until the first chunk
+    (or the first keep-alive is due), so a failure before it, after the dispatcher's retries,
+    is a real 4xx/5xx answer: raises its ``RelayError``."""
     generation = await _first_chunk(
         await dispatch.submit(slot_config(slot), call.endpoint, body, started_at=call.started_at)
     )
@@ -522,7 +546,7 @@ async def _streamed_completion(
             outcome=generation.status if read_to_end else Status.STOPPED,
         )
 
-    return sse_response(streaming.api_sse(generation, rewriter, on_leave=record))
+    return streaming.api_sse(generation, rewriter, on_leave=record)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -196,14 +196,19 @@ def loads_object(raw: bytes | str) -> dict[str, Any]:
     return value
 
 
+def too_large(limit: int | None) -> EnvelopeError:
+    """The 413 for a body over ``limit`` bytes."""
+    return invalid(
+        f"Request body is over the limit of {limit} bytes.", status=413, code="request_too_large"
+    )
+
+
 def read_object(request: HttpRequest, *, max_bytes: int | None = None) -> dict[str, Any]:
     """The request's body as a JSON object (``loads_object``). Raises ``invalid``'s error: 413
     when the body is over ``max_bytes`` (default: Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``),
     judged by ``Content-Length`` before reading; 400 for a bad ``Content-Length`` or body."""
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE if max_bytes is None else max_bytes
-    too_big = invalid(
-        f"Request body is over the limit of {limit} bytes.", status=413, code="request_too_large"
-    )
+    too_big = too_large(limit)
     try:
         if limit is not None and int(request.headers.get("Content-Length") or 0) > limit:
             raise too_big

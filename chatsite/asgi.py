@@ -1,4 +1,6 @@
-"""ASGI entry point: daphne serves Django's ASGI app through Channels' protocol router.
+"""ASGI entry point: daphne serves Django's ASGI app through Channels' protocol router, with
+``/v1``'s two completion endpoints served in front of it by ``chat.api_asgi`` (the relay's
+hottest requests, without Django's per-request cost).
 
 The relay endpoints are plain async Django views returning ``StreamingHttpResponse`` (not
 Channels consumers): Django's middleware (sessions, CSRF) applies to them, and Django cancels the
@@ -137,4 +139,7 @@ class StartsBackgroundWork:
         await self.app(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": StartsBackgroundWork(django_app)})
+# The two completion endpoints in front of Django (chat.api_asgi), every other request to it.
+from chat.api_asgi import LeanApi  # noqa: E402  (after django.setup)
+
+application = ProtocolTypeRouter({"http": StartsBackgroundWork(LeanApi(django_app))})
