@@ -6,10 +6,12 @@ samples/s of the thread holding the GIL, so time in C code that releases it, suc
 queries, is left out) in two phases:
 
 1. *Per request* (the path to the first token): requests sent one at a time, so nothing else
-   runs. For three kinds, the CPU daphne spends per request (``/proc``, ms; whole process and
+   runs. For four kinds, the CPU daphne spends per request (``/proc``, ms; whole process and
    main thread): ``POST /v1/chat/completions`` without a key (401: the framework alone), with an
-   unknown model (404: plus the key and slot lookups), and a 3-token stream from an instant
-   simulator (the whole request). The stream requests are sampled by py-spy.
+   unknown model (404: plus the key and slot lookups), and 33-token and 3-token streams from an
+   instant simulator (the whole request). The line through the two streams' costs, at 0 tokens,
+   is the CPU per request outside its content chunks (auth, body, dispatch, role and finish
+   chunks, recording, teardown). The 3-token requests are sampled by py-spy.
 2. *Steady* (the per-token path): ``--streams`` concurrent ``/v1`` streams of ``--tokens`` tokens
    at 20 tokens/s, started over ``--ramp-s``; once the simulator holds every stream, py-spy
    samples ``--seconds`` (10). A flamegraph of this phase is written to
@@ -17,8 +19,9 @@ queries, is left out) in two phases:
    (µs: its CPU over the content tokens the clients received meanwhile) and its RSS, idle
    (after the warm-up) and streaming, with the difference per stream (KiB).
 
-Between the two, *idle streams*: ``--streams`` streams held open before their first token (the
-simulator waits 10 minutes to answer), daphne's RSS before and with them: KiB per idle stream.
+Between the two, *idle streams*: for each of ``--idle-streams`` (500 and 1,000), that many streams
+held open before their first token (the simulator waits 10 minutes to answer), daphne's RSS before
+and with them: KiB per idle stream.
 
 Reported per sampled phase, in % of the samples: the top functions by self time (the leaf frame,
 where the interpreter was), by inclusive time, and self time by package (django, twisted,
@@ -156,11 +159,17 @@ def finish(recorder: subprocess.Popen[bytes], seconds: float) -> None:
         raise
 
 
+SHORT_STREAM = "200: 3-token stream, instant simulator"
+LONGER_STREAM = "200: 33-token stream, instant simulator"
+EXTRA_TOKENS = 30
+
+
 def request_costs(app: str, key: str, pid: int, tmp: Path, seconds: float) -> dict[str, Any]:
     """CPU per request, requests sent one at a time; the stream requests are profiled."""
     auth = {"Authorization": f"Bearer {key}"}
     messages = [{"role": "user", "content": "profile"}]
     instant = {"ttft_ms": 0, "tokens_per_s": 0, "length": 3}
+    longer = {**instant, "length": 3 + EXTRA_TOKENS}
     kinds = [
         ("401: no key (framework only)", {}, {"model": "primary"}),
         (
@@ -169,7 +178,12 @@ def request_costs(app: str, key: str, pid: int, tmp: Path, seconds: float) -> di
             {"model": "nope", "messages": messages},
         ),
         (
-            "200: 3-token stream, instant simulator",
+            LONGER_STREAM,
+            auth,
+            {"model": "primary", "messages": messages, "stream": True, "sim": longer},
+        ),
+        (
+            SHORT_STREAM,
             auth,
             {"model": "primary", "messages": messages, "stream": True, "sim": instant},
         ),
@@ -183,7 +197,7 @@ def request_costs(app: str, key: str, pid: int, tmp: Path, seconds: float) -> di
             profiled = i == len(kinds) - 1
             recorder = spy(pid, seconds, raw) if profiled else None
             n, cpu0, t0 = 0, harness.proc_cpu(pid), time.monotonic()
-            while time.monotonic() - t0 < (seconds if profiled else 2.0):
+            while time.monotonic() - t0 < seconds:
                 client.post(app + "/v1/chat/completions", headers=headers, json=body)
                 n += 1
             cpu1, t1 = harness.proc_cpu(pid), time.monotonic()
@@ -195,7 +209,15 @@ def request_costs(app: str, key: str, pid: int, tmp: Path, seconds: float) -> di
                 "cpu_ms": round((cpu1[0] - cpu0[0]) * 1000 / n, 2),
                 "main_thread_cpu_ms": round((cpu1[1] - cpu0[1]) * 1000 / n, 2),
             }
-    return {"costs": costs, "profile": summarise(parse_raw(raw), 15)}
+    # CPU = outside + tokens * per token: the line through the two streams, at 0 tokens.
+    per_token = (costs[LONGER_STREAM]["cpu_ms"] - costs[SHORT_STREAM]["cpu_ms"]) / EXTRA_TOKENS
+    outside = costs[SHORT_STREAM]["cpu_ms"] - 3 * per_token
+    return {
+        "costs": costs,
+        "outside_chunks_cpu_ms": round(outside, 2),
+        "per_token_cpu_us_one_stream": round(per_token * 1000, 1),
+        "profile": summarise(parse_raw(raw), 15),
+    }
 
 
 def idle_stream_rss(
@@ -252,6 +274,20 @@ def print_profile(name: str, phase: dict[str, Any], top: int) -> None:
         print(f"  {item['pct']:>6.1f}  {item['name']}")
 
 
+def print_requests(result: dict[str, Any]) -> None:
+    print("daphne CPU per request, requests one at a time (ms):")
+    for name, cost in result["per_request"]["costs"].items():
+        print(
+            f"  {name:<46} wall {cost['wall_ms']:>6.2f}  CPU {cost['cpu_ms']:>6.2f}  "
+            f"(main thread {cost['main_thread_cpu_ms']:.2f})"
+        )
+    print(
+        f"  outside its chunks (the two streams' line at 0 tokens): "
+        f"{result['per_request']['outside_chunks_cpu_ms']} ms; per token at one stream "
+        f"{result['per_request']['per_token_cpu_us_one_stream']} µs"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=500)
@@ -259,6 +295,16 @@ def main() -> None:
     parser.add_argument("--ramp-s", type=float, default=5)
     parser.add_argument("--seconds", type=float, default=10, help="steady-phase sampling")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--requests-only", action="store_true", help="the per-request phase alone, printed"
+    )
+    parser.add_argument(
+        "--idle-streams",
+        type=int,
+        nargs="+",
+        default=[500, 1000],
+        help="RSS with this many streams held before their first token (one row each)",
+    )
     args = parser.parse_args()
     harness.raise_fd_limit()
     harness.pyspy()  # installs it on first use, before anything runs
@@ -279,7 +325,13 @@ def main() -> None:
         result["per_request"] = request_costs(
             target.server.url, target.slipstream.api_key, daphne, tmp, 4
         )
-        result["idle_streams"] = idle_stream_rss(target, sim, daphne, args.streams)
+        if args.requests_only:
+            print_requests(result)
+            print_profile("per request (3-token streams)", result["per_request"]["profile"], 25)
+            return
+        result["idle_streams"] = [
+            idle_stream_rss(target, sim, daphne, streams) for streams in args.idle_streams
+        ]
 
         outcome: dict[str, Any] = {}
 
@@ -340,12 +392,7 @@ def main() -> None:
         harness.remove(tmp)
     out = harness.write_result("profile", result)
 
-    print("daphne CPU per request, requests one at a time (ms):")
-    for name, cost in result["per_request"]["costs"].items():
-        print(
-            f"  {name:<46} wall {cost['wall_ms']:>6.2f}  CPU {cost['cpu_ms']:>6.2f}  "
-            f"(main thread {cost['main_thread_cpu_ms']:.2f})"
-        )
+    print_requests(result)
     print_profile(
         "per request (3-token streams, one at a time)", result["per_request"]["profile"], 10
     )
@@ -358,12 +405,12 @@ def main() -> None:
         f"\n{args.streams} streams through /v1 started over {args.ramp_s:g} s: {admitted}; "
         f"{result['stream_errors']} stream errors"
     )
-    idle = result["idle_streams"]
-    print(
-        f"\n{idle['held']} idle streams (held before their first token): daphne RSS "
-        f"{idle['rss_mb_before']} -> {idle['rss_mb_during']} MB, {idle['kib_per_stream']} KiB "
-        "per idle stream"
-    )
+    for idle in result["idle_streams"]:
+        print(
+            f"\n{idle['held']} idle streams (held before their first token): daphne RSS "
+            f"{idle['rss_mb_before']} -> {idle['rss_mb_during']} MB, {idle['kib_per_stream']} "
+            "KiB per idle stream"
+        )
     steady = result["steady"]
     print(
         f"daphne CPU per relayed chunk: {steady['cpu_us_per_chunk']} µs "
