@@ -69,3 +69,22 @@ async def test_the_database_version_survives_an_emptied_table() -> None:
         await sync_to_async(readcache._bump_database)()
         assert await lookup("slot", load) == 3
         assert await lookup("slot", load) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_sqlite_version_is_read_on_the_loop_and_sees_every_commit() -> None:
+    """On SQLite (the default) the version is read on the event loop through a read-only
+    connection of readcache's own, not by a thread hop: it must see a bump committed by
+    Django's connection at once, and give way (None) where it cannot read."""
+    from django.db import connection
+
+    reader = readcache._SQLiteVersion()
+    if connection.vendor != "sqlite":
+        assert reader.read() is None  # PostgreSQL: the hop, as before
+        return
+    await ReadCacheVersion.objects.all().adelete()
+    assert reader.read() is None  # no row yet: the hop sets one
+    for _ in range(3):
+        await sync_to_async(readcache._bump_database)()
+        row = await ReadCacheVersion.objects.aget(pk=1)
+        assert reader.read() == row.version
