@@ -104,9 +104,10 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
     conversation, message or slot the user does not have) or 429 (a quota used up)."""
     if turn.regenerate_id is None:
         check_message(turn.content)
-    tokens_left = await check_quotas(user=user)
+    lookups = readcache.Lookups()
+    tokens_left = await check_quotas(user=user, lookups=lookups)
     conversation = await _own_conversation(user, turn.conversation_id)
-    slot = await _slot_for(user, turn.slot_name, conversation)
+    slot = await _slot_for(user, turn.slot_name, conversation, lookups)
     if turn.regenerate_id is not None:
         if conversation is None:
             raise invalid("Regenerate needs its conversation.", param="conversation")
@@ -275,10 +276,13 @@ async def _own_conversation(user: User, conversation_id: UUID | None) -> Convers
     return conversation
 
 
-async def _slot_for(user: User, name: str | None, conversation: Conversation | None) -> Slot:
-    """The slot asked for, else the conversation's, else the default one."""
+async def _slot_for(
+    user: User, name: str | None, conversation: Conversation | None, lookups: readcache.Lookups
+) -> Slot:
+    """The slot asked for, else the conversation's, else the default one, through the lookup
+    cache as /v1's (``readcache``: uncached, the query cost 5-7 ms before the first token)."""
     name = name or (conversation.slot.name if conversation and conversation.slot else None)
-    slot = await selectors.slot_aget(name=name, user=user)
+    slot = await selectors.slot_aget_cached(name=name or "", user=user, lookups=lookups)
     if slot is None:
         raise _not_found("No model is available.", param="slot")
     return slot

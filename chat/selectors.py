@@ -333,8 +333,9 @@ async def slot_aget(*, name: str | None, user: User | None = None) -> Slot | Non
 async def slot_aget_cached(
     *, name: str, user: User, lookups: readcache.Lookups | None = None
 ) -> Slot | None:
-    """``slot_aget`` through ``readcache``: the /v1 API's per-call lookup (``lookups``: the
-    request's, so that it reads the cache's version once)."""
+    """``slot_aget`` through ``readcache``: the per-call lookup of /v1 and of the chat's answers
+    (an empty ``name``: the default slot; ``lookups``: the request's, so that it reads the
+    cache's version once)."""
     return await (lookups or readcache.Lookups()).aget_or_load(
         f"slot:{name}:{user.pk}", lambda: slot_aget(name=name, user=user)
     )
