@@ -53,12 +53,15 @@ class Usage:
 
 @dataclass(slots=True)
 class Record:
-    """What one answer or call leaves: its usage, its ``ApiCall`` row's fields, and the key
-    whose ``last_used_at`` to set (id, time)."""
+    """What one answer or call leaves: its usage, its ``ApiCall`` row's fields, the key whose
+    ``last_used_at`` to set (id, time), or a streaming answer's checkpoint."""
 
     usage: Usage | None = None
     call: dict[str, Any] | None = None
     key_used: tuple[int, datetime] | None = None
+    # An answer still streaming: its message's id and text so far (``content``,
+    # ``reasoning``, ``tool_calls``), stored unless the message has ended meanwhile.
+    checkpoint: tuple[int, dict[str, Any]] | None = None
     done: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
@@ -162,6 +165,9 @@ def _write(batch: list[Record]) -> None:
         _insert_calls(calls)
     for key_id, when in {r.key_used for r in batch if r.key_used is not None}:
         ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
+    checkpoints = [record.checkpoint for record in batch if record.checkpoint is not None]
+    if checkpoints:
+        _checkpoint(checkpoints)
 
 
 def _count(usage: Usage) -> None:
@@ -236,3 +242,40 @@ def _insert_sql(vendor: str) -> tuple[list[Field[Any, Any]], str]:
     columns = ", ".join(quote(f.column or f.name) for f in fields)
     marks = ", ".join(["%s"] * len(fields))
     return fields, f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({marks})"
+
+
+CHECKPOINT_FIELDS = ("content", "reasoning", "tool_calls", "updated_at")
+
+
+def _checkpoint(checkpoints: list[tuple[int, dict[str, Any]]]) -> None:
+    """Streaming answers' text so far: one UPDATE statement, compiled once, executed for each
+    message still ``streaming`` (a message that ended meanwhile keeps its final text)."""
+    from chat.models import Message
+
+    fields, sql = _checkpoint_sql(connection.vendor)
+    now = timezone.now()
+    status = Message.Status.STREAMING.value
+    rows = []
+    for message_id, text in checkpoints:
+        values = {**text, "updated_at": now}
+        row = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+        rows.append([*row, message_id, status])
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+@lru_cache(maxsize=8)
+def _checkpoint_sql(vendor: str) -> tuple[list[Field[Any, Any]], str]:
+    """The checkpoint's fields and its UPDATE for ``vendor``'s quoting."""
+    from chat.models import Message
+
+    quote, meta = connection.ops.quote_name, Message._meta
+    fields: list[Field[Any, Any]] = [
+        field for name in CHECKPOINT_FIELDS if isinstance(field := meta.get_field(name), Field)
+    ]
+    sets = ", ".join(f"{quote(f.column or f.name)} = %s" for f in fields)
+    status_field = meta.get_field("status")
+    assert isinstance(status_field, Field)
+    pk, status = quote(meta.pk.column or "id"), quote(status_field.column or "status")
+    sql = f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {pk} = %s AND {status} = %s"
+    return fields, sql

@@ -41,7 +41,10 @@ def proxied(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneSer
 
 
 @pytest.mark.parametrize("behind_proxy", [False, True])
-def test_the_lean_routes_headers_are_djangos(request, server, slot, api_key, behind_proxy) -> None:
+def test_the_lean_routes_headers_are_djangos(
+    request, server, slot, sim, api_key, behind_proxy
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
     base = request.getfixturevalue("proxied").base_url if behind_proxy else server.base_url
     headers = HTTPS if behind_proxy else {}
     with httpx.Client(base_url=base, headers=headers) as client:
@@ -66,6 +69,9 @@ def test_the_lean_routes_headers_are_djangos(request, server, slot, api_key, beh
             assert middleware_headers(lean_stream) == middleware_headers(django_stream)
             assert lean_stream.headers["content-type"] == django_stream.headers["content-type"]
             assert lean_stream.headers["cache-control"] == "no-cache"
+            # Read to the end: each call is recorded before its stream ends, not after the test.
+            for response in (lean_stream, django_stream):
+                assert b"".join(response.iter_bytes())
 
 
 HI = [{"role": "user", "content": "Hi"}]

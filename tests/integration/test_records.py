@@ -80,3 +80,25 @@ async def test_the_first_of_the_day_inserts_then_updates(key) -> None:
     await sync_to_async(records.write_batch)([records.Record(usage=usage)])
     await row.arefresh_from_db()
     assert (row.requests, row.errors, row.ttft_le_250) == (2, 2, 2)
+
+
+async def test_checkpoints_store_streaming_answers_only(user) -> None:
+    from chat.models import Conversation, Message
+
+    conversation = await Conversation.objects.acreate(user=user, title="t")
+    streaming, ended = [
+        await Message.objects.acreate(
+            conversation=conversation, role=Message.Role.ASSISTANT, status=status, content="old"
+        )
+        for status in (Message.Status.STREAMING, Message.Status.COMPLETE)
+    ]
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    text = {"content": "so far", "reasoning": "hm", "tool_calls": calls}
+    await asyncio.gather(
+        *(records.write(records.Record(checkpoint=(m.pk, text))) for m in (streaming, ended))
+    )
+    await streaming.arefresh_from_db()
+    await ended.arefresh_from_db()
+    assert (streaming.content, streaming.reasoning, streaming.tool_calls) == ("so far", "hm", calls)
+    assert streaming.updated_at > streaming.created_at
+    assert ended.content == "old"
