@@ -169,6 +169,8 @@ class ChunkRewriter:
         self.include_usage = include_usage
         self.chat = chat
         self.seen_choices: set[int] = set()
+        # '"id":"<the upstream's id>"' by (field, value): upstreams repeat them on every chunk.
+        self._upstream_fields: dict[tuple[str, str], str] = {}
 
     def __call__(self, chunk: Chunk) -> bytes | None:
         # The chunk is shared with every subscriber of the generation: copy, never mutate.
@@ -197,12 +199,16 @@ class ChunkRewriter:
         appears exactly once in the compact form ``"id":"…"``; else None (then the chunk is
         re-serialised). Most chunks take this path: a text replacement instead of a JSON
         encode per chunk, and the upstream's own bytes for everything else."""
-        data = chunk.data
+        data, obj = chunk.data, chunk.obj
         for field, value in (("id", self._id_json), ("model", self._model_json)):
-            current = chunk.obj.get(field)
+            current = obj.get(field)
             if not isinstance(current, str):
                 return None
-            old = f'"{field}":{json.dumps(current)}'
+            old = self._upstream_fields.get((field, current))
+            if old is None:
+                if len(self._upstream_fields) > 8:  # an upstream that changes them per chunk
+                    self._upstream_fields.clear()
+                old = self._upstream_fields[field, current] = f'"{field}":{json.dumps(current)}'
             if data.count(old) != 1:
                 return None
             data = data.replace(old, f'"{field}":{value}')

@@ -469,3 +469,22 @@ def test_rewriter_swaps_id_and_model_in_the_upstream_text_or_reserialises() -> N
         "primary",
         {"content": "b"},
     )
+
+
+def test_rewriter_follows_an_upstream_whose_id_changes_every_chunk() -> None:
+    from chat.relay.upstream import Chunk
+    from chat.streaming import ChunkRewriter
+
+    rewrite = ChunkRewriter(
+        completion_id="chatcmpl-new", model="primary", include_usage=False, chat=False
+    )
+    for n in range(30):  # more ids than the rewriter keeps: each still swapped
+        text = f'{{"id":"up-{n}","model":"m{n % 3}","choices":[{{"index":0,"text":"{n}"}}]}}'
+        out = rewrite(Chunk(text, json.loads(text)))
+        assert out is not None
+        obj = json.loads(out[6:])
+        assert (obj["id"], obj["model"], obj["choices"][0]["text"]) == (
+            "chatcmpl-new",
+            "primary",
+            str(n),
+        )
