@@ -91,7 +91,7 @@ class GroupWriter:
                 batch, self._queue = self._queue, []
                 self.batches += 1
                 try:
-                    await sync_to_async(write_batch, thread_sensitive=True)(batch)
+                    await _write_batch_in_thread(batch)
                 finally:
                     for record in batch:
                         if record.done is not None and not record.done.done():
@@ -143,6 +143,10 @@ def write_batch(batch: list[Record]) -> None:
                 _write([record])
         except DatabaseError:
             logger.exception("recording an answer's usage and call failed: %s", record)
+
+
+# Made once: asgiref's wrapper inspects the function each time one is made.
+_write_batch_in_thread = sync_to_async(write_batch, thread_sensitive=True)
 
 
 def _write(batch: list[Record]) -> None:
