@@ -243,14 +243,16 @@ async def message_afinalise(
     if owner is not None:
         usage = checks.clean_usage(generation.accumulator.usage) or {}
         await usage_arecord(
-            slot_name=generation.slot,
-            ok=fields["status"] != Message.Status.ERROR,
-            user_id=owner[0],
-            widget_id=owner[1],
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=generation.accumulator.completion_tokens(),
-            ttft_ms=generation.ttft_ms,
-            tokens_per_s=generation.tokens_per_s,
+            usage_today(
+                slot_name=generation.slot,
+                ok=fields["status"] != Message.Status.ERROR,
+                user_id=owner[0],
+                widget_id=owner[1],
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=generation.accumulator.completion_tokens(),
+                ttft_ms=generation.ttft_ms,
+                tokens_per_s=generation.tokens_per_s,
+            )
         )
 
 
@@ -345,7 +347,7 @@ async def api_call_arecord(
         key_used = (api_key.pk, now)
     await records.write(
         records.Record(
-            usage=_usage(
+            usage=usage_today(
                 slot_name=slot_name,
                 ok=outcome == "complete",
                 user_id=api_key.user_id,
@@ -570,41 +572,14 @@ async def backend_anote_responses_api(*, backend_id: int, native: bool) -> None:
 # ------------------------------------------------------------------------------------------------
 # Usage per day
 # ------------------------------------------------------------------------------------------------
-async def usage_arecord(
-    *,
-    slot_name: str,
-    ok: bool,
-    user_id: int | None = None,
-    api_key_id: int | None = None,
-    widget_id: int | None = None,
-    prompt_tokens: int | None = None,
-    completion_tokens: int | None = None,
-    ttft_ms: float | None = None,
-    tokens_per_s: float | None = None,
-) -> None:
-    """Count one answer or call in today's (UTC) ``UsageDay`` of its scope: one UPDATE, or
-    an INSERT for the scope's first of the day, in the process's next batch of records
-    (``chat.records``). Tokens are counted as given (None: 0); ``ttft_ms`` and
-    ``tokens_per_s`` (None: not measured) also go into the row's histograms. Never raises: a
-    failed write is logged, and the answer stands."""
-    await records.write(
-        records.Record(
-            usage=_usage(
-                slot_name=slot_name,
-                ok=ok,
-                user_id=user_id,
-                api_key_id=api_key_id,
-                widget_id=widget_id,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                ttft_ms=ttft_ms,
-                tokens_per_s=tokens_per_s,
-            )
-        )
-    )
+async def usage_arecord(usage: records.Usage) -> None:
+    """Count one answer or call (``usage_today``'s increments) in its ``UsageDay``: one UPDATE,
+    or an INSERT for the scope's first of the day, in the process's next batch of records
+    (``chat.records``). Never raises: a failed write is logged, and the answer stands."""
+    await records.write(records.Record(usage=usage))
 
 
-def _usage(
+def usage_today(
     *,
     slot_name: str,
     ok: bool,
@@ -616,7 +591,9 @@ def _usage(
     ttft_ms: float | None = None,
     tokens_per_s: float | None = None,
 ) -> records.Usage:
-    """Today's (UTC) increments of one answer's or call's scope (see ``usage_arecord``)."""
+    """Today's (UTC) increments of one answer's or call's ``UsageDay`` (its scope: user, API
+    key, widget, slot). Tokens are counted as given (None: 0); ``ttft_ms`` and
+    ``tokens_per_s`` (None: not measured) also go into the row's histograms."""
     scope = f"u{user_id or '-'}:k{api_key_id or '-'}:w{widget_id or '-'}:{slot_name}"[:200]
     counts: dict[str, int | float] = {
         "requests": 1,

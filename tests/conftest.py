@@ -149,6 +149,20 @@ def server(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServ
         yield daphne
 
 
+# What a TLS proxy in front of Slipstream (deploy/nginx.conf) adds to a request.
+HTTPS = {"X-Forwarded-Proto": "https"}
+
+
+@pytest.fixture(scope="module")
+def proxied(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServer]:
+    """Slipstream as deployed behind deploy/nginx.conf: ``DJANGO_BEHIND_PROXY=true`` (secure
+    cookies, HSTS, plain HTTP redirected), a daphne process of its own."""
+    with django_db_blocker.unblock():
+        env = {**server_env(), "DJANGO_BEHIND_PROXY": "true"}
+    with DaphneServer(env=env, probe_headers=HTTPS) as daphne:
+        yield daphne
+
+
 def backend_form(**fields: str) -> dict[str, str]:
     """The backend admin's add or change form as a browser posts it (no slots in its
     inline)."""

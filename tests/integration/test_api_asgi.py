@@ -5,7 +5,7 @@ failures as OpenAI's envelope, and Django's own view of the same endpoint still 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import httpx
@@ -17,27 +17,16 @@ from chat import api
 from chat.api_asgi import LeanApi
 from chat.relay.sse import SSEDecoder
 from chatsite.asgi import django_app
-from tests.conftest import server_env
-from tests.support.daphne_server import DaphneServer
+from tests.conftest import HTTPS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HTTPS = {"X-Forwarded-Proto": "https"}
 # Set by daphne or by the response's own body, not by middleware.
 NOT_MIDDLEWARE = {"content-length", "content-type", "date", "server"}
 
 
 def middleware_headers(response: httpx.Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k not in NOT_MIDDLEWARE}
-
-
-@pytest.fixture(scope="module")
-def proxied(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServer]:
-    """Slipstream behind a TLS proxy (``DJANGO_BEHIND_PROXY=true``: HSTS, HTTPS redirect)."""
-    with django_db_blocker.unblock():
-        env = {**server_env(), "DJANGO_BEHIND_PROXY": "true"}
-    with DaphneServer(env=env, probe_headers=HTTPS) as daphne:
-        yield daphne
 
 
 @pytest.mark.parametrize("behind_proxy", [False, True])

@@ -73,7 +73,7 @@ async def test_a_bad_record_loses_only_itself(key, caplog) -> None:
 
 
 async def test_the_first_of_the_day_inserts_then_updates(key) -> None:
-    usage = services._usage(slot_name="other", ok=False, api_key_id=key.pk, ttft_ms=120.0)
+    usage = services.usage_today(slot_name="other", ok=False, api_key_id=key.pk, ttft_ms=120.0)
     await records.write(records.Record(usage=usage))
     row = await UsageDay.objects.aget(scope=usage.scope)
     assert (row.requests, row.errors, row.ttft_count, row.ttft_le_250) == (1, 1, 1, 1)

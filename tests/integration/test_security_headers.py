@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -22,8 +21,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from chat.models import Conversation, Widget
-from tests.conftest import server_env, session_client
-from tests.support.daphne_server import REPO, DaphneServer
+from tests.conftest import HTTPS, session_client
+from tests.support.daphne_server import REPO
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -190,18 +189,6 @@ def test_without_a_proxy_nothing_changes(server) -> None:
 # ------------------------------------------------------------------------------------------------
 # Behind a TLS proxy
 # ------------------------------------------------------------------------------------------------
-HTTPS = {"X-Forwarded-Proto": "https"}
-
-
-@pytest.fixture(scope="module")
-def proxied(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServer]:
-    """Slipstream as deployed behind deploy/nginx.conf: ``DJANGO_BEHIND_PROXY=true``."""
-    with django_db_blocker.unblock():
-        env = {**server_env(), "DJANGO_BEHIND_PROXY": "true"}
-    with DaphneServer(env=env, probe_headers=HTTPS) as daphne:
-        yield daphne
-
-
 def cookies_set(response: httpx.Response) -> dict[str, str]:
     """Set-Cookie headers by cookie name (httpx's jar would not send Secure cookies over the
     plain HTTP between the test and daphne, so cookies are handled by hand here)."""

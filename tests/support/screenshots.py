@@ -118,7 +118,7 @@ def _seed(simulator_url: str, host: str) -> tuple[str, str]:
         name="Docs", slot=Slot.objects.get(name="primary"), allowed_origins=host, greeting="Hi!"
     )
     for ttft, speed in ((120, 60), (240, 45), (900, 20)):
-        async_to_sync(services.usage_arecord)(
+        usage = services.usage_today(
             slot_name="primary",
             ok=True,
             user_id=user.pk,
@@ -127,6 +127,7 @@ def _seed(simulator_url: str, host: str) -> tuple[str, str]:
             ttft_ms=ttft,
             tokens_per_s=speed,
         )
+        async_to_sync(services.usage_arecord)(usage)
     chat.refresh_from_db()
     return widget.public_key, str(chat.share_id)
 
