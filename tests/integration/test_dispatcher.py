@@ -17,6 +17,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from chat import readcache
 from chat.models import ApiCall, Message, Slot
 from chat.relay.sse import ServerSentEvent, SSEDecoder
 from tests.conftest import FIXTURES, make_slot
@@ -417,6 +418,7 @@ def test_a_slots_stop_strings_apply_to_the_stored_answer(slot, sim, browser_sess
     full = post_message(browser_session, "Hello").content
     word = " " + full.split()[5]
     Slot.objects.update(stop=[word])
+    readcache.invalidate()  # .update() sends no signal; the chat's slot is cached, as /v1's
     answer = post_message(browser_session, "Hello")
     assert answer.content == full[: full.find(word)]
     stored = Message.objects.get(pk=answer.meta("slipstream.message")["assistant_message_id"])
