@@ -26,3 +26,25 @@ def test_daphne_writes_through_twisted_http_itself_not_its_deprecation_proxy() -
         "isinstance(http_protocol.http, _ModuleProxy))"
     )
     assert run(code) == "True True False"
+
+
+def test_daphne_leaves_post_bodies_to_the_application_unparsed() -> None:
+    # A form-encoded POST, received whole: Twisted would parse it into request.args (and its
+    # Content-Type through the email package) before daphne hands the raw body on.
+    code = (
+        "from chatsite import server; from daphne.http_protocol import WebRequest; "
+        "from twisted.web.test.requesthelper import DummyChannel\n"
+        "class Server:\n"
+        "    def protocol_connected(self, request): pass\n"
+        "def received(request):\n"
+        "    request.process = lambda: None\n"
+        "    request.requestHeaders.setRawHeaders(b'content-type', "
+        "[b'application/x-www-form-urlencoded'])\n"
+        "    request.gotLength(7); request.handleContentChunk(b'a=1&b=2')\n"
+        "    request.requestReceived(b'POST', b'/chat/', b'HTTP/1.1')\n"
+        "    return sorted(request.args)\n"
+        "channel = DummyChannel(); channel.factory = type('Factory', (), {'server': Server()})\n"
+        "before = received(WebRequest(channel)); server.no_form_parsing(); "
+        "print(before, received(WebRequest(channel)))"
+    )
+    assert run(code) == "[b'a', b'b'] []"
