@@ -30,6 +30,7 @@ Django's cache API (a ``sync_to_async`` hop per read, even for locmem) a hit cos
 
 from __future__ import annotations
 
+import functools
 import pickle
 import secrets
 import sqlite3
@@ -41,11 +42,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.dummy import DummyCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
+from django.utils.module_loading import import_string
 
 _T = TypeVar("_T")
 
@@ -58,8 +61,14 @@ _memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
 
 def cache_is_shared() -> bool:
-    """Whether other processes see this process's cache writes (not locmem, not dummy)."""
-    return not isinstance(caches["default"], LocMemCache | DummyCache)
+    """Whether other processes see this process's cache writes (not locmem, not dummy). Asked
+    on every call: read from the setting, not through ``caches`` (a per-context lookup)."""
+    return _is_shared(settings.CACHES["default"]["BACKEND"])
+
+
+@functools.cache
+def _is_shared(backend: str) -> bool:
+    return not issubclass(import_string(backend), LocMemCache | DummyCache)
 
 
 def _database_version() -> int:
