@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -121,7 +122,25 @@ class CommonMiddleware(OnLoop, common.CommonMiddleware):
 
 
 class AuthenticationMiddleware(OnLoop, auth.AuthenticationMiddleware):
-    """Django's: ``request.user`` and ``request.auser``, both lazy (no query until used)."""
+    """Django's: ``request.user`` and ``request.auser``, both lazy (no query until used).
+
+    ``request.auser()`` loads the session and the user in one thread hop, through Django's own
+    synchronous ``get_user`` (the session's user id and backend, the user, the session hash
+    check), instead of Django's async ``aget_user``, which hops to a thread for the session and
+    again for the user: one hop less on every signed-in request (about 1 ms of the chat's time
+    to first token, bench/relay_latency.py). Both caches are filled, so ``request.user`` and
+    ``request.auser()`` give the same user."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        request.auser = partial(_auser, request)
+
+
+async def _auser(request: HttpRequest) -> Any:
+    if not hasattr(request, "_acached_user"):
+        load = sync_to_async(auth.get_user, thread_sensitive=True)
+        request._acached_user = await load(request)  # type: ignore[attr-defined]
+    return request._acached_user  # type: ignore[attr-defined]
 
 
 class XFrameOptionsMiddleware(OnLoop, clickjacking.XFrameOptionsMiddleware):
