@@ -41,7 +41,16 @@ from django.utils import timezone
 
 from chat import attachments, readcache, selectors, services, streaming
 from chat.http import Refusal, invalid
-from chat.models import ApiKey, Conversation, Message, Quota, Slot, StoredResponse, Widget
+from chat.models import (
+    ApiKey,
+    Attachment,
+    Conversation,
+    Message,
+    Quota,
+    Slot,
+    StoredResponse,
+    Widget,
+)
 from chat.relay import dispatch, responses
 from chat.relay.background import spawn
 from chat.relay.generation import Generation, Status, find
@@ -131,25 +140,29 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
     # The new turn is not under the shown leaf (an edit, a new root): show its branch.
     move_leaf = turn.parent_given and bool(thread) and (parent is None or parent != thread[-1])
     if conversation is None:
-        conversation = await services.conversation_acreate(
-            user=user, slot=slot, first_message=turn.content
-        )
-    await attachments.attach(files, conversation=conversation)
-    user_message = await services.message_acreate_user(
+        conversation = services.conversation_new(user=user, slot=slot, first_message=turn.content)
+    user_message = services.message_new_user(
         conversation=conversation,
         content=turn.content,
         parent=parent,
         attachment_ids=[str(a.pk) for a in files],
     )
-    history = [*(await selectors.message_apath_to(message=parent) if parent else []), user_message]
+    # The shown thread runs down from its root, so a parent in it has its path there already.
+    if parent is None:
+        path: list[Message] = []
+    elif parent in thread:
+        path = thread[: thread.index(parent) + 1]
+    else:
+        path = await selectors.message_apath_to(message=parent)
     return await _answer(
         conversation,
         slot,
         user_message,
-        history,
+        [*path, user_message],
         keep_running=True,
         move_leaf=move_leaf,
         tokens_left=tokens_left,
+        files=files,
     )
 
 
@@ -180,20 +193,19 @@ async def start_widget_answer(
     )
     thread: list[Message] = []
     if conversation is None:
-        conversation = await services.conversation_acreate_for_visitor(
+        conversation = services.conversation_new_for_visitor(
             widget=widget, visitor_id=visitor_id, slot=slot, first_message=content
         )
     else:
         thread = await selectors.message_alist(conversation=conversation)
-    await attachments.attach(files, conversation=conversation)
-    user_message = await services.message_acreate_user(
+    user_message = services.message_new_user(
         conversation=conversation,
         content=content,
         parent=thread[-1] if thread else None,
         attachment_ids=[str(a.pk) for a in files],
     )
     started = await _answer(
-        conversation, slot, user_message, [*thread, user_message], keep_running=False
+        conversation, slot, user_message, [*thread, user_message], keep_running=False, files=files
     )
     _watch_widget_answer(started)
     return started
@@ -217,11 +229,17 @@ async def _answer(
     keep_running: bool,
     move_leaf: bool = False,
     tokens_left: int | None = None,
+    files: list[Attachment] | None = None,
 ) -> Started:
-    """Submit ``history`` to ``slot`` and store the assistant's row; ``keep_running``: the
-    answer goes on without a reader (the chat resumes it), else it ends with its last one.
-    ``tokens_left``: of the user's tightest token budget, which the answer's length may not
-    pass (``cap_output_tokens``)."""
+    """Submit ``history`` (ending with ``user_message``) to ``slot``, then store the turn
+    (``services.turn_acreate``: ``conversation`` and ``user_message`` if they are new, the
+    ``files`` sent with it, the assistant's row); ``keep_running``: the answer goes on without
+    a reader (the chat resumes it), else it ends with its last one. ``tokens_left``: of the
+    user's tightest token budget, which the answer's length may not pass
+    (``cap_output_tokens``). The upstream call leaves before anything is written: the turn is
+    stored while the upstream works on its first token (its writes were 2-3 ms of the chat's
+    time to first token, bench/relay_latency.py). If storing fails, the answer is stopped
+    (unless another request shares it) and nothing of the turn is kept."""
     request = chat_request(
         conversation=conversation,
         history=await attachments.upstream_history(history, slot=slot),
@@ -229,20 +247,22 @@ async def _answer(
     cap_output_tokens(
         request, tokens_left=tokens_left, default=slot.max_tokens, fields=CHAT_OUTPUT_LIMITS
     )
-    generation, _ = await dispatch.submit(
+    generation, joined = await dispatch.submit(
         slot_config(slot), "chat/completions", request, keep_running=keep_running
     )
     try:
-        assistant = await services.message_acreate_assistant(
+        assistant = await services.turn_acreate(
             conversation=conversation,
+            user_message=user_message,
+            attachment_ids=[str(a.pk) for a in files or () if a.conversation_id is None],
             slot_name=slot.name,
-            parent=user_message,
             generation_id=generation.id,
+            move_leaf=move_leaf,
         )
-        if move_leaf:
-            await services.conversation_aset_leaf(conversation=conversation, leaf=user_message)
     except BaseException:
         generation.detach()
+        if not joined and not generation.subscribers:
+            generation.cancel()  # nobody will store it (keep_running would let it run on)
         raise
     await keep(
         generation,

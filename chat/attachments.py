@@ -396,15 +396,6 @@ def check_images(attachments: Iterable[Attachment], slot: Slot) -> None:
         )
 
 
-async def attach(attachments: list[Attachment], *, conversation: Conversation) -> None:
-    """Mark newly sent attachments as ``conversation``'s (deleted with it, shared with it)."""
-    fresh = [a.pk for a in attachments if a.conversation_id is None]
-    if fresh:
-        await Attachment.objects.filter(pk__in=fresh, conversation=None).aupdate(
-            conversation=conversation
-        )
-
-
 async def upstream_history(thread: list[Message], *, slot: Slot) -> list[dict[str, Any]]:
     """``thread`` as OpenAI ``messages`` (``selectors.history_for_upstream``), each message with
     attachments as content: its documents' text first, within ``slot.document_tokens`` for the

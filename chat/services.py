@@ -27,6 +27,7 @@ from chat.models import (
     TOKENS_PER_S_BUCKETS,
     TTFT_BUCKETS_MS,
     ApiKey,
+    Attachment,
     Backend,
     Conversation,
     Folder,
@@ -67,20 +68,39 @@ def title_from(text: str) -> str:
     return line[:TITLE_LENGTH].rsplit(" ", 1)[0] + "…"
 
 
-async def conversation_acreate(*, user: User, slot: Slot, first_message: str) -> Conversation:
-    return await Conversation.objects.acreate(user=user, slot=slot, title=title_from(first_message))
+def conversation_new(*, user: User, slot: Slot, first_message: str) -> Conversation:
+    """A user's new conversation, not saved yet: ``turn_acreate`` stores it with its first turn."""
+    return Conversation(user=user, slot=slot, title=title_from(first_message))
 
 
-async def conversation_acreate_for_visitor(
+def conversation_new_for_visitor(
     *, widget: Widget, visitor_id: UUID, slot: Slot, first_message: str
 ) -> Conversation:
-    """A widget visitor's new conversation, with the widget's system prompt."""
-    return await Conversation.objects.acreate(
+    """A widget visitor's new conversation, with the widget's system prompt, not saved yet
+    (``turn_acreate`` stores it)."""
+    return Conversation(
         widget=widget,
         visitor_id=visitor_id,
         slot=slot,
         title=title_from(first_message),
         system_prompt=widget.system_prompt,
+    )
+
+
+def message_new_user(
+    *,
+    conversation: Conversation,
+    content: str,
+    parent: Message | None = None,
+    attachment_ids: list[str] | None = None,
+) -> Message:
+    """A user message, not saved yet (``turn_acreate`` or ``message_acreate_user`` stores it)."""
+    return Message(
+        conversation=conversation,
+        role=Message.Role.USER,
+        content=content,
+        parent=parent,
+        attachment_ids=attachment_ids or [],
     )
 
 
@@ -91,30 +111,69 @@ async def message_acreate_user(
     parent: Message | None = None,
     attachment_ids: list[str] | None = None,
 ) -> Message:
-    return await Message.objects.acreate(
-        conversation=conversation,
-        role=Message.Role.USER,
-        content=content,
-        parent=parent,
-        attachment_ids=attachment_ids or [],
+    message = message_new_user(
+        conversation=conversation, content=content, parent=parent, attachment_ids=attachment_ids
     )
+    await message.asave(force_insert=True)
+    return message
 
 
-async def message_acreate_assistant(
+def turn_create(
     *,
     conversation: Conversation,
+    user_message: Message,
+    attachment_ids: list[str],
     slot_name: str,
-    parent: Message | None = None,
-    generation_id: str = "",
+    generation_id: str,
+    move_leaf: bool,
 ) -> Message:
-    """The assistant's row, created as ``streaming`` when the generation starts."""
-    return await Message.objects.acreate(
+    """Store one turn of a conversation, in one transaction: ``conversation`` and
+    ``user_message`` when they are not saved yet, the attachments ``attachment_ids`` (sent with
+    it, not yet in a conversation) as the conversation's, the assistant's row (``streaming``,
+    answering ``user_message``, streamed by ``generation_id`` on ``slot_name``), and, with
+    ``move_leaf``, ``user_message`` as the shown leaf. Returns the assistant's row. Raises
+    ``DatabaseError``; then nothing of the turn is stored."""
+    with transaction.atomic():
+        if conversation._state.adding:
+            conversation.save(force_insert=True)
+        if attachment_ids:
+            Attachment.objects.filter(pk__in=attachment_ids, conversation=None).update(
+                conversation=conversation
+            )
+        if user_message._state.adding:
+            user_message.save(force_insert=True)
+        assistant = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            slot_name=slot_name,
+            parent=user_message,
+            generation_id=generation_id,
+        )
+        if move_leaf:
+            conversation.current_leaf = user_message
+            Conversation.objects.filter(pk=conversation.pk).update(current_leaf=user_message)
+    return assistant
+
+
+async def turn_acreate(
+    *,
+    conversation: Conversation,
+    user_message: Message,
+    attachment_ids: list[str],
+    slot_name: str,
+    generation_id: str,
+    move_leaf: bool,
+) -> Message:
+    """``turn_create`` in the request's thread: one hop, one commit for the whole turn."""
+    create = sync_to_async(turn_create, thread_sensitive=True)
+    return await create(
         conversation=conversation,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.STREAMING,
+        user_message=user_message,
+        attachment_ids=attachment_ids,
         slot_name=slot_name,
-        parent=parent,
         generation_id=generation_id,
+        move_leaf=move_leaf,
     )
 
 
@@ -122,12 +181,6 @@ def conversation_set_leaf(*, conversation: Conversation, leaf: Message) -> None:
     """Show the branch through ``leaf`` (the "< 1/2 >" pager)."""
     conversation.current_leaf = leaf
     conversation.save(update_fields=["current_leaf"])
-
-
-async def conversation_aset_leaf(*, conversation: Conversation, leaf: Message) -> None:
-    """Show the branch through ``leaf`` (after an edit, a regenerate, or a branch switch)."""
-    conversation.current_leaf = leaf
-    await Conversation.objects.filter(pk=conversation.pk).aupdate(current_leaf=leaf)
 
 
 def generation_fields(generation: Generation, *, status: str | None = None) -> dict[str, Any]:

@@ -4,13 +4,16 @@ the upstream."""
 from __future__ import annotations
 
 import json
+import threading
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from django.db import connection, transaction
 
 from chat.models import Conversation, Message
 from chat.relay.sse import SSEDecoder
@@ -48,6 +51,42 @@ def test_answer_streams_and_is_stored(slot, sim, browser_session) -> None:
     assert (user_message.role, user_message.content) == ("user", "Hello there")
     conversation = Conversation.objects.get(pk=meta["conversation_id"])
     assert conversation.title == "Hello there"
+
+
+@contextmanager
+def messages_locked() -> Iterator[None]:
+    """Hold back every write to ``chat_message`` until the block ends: SQLite's write lock, or
+    an EXCLUSIVE lock on the table (PostgreSQL), taken by this test's own connection."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("LOCK TABLE chat_message IN EXCLUSIVE MODE")
+        else:  # a write statement takes the database's write lock, even when it changes nothing
+            cursor.execute("UPDATE chat_message SET content = content WHERE 0")
+        yield
+
+
+def test_the_upstream_call_leaves_before_the_turn_is_written(slot, sim, browser_session) -> None:
+    # The conversation, the user's message and the answer's row are stored while the upstream
+    # works on its first token, not before the call (they were 2-3 ms of the chat's TTFT).
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    answers: list[Any] = []
+
+    def send() -> None:
+        answers.append(post_message(browser_session, "Hi"))
+
+    with messages_locked():
+        sender = threading.Thread(target=send)
+        sender.start()
+        sim.wait_for(lambda stats: stats["requests"] == 1, timeout_s=10)
+        assert not Conversation.objects.exists()  # nothing of the turn is committed yet
+    sender.join(timeout=30)
+    [answer] = answers
+    assert answer.events[-1].data == "[DONE]"
+    meta = answer.meta("slipstream.message")
+    stored = Message.objects.get(pk=meta["assistant_message_id"])
+    assert (stored.status, stored.content) == ("complete", answer.content)
+    assert Message.objects.get(pk=meta["user_message_id"]).content == "Hi"
+    assert Conversation.objects.get(pk=meta["conversation_id"]).title == "Hi"
 
 
 def test_chunks_are_relayed_in_order_and_unchanged(slot, sim, browser_session) -> None:
