@@ -156,25 +156,8 @@ def turn_create(
     return assistant
 
 
-async def turn_acreate(
-    *,
-    conversation: Conversation,
-    user_message: Message,
-    attachment_ids: list[str],
-    slot_name: str,
-    generation_id: str,
-    move_leaf: bool,
-) -> Message:
-    """``turn_create`` in the request's thread: one hop, one commit for the whole turn."""
-    create = sync_to_async(turn_create, thread_sensitive=True)
-    return await create(
-        conversation=conversation,
-        user_message=user_message,
-        attachment_ids=attachment_ids,
-        slot_name=slot_name,
-        generation_id=generation_id,
-        move_leaf=move_leaf,
-    )
+# turn_create in the request's thread: one hop and one commit for the whole turn.
+turn_acreate = sync_to_async(turn_create, thread_sensitive=True)
 
 
 def conversation_set_leaf(*, conversation: Conversation, leaf: Message) -> None:
