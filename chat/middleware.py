@@ -127,9 +127,9 @@ class AuthenticationMiddleware(OnLoop, auth.AuthenticationMiddleware):
     ``request.auser()`` loads the session and the user in one thread hop, through Django's own
     synchronous ``get_user`` (the session's user id and backend, the user, the session hash
     check), instead of Django's async ``aget_user``, which hops to a thread for the session and
-    again for the user: one hop less on every signed-in request (about 1 ms of the chat's time
-    to first token, bench/relay_latency.py). Both caches are filled, so ``request.user`` and
-    ``request.auser()`` give the same user."""
+    again for the user: one hop less on every signed-in request, ahead of every chat view (a
+    hop was 0.6 ms of wall time and more, traced inside daphne). Both caches are filled, so
+    ``request.user`` and ``request.auser()`` give the same user."""
 
     def process_request(self, request: HttpRequest) -> None:
         super().process_request(request)
