@@ -135,9 +135,9 @@ def no_form_parsing() -> None:
     (Django for forms and uploads, ``chat.jsonbody`` for JSON). The Content-Type parse alone
     was a third of ``HTTPChannel.dataReceived`` under cProfile, and daphne's CPU for a ``/v1``
     401 went from 1.33 to 0.92 ms without it (bench/profile_relay.py --requests-only); a
-    multipart upload was decoded in full twice. Twisted
-    has a switch for this, ``Request(parsePOSTFormSubmission=False)``; daphne does not pass it,
-    so its request class passes it here. Nothing changes under a Twisted without the switch."""
+    multipart upload was decoded in full twice. Twisted has a switch for this,
+    ``Request(parsePOSTFormSubmission=False)``; daphne does not pass it, so its request class
+    passes it here. Nothing changes under a Twisted without the switch."""
     import inspect
 
     from daphne.http_protocol import WebRequest
