@@ -47,7 +47,13 @@ A row passes when it has no errors, both ratios are >= ``--min-ratio`` (0.98), p
 The knee is the first failing level; ``--refine`` (2) bisection rounds between the last
 passing level and it narrow it down at once, before the larger levels run (RSS is the peak so
 far of the one server process). Capacity is the largest passing level below the knee.
-Writes ``bench/results/capacity_<target>.json``.
+Writes ``bench/results/capacity_<target>.json`` (``--result`` names another).
+
+On a machine with cores to spare, ``--pin`` gives each daphne process a core of its own, the
+simulator the next and the load generators the rest, as the issue's table was measured, and
+``--processes N`` puts N daphne processes behind one address (``SO_REUSEPORT`` sockets of one
+port: the kernel spreads connections over them); ``srv%`` is then their CPU summed over the
+busiest main thread, and ``srvMB`` their RSS summed.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import sqlite3
 import subprocess
 import time
@@ -70,7 +77,8 @@ from harness import Sampler, Service, Slipstream
 
 LOADGEN = harness.BENCH / "loadgen.py"
 CPU_BOUND_PCT = 90.0
-MACHINE_BUSY_PCT = 190.0  # of 200 %: both cores busy
+CORES = os.cpu_count() or 1
+MACHINE_BUSY_PCT = 95.0 * CORES  # every core busy (190 % on 2 cores)
 
 
 @dataclass
@@ -84,6 +92,36 @@ class Target:
     body: str
     slipstream: Slipstream | None = None
     pids: dict[str, int] | None = None  # processes sampled in every round, by role
+    loadgen_cores: set[int] | None = None  # where the load generators run (--pin), None: any
+
+
+@dataclass
+class Placement:
+    """Which CPUs each role runs on (``--pin``): daphne process i on ``servers[i]``, the
+    simulator on ``simulator``, the load generators on ``loadgen``; all None without ``--pin``."""
+
+    servers: list[int] | None = None
+    simulator: set[int] | None = None
+    loadgen: set[int] | None = None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Placement:
+        """One core per daphne process from core 0, the next for the simulator, the rest for
+        the load generators. Raises SystemExit when the machine has too few cores."""
+        if not args.pin:
+            return cls()
+        processes = getattr(args, "processes", 1)
+        servers = list(range(processes))
+        sim = processes
+        if sim + 2 > CORES:
+            raise SystemExit(f"--pin needs {sim + 2} cores for {processes} daphne processes")
+        return cls(servers, {sim}, set(range(sim + 1, CORES)))
+
+    def pin_this_process(self) -> None:
+        """Keep the calling (bench) process, and what it starts unpinned, off the cores of
+        daphne and the simulator."""
+        if self.loadgen:
+            os.sched_setaffinity(0, self.loadgen)
 
 
 def chat_completion_body(model: str) -> str:
@@ -97,8 +135,18 @@ def chat_completion_body(model: str) -> str:
 
 
 def start_target(
-    name: str, tmp: Path, sim: Service, services: list[Service], *, count_writes: bool = True
+    name: str,
+    tmp: Path,
+    sim: Service,
+    services: list[Service],
+    *,
+    count_writes: bool = True,
+    processes: int = 1,
+    cores: list[int] | None = None,
 ) -> Target:
+    """The target ``name`` in front of ``sim``; Slipstream's with ``processes`` daphne processes
+    (on ``cores``, one each, when given), counting its writes when ``count_writes`` and one
+    process."""
     if name == "direct":
         body = chat_completion_body("sim")
         return Target(name, None, "127.0.0.1", sim.port, "/v1/chat/completions", {}, body)
@@ -107,8 +155,10 @@ def start_target(
         services.append(peer)
         body = chat_completion_body("sim")
         return Target(name, peer, "127.0.0.1", peer.port, "/v1/chat/completions", {}, body)
-    slip = harness.start_slipstream(tmp, sim.url, count_writes=count_writes)
-    services.append(slip.service)
+    slip = harness.start_slipstream(
+        tmp, sim.url, count_writes=count_writes and processes == 1, processes=processes, cores=cores
+    )
+    services.extend(slip.processes)
     port = slip.service.port
     if name == "v1":
         body = chat_completion_body("primary")
@@ -140,11 +190,18 @@ def run_load(
         "timeout_s": timeout_s,
     }
     children = []
+    cores = target.loadgen_cores
+
+    def pin() -> None:
+        if cores:
+            os.sched_setaffinity(0, cores)
+
     for shard in range(procs):
         spec_file, out_file = tmp / f"spec{shard}.json", tmp / f"out{shard}.json"
         spec_file.write_text(json.dumps({**spec, "shard": shard}))
         command = [harness.PYTHON, str(LOADGEN), str(spec_file), str(out_file)]
-        children.append((subprocess.Popen(command, cwd=harness.ROOT), out_file))
+        child = subprocess.Popen(command, cwd=harness.ROOT, preexec_fn=pin if cores else None)
+        children.append((child, out_file))
     pids = {"loadgen" if procs == 1 else f"loadgen{i}": p.pid for i, (p, _) in enumerate(children)}
     sampler = Sampler({**pids, **(target.pids or {})}).start()
     records: list[dict[str, Any]] = []
@@ -277,7 +334,7 @@ def measure(
     row["cpu_bound"] = cpu_bound(row)
     row["failed"] = failures(row, args)
     row["passes"] = not row["failed"]
-    if slip:
+    if slip and slip.counts_file is not None:
         before, after = counters_before["writes"], counters_after["writes"]
         writes = {k: v - before.get(k, 0) for k, v in after.items()}
         writes = {k: v for k, v in sorted(writes.items()) if v}
@@ -312,7 +369,7 @@ def cpu_bound(row: dict[str, Any]) -> str:
     ]
     machine = row["machine_cpu_pct"]
     if machine is not None and machine >= MACHINE_BUSY_PCT:
-        bound.append(f"machine ({machine:.0f}% of 200%)")
+        bound.append(f"machine ({machine:.0f}% of {100 * CORES}%)")
     return ", ".join(bound) or "none"
 
 
@@ -415,9 +472,22 @@ HEADER = (
 )
 
 
+def servers_cpu(processes: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The daphne processes of a row taken together: CPU and RSS summed, the busiest main
+    thread (``server``, or ``server0`` ... with several processes); None when there are none."""
+    servers = [v for k, v in processes.items() if k.startswith("server")]
+    if not servers or any(v["cpu_pct"] is None for v in servers):
+        return None
+    return {
+        "cpu_pct": sum(v["cpu_pct"] for v in servers),
+        "main_thread_pct": max(v["main_thread_pct"] or 0 for v in servers),
+        "rss_mb": sum(v["rss_mb"] or 0 for v in servers),
+    }
+
+
 def print_row(row: dict[str, Any], args: argparse.Namespace) -> None:
     p = row["processes"]
-    server = p.get("server")
+    server = servers_cpu(p)
     loadgen = sum((v["cpu_pct"] or 0) for k, v in p.items() if k.startswith("loadgen"))
 
     def num(value: float | None, width: int, digits: int = 0) -> str:
@@ -463,6 +533,21 @@ def main() -> None:
     parser.add_argument("--ttft-bound-ms", type=float, default=1000)
     parser.add_argument("--min-ratio", type=float, default=0.98)
     parser.add_argument("--loadgen-procs", type=int, default=1)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="daphne processes behind one address (v1, chat): SO_REUSEPORT sockets of one port",
+    )
+    parser.add_argument(
+        "--result", help="the results file's name (bench/results/NAME.json): capacity_TARGET"
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each daphne process on a core of its own, the simulator on the next, the load "
+        "generators on the rest (a machine with cores to spare)",
+    )
     parser.add_argument("--settle-s", type=float, default=2)
     parser.add_argument(
         "--max-other-pct",
@@ -478,14 +563,26 @@ def main() -> None:
 
     tmp = harness.workdir(f"capacity-{args.target}")
     services: list[Service] = []
+    placement = Placement.of(args)
+    placement.pin_this_process()
     try:
         sim = harness.start_simulator(
-            tmp, ttft_ms=args.ttft_ms, tokens_per_s=args.rate, length=args.tokens
+            tmp,
+            ttft_ms=args.ttft_ms,
+            tokens_per_s=args.rate,
+            length=args.tokens,
+            cores=placement.simulator,
         )
         services.append(sim)
-        target = start_target(args.target, tmp, sim, services)
+        target = start_target(
+            args.target, tmp, sim, services, processes=args.processes, cores=placement.servers
+        )
+        target.loadgen_cores = placement.loadgen
         target.pids = {"simulator": sim.pid}
-        if target.server is not None:
+        if target.slipstream is not None and args.processes > 1:
+            for i, process in enumerate(target.slipstream.processes):
+                target.pids[f"server{i}"] = process.pid
+        elif target.server is not None:
             target.pids["server"] = target.server.pid
         warm_up(target, sim)
         print(
@@ -500,7 +597,16 @@ def main() -> None:
             "target": args.target,
             "config": {
                 k: getattr(args, k)
-                for k in ("levels", "tokens", "rate", "ttft_ms", "ramp_s", "loadgen_procs")
+                for k in (
+                    "levels",
+                    "tokens",
+                    "rate",
+                    "ttft_ms",
+                    "ramp_s",
+                    "loadgen_procs",
+                    "processes",
+                    "pin",
+                )
             },
             "rows": rows,
             **summarise(rows, args),
@@ -512,7 +618,7 @@ def main() -> None:
     finally:
         harness.stop_all(services)
         harness.remove(tmp)
-    out = harness.write_result(f"capacity_{args.target}", result)
+    out = harness.write_result(args.result or f"capacity_{args.target}", result)
     knee = result["knee_streams"]
     print(
         f"knee: {knee if knee else 'none up to ' + str(max(args.levels))} streams; capacity "

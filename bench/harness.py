@@ -104,9 +104,24 @@ class Service:
 
 
 def spawn(
-    name: str, command: list[str], url: str, tmp: Path, env: dict[str, str] | None = None
+    name: str,
+    command: list[str],
+    url: str,
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    *,
+    cores: set[int] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Service:
+    """Start ``command`` as the service ``name`` at ``url``, its output in ``tmp/<name>.log``.
+    ``cores``: the CPUs it may run on (every thread it starts inherits them), None for any;
+    ``pass_fds``: descriptors it inherits (a listening socket for daphne's ``--fd``)."""
     log = tmp / f"{name}.log"
+
+    def pin() -> None:
+        if cores:
+            os.sched_setaffinity(0, cores)
+
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
@@ -115,8 +130,29 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=pin if cores else None,
+            pass_fds=pass_fds,
         )
     return Service(name, process, url, log)
+
+
+def shared_port_listeners(count: int, backlog: int = 4096) -> tuple[int, list[socket.socket]]:
+    """``count`` listening sockets on one free port of 127.0.0.1, each with ``SO_REUSEPORT``:
+    the kernel spreads new connections over them by a hash of the client's address and port,
+    so ``count`` processes, each accepting on its own socket, serve one address. Returns the
+    port and the sockets (inheritable; close them once the processes hold them)."""
+    sockets: list[socket.socket] = []
+    port = 0
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        port = sock.getsockname()[1]
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+        sockets.append(sock)
+    return port, sockets
 
 
 def wait_http(service: Service, path: str, timeout_s: float = 60) -> None:
@@ -138,15 +174,22 @@ def workdir(prefix: str) -> Path:
 
 
 def start_simulator(
-    tmp: Path, *, ttft_ms: float, tokens_per_s: float, length: int, port: int = 0
+    tmp: Path,
+    *,
+    ttft_ms: float,
+    tokens_per_s: float,
+    length: int,
+    port: int = 0,
+    cores: set[int] | None = None,
 ) -> Service:
     """The built-in simulator in its own process, answering every request with ``length``
-    content tokens, ``ttft_ms`` after the request, ``tokens_per_s`` apart."""
+    content tokens, ``ttft_ms`` after the request, ``tokens_per_s`` apart; on ``cores`` (CPU
+    numbers) when given."""
     port = port or free_port()
     command = [PYTHON, "-m", "chat.simulator", "--port", str(port)]
     command += ["--ttft-ms", str(ttft_ms), "--tokens-per-s", str(tokens_per_s)]
     command += ["--length", str(length)]
-    service = spawn("simulator", command, f"http://127.0.0.1:{port}", tmp)
+    service = spawn("simulator", command, f"http://127.0.0.1:{port}", tmp, cores=cores)
     wait_http(service, "/health")
     return service
 
@@ -186,6 +229,9 @@ class Slipstream:
     api_key: str
     session: str
     counts_file: Path | None = None
+    # Every daphne process serving ``service.url`` (``service`` first): more than one with
+    # ``start_slipstream(processes=N)``.
+    processes: list[Service] = field(default_factory=list)
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -216,14 +262,27 @@ class Slipstream:
 
 
 def start_slipstream(
-    tmp: Path, sim_url: str, *, count_writes: bool = False, setup: str = ""
+    tmp: Path,
+    sim_url: str,
+    *,
+    count_writes: bool = False,
+    setup: str = "",
+    processes: int = 1,
+    cores: list[int] | None = None,
 ) -> Slipstream:
     """Migrate a fresh SQLite database, create the bench user, slot and key, and start one
     daphne process (as ``manage.py serve`` does: ``chatsite.server.command``). With
     ``count_writes`` daphne runs under ``bench/daphne_counted.py``, which counts the database
     writes it makes and its GC pauses (read with ``Slipstream.counters``). ``setup``: more
     Python for the same ``manage.py shell``, run after the bench backend and slot are made
-    (``backend``, ``Backend`` and ``Slot`` in scope) and before daphne starts."""
+    (``backend``, ``Backend`` and ``Slot`` in scope) and before daphne starts.
+
+    ``processes`` > 1 starts that many daphne processes behind one address: each accepts on its
+    own ``SO_REUSEPORT`` socket of one port (``shared_port_listeners``, given to daphne as
+    ``--fd``), sharing the database file; ``count_writes`` needs one process. ``cores``: the CPU
+    each process runs on (process i on ``cores[i]``), None for any."""
+    if processes > 1 and count_writes:
+        raise ValueError("count_writes counts one process's writes")
     database = tmp / "db.sqlite3"
     counts_file = tmp / "db_writes.json" if count_writes else None
     env = {
@@ -245,13 +304,34 @@ def start_slipstream(
         text=True,
     )
     made = json.loads(made_by.stdout.strip().splitlines()[-1])
-    port = free_port()
-    command = server.command("127.0.0.1", port)  # as manage.py serve runs it
-    if count_writes:
-        command[1:3] = [str(BENCH / "daphne_counted.py")]  # in place of "-m chatsite.server"
-    service = spawn("daphne", command, f"http://127.0.0.1:{port}", tmp, env)
-    wait_http(service, "/login/")
-    return Slipstream(service, database, made["key"], made["session"], counts_file)
+    started: list[Service] = []
+    if processes == 1:
+        port = free_port()
+        command = server.command("127.0.0.1", port)  # as manage.py serve runs it
+        if count_writes:
+            command[1:3] = [str(BENCH / "daphne_counted.py")]  # in place of "-m chatsite.server"
+        pinned = {cores[0]} if cores else None
+        started.append(spawn("daphne", command, f"http://127.0.0.1:{port}", tmp, env, cores=pinned))
+    else:
+        port, listeners = shared_port_listeners(processes)
+        try:
+            for i, listener in enumerate(listeners):
+                fd = listener.fileno()
+                command = server.command("127.0.0.1", port)
+                command[command.index("-b") : command.index("-p") + 2] = ["--fd", str(fd)]
+                pinned = {cores[i]} if cores else None
+                url = f"http://127.0.0.1:{port}"
+                started.append(
+                    spawn(f"daphne{i}", command, url, tmp, env, cores=pinned, pass_fds=(fd,))
+                )
+        finally:
+            for listener in listeners:
+                listener.close()
+    for service in started:
+        wait_http(service, "/login/")
+    return Slipstream(
+        started[0], database, made["key"], made["session"], counts_file, processes=started
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -314,7 +394,10 @@ def start_litellm(tmp: Path, sim_url: str) -> Service:
 
 
 def pyspy() -> Path:
-    return peer_venv() / "py-spy"
+    """py-spy's program: ``BENCH_PYSPY`` when set (a machine without the package index, where
+    it came as a wheel), else the one in ``bench/.venv-litellm``."""
+    given = os.environ.get("BENCH_PYSPY")
+    return Path(given) if given else peer_venv() / "py-spy"
 
 
 # ------------------------------------------------------------------------------------------------

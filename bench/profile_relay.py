@@ -299,6 +299,9 @@ def main() -> None:
         "--requests-only", action="store_true", help="the per-request phase alone, printed"
     )
     parser.add_argument(
+        "--pin", action="store_true", help="daphne, the simulator and the clients on cores apart"
+    )
+    parser.add_argument(
         "--idle-streams",
         type=int,
         nargs="+",
@@ -312,10 +315,17 @@ def main() -> None:
     tmp = harness.workdir("profile")
     services: list[Service] = []
     result: dict[str, Any] = {"streams": args.streams, "tokens": args.tokens}
+    placement = capacity.Placement.of(args)
+    placement.pin_this_process()
     try:
-        sim = harness.start_simulator(tmp, ttft_ms=ttft_ms, tokens_per_s=rate, length=args.tokens)
+        sim = harness.start_simulator(
+            tmp, ttft_ms=ttft_ms, tokens_per_s=rate, length=args.tokens, cores=placement.simulator
+        )
         services.append(sim)
-        target = capacity.start_target("v1", tmp, sim, services, count_writes=False)
+        target = capacity.start_target(
+            "v1", tmp, sim, services, count_writes=False, cores=placement.servers
+        )
+        target.loadgen_cores = placement.loadgen
         assert target.server is not None
         assert target.slipstream is not None
         daphne = target.server.pid
