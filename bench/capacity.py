@@ -356,6 +356,10 @@ def measure(
         row["server_gc_full"] = (
             counters_after["gc_collections"][2] - counters_before["gc_collections"][2]
         )
+        # Each full collection's pause (ms): the event loop stops for all of it, every stream's
+        # next token waits.
+        pauses = counters_after["gc_full_pauses"][len(counters_before["gc_full_pauses"]) :]
+        row["server_gc_full_ms"] = [round(1000 * p, 1) for p in pauses]
     return row
 
 

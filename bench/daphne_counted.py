@@ -6,9 +6,9 @@ execute wrapper that counts INSERT, UPDATE and DELETE statements by verb and tab
 chat_message"``; an UPDATE with the columns it sets: ``"UPDATE chat_conversation
 (updated_at)"``); reads are not counted. A ``gc.callbacks`` hook adds up the garbage collector's
 pauses per generation. On SIGUSR1 it writes, as JSON to ``$BENCH_DB_COUNTS``: ``writes`` (the
-counts so far), ``gc_seconds`` and ``gc_collections`` (per generation, 0-2) and ``at``
-(``time.monotonic()``). The hooks cost one Python call per statement and per collection; the
-application code is unchanged.
+counts so far), ``gc_seconds`` and ``gc_collections`` (per generation, 0-2), ``gc_full_pauses``
+(s, each full collection's, in order) and ``at`` (``time.monotonic()``). The hooks cost one
+Python call per statement and per collection; the application code is unchanged.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ lock = threading.Lock()
 gc_seconds = [0.0, 0.0, 0.0]
 gc_collections = [0, 0, 0]
 gc_started = [0.0]
+gc_full_pauses: list[float] = []  # s, each full (generation 2) collection's, in order
 
 
 def on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -48,8 +49,11 @@ def on_gc(phase: str, info: dict[str, Any]) -> None:
         gc_started[0] = time.perf_counter()
     else:
         generation = info["generation"]
-        gc_seconds[generation] += time.perf_counter() - gc_started[0]
+        pause = time.perf_counter() - gc_started[0]
+        gc_seconds[generation] += pause
         gc_collections[generation] += 1
+        if generation == 2:
+            gc_full_pauses.append(pause)
 
 
 def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -76,6 +80,7 @@ def dump(signum: int, frame: FrameType | None) -> None:
             "writes": dict(counts),
             "gc_seconds": list(gc_seconds),
             "gc_collections": list(gc_collections),
+            "gc_full_pauses": list(gc_full_pauses),
             "at": time.monotonic(),
         }
     target = Path(os.environ["BENCH_DB_COUNTS"])
