@@ -17,10 +17,11 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, overload
 
 from chat.relay.accumulate import MessageAccumulator
 from chat.relay.background import spawn
@@ -89,9 +90,9 @@ def _no_news(waiter: asyncio.Future[bool]) -> None:
 # mid-answer loses at most about this much of it (DESIGN.md, "Persistence").
 CHECKPOINT_INTERVAL_S = 1.0
 
-# Chunks at the end of the buffer that keep their parsed object (upstream.Chunk): a stream's
-# memory is then its text, about 0.3 KiB a chunk, not the parsed objects' 2 KiB or so.
-PARSED_TAIL = 32
+# Chunks at the end of the buffer kept whole (``ChunkLog``): live readers are this close behind,
+# anyone further back parses the text again.
+PARSED_TAIL = 8
 
 # How long an ended generation stays findable by id: a tab that reconnects just after the end
 # still reads the tail from the buffer instead of the database.
@@ -107,6 +108,58 @@ def find(generation_id: str) -> Generation | None:
     """The generation with that id in this process, while it runs and for ``RESUME_GRACE_S``
     after it ended; None otherwise (another process's, or long gone)."""
     return _live.get(asyncio.get_running_loop(), {}).get(generation_id)
+
+
+class ChunkLog(Sequence[Chunk]):
+    """A generation's chunks in order: the text of every chunk, and the ``Chunk`` objects (with
+    their parsed objects) of the last ``PARSED_TAIL`` only. ``log[i]`` of an older chunk is a
+    new ``Chunk`` of its text, parsed when its ``obj`` is read.
+
+    Why not a list of ``Chunk``: a parsed chunk is about 2 KiB and four objects the cyclic
+    garbage collector tracks, and even a bare ``Chunk`` is one, while text is neither. Every
+    tracked object of every stream in flight is walked by each full collection, which stops the
+    event loop and every stream with it: at 300 streams through one process the pauses were
+    100-128 ms each (bench/capacity.py, ``server_gc_full_ms``), the worst gaps between tokens. A
+    stream now leaves a list of strings behind its tail, whatever its length.
+    """
+
+    __slots__ = ("_tail", "_texts")
+
+    def __init__(self) -> None:
+        self._texts: list[str] = []
+        self._tail: deque[Chunk] = deque(maxlen=PARSED_TAIL)
+
+    def append(self, chunk: Chunk) -> None:
+        self._texts.append(chunk.data)
+        self._tail.append(chunk)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @overload
+    def __getitem__(self, index: int) -> Chunk: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Chunk]: ...
+
+    def __getitem__(self, index: int | slice) -> Chunk | list[Chunk]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._texts)))]
+        count = len(self._texts)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError("chunk index out of range")
+        back = count - index  # 1: the newest
+        if back <= len(self._tail):
+            return self._tail[-back]
+        return Chunk(self._texts[index], None)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        older = len(self._texts) - len(self._tail)
+        for text in self._texts[:older]:
+            yield Chunk(text, None)
+        yield from list(self._tail)
 
 
 class Generation:
@@ -129,7 +182,7 @@ class Generation:
         self.id = generation_id or uuid.uuid4().hex
         self.slot = slot
         self.accumulator = MessageAccumulator()
-        self.chunks: list[Chunk] = []
+        self.chunks = ChunkLog()
         self.phase: Phase | None = None
         self.started_at = started_at if started_at is not None else time.monotonic()
         self.first_token_at: float | None = None
@@ -164,9 +217,6 @@ class Generation:
         """Append one chunk to the buffer and wake every subscriber (and, at most once per
         ``CHECKPOINT_INTERVAL_S``, start the checkpoint callbacks)."""
         self.chunks.append(chunk)
-        if len(self.chunks) > PARSED_TAIL:
-            # Live readers are this close behind; anyone further back parses again.
-            self.chunks[-PARSED_TAIL - 1].forget_parsed()
         if self.accumulator.add(chunk.obj) and self.first_token_at is None:
             self.first_token_at = time.monotonic()
         if self.sink is not None:

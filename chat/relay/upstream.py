@@ -201,15 +201,16 @@ class Chunk:
     """One decoded upstream SSE event carrying JSON: the raw ``data`` text (relayed unchanged
     where the wire format allows) and its parsed object ``obj``.
 
-    A generation keeps every chunk of its answer (late joiners and resumes read from chunk
-    1), and a parsed chunk is several times the size of its text: ``forget_parsed`` drops the
-    object once live readers are past it, and ``obj`` parses the text again if someone reads
-    it later. ``data`` and ``obj`` always say the same (a chunk whose object changes is a new
-    chunk with its text re-encoded), so the text was checked and parses the same."""
+    A generation keeps the text of every chunk of its answer (late joiners and resumes read
+    from chunk 1) and whole chunks only near its end (``generation.ChunkLog``): an older chunk
+    read again is a new ``Chunk`` of its text, whose ``obj`` parses it when first read. ``data``
+    and ``obj`` always say the same (a chunk whose object changes is a new chunk with its text
+    re-encoded), so the text was checked and parses the same."""
 
     __slots__ = ("_obj", "data")
 
-    def __init__(self, data: str, obj: dict[str, Any]) -> None:
+    def __init__(self, data: str, obj: dict[str, Any] | None) -> None:
+        """``obj``: ``data`` parsed, or None to parse it when first read."""
         self.data = data
         self._obj: dict[str, Any] | None = obj
 
@@ -219,9 +220,6 @@ class Chunk:
         if obj is None:
             obj = self._obj = checks.loads(self.data)
         return obj
-
-    def forget_parsed(self) -> None:
-        self._obj = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Chunk) and other.data == self.data

@@ -4,6 +4,7 @@ readers from any point still get every chunk whole, and keep-alives come from on
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from contextlib import aclosing
 
@@ -37,6 +38,25 @@ async def test_only_the_tail_keeps_parsed_objects_and_late_readers_get_everythin
     generation.detach()
     assert seen == [f"t{n} " for n in range(100)]
     assert generation.accumulator.content() == "".join(seen)
+
+
+async def test_a_long_answer_leaves_only_text_behind_its_tail() -> None:
+    # Every Chunk, and every parsed chunk, is an object the cyclic GC walks in each full
+    # collection, with the event loop stopped: a long answer must not leave one per token.
+    def chunks_alive() -> int:
+        return sum(type(o) is Chunk for o in gc.get_objects())
+
+    before = chunks_alive()
+    generation = Generation(slot="s")
+    for n in range(2_000):
+        generation.publish(chunk(n))
+    assert chunks_alive() - before <= PARSED_TAIL
+    assert len(generation.chunks) == 2_000
+    assert generation.chunks[0].obj["choices"][0]["delta"]["content"] == "t0 "
+    assert generation.chunks[-1] == chunk(1_999) == generation.chunks[1_999]
+    assert [c.data for c in generation.chunks[10:13]] == [chunk(n).data for n in (10, 11, 12)]
+    assert [c.data for c in generation.chunks] == [chunk(n).data for n in range(2_000)]
+    await generation.finish(Status.COMPLETE)
 
 
 async def test_a_waiting_subscriber_gets_keepalives_then_news() -> None:

@@ -48,3 +48,21 @@ def test_daphne_leaves_post_bodies_to_the_application_unparsed() -> None:
         "print(before, received(WebRequest(channel)))"
     )
     assert run(code) == "[b'a', b'b'] []"
+
+
+def test_what_the_process_loaded_before_serving_is_left_out_of_full_collections() -> None:
+    # Django, the application and its views live as long as the process; a full collection
+    # that walks them stops every stream (chatsite.server.freeze_startup_objects).
+    code = (
+        "import gc, sys; import chatsite.asgi; from chatsite import server\n"
+        "from daphne import server as daphne_server  # installs the asyncio reactor\n"
+        "from twisted.internet import reactor\n"
+        "server.freeze_startup_objects()\n"
+        "def serving():\n"
+        "    print(gc.get_freeze_count() > 50_000, 'chat.views' in sys.modules,\n"
+        "          len(gc.get_objects()) < gc.get_freeze_count() // 4)\n"
+        "    reactor.stop()\n"
+        "print(gc.get_freeze_count() == 0, 'chat.views' in sys.modules)\n"
+        "reactor.callWhenRunning(serving); reactor.run(installSignalHandlers=False)"
+    )
+    assert run(code).split() == ["True", "False", "True", "True", "True"]
