@@ -66,3 +66,21 @@ def test_what_the_process_loaded_before_serving_is_left_out_of_full_collections(
         "reactor.callWhenRunning(serving); reactor.run(installSignalHandlers=False)"
     )
     assert run(code).split() == ["True", "False", "True", "True", "True"]
+
+
+def test_twisted_formats_no_access_log_line_that_nobody_reads() -> None:
+    # At daphne's verbosity 0 and 1 Twisted's log goes nowhere: a line formatted per request
+    # for it is CPU on every request's path. At 2 it is kept.
+    code = (
+        "from chatsite import server; from daphne.http_protocol import HTTPFactory\n"
+        "from twisted.web.test.requesthelper import DummyChannel\n"
+        "def formatted(verbosity):\n"
+        "    lines = []\n"
+        "    factory = HTTPFactory(type('Server', (), {'verbosity': verbosity})())\n"
+        "    factory._logFormatter = lambda when, request: lines.append(request) or 'line'\n"
+        "    factory.startFactory(); factory.log(object()); factory.stopFactory()\n"
+        "    return len(lines)\n"
+        "before = formatted(0); server.no_twisted_access_log()\n"
+        "print(before, formatted(0), formatted(1), formatted(2))"
+    )
+    assert run(code) == "1 0 0 1"
