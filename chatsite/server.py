@@ -190,9 +190,13 @@ def freeze_startup_objects() -> None:
 
     A full collection walks every tracked object and stops the event loop, so every stream in
     flight, while it does. Django and the application are about 120,000 such objects that live
-    as long as the process; at 300 streams they were about half of each 100-128 ms full
-    collection (bench/capacity.py, ``server_gc_full_ms``). Nothing frozen is ever freed, so
-    only objects loaded once per process are frozen, after a collection."""
+    as long as the process: at 300 streams they were about half of the 254,000 objects each
+    100-128 ms full collection walked (bench/capacity.py, ``server_gc_full_ms``). A frozen
+    object is still freed when nothing refers to it, but a frozen cycle never is, so only what
+    is loaded once per process is frozen, after a collection.
+
+    Call after ``daphne.server`` is imported: it installs the asyncio reactor that this
+    schedules on (``main`` does so)."""
     from twisted.internet import reactor
 
     def freeze() -> None:
