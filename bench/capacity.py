@@ -478,7 +478,8 @@ HEADER = (
 
 def servers_cpu(processes: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The daphne processes of a row taken together: CPU and RSS summed, the busiest main
-    thread (``server``, or ``server0`` ... with several processes); None when there are none."""
+    thread and the most threads (``server``, or ``server0`` ... with several processes); None
+    when there are none."""
     servers = [v for k, v in processes.items() if k.startswith("server")]
     if not servers or any(v["cpu_pct"] is None for v in servers):
         return None
@@ -486,6 +487,7 @@ def servers_cpu(processes: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         "cpu_pct": sum(v["cpu_pct"] for v in servers),
         "main_thread_pct": max(v["main_thread_pct"] or 0 for v in servers),
         "rss_mb": sum(v["rss_mb"] or 0 for v in servers),
+        "threads_max": max(v.get("threads_max") or 0 for v in servers),
     }
 
 

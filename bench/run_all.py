@@ -11,11 +11,16 @@
 3. ``capacity_v1``, ``capacity_litellm``, ``capacity_chat``: ``capacity.py`` through one daphne
    process (``/v1``), through LiteLLM's proxy, and through the browser's ``/chat/stream/`` with
    its database writes per answer;
+   ``scaling``: 1,000 ``/v1`` streams through 2 and through 4 daphne processes behind one
+   address (``--processes``), on a machine of 8 cores or more only;
 4. ``render``: ``render.py``: Chromium rendering a 20,000-token answer at 1,000 tokens/s;
 5. ``profile``: ``profile_relay.py``: py-spy on daphne, per request and under 500 streams;
 6. ``micro``: ``sse_decode.py`` and ``dispatch_overhead.py`` (in-process costs).
 
-A step that fails is reported and the others still run. Other work on the machine skews every
+On a machine of 8 cores or more, Slipstream's capacity sweeps run as the issue measured them:
+each daphne process on a core of its own, the simulator on the next, 4 load generator processes
+on the rest (``capacity.py --pin --loadgen-procs 4``). A step that fails is reported and the
+others still run. Other work on the machine skews every
 figure: before each step it waits (``--wait-quiet``, 60 s at most) for the machine to be less
 than 30 % busy and records how busy it was; the capacity sweeps also repeat a row that other
 work disturbed. Then it prints one table of figures against the issue's targets (ratios,
@@ -35,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import capacity
 import harness
 
 BENCH = harness.BENCH
@@ -45,11 +51,15 @@ OUTPUTS = {
     "capacity_v1": ["capacity_v1"],
     "capacity_litellm": ["capacity_litellm"],
     "capacity_chat": ["capacity_chat"],
+    "scaling": ["capacity_v1_p2", "capacity_v1_p4"],
     "render": ["render"],
     "profile": ["profile"],
     "micro": ["dispatch_overhead"],
 }
 STEPS = list(OUTPUTS)
+CORES = os.cpu_count() or 1
+# Cores enough to pin 4 daphne processes, the simulator and the load generators apart.
+MANY_CORES = CORES >= 8
 
 
 def commands(quick: bool) -> dict[str, list[list[str]]]:
@@ -63,12 +73,29 @@ def commands(quick: bool) -> dict[str, list[list[str]]]:
         dispatch = ["--requests", "100"]
     else:
         sweep, latency, render, profile, dispatch = [], ["--requests", "200"], [], [], []
+    pin = ["--pin", "--loadgen-procs", "4"] if MANY_CORES else []
+    scale = [*sweep, "--levels", "1000", "--refine", "0", *pin]  # the last --levels wins
+
+    def scaling(processes: int) -> list[str]:
+        result = f"capacity_v1_p{processes}"
+        return [
+            "capacity.py",
+            "--target",
+            "v1",
+            "--processes",
+            str(processes),
+            *scale,
+            "--result",
+            result,
+        ]
+
     return {
-        "simulator": [["capacity.py", "--target", "direct", *sweep]],
+        "simulator": [["capacity.py", "--target", "direct", *sweep, *pin]],
         "latency": [["relay_latency.py", *latency]],
-        "capacity_v1": [["capacity.py", "--target", "v1", *sweep]],
+        "capacity_v1": [["capacity.py", "--target", "v1", *sweep, *pin]],
         "capacity_litellm": [["capacity.py", "--target", "litellm", *sweep]],
-        "capacity_chat": [["capacity.py", "--target", "chat", *sweep]],
+        "capacity_chat": [["capacity.py", "--target", "chat", *sweep, *pin]],
+        "scaling": [scaling(2), scaling(4)] if MANY_CORES else [],
         "render": [["render.py", *render]],
         "profile": [["profile_relay.py", *profile]],
         "micro": [["sse_decode.py"], ["dispatch_overhead.py", *dispatch]],
@@ -79,6 +106,8 @@ def run_step(name: str, lines: list[list[str]], log: Path) -> dict[str, Any]:
     """Run one step's scripts, echoing their output; returns status, time and output."""
     started = time.monotonic()
     outputs, codes = [], []
+    if not lines:
+        print(f"\n=== {name}: skipped (needs 8 cores; this machine has {CORES})", flush=True)
     for line in lines:
         print(f"\n=== {name}: python bench/{' '.join(line)}", flush=True)
         process = subprocess.Popen(
@@ -232,6 +261,38 @@ def delivery_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def scaling_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
+    """Issue 14's several-process rows: N daphne processes behind one address at 1,000
+    streams, judged as the one-process rows are."""
+    out: list[Figure] = []
+    for processes in (2, 4):
+        data = results[f"capacity_v1_p{processes}"]
+        if not data or not data["rows"]:
+            continue
+        row = max(data["rows"], key=lambda r: r["streams"])
+        direct = row_at(results["capacity_direct"], row["streams"])
+        direct_p99 = direct["itl_ms"]["p99"] if direct else None
+        ratio = min(row["delivered_per_sent"] or 0, row["delivered_per_offered"] or 0)
+        itl_ok = direct_p99 is not None and row["itl_ms"]["p99"] <= 2 * direct_p99
+        each = [
+            fmt(v["cpu_pct"], 0)
+            for k, v in sorted(row["processes"].items())
+            if k.startswith("server")
+        ]
+        out.append(
+            (
+                f"{processes} processes at {row['streams']} streams, /v1",
+                f"d/sent {fmt(row['delivered_per_sent'], 3)}, d/off "
+                f"{fmt(row['delivered_per_offered'], 3)}; p99 ITL "
+                f"{fmt(row['itl_ms']['p99'], 0)} ms (direct {fmt(direct_p99, 0)}); CPU "
+                f"{'/'.join(each)}%",
+                ">= 0.98, p99 ITL <= 2x direct",
+                verdict(ratio >= 0.98 and itl_ok) if direct_p99 is not None else "-",
+            )
+        )
+    return out
+
+
 def capacity_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     out: list[Figure] = []
     for name, label in (
@@ -377,6 +438,7 @@ FIGURES = (
     simulator_figures,
     latency_figures,
     delivery_figures,
+    scaling_figures,
     capacity_figures,
     peer_ratio_figures,
     db_write_figures,
@@ -401,17 +463,24 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
 
 def capacity_rows(results: dict[str, dict[str, Any] | None]) -> list[tuple[str, ...]]:
     out = []
-    for name in ("capacity_direct", "capacity_v1", "capacity_litellm", "capacity_chat"):
+    for name in (
+        "capacity_direct",
+        "capacity_v1",
+        "capacity_v1_p2",
+        "capacity_v1_p4",
+        "capacity_litellm",
+        "capacity_chat",
+    ):
         data = results[name]
         if not data:
             continue
         for r in sorted(data["rows"], key=lambda r: r["streams"]):
             p = r["processes"]
-            server = p.get("server")
+            server = capacity.servers_cpu(p)
             loadgen = sum((v["cpu_pct"] or 0) for k, v in p.items() if k.startswith("loadgen"))
             out.append(
                 (
-                    data["target"],
+                    data["target"] + (f" x{data['config']['processes']}" if "_p" in name else ""),
                     str(r["streams"]),
                     str(r["errors"]),
                     fmt(r["delivered_per_sent"], 3),
@@ -458,7 +527,7 @@ def machine_before(wait_quiet: float) -> tuple[float, tuple[float, float, float]
     if waited:
         print(f"waited {waited:g} s for the machine to quieten")
     print(
-        f"before the run: machine busy {load:.0f}% of 200% (2 cores); load average "
+        f"before the run: machine busy {load:.0f}% of {100 * CORES}% ({CORES} cores); load average "
         f"{load_avg[0]:.2f} {load_avg[1]:.2f} {load_avg[2]:.2f}"
     )
     if load > 30:
@@ -574,7 +643,7 @@ def main() -> None:
 
     print(
         f"\n{'=' * 100}\nSlipstream benchmark summary ({summary['minutes']} min; LiteLLM "
-        f"{harness.LITELLM_VERSION}; machine busy {load:.0f}% of 200% before the run)\n"
+        f"{harness.LITELLM_VERSION}; machine busy {load:.0f}% of {100 * CORES}% before the run)\n"
     )
     print_table(table, ("figure", "value", "target", "verdict"))
     print_capacity_rows(results)
