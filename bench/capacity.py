@@ -190,17 +190,12 @@ def run_load(
         "timeout_s": timeout_s,
     }
     children = []
-    cores = target.loadgen_cores
-
-    def pin() -> None:
-        if cores:
-            os.sched_setaffinity(0, cores)
-
+    pin = harness.pinned_to(target.loadgen_cores)
     for shard in range(procs):
         spec_file, out_file = tmp / f"spec{shard}.json", tmp / f"out{shard}.json"
         spec_file.write_text(json.dumps({**spec, "shard": shard}))
         command = [harness.PYTHON, str(LOADGEN), str(spec_file), str(out_file)]
-        child = subprocess.Popen(command, cwd=harness.ROOT, preexec_fn=pin if cores else None)
+        child = subprocess.Popen(command, cwd=harness.ROOT, preexec_fn=pin)
         children.append((child, out_file))
     pids = {"loadgen" if procs == 1 else f"loadgen{i}": p.pid for i, (p, _) in enumerate(children)}
     sampler = Sampler({**pids, **(target.pids or {})}).start()

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,14 @@ class Service:
         return ""
 
 
+def pinned_to(cores: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess.Popen`` that puts the child on ``cores`` (every thread
+    it starts inherits them); None, for any core, when ``cores`` is empty or None."""
+    if not cores:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
+
+
 def spawn(
     name: str,
     command: list[str],
@@ -117,11 +126,6 @@ def spawn(
     ``cores``: the CPUs it may run on (every thread it starts inherits them), None for any;
     ``pass_fds``: descriptors it inherits (a listening socket for daphne's ``--fd``)."""
     log = tmp / f"{name}.log"
-
-    def pin() -> None:
-        if cores:
-            os.sched_setaffinity(0, cores)
-
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
@@ -130,7 +134,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=pin if cores else None,
+            preexec_fn=pinned_to(cores),
             pass_fds=pass_fds,
         )
     return Service(name, process, url, log)

@@ -234,30 +234,34 @@ def latency_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def against_direct(row: dict[str, Any], direct: dict[str, Any] | None) -> tuple[str, str]:
+    """A relay's capacity row judged by issue 14's bar: delivered/sent and /offered >= 0.98 and
+    p99 ITL <= 2x the simulator's own at the same level (``direct``, its row from
+    ``capacity_direct``). Returns the figures and the verdict ("-" without a direct row)."""
+    direct_p99 = direct["itl_ms"]["p99"] if direct else None
+    value = (
+        f"d/sent {fmt(row['delivered_per_sent'], 3)}, d/off "
+        f"{fmt(row['delivered_per_offered'], 3)}; p99 ITL {fmt(row['itl_ms']['p99'], 0)} ms "
+        f"(direct {fmt(direct_p99, 0)}), p99 TTFT {fmt(row['ttft_ms']['p99'], 0)} ms"
+    )
+    if direct_p99 is None:
+        return value, "-"
+    ratio = min(row["delivered_per_sent"] or 0, row["delivered_per_offered"] or 0)
+    return value, verdict(ratio >= 0.98 and row["itl_ms"]["p99"] <= 2 * direct_p99)
+
+
 def delivery_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
     """Issue 14's one-process rows: at 500 and 1,000 streams, delivered/sent and /offered
     >= 0.98 and p99 ITL <= 2x the simulator's own at the same level (``capacity_direct``)."""
     out: list[Figure] = []
     for streams in (500, 1000):
         direct = row_at(results["capacity_direct"], streams)
-        direct_p99 = direct["itl_ms"]["p99"] if direct else None
         for name, label in (("capacity_v1", "/v1"), ("capacity_chat", "/chat/stream/")):
             row = row_at(results[name], streams)
-            if not row:
-                continue
-            ratio = min(row["delivered_per_sent"] or 0, row["delivered_per_offered"] or 0)
-            itl_ok = direct_p99 is not None and row["itl_ms"]["p99"] <= 2 * direct_p99
-            out.append(
-                (
-                    f"one process at {streams} streams, {label}",
-                    f"d/sent {fmt(row['delivered_per_sent'], 3)}, d/off "
-                    f"{fmt(row['delivered_per_offered'], 3)}; p99 ITL "
-                    f"{fmt(row['itl_ms']['p99'], 0)} ms (direct {fmt(direct_p99, 0)}), p99 "
-                    f"TTFT {fmt(row['ttft_ms']['p99'], 0)} ms",
-                    ">= 0.98, p99 ITL <= 2x direct",
-                    verdict(ratio >= 0.98 and itl_ok),
-                )
-            )
+            if row:
+                value, judged = against_direct(row, direct)
+                target = ">= 0.98, p99 ITL <= 2x direct"
+                out.append((f"one process at {streams} streams, {label}", value, target, judged))
     return out
 
 
@@ -270,10 +274,7 @@ def scaling_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
         if not data or not data["rows"]:
             continue
         row = max(data["rows"], key=lambda r: r["streams"])
-        direct = row_at(results["capacity_direct"], row["streams"])
-        direct_p99 = direct["itl_ms"]["p99"] if direct else None
-        ratio = min(row["delivered_per_sent"] or 0, row["delivered_per_offered"] or 0)
-        itl_ok = direct_p99 is not None and row["itl_ms"]["p99"] <= 2 * direct_p99
+        value, judged = against_direct(row, row_at(results["capacity_direct"], row["streams"]))
         each = [
             fmt(v["cpu_pct"], 0)
             for k, v in sorted(row["processes"].items())
@@ -282,12 +283,9 @@ def scaling_figures(results: Results, steps: dict[str, Any]) -> list[Figure]:
         out.append(
             (
                 f"{processes} processes at {row['streams']} streams, /v1",
-                f"d/sent {fmt(row['delivered_per_sent'], 3)}, d/off "
-                f"{fmt(row['delivered_per_offered'], 3)}; p99 ITL "
-                f"{fmt(row['itl_ms']['p99'], 0)} ms (direct {fmt(direct_p99, 0)}); CPU "
-                f"{'/'.join(each)}%",
+                f"{value}; CPU {'/'.join(each)}%",
                 ">= 0.98, p99 ITL <= 2x direct",
-                verdict(ratio >= 0.98 and itl_ok) if direct_p99 is not None else "-",
+                judged,
             )
         )
     return out
