@@ -26,9 +26,11 @@ What it does that Django's stack did for them:
   while streaming). The stream's ``finally`` detaches it from its generation and records the
   call; the dispatcher cancels the upstream when no one else reads it.
 - **Threads and connections**: the request's synchronous calls (the ORM) run on one of
-  ``SlipstreamHandler``'s threads, as in Django's path; after the request, that thread closes
-  database connections that are broken or past ``CONN_MAX_AGE`` (Django's ``request_finished``
-  does it), queued to the thread without waiting for it.
+  ``SlipstreamHandler``'s threads, as in Django's path; after a request that ran anything on
+  that thread, the thread closes database connections that are broken or past ``CONN_MAX_AGE``
+  (Django's ``request_finished`` does it), queued to the thread without waiting for it. A
+  request whose lookups all came from ``chat.readcache`` (a warm ``/v1`` call: its records are
+  written by ``chat.records``' own hop) ran nothing there, so its thread is not woken for it.
 - **Errors**: an exception the adapter did not expect is logged with its traceback and answered
   with OpenAI's 500 envelope before the response began, or ends the body after (as
   ``SlipstreamHandler.send_response``). Refusals are logged on ``django.request`` as Django logs
@@ -130,13 +132,17 @@ class LeanApi:
             await self.django(scope, receive, send)
             return
         thread = self.django.pick_thread()
+        submitted = thread.submitted
         try:
             async with ThreadSensitiveContext(executor=thread):
                 await _Exchange(self, scope, receive, send, secure).serve(endpoint, headers)
         finally:
             # Django's request_finished: a broken connection, or one past CONN_MAX_AGE, is
-            # closed on the thread that owns it, before that thread's next request.
-            thread.submit(close_old_connections)
+            # closed on the thread that owns it, before that thread's next request. Nothing
+            # ran on the thread meanwhile: its connections are as the last check left them,
+            # and a thread wake-up costs more CPU than a warm /v1 call's database work (none).
+            if thread.submitted != submitted:
+                thread.submit(close_old_connections)
 
     def _endpoint(self, scope: dict[str, Any]) -> str | None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):

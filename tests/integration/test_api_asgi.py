@@ -10,7 +10,9 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
+from django.http import JsonResponse
 from django.test import AsyncClient
 
 from chat import api
@@ -179,3 +181,43 @@ async def test_djangos_view_streams_the_same_completion(slot, api_key, sim) -> N
     assert {c["model"] for c in chunks} == {"primary"}
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert len(text.split()) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# The request's thread: Django's request_finished check, only where the request used it
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("uses_the_thread", [False, True])
+async def test_the_connection_check_runs_only_after_a_request_that_used_its_thread(
+    monkeypatch, uses_the_thread
+) -> None:
+    thread = django_app.threads[0]
+    monkeypatch.setattr(django_app, "pick_thread", lambda: thread)
+    ran: list[str] = []
+    submit = type(thread).submit
+
+    def recording_submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        ran.append(getattr(fn, "__name__", None) or repr(fn))  # asgiref's calls: a partial
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(type(thread), "submit", recording_submit)
+
+    def orm_call() -> None:  # what a lookup missing from chat.readcache does on the thread
+        pass
+
+    async def create_completion(**_: Any) -> Any:
+        if uses_the_thread:
+            await sync_to_async(orm_call)()
+        return JsonResponse({"ok": True})
+
+    monkeypatch.setattr(api, "create_completion", create_completion)
+    app = ApplicationCommunicator(LeanApi(django_app), SCOPE)
+    await app.send_input({"type": "http.request", "body": b"{}"})
+    assert (await app.receive_output(timeout=10))["status"] == 200
+    await app.receive_output(timeout=10)
+    await app.wait(timeout=10)
+    if uses_the_thread:
+        assert len(ran) == 2
+        assert "orm_call" in ran[0]
+        assert ran[1] == "close_old_connections"
+    else:
+        assert ran == []
