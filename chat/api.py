@@ -341,6 +341,12 @@ async def resolve_slot(name: str, key: ApiKey, lookups: readcache.Lookups) -> Sl
     return slot
 
 
+def cached_slot_config(slot: Slot, lookups: readcache.Lookups) -> dispatch.SlotConfig:
+    """``slot_config(slot)`` for a slot from ``resolve_slot``, made once per ``readcache``
+    version (``Lookups.derived``), not per call."""
+    return lookups.derived(f"slot_config:{slot.pk}", lambda: slot_config(slot))
+
+
 def method_not_allowed(request: HttpRequest, *, allowed: str) -> JsonResponse:
     """405 in OpenAI's envelope and wording, with the ``Allow`` header RFC 9110 §15.5.6 asks
     for."""
@@ -466,19 +472,20 @@ async def create_completion(
             default=slot.max_tokens,
             fields=answers.CHAT_OUTPUT_LIMITS if endpoint == CHAT else ["max_tokens"],
         )
+        cfg = cached_slot_config(slot, lookups)
         if not call.stream:
-            return await _whole_completion(call, call.key, slot, body)
-        return await _streamed_completion(call, call.key, slot, body)
+            return await _whole_completion(call, call.key, slot, cfg, body)
+        return await _streamed_completion(call, call.key, slot, cfg, body)
     except EnvelopeError as exc:
         return await _refused(call, exc)
 
 
 async def _whole_completion(
-    call: _Call, key: ApiKey, slot: Slot, body: dict[str, Any]
+    call: _Call, key: ApiKey, slot: Slot, cfg: dispatch.SlotConfig, body: dict[str, Any]
 ) -> JsonResponse:
-    """A non-streaming call, the upstream's answer passed through with ``id`` and ``model``
-    made ours. Raises ``RelayError``."""
-    result = await dispatch.complete_whole(slot_config(slot), call.endpoint, body)
+    """A non-streaming call on ``slot`` (``cfg``: its config), the upstream's answer passed
+    through with ``id`` and ``model`` made ours. Raises ``RelayError``."""
+    result = await dispatch.complete_whole(cfg, call.endpoint, body)
     result["model"] = slot.name
     result["id"] = _id_prefix(call.endpoint == CHAT) + uuid.uuid4().hex
     chat = call.endpoint == CHAT
@@ -519,13 +526,13 @@ async def _answered(
 
 
 async def _streamed_completion(
-    call: _Call, key: ApiKey, slot: Slot, body: dict[str, Any]
+    call: _Call, key: ApiKey, slot: Slot, cfg: dispatch.SlotConfig, body: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
-    """A streaming call: its SSE events' bytes. The HTTP status is held until the first chunk
-    (or the first keep-alive is due), so a failure before it, after the dispatcher's retries,
-    is a real 4xx/5xx answer: raises its ``RelayError``."""
+    """A streaming call on ``slot`` (``cfg``: its config): its SSE events' bytes. The HTTP
+    status is held until the first chunk (or the first keep-alive is due), so a failure before
+    it, after the dispatcher's retries, is a real 4xx/5xx answer: raises its ``RelayError``."""
     generation = await _first_chunk(
-        await dispatch.submit(slot_config(slot), call.endpoint, body, started_at=call.started_at)
+        await dispatch.submit(cfg, call.endpoint, body, started_at=call.started_at)
     )
     rewriter = ChunkRewriter(
         # Per request, even when single-flight shares the generation: OpenAI never gives two

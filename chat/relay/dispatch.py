@@ -71,7 +71,8 @@ _STREAM_ONLY_FIELDS = ("stream", "stream_options")
 
 @dataclass(frozen=True, slots=True)
 class SlotConfig:
-    """A slot as the relay sees it: ORM-free, built per request from the stored slot.
+    """A slot as the relay sees it: ORM-free, built from the stored slot (per request, or once
+    per ``chat.readcache`` version: ``chat.api.cached_slot_config``), never changed after.
 
     ``defaults`` are request fields (temperature, max_tokens, …) applied when the request is
     silent about them; ``stop`` are the slot's stop strings, always enforced along with the

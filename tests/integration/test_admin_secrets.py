@@ -130,6 +130,32 @@ def test_relay_sends_the_decrypted_key(
     assert RecordingUpstream.seen[-1]["Authorization"] == f"Bearer {SECRET}"
 
 
+def test_a_changed_backend_key_is_sent_on_the_next_call(
+    server: DaphneServer, recording_upstream: str, api_key: str
+) -> None:
+    """The slot's config (with its backend's key decrypted) is kept between /v1 calls
+    (chat.api.cached_slot_config), and made anew once the backend changes."""
+    backend = Backend(name="recorded", base_url=recording_upstream)
+    backend.set_api_key(SECRET)
+    backend.save()
+    Slot.objects.create(name="recorded", backend=backend, upstream_model="m", is_default=True)
+
+    def call() -> str:
+        response = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {api_key}"},
+            json={"model": "recorded", "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        return str(RecordingUpstream.seen[-1]["Authorization"])
+
+    assert call() == call() == f"Bearer {SECRET}"
+    backend.set_api_key("sk-rotated-upstream-key")
+    backend.save()
+    assert call() == "Bearer sk-rotated-upstream-key"
+
+
 def test_new_api_key_is_shown_once_never_in_a_cookie(
     admin_session: httpx.Client, user: Any
 ) -> None:

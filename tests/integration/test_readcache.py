@@ -88,3 +88,28 @@ async def test_sqlite_version_is_read_on_the_loop_and_sees_every_commit() -> Non
         await sync_to_async(readcache._bump_database)()
         row = await ReadCacheVersion.objects.aget(pk=1)
         assert reader.read() == row.version
+
+
+async def test_a_derived_value_is_made_once_per_version_and_shared() -> None:
+    """What a /v1 call derives from its cached slot (its ``SlotConfig``, whose backend key is
+    decrypted to make it) is made once per version, not per call, and made anew after any
+    change."""
+    _, load = counting_loader()
+    made: list[object] = []
+
+    def compute() -> object:
+        made.append(object())
+        return made[-1]
+
+    async def call() -> object:
+        lookups = readcache.Lookups()
+        await lookups.aget_or_load("slot", load)
+        return lookups.derived("config", compute)
+
+    await sync_to_async(readcache._bump_cache)()
+    first = await call()
+    assert await call() is first  # the same (immutable) value, not made again
+    assert len(made) == 1
+    await sync_to_async(readcache._bump_cache)()  # a change to a key, slot or backend
+    assert await call() is not first
+    assert len(made) == 2
