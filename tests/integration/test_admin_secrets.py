@@ -113,13 +113,17 @@ def recording_upstream() -> Iterator[str]:
     thread.join()
 
 
-def test_relay_sends_the_decrypted_key(
-    server: DaphneServer, recording_upstream: str, api_key: str
-) -> None:
-    backend = Backend(name="recorded", base_url=recording_upstream)
+def recorded_backend(upstream: str) -> Backend:
+    """A backend at ``upstream`` with the key ``SECRET``, and a slot ``recorded`` on it."""
+    backend = Backend(name="recorded", base_url=upstream)
     backend.set_api_key(SECRET)
     backend.save()
     Slot.objects.create(name="recorded", backend=backend, upstream_model="m", is_default=True)
+    return backend
+
+
+def authorization_sent_upstream(server: DaphneServer, api_key: str) -> str:
+    """The ``Authorization`` the recording upstream got for one /v1 call on ``recorded``."""
     response = httpx.post(
         server.base_url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {api_key}"},
@@ -127,7 +131,14 @@ def test_relay_sends_the_decrypted_key(
         timeout=30,
     )
     assert response.status_code == 200, response.text
-    assert RecordingUpstream.seen[-1]["Authorization"] == f"Bearer {SECRET}"
+    return str(RecordingUpstream.seen[-1]["Authorization"])
+
+
+def test_relay_sends_the_decrypted_key(
+    server: DaphneServer, recording_upstream: str, api_key: str
+) -> None:
+    recorded_backend(recording_upstream)
+    assert authorization_sent_upstream(server, api_key) == f"Bearer {SECRET}"
 
 
 def test_a_changed_backend_key_is_sent_on_the_next_call(
@@ -135,25 +146,12 @@ def test_a_changed_backend_key_is_sent_on_the_next_call(
 ) -> None:
     """The slot's config (with its backend's key decrypted) is kept between /v1 calls
     (chat.api.cached_slot_config), and made anew once the backend changes."""
-    backend = Backend(name="recorded", base_url=recording_upstream)
-    backend.set_api_key(SECRET)
-    backend.save()
-    Slot.objects.create(name="recorded", backend=backend, upstream_model="m", is_default=True)
-
-    def call() -> str:
-        response = httpx.post(
-            server.base_url + "/v1/chat/completions",
-            headers={"Authorization": f"Bearer {api_key}"},
-            json={"model": "recorded", "messages": [{"role": "user", "content": "Hi"}]},
-            timeout=30,
-        )
-        assert response.status_code == 200, response.text
-        return str(RecordingUpstream.seen[-1]["Authorization"])
-
-    assert call() == call() == f"Bearer {SECRET}"
+    backend = recorded_backend(recording_upstream)
+    first = authorization_sent_upstream(server, api_key)
+    assert first == authorization_sent_upstream(server, api_key) == f"Bearer {SECRET}"
     backend.set_api_key("sk-rotated-upstream-key")
     backend.save()
-    assert call() == "Bearer sk-rotated-upstream-key"
+    assert authorization_sent_upstream(server, api_key) == "Bearer sk-rotated-upstream-key"
 
 
 def test_new_api_key_is_shown_once_never_in_a_cookie(
