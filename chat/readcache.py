@@ -51,6 +51,7 @@ from django.db import transaction
 from django.utils.module_loading import import_string
 
 _T = TypeVar("_T")
+_E = TypeVar("_E")
 
 TTL_S = 60
 MAX_ENTRIES = 10_000
@@ -197,10 +198,7 @@ class Lookups:
         if entry is not None and entry[0] > now:
             return pickle.loads(entry[1])  # type: ignore[no-any-return]
         value = await load()
-        _memory[key] = (now + TTL_S, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
-        _memory.move_to_end(key)
-        while len(_memory) > MAX_ENTRIES:
-            _memory.popitem(last=False)
+        _keep(_memory, key, (now + TTL_S, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)))
         return value
 
     def derived(self, name: str, compute: Callable[[], _T]) -> _T:
@@ -219,11 +217,16 @@ class Lookups:
         if entry is not None and entry[0] > now:
             return entry[1]  # type: ignore[no-any-return]
         value = compute()
-        _derived[key] = (now + TTL_S, value)
-        _derived.move_to_end(key)
-        while len(_derived) > MAX_ENTRIES:
-            _derived.popitem(last=False)
+        _keep(_derived, key, (now + TTL_S, value))
         return value
+
+
+def _keep(store: OrderedDict[str, _E], key: str, entry: _E) -> None:
+    """``store[key] = entry`` as its newest entry, the oldest dropped past ``MAX_ENTRIES``."""
+    store[key] = entry
+    store.move_to_end(key)
+    while len(store) > MAX_ENTRIES:
+        store.popitem(last=False)
 
 
 def invalidate(**_: Any) -> None:
