@@ -36,10 +36,9 @@ from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.models import User
-from django.db import DatabaseError
 from django.utils import timezone
 
-from chat import attachments, readcache, selectors, services, streaming
+from chat import attachments, readcache, records, selectors, services, streaming
 from chat.http import Refusal, invalid
 from chat.models import (
     ApiKey,
@@ -708,25 +707,20 @@ def store_response_start(
 ) -> asyncio.Task[bool]:
     """Store a streamed response as ``in_progress`` (so ``GET``, ``cancel`` and a resume find
     it while it streams) in a task of its own, off the path to the first byte. The task's
-    result says whether the row was written."""
+    result says whether the row was written or is kept to be (False: refused, logged)."""
 
     async def insert() -> bool:
-        try:
-            await services.response_acreate(
-                response_id=initial["id"],
-                user=key.user,
-                api_key=key,
-                previous_id=previous_id,
-                slot_name=slot.name,
-                response=initial,
-                input_items=items,
-                generation_id=generation.id,
-                native=native,
-            )
-        except DatabaseError:
-            logger.exception("response %s: storing it failed", initial["id"])
-            return False
-        return True
+        return await services.response_acreate(
+            response_id=initial["id"],
+            user=key.user,
+            api_key=key,
+            previous_id=previous_id,
+            slot_name=slot.name,
+            response=initial,
+            input_items=items,
+            generation_id=generation.id,
+            native=native,
+        )
 
     return spawn(insert())
 
@@ -832,8 +826,13 @@ async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
     how many were marked."""
     store = shared()
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    # Answers that ended here and whose row waits for the database (chat.records): their end
+    # is on its way, so they are not lost.
+    ending = records.writer().pending_message_ids()
     lost = []
     for pk, generation_id in await selectors.message_alist_streaming(updated_before=cutoff):
+        if pk in ending:
+            continue
         running = find(generation_id) if generation_id else None
         if running is not None and not running.ended and not running.is_mirror:
             continue

@@ -11,10 +11,12 @@ class ChatConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from chat import services
+        from chat import database, services
         from chat.relay import shared, slots
 
         shared.configure(settings.REDIS_URL)
+        # Background ORM work must outlive a database outage (issue 29).
+        database.check_background_thread()
 
         from django.contrib.auth.models import Group, User
         from django.db.models.signals import m2m_changed, post_delete, post_save

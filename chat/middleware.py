@@ -41,6 +41,7 @@ from django.utils.log import log_response
 from django.views import defaults
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from chat import database
 from chat.http import error_response, invalid
 from chat.relay.errors import EnvelopeError
 
@@ -48,6 +49,12 @@ logger = logging.getLogger(__name__)
 
 # OpenAI's own wording for its 500s (API reference, "Error codes").
 SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+DATABASE_UNAVAILABLE = "The database is unavailable for a moment: nothing was stored. Try again."
+UNAVAILABLE_PAGE = (
+    "<!doctype html><html lang=en><meta charset=utf-8><title>Slipstream: back in a moment"
+    "</title><h1>Back in a moment</h1><p>Slipstream cannot reach its database just now. "
+    "Nothing was changed: reload this page in a few seconds.</p></html>"
+)
 
 # The browser's JSON endpoints (URL names): their clients read JSON, also from a failure.
 JSON_VIEWS = frozenset(
@@ -82,6 +89,16 @@ def _error(exception: Exception) -> EnvelopeError:
         return invalid("Request body is too large.", status=413, code="request_too_large")
     if isinstance(exception, SuspiciousOperation):
         return invalid("Bad request.", status=400)
+    if database.is_unavailable(exception):
+        # A database outage is the service's, for now: 503 + Retry-After, never a 500
+        # (issue 29); nothing was stored, so the client may send the same request again.
+        return EnvelopeError(
+            DATABASE_UNAVAILABLE,
+            status=503,
+            type="server_error",
+            code="database_unavailable",
+            retry_after=database.RETRY_AFTER_S,
+        )
     return EnvelopeError(SERVER_ERROR, status=500, type="server_error")
 
 
@@ -242,11 +259,27 @@ class JsonErrorMiddleware(MiddlewareMixin):
     """
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        unavailable = database.is_unavailable(exception)
         if not wants_json(request):
-            return None  # Django's own handling: its HTML pages, its logging
-        error = _error(exception)
-        response = error_response(error)
-        if error.status >= 500:
+            if unavailable:
+                response = HttpResponse(UNAVAILABLE_PAGE, status=503)
+                response["Retry-After"] = str(database.RETRY_AFTER_S)
+            else:
+                return None  # Django's own handling: its HTML pages, its logging
+        else:
+            response = error_response(_error(exception))
+        if unavailable:
+            # One line, not a traceback per request while an outage lasts.
+            log_response(
+                "Service Unavailable: %s (the database: %s)",
+                request.path,
+                str(exception).strip()[:200],
+                response=response,
+                request=request,
+                logger=logger,
+                level="warning",
+            )
+        elif response.status_code >= 500:
             # Marks the response logged, so Django's request logger does not log it again.
             log_response(
                 "Internal Server Error: %s",

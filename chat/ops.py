@@ -2,8 +2,9 @@
 adapter: no session, no CSRF, JSON (or Prometheus' text format) only.
 
 - ``GET /healthz``: 200 while the process serves requests (it touches nothing else).
-- ``GET /readyz``: 200 when the database answers and, with ``REDIS_URL``, Redis does too;
-  else 503 naming what failed. Each check is bounded by ``READY_TIMEOUT_S``.
+- ``GET /readyz``: 200 when the process can write to the database (on the thread its records
+  are written from, none of them waiting) and, with ``REDIS_URL``, Redis answers; else 503
+  naming what failed. Each check is bounded by ``READY_TIMEOUT_S``.
 - ``GET /metrics``: ``chat.metrics`` in Prometheus' text format, for requests bearing
   ``SLIPSTREAM_METRICS_TOKEN`` when it is set, else for clients in
   ``SLIPSTREAM_METRICS_ALLOW`` (loopback by default); 403 otherwise.
@@ -20,11 +21,14 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import transaction
+from django.db.models import F
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import metrics
+from chat import metrics, records
+from chat.models import UsageDay
+from chat.relay.background import spawn
 from chat.relay.shared import shared
 
 logger = logging.getLogger(__name__)
@@ -79,11 +83,25 @@ async def _check(probe: Coroutine[Any, Any, None]) -> str:
 
 
 async def _database_ok() -> None:
-    def query() -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+    """The process can write: a write as its records make (an UPDATE of no row, in a
+    transaction: a database that is down, read-only or refusing connections fails it) on the
+    thread that writes them (a background task's, ``chat.records``), and no record is waiting
+    for the database. A request's own thread got a fresh connection when the request began, so
+    it could answer while the writer's was broken (issue 29: 200 while nothing was stored)."""
+    await spawn(_write_nothing())
+    writer = records.writer()
+    if writer.unavailable_since is not None:
+        writer.retry_now()  # it may be back: the writer need not wait out its backoff
+        waited = asyncio.get_running_loop().time() - writer.unavailable_since
+        raise RuntimeError(f"records wait to be stored since {waited:.1f} s")
 
-    await sync_to_async(query)()
+
+async def _write_nothing() -> None:
+    def update() -> None:
+        with transaction.atomic():
+            UsageDay.objects.filter(pk=-1).update(requests=F("requests"))
+
+    await sync_to_async(update, thread_sensitive=True)()
 
 
 async def _redis_ok() -> None:

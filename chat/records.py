@@ -1,27 +1,41 @@
-"""The records an answer leaves (its ``UsageDay`` counts, a ``/v1`` call's ``ApiCall`` row, the
-key's ``last_used_at``), written by one group-committing writer per event loop.
+"""What an answer or call leaves in the database (its ``UsageDay`` counts, a ``/v1`` call's
+``ApiCall`` row, the key's ``last_used_at``, a streaming answer's checkpoint, a finished
+answer's row, a stored response), written by one group-committing writer per event loop that
+outlives a database outage.
 
-Why: written one by one through the ORM, a ``/v1`` stream's records cost about 3.7 ms of CPU
-(bench: two ``sync_to_async`` hops, the ORM compiling an UPDATE of eight ``F()`` increments and
-an INSERT, two commits), more than issue 14's 2 ms budget for a whole request outside its
-chunks. Here a record waits only for the batch it joins: when nothing is being written, its
-batch starts at once (one stream alone is written as soon as it ends, no added delay); records
-that end while a batch is being written form the next one. A batch is one thread hop and one
-transaction: one UPDATE per (day, scope) with the batch's counts summed, one INSERT statement
-for all its ``ApiCall`` rows (both compiled once, not by the ORM per answer). At hundreds of
-streams the cost per answer falls with the batch's size; the writes per answer stay O(1).
+Why batches: written one by one through the ORM, a ``/v1`` stream's records cost about 3.7 ms
+of CPU (bench: two ``sync_to_async`` hops, the ORM compiling an UPDATE of eight ``F()``
+increments and an INSERT, two commits), more than issue 14's 2 ms budget for a whole request
+outside its chunks. Here a record waits only for the batch it joins: when nothing is being
+written, its batch starts at once (one stream alone is written as soon as it ends, no added
+delay); records that end while a batch is being written form the next one. A batch is one
+thread hop and one transaction: one UPDATE per (day, scope) with the batch's counts summed, one
+INSERT statement for all its ``ApiCall`` rows (both compiled once, not by the ORM per answer).
+At hundreds of streams the cost per answer falls with the batch's size; the writes per answer
+stay O(1).
 
-``write`` returns once its record is committed (or its failure logged: a record never fails the
-answer it counts), so a client that has read a stream's end can read its call and usage. A
-failed batch is retried record by record, so one bad record loses only itself.
+``write`` returns once its record is committed, so a client that has read a stream's end can
+read its call and usage. A batch the database refuses a value of is retried record by record,
+so one bad record loses only itself (logged).
+
+Why it outlives an outage (issue 29): while the database cannot be reached
+(``chat.database.is_unavailable``), nothing is dropped. The batch goes back to the head of the
+queue and is tried again with backoff (``RETRY_FIRST_S`` doubling to ``RETRY_CAP_S``) until it
+commits, in the order the records were queued; a streaming answer's older checkpoints are
+superseded by its newer one or by its final row. A caller waits for its record at most
+``KEEP_WAIT_S`` once the outage is known, so readers get their answer's end; its record is then
+logged by what it is (``message 12``) and kept in memory until stored. One log line when the
+database goes away and one when it is back, with how many records waited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -32,9 +46,18 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Field
 from django.utils import timezone
 
+from chat.database import is_unavailable
 from chat.models import ApiCall, ApiKey, UsageDay
 
 logger = logging.getLogger(__name__)
+
+# Backoff between tries of a batch while the database is unavailable (s): soon after a blip,
+# then every few seconds, so a database coming back is not met by a storm of reconnections.
+RETRY_FIRST_S = 0.1
+RETRY_CAP_S = 5.0
+# How long a caller waits for its record once the database is known to be unavailable (s): a
+# reader's end of stream is held at most this long by the store of its answer.
+KEEP_WAIT_S = 1.0
 
 
 @dataclass(slots=True)
@@ -52,9 +75,25 @@ class Usage:
 
 
 @dataclass(slots=True)
+class Final:
+    """A finished answer's row: ``fields`` (``services.generation_fields``: text, status,
+    finish_reason, usage, error, timings), ``text`` (its text alone, stored with its status
+    when the database refuses a value of the rest), and its conversation bumped in the
+    sidebar; ``at``: when it ended."""
+
+    message_id: int
+    conversation_id: Any
+    fields: dict[str, Any]
+    text: dict[str, Any]
+    at: datetime
+
+
+@dataclass(slots=True)
 class Record:
     """What one answer or call leaves: its usage, its ``ApiCall`` row's fields, the key whose
-    ``last_used_at`` to set (id, time), or a streaming answer's checkpoint."""
+    ``last_used_at`` to set (id, time), a streaming answer's checkpoint, a finished answer's
+    ``final`` row, or any other ``write`` (a function run in the batch's transaction, in the
+    order records were queued, named in the log by ``label``)."""
 
     usage: Usage | None = None
     call: dict[str, Any] | None = None
@@ -62,45 +101,187 @@ class Record:
     # An answer still streaming: its message's id and text so far (``content``,
     # ``reasoning``, ``tool_calls``), stored unless the message has ended meanwhile.
     checkpoint: tuple[int, dict[str, Any]] | None = None
-    done: asyncio.Future[None] | None = field(default=None, repr=False)
+    final: Final | None = None
+    write: Callable[[], None] | None = field(default=None, repr=False)
+    label: str = ""
+    done: asyncio.Future[bool] | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        """What the record is, for the log: ``message 12``, ``response resp_…``, …"""
+        if self.label:
+            return self.label
+        if self.final is not None:
+            return f"message {self.final.message_id}"
+        if self.checkpoint is not None:
+            return f"message {self.checkpoint[0]} (checkpoint)"
+        if self.call is not None:
+            return f"a /v1 call of key {self.call.get('api_key_id')}"
+        return "usage"
+
+    @property
+    def only_checkpoint(self) -> bool:
+        """Nothing but a checkpoint: superseded by a later one or by the answer's end."""
+        return self.checkpoint is not None and not (
+            self.usage or self.call or self.key_used or self.final or self.write
+        )
+
+
+class Unwritten(Exception):
+    """The database became unavailable while a batch was written: ``remaining`` (in order)
+    were not committed, ``failed`` were refused for a value (logged) before it did."""
+
+    def __init__(self, remaining: list[Record], failed: list[Record]) -> None:
+        super().__init__(f"{len(remaining)} records not written")
+        self.remaining = remaining
+        self.failed = failed
 
 
 class GroupWriter:
-    """Writes ``Record``s in batches, one batch at a time (see the module)."""
+    """Writes ``Record``s in batches, one batch at a time, through database outages (see the
+    module)."""
 
     def __init__(self) -> None:
         self._queue: list[Record] = []
         self._writing = False
-        self.batches = 0  # written so far, for the tests and benchmarks
+        self.batches = 0  # committed so far, for the tests and benchmarks
+        # While the database is unavailable: since when (loop time), and a future done then.
+        self.unavailable_since: float | None = None
+        self._down: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._in_flight: set[int] = set()  # answers whose final row the batch in hand writes
 
-    async def write(self, record: Record) -> None:
-        """Queue ``record`` and return once the batch holding it was written (or its failure
-        logged). Never raises; a caller cancelled meanwhile leaves its record queued."""
-        record.done = asyncio.get_running_loop().create_future()
+    @property
+    def pending(self) -> int:
+        """How many records are queued and not committed yet (the batch in hand excluded)."""
+        return len(self._queue)
+
+    def pending_message_ids(self) -> set[int]:
+        """Ids of finished answers whose row is queued and not committed yet (the sweeper
+        leaves them alone: their end is on its way)."""
+        return {r.final.message_id for r in self._queue if r.final is not None} | self._in_flight
+
+    async def write(self, record: Record) -> bool:
+        """Queue ``record`` and return once the batch holding it was committed (True) or it
+        was refused for a value (False, logged); while the database is unavailable, after at
+        most ``KEEP_WAIT_S`` (True: kept in memory and stored once it is back, logged by
+        what it is). Never raises; a caller cancelled meanwhile leaves its record queued."""
+        loop = asyncio.get_running_loop()
+        done = record.done = loop.create_future()
         self._queue.append(record)
         if not self._writing:
             self._writing = True
             from chat.relay.background import spawn
 
             spawn(self._write_batches())
-        await asyncio.shield(record.done)
+        while not done.done():
+            if self._down is None:
+                self._down = loop.create_future()
+            # Wait for the commit, however slow the database is, unless it goes away.
+            await asyncio.wait((done, self._down), return_when=asyncio.FIRST_COMPLETED)
+            if done.done():
+                break
+            await asyncio.wait((done,), timeout=KEEP_WAIT_S)
+            if not done.done():
+                if not record.only_checkpoint:
+                    logger.warning(
+                        "%s: not stored yet, the database is unavailable; kept in memory "
+                        "and stored when it is back",
+                        record.describe(),
+                    )
+                return True
+        return not done.cancelled() and done.result()
+
+    def retry_now(self) -> None:
+        """Cut the backoff short: the database was seen answering (``/readyz``)."""
+        self._wake.set()
 
     async def _write_batches(self) -> None:
+        delay = RETRY_FIRST_S
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                self.batches += 1
+                self._in_flight = {r.final.message_id for r in batch if r.final is not None}
                 try:
-                    await _write_batch_in_thread(batch)
-                finally:
+                    failed = await _write_batch_in_thread(batch)
+                except Unwritten as unwritten:
+                    left = {id(r) for r in unwritten.remaining}
+                    refused = {id(r) for r in unwritten.failed}
                     for record in batch:
-                        if record.done is not None and not record.done.done():
-                            record.done.set_result(None)
+                        if id(record) not in left:
+                            _resolve(record, id(record) not in refused)
+                    self._queue = _superseded(unwritten.remaining + self._queue)
+                    self._went_down(unwritten.__cause__)
+                    await self._pause(delay)
+                    delay = min(delay * 2, RETRY_CAP_S)
+                    continue
+                finally:
+                    self._in_flight = set()
+                self.batches += 1
+                delay = RETRY_FIRST_S
+                if self.unavailable_since is not None:
+                    self._came_back(len(batch))
+                refused = {id(r) for r in failed}
+                for record in batch:
+                    _resolve(record, id(record) not in refused)
         finally:
             self._writing = False
             for record in self._queue:  # cancelled while writing: the loop is going away
                 if record.done is not None and not record.done.done():
                     record.done.cancel()
+
+    def _went_down(self, cause: BaseException | None) -> None:
+        if self.unavailable_since is not None:
+            return
+        self.unavailable_since = asyncio.get_running_loop().time()
+        logger.error(
+            "the database is unavailable (%s): answers, calls and usage are kept in memory "
+            "and stored when it is back",
+            str(cause).strip()[:200] or type(cause).__name__,
+        )
+        if self._down is not None and not self._down.done():
+            self._down.set_result(None)
+
+    def _came_back(self, stored: int) -> None:
+        assert self.unavailable_since is not None
+        lasted = asyncio.get_running_loop().time() - self.unavailable_since
+        logger.warning(
+            "the database is back after %.1f s: stored the %d records kept meanwhile",
+            lasted,
+            stored,
+        )
+        self.unavailable_since = None
+        self._down = None
+
+    async def _pause(self, delay: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+
+def _resolve(record: Record, written: bool) -> None:
+    if record.done is not None and not record.done.done():
+        record.done.set_result(written)
+
+
+def _superseded(records: list[Record]) -> list[Record]:
+    """``records`` in order, less the checkpoints that a later checkpoint or the final row of
+    the same answer makes pointless (resolved as written: what they held will be)."""
+    latest: dict[int, int] = {}
+    ended = {r.final.message_id for r in records if r.final is not None}
+    for index, record in enumerate(records):
+        if record.only_checkpoint:
+            assert record.checkpoint is not None
+            latest[record.checkpoint[0]] = index
+    kept = []
+    for index, record in enumerate(records):
+        if record.only_checkpoint:
+            assert record.checkpoint is not None
+            message_id = record.checkpoint[0]
+            if message_id in ended or latest[message_id] != index:
+                _resolve(record, True)
+                continue
+        kept.append(record)
+    return kept
 
 
 _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupWriter] = (
@@ -117,32 +298,40 @@ def writer() -> GroupWriter:
     return found
 
 
-async def write(record: Record) -> None:
+async def write(record: Record) -> bool:
     """``record`` written by this event loop's writer (``GroupWriter.write``)."""
-    await writer().write(record)
+    return await writer().write(record)
 
 
 # ------------------------------------------------------------------------------------------------
 # The batch, in a thread
 # ------------------------------------------------------------------------------------------------
-def write_batch(batch: list[Record]) -> None:
-    """Write ``batch`` in one transaction; if that fails, each record in its own (logged when
-    it fails too). Never raises ``DatabaseError``."""
+def write_batch(batch: list[Record]) -> list[Record]:
+    """Write ``batch`` in one transaction; if the database refuses a value, each record in its
+    own. Returns the records refused for good (each logged). Raises ``Unwritten`` when the
+    database is unavailable (``chat.database.is_unavailable``), naming those not committed."""
     try:
         with transaction.atomic():
             _write(batch)
-        return
-    except DatabaseError:
+        return []
+    except DatabaseError as exc:
+        if is_unavailable(exc):
+            raise Unwritten(batch, []) from exc
         if len(batch) == 1:
-            logger.exception("recording an answer's usage and call failed")
-            return
+            logger.exception("recording %s failed", batch[0].describe())
+            return batch
         logger.warning("a batch of %s records failed: writing them one by one", len(batch))
-    for record in batch:
+    failed: list[Record] = []
+    for index, record in enumerate(batch):
         try:
             with transaction.atomic():
                 _write([record])
-        except DatabaseError:
-            logger.exception("recording an answer's usage and call failed: %s", record)
+        except DatabaseError as exc:
+            if is_unavailable(exc):
+                raise Unwritten(batch[index:], failed) from exc
+            logger.exception("recording %s failed: %s", record.describe(), record)
+            failed.append(record)
+    return failed
 
 
 # Made once: asgiref's wrapper inspects the function each time one is made.
@@ -150,6 +339,25 @@ _write_batch_in_thread = sync_to_async(write_batch, thread_sensitive=True)
 
 
 def _write(batch: list[Record]) -> None:
+    for usage in _summed(batch):
+        _count(usage)
+    calls = [record.call for record in batch if record.call is not None]
+    if calls:
+        _insert_calls(calls)
+    for key_id, when in {r.key_used for r in batch if r.key_used is not None}:
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
+    checkpoints = [record.checkpoint for record in batch if record.checkpoint is not None]
+    if checkpoints:
+        _checkpoint(checkpoints)
+    for record in batch:
+        if record.final is not None:
+            _store_final(record.final)
+        if record.write is not None:
+            record.write()
+
+
+def _summed(batch: list[Record]) -> list[Usage]:
+    """The batch's usage, one ``Usage`` per (day, scope) with the counts added up."""
     summed: dict[tuple[date, str], Usage] = {}
     for record in batch:
         usage = record.usage
@@ -162,16 +370,28 @@ def _write(batch: list[Record]) -> None:
         else:
             for name, amount in usage.counts.items():
                 total.counts[name] = total.counts.get(name, 0) + amount
-    for usage in summed.values():
-        _count(usage)
-    calls = [record.call for record in batch if record.call is not None]
-    if calls:
-        _insert_calls(calls)
-    for key_id, when in {r.key_used for r in batch if r.key_used is not None}:
-        ApiKey.objects.filter(pk=key_id).update(last_used_at=when)
-    checkpoints = [record.checkpoint for record in batch if record.checkpoint is not None]
-    if checkpoints:
-        _checkpoint(checkpoints)
+    return list(summed.values())
+
+
+def _store_final(final: Final) -> None:
+    """A finished answer's row (one UPDATE) and its conversation's ``updated_at``. When the
+    database refuses a value of the row (not when it is unavailable), the text and status
+    are stored without the rest: an error in storing usage costs the usage, never the answer."""
+    from chat.models import Conversation, Message
+
+    answer = Message.objects.filter(pk=final.message_id)
+    try:
+        with transaction.atomic():
+            answer.update(**final.fields, updated_at=final.at)
+    except DatabaseError as exc:
+        if is_unavailable(exc):
+            raise
+        logger.exception(
+            "message %s: storing its answer failed; storing its text and status only",
+            final.message_id,
+        )
+        answer.update(**final.text, status=final.fields["status"], updated_at=final.at)
+    Conversation.objects.filter(pk=final.conversation_id).update(updated_at=final.at)
 
 
 def _count(usage: Usage) -> None:

@@ -242,54 +242,46 @@ async def message_afinalise(
 ) -> None:
     """Store the finished answer in one UPDATE, bump its conversation in the sidebar, and count
     it in its owner's usage (``owner``: the conversation's user id and widget id; read from
-    the conversation when not given). ``status`` overrides the generation's (an answer
-    stopped while its generation goes on).
+    the conversation when not given), in one transaction of the process's next batch of
+    records (``chat.records``). ``status`` overrides the generation's (an answer stopped while
+    its generation goes on).
 
-    Never raises: when the full row cannot be stored (a value the database refuses), the
-    failure is logged once with the message id and the answer's text and status are stored
-    without the rest, so an error in storing usage costs the usage, never the answer."""
-    now = timezone.now()
+    Never raises and never loses the answer: when the database refuses a value of the row, its
+    text and status are stored without the rest (an error in storing usage costs the usage);
+    while the database is unavailable, the answer is kept in memory and stored once it is
+    back (returning after ``records.KEEP_WAIT_S``, logged with the message id)."""
     fields = generation_fields(generation, status=status)
-    try:
-        await Message.objects.filter(pk=message_id).aupdate(**fields, updated_at=now)
-    except DatabaseError:
-        logger.exception(
-            "message %s: storing generation %s failed; storing its text and status only",
-            message_id,
-            generation.id,
-        )
+    if owner is None:
         try:
-            await Message.objects.filter(pk=message_id).aupdate(
-                **_text_fields(generation), status=fields["status"], updated_at=now
-            )
-        except DatabaseError:
-            logger.exception("message %s: storing its text failed too", message_id)
-    try:
-        await Conversation.objects.filter(pk=conversation_id).aupdate(updated_at=now)
-        if owner is None:
             row = (
                 await Conversation.objects.filter(pk=conversation_id)
                 .values_list("user_id", "widget_id")
                 .afirst()
             )
             owner = None if row is None else (row[0], row[1])
-    except DatabaseError:
-        logger.exception("conversation %s: bumping updated_at failed", conversation_id)
-        return
+        except DatabaseError:
+            logger.exception("message %s: reading whose answer it is failed", message_id)
+    usage = None
     if owner is not None:
-        usage = checks.clean_usage(generation.accumulator.usage) or {}
-        await usage_arecord(
-            usage_today(
-                slot_name=generation.slot,
-                ok=fields["status"] != Message.Status.ERROR,
-                user_id=owner[0],
-                widget_id=owner[1],
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=generation.accumulator.completion_tokens(),
-                ttft_ms=generation.ttft_ms,
-                tokens_per_s=generation.tokens_per_s,
-            )
+        counts = checks.clean_usage(generation.accumulator.usage) or {}
+        usage = usage_today(
+            slot_name=generation.slot,
+            ok=fields["status"] != Message.Status.ERROR,
+            user_id=owner[0],
+            widget_id=owner[1],
+            prompt_tokens=counts.get("prompt_tokens"),
+            completion_tokens=generation.accumulator.completion_tokens(),
+            ttft_ms=generation.ttft_ms,
+            tokens_per_s=generation.tokens_per_s,
         )
+    final = records.Final(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        fields=fields,
+        text=_text_fields(generation),
+        at=timezone.now(),
+    )
+    await records.write(records.Record(final=final, usage=usage))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,16 +415,19 @@ async def api_conversation_astore(
     text = last_user.get("content")
     if not isinstance(text, str):
         text = json.dumps(text) if text else ""
-    try:
-        conversation = await Conversation.objects.acreate(
-            user=api_key.user, slot=slot, title=title_from(f"API: {text}")
+
+    def store() -> None:
+        conversation = Conversation.objects.create(
+            user_id=api_key.user_id, slot_id=slot.pk, title=title_from(f"API: {text}")
         )
-        await message_acreate_user(conversation=conversation, content=checks.without_nul(text))
-        await Message.objects.acreate(
-            conversation=conversation, role=Message.Role.ASSISTANT, **answer
+        message_new_user(conversation=conversation, content=checks.without_nul(text)).save(
+            force_insert=True
         )
-    except DatabaseError:
-        logger.exception("API call of key %s: keeping it as a conversation failed", api_key.pk)
+        Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT, **answer)
+
+    # In the process's next batch of records: kept through a database outage like the call's
+    # own record (chat.records).
+    await records.write(records.Record(write=store, label=f"a /v1 call of key {api_key.pk} kept"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -543,13 +538,14 @@ async def response_acreate(
     generation_id: str = "",
     chunks: list[str] | None = None,
     native: bool = False,
-) -> None:
-    """Store a response (one INSERT): ``in_progress`` when its stream starts, or whole.
-    Raises ``DatabaseError``."""
-    await StoredResponse.objects.acreate(
+) -> bool:
+    """Store a response (one INSERT): ``in_progress`` when its stream starts, or whole, in the
+    process's next batch of records (``chat.records``: kept through a database outage and
+    stored, in order, before its end). Returns False when the database refused it (logged)."""
+    row = StoredResponse(
         id=response_id,
-        user=user,
-        api_key=api_key,
+        user_id=user.pk,
+        api_key_id=api_key.pk if api_key is not None else None,
         previous_id=previous_id,
         slot_name=slot_name[:100],
         status=response["status"],
@@ -559,19 +555,25 @@ async def response_acreate(
         input_items=input_items,
         chunks=pack_chunks(chunks or []),
     )
+    return await records.write(
+        records.Record(write=lambda: row.save(force_insert=True), label=f"response {response_id}")
+    )
 
 
 async def response_afinalise(
     *, response_id: str, response: dict[str, Any], chunks: list[str]
 ) -> None:
-    """Store how a streamed response ended (one UPDATE): the response object and its
-    chunks. A failed UPDATE is logged, never raised: the client has its answer already."""
-    try:
-        await StoredResponse.objects.filter(pk=response_id).aupdate(
-            status=response["status"], response=response, chunks=pack_chunks(chunks)
+    """Store how a streamed response ended (one UPDATE): the response object and its chunks,
+    in the process's next batch of records (after its INSERT, kept through a database
+    outage). A refused UPDATE is logged, never raised: the client has its answer already."""
+    packed = pack_chunks(chunks)
+
+    def store() -> None:
+        StoredResponse.objects.filter(pk=response_id).update(
+            status=response["status"], response=response, chunks=packed
         )
-    except DatabaseError:
-        logger.exception("response %s: storing its end failed", response_id)
+
+    await records.write(records.Record(write=store, label=f"response {response_id} (its end)"))
 
 
 async def response_amark_cancelled(*, response_id: str) -> dict[str, Any]:

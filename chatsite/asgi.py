@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import django
@@ -32,18 +32,22 @@ from channels.routing import ProtocolTypeRouter
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
+from chat.database import CheckedThread
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
 logger = logging.getLogger(__name__)
 
 
-class SyncThread(ThreadPoolExecutor):
-    """One thread for requests' synchronous calls, counting the calls it has not finished.
+class SyncThread(CheckedThread):
+    """One thread for requests' synchronous calls, counting the calls it has not finished; a
+    connection broken since its last call is replaced before the next (``chat.database``), as
+    Django's ``close_old_connections`` would at the next request's start.
     ``submitted`` is written only by the event loop's thread (asgiref submits from there) and
     ``finished`` only by this thread, so ``pending`` needs no lock."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(max_workers=1, thread_name_prefix=name)
+        super().__init__(name)
         self.submitted = 0
         self.finished = 0
 

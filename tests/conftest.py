@@ -21,6 +21,7 @@ from chat.models import Backend, Slot
 from chat.simulator import SimulatorThread
 from tests.support.daphne_server import DaphneServer, database_url
 from tests.support.llama_server import LlamaServer, llama_cpp_available
+from tests.support.outage import Outage
 from tests.support.tiny_gguf import write_tiny_gguf
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -254,3 +255,13 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
     model = write_tiny_gguf(directory / "tiny.gguf")
     with LlamaServer(model, log_path=directory / "llama-server.log") as server:
         yield server
+
+
+@pytest.fixture
+def outage(transactional_db: None) -> Iterator[Outage]:
+    """A PostgreSQL outage of the test database to start and end (``Outage``), ended after
+    the test whatever happened."""
+    cut = Outage()
+    yield cut
+    cut.end()
+    cut.admin.close()

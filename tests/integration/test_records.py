@@ -4,11 +4,14 @@ written, each record back to its caller once committed, a bad record losing only
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError
+from django.utils import timezone
 
 from chat import records, services
 from chat.models import ApiCall, ApiKey, UsageDay
@@ -102,3 +105,75 @@ async def test_checkpoints_store_streaming_answers_only(user) -> None:
     assert (streaming.content, streaming.reasoning, streaming.tool_calls) == ("so far", "hm", calls)
     assert streaming.updated_at > streaming.created_at
     assert ended.content == "old"
+
+
+# ------------------------------------------------------------------------------------------------
+# Through a database outage (issue 29): PostgreSQL only, whose connections a test can cut.
+# ------------------------------------------------------------------------------------------------
+postgres_only = pytest.mark.skipif(
+    "postgres" not in os.environ.get("DATABASE_URL", ""),
+    reason="needs DATABASE_URL=postgres://… (the test command's second pass)",
+)
+
+
+@postgres_only
+async def test_a_cut_connection_is_replaced_before_the_next_write(key, outage) -> None:
+    await call(key, tokens=1)  # the writer's thread has a connection now
+    outage.start()
+    outage.end()  # every connection but the test's was cut; new ones are welcome again
+    # A read outside a transaction meets the cut connection (the sweeper's, every 2 s): it
+    # left that thread's connection closed for good, and every later write failed with it.
+    with pytest.raises(DatabaseError):
+        await ApiCall.objects.acount()
+    writer = records.writer()
+    before = writer.batches
+    await call(key, tokens=2)
+    assert writer.batches == before + 1
+    assert await ApiCall.objects.acount() == 2
+    assert (await UsageDay.objects.aget(api_key_id=key.pk)).completion_tokens == 3
+
+
+@postgres_only
+async def test_records_wait_out_an_outage_in_order_and_are_all_stored(key, outage, caplog) -> None:
+    from chat.models import Conversation, Message
+
+    conversation = await Conversation.objects.acreate(user=key.user, title="t")
+    answer = await Message.objects.acreate(
+        conversation=conversation, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+    )
+    writer = records.writer()
+    outage.start()
+    checkpoint = records.Record(
+        checkpoint=(answer.pk, {"content": "so", "reasoning": "", "tool_calls": None})
+    )
+    final = records.Record(
+        final=records.Final(
+            message_id=answer.pk,
+            conversation_id=conversation.pk,
+            fields={"content": "so far, whole", "status": Message.Status.COMPLETE},
+            text={"content": "so far, whole"},
+            at=timezone.now(),
+        )
+    )
+    started = time.monotonic()
+    # Each caller is let go once the outage is known, its record kept: a reader's end of
+    # stream is not held by the store of its answer.
+    kept = await asyncio.gather(
+        records.write(checkpoint), call(key, tokens=5), records.write(final)
+    )
+    assert kept[0] is True
+    assert kept[2] is True
+    assert time.monotonic() - started < records.KEEP_WAIT_S + records.RETRY_CAP_S + 5
+    assert writer.unavailable_since is not None
+    assert f"message {answer.pk}: not stored yet" in caplog.text
+    outage.end()
+    writer.retry_now()
+    deadline = time.monotonic() + 30
+    while writer.unavailable_since is not None:
+        assert time.monotonic() < deadline, "the records were never stored"
+        await asyncio.sleep(0.05)
+    await answer.arefresh_from_db()
+    assert (answer.status, answer.content) == (Message.Status.COMPLETE, "so far, whole")
+    assert await ApiCall.objects.acount() == 1
+    assert (await UsageDay.objects.aget(api_key_id=key.pk)).completion_tokens == 5
+    assert "the database is back" in caplog.text

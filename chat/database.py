@@ -1,0 +1,96 @@
+"""The database's faults, seen from every thread that runs ORM work (issue 29).
+
+Django replaces a broken connection only around a request (``close_old_connections`` on
+``request_started`` and ``request_finished``). ORM work outside a request (``chat.records``'
+writer, finish callbacks, the sweeper, the widget watch: every ``sync_to_async`` call of a task
+started by ``chat.relay.background.spawn``) runs on asgiref's one process-wide thread, which
+never passes there: after a PostgreSQL restart that thread kept its dead connection, and every
+later write failed with "connection is closed" until the process restarted, so answers were
+stored ``streaming`` and empty and no usage was counted. ``CheckedThread`` runs each call with
+the thread's broken connections closed first, so the call reconnects.
+
+``is_unavailable`` tells a database that cannot be reached (retry later: ``chat.records``) from
+a value it refused (``DataError``, ``IntegrityError``: retrying changes nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from asgiref.sync import SyncToAsync
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Retry-After (s) for a request refused while the database is unavailable: about how long a
+# failover or a restart of PostgreSQL takes.
+RETRY_AFTER_S = 5
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached or cannot serve now: a refused,
+    cut or closed connection, a server shutting down or refusing connections, a lock or
+    statement timeout (PEP 249's ``OperationalError`` and ``InterfaceError``, as Django wraps
+    them), as opposed to a value or constraint it refused (``DataError``,
+    ``IntegrityError``, ``ProgrammingError``)."""
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def drop_broken_connections() -> None:
+    """Close this thread's connections that failed since they were last checked and do not
+    answer any more (Django's ``close_if_unusable_or_obsolete``, for those alone: a healthy
+    connection costs no query), so the next query opens a new one. A connection inside a
+    transaction is left to it (``transaction.atomic`` drops a connection it cannot roll back).
+    Never raises."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None or not conn.errors_occurred or conn.in_atomic_block:
+            continue
+        try:
+            conn.close_if_unusable_or_obsolete()
+        except DatabaseError:
+            logger.debug("closing a broken connection failed", exc_info=True)
+            conn.connection = None
+
+
+def _checked(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    drop_broken_connections()
+    return fn(*args, **kwargs)
+
+
+class CheckedThread(ThreadPoolExecutor):
+    """One thread for ORM work (an executor of one worker, as asgiref's) whose every call
+    first closes the thread's broken connections (``drop_broken_connections``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        return super().submit(_checked, fn, *args, **kwargs)
+
+
+def check_background_thread() -> None:
+    """Make asgiref's process-wide thread, where ``sync_to_async(thread_sensitive=True)``
+    calls run outside any request (background tasks' ORM work), a ``CheckedThread``. Called
+    once at start-up (``ChatConfig.ready``), before any such call.
+
+    Relies on asgiref's class attribute ``SyncToAsync.single_thread_executor`` (asgiref 3.x:
+    a ``ThreadPoolExecutor`` of one worker); raises ``ImproperlyConfigured`` at start-up when
+    an upgrade changed it, rather than let background writes fail for good after the first
+    database outage."""
+    current = getattr(SyncToAsync, "single_thread_executor", None)
+    if isinstance(current, CheckedThread):
+        return
+    if not isinstance(current, ThreadPoolExecutor) or current._max_workers != 1:
+        raise ImproperlyConfigured(
+            "asgiref's SyncToAsync.single_thread_executor is not a one-thread "
+            "ThreadPoolExecutor any more (asgiref upgraded?): chat.database cannot give "
+            "background ORM work a connection that survives a database outage."
+        )
+    SyncToAsync.single_thread_executor = CheckedThread("orm-background")
+    current.shutdown(wait=False)
