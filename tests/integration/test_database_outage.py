@@ -168,9 +168,7 @@ def test_answers_streaming_through_an_outage_are_stored_as_received(
             json={"model": "primary", "messages": HELLO, "max_tokens": 5},
             headers=auth,
         )
-        assert during.status_code in (200, 503), during.text
-        if during.status_code == 503:
-            assert float(during.headers["Retry-After"]) > 0
+        assert during.status_code == 200, during.text
         received = {name: future.result(timeout=60) for name, future in futures.items()}
         outage.end()
 
@@ -190,7 +188,7 @@ def test_answers_streaming_through_an_outage_are_stored_as_received(
     assert wait_until(lambda: stored(widget_id), timeout_s=30, what="widget stored").content == (
         readers["widget"].text
     )
-    calls_expected = 2 if during.status_code == 200 else 1
+    calls_expected = 2  # the streamed call, and the one served during the outage
     wait_until(
         lambda: ApiCall.objects.count() == calls_expected, timeout_s=30, what="/v1 calls recorded"
     )
