@@ -52,12 +52,18 @@ TITLE_LENGTH = 60
 
 
 async def slot_astore_state(change: StateChange) -> None:
-    """Persist a slot's state change (the admin's slot list and other processes read it)."""
-    await Slot.objects.filter(pk=change.slot_id, name=change.name).aupdate(
-        state=change.state,
-        last_error=change.last_error[:2000],
-        state_changed_at=datetime.fromtimestamp(change.at, tz=UTC),
-    )
+    """Persist a slot's state change (the admin's slot list and other processes read it), in
+    the process's next batch of records (``chat.records``), so through a database outage too,
+    in the order the changes happened."""
+
+    def store() -> None:
+        Slot.objects.filter(pk=change.slot_id, name=change.name).update(
+            state=change.state,
+            last_error=change.last_error[:2000],
+            state_changed_at=datetime.fromtimestamp(change.at, tz=UTC),
+        )
+
+    await records.write(records.Record(write=store, label=f"slot {change.name}'s state"))
 
 
 def title_from(text: str) -> str:
