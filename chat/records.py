@@ -105,6 +105,7 @@ class Record:
     write: Callable[[], None] | None = field(default=None, repr=False)
     label: str = ""
     done: asyncio.Future[bool] | None = field(default=None, repr=False)
+    kept: bool = field(default=False, repr=False)  # its caller is let go while it waits
 
     def describe(self) -> str:
         """What the record is, for the log: ``message 12``, ``response resp_…``, …"""
@@ -144,9 +145,8 @@ class GroupWriter:
         self._queue: list[Record] = []
         self._writing = False
         self.batches = 0  # committed so far, for the tests and benchmarks
-        # While the database is unavailable: since when (loop time), and a future done then.
+        # While the database is unavailable: since when (loop time).
         self.unavailable_since: float | None = None
-        self._down: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()  # answers whose final row the batch in hand writes
 
@@ -162,34 +162,27 @@ class GroupWriter:
 
     async def write(self, record: Record) -> bool:
         """Queue ``record`` and return once the batch holding it was committed (True) or it
-        was refused for a value (False, logged); while the database is unavailable, after at
-        most ``KEEP_WAIT_S`` (True: kept in memory and stored once it is back, logged by
-        what it is). Never raises; a caller cancelled meanwhile leaves its record queued."""
+        was refused for a value (False, logged); while the database is unavailable, after
+        ``KEEP_WAIT_S`` (True: kept in memory and stored once it is back, logged by what it
+        is). A caller cancelled meanwhile leaves its record queued."""
         loop = asyncio.get_running_loop()
         done = record.done = loop.create_future()
         self._queue.append(record)
+        if self.unavailable_since is not None:
+            self._let_go_later(record)
         if not self._writing:
             self._writing = True
             from chat.relay.background import spawn
 
             spawn(self._write_batches())
-        while not done.done():
-            if self._down is None:
-                self._down = loop.create_future()
-            # Wait for the commit, however slow the database is, unless it goes away.
-            await asyncio.wait((done, self._down), return_when=asyncio.FIRST_COMPLETED)
-            if done.done():
-                break
-            await asyncio.wait((done,), timeout=KEEP_WAIT_S)
-            if not done.done():
-                if not record.only_checkpoint:
-                    logger.warning(
-                        "%s: not stored yet, the database is unavailable; kept in memory "
-                        "and stored when it is back",
-                        record.describe(),
-                    )
-                return True
-        return not done.cancelled() and done.result()
+        return await asyncio.shield(done)
+
+    def _let_go_later(self, record: Record) -> None:
+        """Release ``record``'s caller after ``KEEP_WAIT_S`` unless it was stored by then:
+        the database is unavailable, and a reader's end of stream must not wait for it."""
+        if not record.kept:
+            record.kept = True
+            asyncio.get_running_loop().call_later(KEEP_WAIT_S, _let_go, record)
 
     def retry_now(self) -> None:
         """Cut the backoff short: the database was seen answering (``/readyz``)."""
@@ -238,8 +231,8 @@ class GroupWriter:
             "and stored when it is back",
             str(cause).strip()[:200] or type(cause).__name__,
         )
-        if self._down is not None and not self._down.done():
-            self._down.set_result(None)
+        for record in self._queue:
+            self._let_go_later(record)
 
     def _came_back(self, stored: int) -> None:
         assert self.unavailable_since is not None
@@ -250,12 +243,23 @@ class GroupWriter:
             stored,
         )
         self.unavailable_since = None
-        self._down = None
 
     async def _pause(self, delay: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
+
+
+def _let_go(record: Record) -> None:
+    if record.done is None or record.done.done():
+        return
+    if not record.only_checkpoint:
+        logger.warning(
+            "%s: not stored yet, the database is unavailable; kept in memory and stored when "
+            "it is back",
+            record.describe(),
+        )
+    record.done.set_result(True)
 
 
 def _resolve(record: Record, written: bool) -> None:
