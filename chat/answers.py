@@ -38,7 +38,7 @@ from uuid import UUID
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from chat import attachments, readcache, records, selectors, services, streaming
+from chat import attachments, database, readcache, records, selectors, services, streaming
 from chat.http import Refusal, invalid
 from chat.models import (
     ApiKey,
@@ -490,6 +490,7 @@ def _watch_widget_answer(started: Started) -> None:
 async def _watch_widgets(running: set[int]) -> None:
     """Every ``WIDGET_WATCH_S`` while ``running`` (answer ids) has any: ``stop`` those whose
     widget is disabled."""
+    failures = database.FailureLog("checking for disabled widgets")
     while running:
         await asyncio.sleep(WIDGET_WATCH_S)
         try:
@@ -503,8 +504,10 @@ async def _watch_widgets(running: set[int]) -> None:
                 await asyncio.gather(*(stop(message=message) for message in switched_off))
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("checking for disabled widgets failed")
+        except Exception as exc:
+            failures.failed(exc)
+        else:
+            failures.succeeded()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -848,6 +851,7 @@ async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
     """Run ``sweep_interrupted`` every ``every_s`` for the life of the process, and
     ``attachments.purge_unsent`` every ``PURGE_EVERY_S``."""
     purged_at = -PURGE_EVERY_S
+    failures = database.FailureLog("the sweep of interrupted answers and unsent uploads")
     while True:
         try:
             swept = await sweep_interrupted()
@@ -859,6 +863,8 @@ async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
                     logger.info("deleted %d uploads never sent with a message", purged)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("sweep of interrupted answers or unsent uploads failed")
+        except Exception as exc:
+            failures.failed(exc)
+        else:
+            failures.succeeded()
         await asyncio.sleep(every_s)

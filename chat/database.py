@@ -42,6 +42,32 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError | InterfaceError)
 
 
+class FailureLog:
+    """The log of a task that runs again and again (the sweeper, the widget watch): while the
+    database is unavailable, one line when that starts and one when it answers again, not a
+    traceback every round (every 0.25 s for the widget watch); any other failure with its
+    traceback. ``what`` names the task in each line."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down = False
+
+    def failed(self, exc: BaseException) -> None:
+        """Log ``exc``, the task's failure this round."""
+        if not is_unavailable(exc):
+            logger.error("%s failed", self.what, exc_info=exc)
+        elif not self.down:
+            self.down = True
+            reason = str(exc).strip()[:200] or type(exc).__name__
+            logger.warning("%s: the database is unavailable (%s); trying again", self.what, reason)
+
+    def succeeded(self) -> None:
+        """The task's round went through: say so once after an outage."""
+        if self.down:
+            self.down = False
+            logger.warning("%s: the database answers again", self.what)
+
+
 def drop_broken_connections() -> None:
     """Close this thread's connections that failed since they were last checked and do not
     answer any more (Django's ``close_if_unusable_or_obsolete``, for those alone: a healthy
