@@ -207,6 +207,9 @@ class GroupWriter:
                     await self._pause(delay)
                     delay = min(delay * 2, RETRY_CAP_S)
                     continue
+                except Exception:  # the thread hop itself failed: its callers must not hang
+                    logger.exception("writing a batch of %d records failed", len(batch))
+                    failed = batch
                 finally:
                     self._in_flight = set()
                 self.batches += 1
@@ -311,14 +314,15 @@ async def write(record: Record) -> bool:
 # The batch, in a thread
 # ------------------------------------------------------------------------------------------------
 def write_batch(batch: list[Record]) -> list[Record]:
-    """Write ``batch`` in one transaction; if the database refuses a value, each record in its
-    own. Returns the records refused for good (each logged). Raises ``Unwritten`` when the
-    database is unavailable (``chat.database.is_unavailable``), naming those not committed."""
+    """Write ``batch`` in one transaction; if the database refuses a value (or a ``write``
+    fails), each record in its own. Returns the records refused for good (each logged).
+    Raises ``Unwritten`` when the database is unavailable (``chat.database.is_unavailable``),
+    naming those not committed."""
     try:
         with transaction.atomic():
             _write(batch)
         return []
-    except DatabaseError as exc:
+    except Exception as exc:  # a refused value, or a write that failed for its own reasons
         if is_unavailable(exc):
             raise Unwritten(batch, []) from exc
         if len(batch) == 1:
@@ -330,7 +334,7 @@ def write_batch(batch: list[Record]) -> list[Record]:
         try:
             with transaction.atomic():
                 _write([record])
-        except DatabaseError as exc:
+        except Exception as exc:
             if is_unavailable(exc):
                 raise Unwritten(batch[index:], failed) from exc
             logger.exception("recording %s failed: %s", record.describe(), record)
