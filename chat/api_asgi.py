@@ -33,8 +33,9 @@ What it does that Django's stack did for them:
   written by ``chat.records``' own hop) ran nothing there, so its thread is not woken for it.
 - **Errors**: an exception the adapter did not expect is logged with its traceback and answered
   with OpenAI's 500 envelope before the response began, or ends the body after (as
-  ``SlipstreamHandler.send_response``). Refusals are logged on ``django.request`` as Django logs
-  them (``Unauthorized: /v1/chat/completions``).
+  ``SlipstreamHandler.send_response``); Redis that could not be reached is a 503 with
+  ``Retry-After`` and one log line instead (issue 29). Refusals are logged on
+  ``django.request`` as Django logs them (``Unauthorized: /v1/chat/completions``).
 
 Not here: ``/v1/responses``, ``/v1/embeddings``, ``/v1/models`` and every other path stay Django
 views (they are not on the per-token path, or not measured by issue 14).
@@ -59,6 +60,7 @@ from chat import api, jsonbody
 from chat.http import SSE_HEADERS, error_response, invalid
 from chat.middleware import SERVER_ERROR
 from chat.relay.errors import EnvelopeError
+from chat.relay.shared import UNREACHABLE, SharedUnavailable
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("django.request")
@@ -209,8 +211,8 @@ class _Exchange:
             if not self.disconnected:
                 raise
             task.uncancel()  # the client left: nothing more to send
-        except Exception:
-            await self._failed()
+        except Exception as exc:
+            await self._failed(exc)
         finally:
             watcher.cancel()
 
@@ -306,13 +308,21 @@ class _Exchange:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body"})
 
-    async def _failed(self) -> None:
-        logger.exception("Internal Server Error: %s", self.scope["path"])
+    async def _failed(self, exc: Exception) -> None:
+        """An exception the adapter did not expect: the 500 envelope (logged with its
+        traceback), or a 503 with ``Retry-After`` when it was Redis that could not be reached
+        (logged as one line, the outage itself by ``chat.relay.shared``)."""
+        error: EnvelopeError
+        if isinstance(exc, (SharedUnavailable, *UNREACHABLE)):
+            error = exc if isinstance(exc, SharedUnavailable) else SharedUnavailable()
+            request_logger.warning(
+                "Service Unavailable: %s (%s)", self.scope["path"], type(exc).__name__
+            )
+        else:
+            error = EnvelopeError(SERVER_ERROR, status=500, type="server_error")
+            logger.exception("Internal Server Error: %s", self.scope["path"])
         with contextlib.suppress(Exception):
             if self.started:
                 await self.send({"type": "http.response.body"})
             else:
-                await self._send_json(
-                    error_response(EnvelopeError(SERVER_ERROR, status=500, type="server_error")),
-                    logged=True,
-                )
+                await self._send_json(error_response(error), logged=True)

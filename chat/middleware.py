@@ -44,6 +44,7 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 from chat import database
 from chat.http import error_response, invalid
 from chat.relay.errors import EnvelopeError
+from chat.relay.shared import UNREACHABLE, SharedUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ def _error(exception: Exception) -> EnvelopeError:
         return invalid("Request body is too large.", status=413, code="request_too_large")
     if isinstance(exception, SuspiciousOperation):
         return invalid("Bad request.", status=400)
+    if isinstance(exception, SharedUnavailable):
+        return exception  # a request that needs Redis while it is down: 503 + Retry-After
+    if isinstance(exception, UNREACHABLE):
+        # Redis failed where nothing served around it: the last line of defence (issue 29).
+        return SharedUnavailable()
     if database.is_unavailable(exception):
         # A database outage is the service's, for now: 503 + Retry-After, never a 500
         # (issue 29); nothing was stored, so the client may send the same request again.
@@ -274,6 +280,18 @@ class JsonErrorMiddleware(MiddlewareMixin):
                 "Service Unavailable: %s (the database: %s)",
                 request.path,
                 str(exception).strip()[:200],
+                response=response,
+                request=request,
+                logger=logger,
+                level="warning",
+            )
+        elif response.status_code == 503:
+            # Redis away (``_error``): one line per request, the outage itself logged once by
+            # chat.relay.shared.
+            log_response(
+                "Service Unavailable: %s (%s)",
+                request.path,
+                type(exception).__name__,
                 response=response,
                 request=request,
                 logger=logger,

@@ -9,7 +9,9 @@ memory. Where the version lives depends on the cache:
 - shared between processes (Redis, or a file cache via CACHE_URL): in the cache, bumped once
   the change commits (a bump before the commit let a concurrent call cache the old row under
   the new version). With Redis it is read with the relay's own asyncio client
-  (``chat.relay.shared``), on the loop;
+  (``chat.relay.shared``), on the loop. While Redis is down there is no version: every lookup
+  is read from the database and what was kept before is dropped; a change committed meanwhile
+  bumps the version on this process's next lookup once Redis answers (issue 29);
 - private to each process (locmem, the default without REDIS_URL): in the database
   (``ReadCacheVersion``), bumped in the change's own transaction. A bump in another process's
   memory would never reach this one (issue 16: a key revoked elsewhere kept working for 55 s).
@@ -31,6 +33,7 @@ Django's cache API (a ``sync_to_async`` hop per read, even for locmem) a hit cos
 from __future__ import annotations
 
 import functools
+import logging
 import pickle
 import secrets
 import sqlite3
@@ -39,7 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -49,6 +52,11 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
 from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from chat.relay.shared import Shared
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _E = TypeVar("_E")
@@ -61,6 +69,8 @@ VERSION_KEY = "readcache:version"
 _memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 # "version:name" -> (expires at; the value itself, immutable: Lookups.derived), oldest first.
 _derived: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+# A change committed while the shared cache was down: its version bump is owed (``_bump_cache``).
+_bump_pending = False
 
 
 def cache_is_shared() -> bool:
@@ -154,27 +164,50 @@ _sqlite_version = _SQLiteVersion()
 
 
 async def _aversion() -> int:
+    global _bump_pending
     if not cache_is_shared():
         version = _sqlite_version.read()
         if version is not None:
             return version
         return await sync_to_async(_database_version, thread_sensitive=True)()
     if isinstance(caches["default"], RedisCache):
-        from chat.relay.shared import shared
+        from chat.relay.shared import SharedUnavailable, shared
 
         store = shared()
         if store is not None:  # REDIS_URL: the cache's own server, on the loop
-            key = cache.make_and_validate_key(VERSION_KEY)
-            raw = await store.redis.get(key)
-            if raw is None:  # a new or restarted Redis: the first to set one wins
-                await store.redis.set(key, _new_version(), nx=True)
-                raw = await store.redis.get(key)
-            return int(raw) if raw is not None else 0
+            try:
+                return await _redis_version(store)
+            except SharedUnavailable:
+                # Redis is down: no version, so every lookup is read from the database
+                # (correct, only slower), and nothing cached before the outage is used after
+                # it (a change made meanwhile could not bump the version).
+                _memory.clear()
+                _derived.clear()
+                return 0
+    if _bump_pending:
+        _bump_pending = False
+        await cache.aset(VERSION_KEY, _new_version(), None)
     version = await cache.aget(VERSION_KEY)
     if not version:
         await cache.aadd(VERSION_KEY, _new_version(), None)
         version = await cache.aget(VERSION_KEY)
     return int(version or 0)
+
+
+async def _redis_version(store: Shared) -> int:
+    """The version in Redis, read (and set where missing or owed: ``_bump_cache``) with the
+    relay's client. Raises ``SharedUnavailable`` while Redis is down."""
+    global _bump_pending
+    key = cache.make_and_validate_key(VERSION_KEY)
+    with store.reach() as redis:
+        if _bump_pending:
+            await redis.set(key, _new_version())
+            _bump_pending = False
+        raw = await redis.get(key)
+        if raw is None:  # a new or restarted Redis: the first to set one wins
+            await redis.set(key, _new_version(), nx=True)
+            raw = await redis.get(key)
+    return int(raw) if raw is not None else 0
 
 
 class Lookups:
@@ -245,7 +278,15 @@ def _new_version() -> int:
 
 
 def _bump_cache() -> None:
-    cache.set(VERSION_KEY, _new_version(), None)
+    global _bump_pending
+    try:
+        cache.set(VERSION_KEY, _new_version(), None)
+    except Exception as exc:
+        # The change is committed: its request must not fail for the cache (a Redis outage).
+        # This process bumps the version on its next lookup once the cache answers; until then
+        # other processes keep what they cached before, for TTL_S at most.
+        _bump_pending = True
+        logger.warning("readcache: the cache is unavailable (%s); version bump deferred", exc)
 
 
 def _bump_database() -> None:

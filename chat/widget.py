@@ -18,10 +18,10 @@ Security model:
 - Limits (django-ratelimit over Django's cache, so shared by processes with ``REDIS_URL``), each
   a 429 with ``Retry-After``: new visitors per client IP and per widget per hour; messages per
   visitor, per client IP (per minute and per day) and per widget (a daily cap that protects the
-  slot). Anyone can mint visitors, so the visitor's own limits only hold beside the IP and
-  widget ones. The client IP is ``REMOTE_ADDR``; behind the proxy (``DJANGO_BEHIND_PROXY``) the
-  last ``X-Forwarded-For`` hop, the one the proxy appended: the earlier ones are the client's
-  to write.
+  slot); a 503 with ``Retry-After`` while the cache (Redis) cannot count them. Anyone can mint
+  visitors, so the visitor's own limits only hold beside the IP and widget ones. The client IP
+  is ``REMOTE_ADDR``; behind the proxy (``DJANGO_BEHIND_PROXY``) the last ``X-Forwarded-For``
+  hop, the one the proxy appended: the earlier ones are the client's to write.
 - Switched off: a disabled widget refuses at once (it is read on every request), and its answers
   in flight are stopped within ``answers.WIDGET_WATCH_S`` (``answers.start_widget_answer``).
 """
@@ -52,6 +52,7 @@ from chat import answers, attachments, jsonbody, selectors, streaming
 from chat.http import Refusal, error_response, invalid, sse_response
 from chat.models import ORIGIN_RE, Widget, normalise_origin
 from chat.relay.errors import EnvelopeError
+from chat.relay.shared import UNREACHABLE, SharedUnavailable, shared
 
 VISITOR_HEADER = "X-Widget-Visitor"
 VISITOR_SALT = "slipstream.widget.visitor"
@@ -207,9 +208,9 @@ async def visitor(request: HttpRequest, key: str) -> JsonResponse:
     widget = await _guard(request, key)
     if isinstance(widget, JsonResponse):
         return widget
-    limit = await _exceeded(request, _visitor_limits(request, widget))
-    if limit is not None:
-        return _too_many(limit)
+    refusal = await _exceeded(request, _visitor_limits(request, widget))
+    if refusal is not None:
+        return refusal
     return JsonResponse({"token": visitor_token(widget, uuid.uuid4())})
 
 
@@ -268,23 +269,47 @@ class Limit:
         return 60 if self.period == "minute" else 3600
 
 
-async def _exceeded(request: HttpRequest, limits: list[Limit]) -> Limit | None:
-    """Count the request against ``limits`` in order, up to the first one it exceeds (returned;
-    later ones are not counted); None when it is within all of them."""
+async def _exceeded(request: HttpRequest, limits: list[Limit]) -> JsonResponse | None:
+    """Count the request against ``limits`` in order, up to the first one it exceeds: its 429
+    (later ones are not counted); None when it is within all of them.
 
-    def check() -> Limit | None:
-        for limit in limits:
-            if is_ratelimited(
-                request,
-                group=limit.group,
-                key=lambda group, request, value=limit.key: value,
-                rate=f"{limit.rate}/{limit.period[0]}",
-                increment=True,
-            ):
-                return limit
+    A 503 with ``Retry-After`` while the counters cannot be reached (Django's cache, Redis
+    with REDIS_URL): the limits are the widget's promise to its owner, the only brake on an
+    anonymous page and the daily cap that protects the slot, so no message goes uncounted.
+    django-ratelimit would raise Redis's error (a 500), or with ``RATELIMIT_FAIL_OPEN`` let
+    everything through. While Redis is known down the cache is not asked at all."""
+    store = shared()
+    if store is not None and not store.health.up:
+        return _uncountable()
+
+    def check() -> Limit | Exception | None:
+        try:
+            for limit in limits:
+                if is_ratelimited(
+                    request,
+                    group=limit.group,
+                    key=lambda group, request, value=limit.key: value,
+                    rate=f"{limit.rate}/{limit.period[0]}",
+                    increment=True,
+                ):
+                    return limit
+        except UNREACHABLE as exc:
+            return exc
         return None
 
-    return await sync_to_async(check)()
+    outcome = await sync_to_async(check)()
+    if isinstance(outcome, Exception):
+        if store is not None:
+            store.report_unavailable(outcome)
+        return _uncountable()
+    return None if outcome is None else _too_many(outcome)
+
+
+def _uncountable() -> JsonResponse:
+    """503 with ``Retry-After``: the limits cannot be counted (Redis is down)."""
+    response = error_response(SharedUnavailable())
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _visitor_limits(request: HttpRequest, widget: Widget) -> list[Limit]:
@@ -334,9 +359,9 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
         attachment_ids = _attachment_ids(payload)
     except EnvelopeError as exc:
         return error_response(exc)
-    limit = await _exceeded(request, _message_limits(request, widget, visitor_id))
-    if limit is not None:
-        return _too_many(limit)
+    refusal = await _exceeded(request, _message_limits(request, widget, visitor_id))
+    if refusal is not None:
+        return refusal
     slot = await selectors.slot_aget(name=widget.slot.name)  # enabled, with its fallbacks
     if slot is None:
         return refused("This chat has no model right now.", status=503, code="no_model")
@@ -375,9 +400,9 @@ async def attachment_upload(request: HttpRequest, key: str) -> JsonResponse:
     widget, visitor_id = guarded
     if not widget.accepts_images:
         return refused("This chat does not take images.", status=403, code="images_not_allowed")
-    limit = await _exceeded(request, _message_limits(request, widget, visitor_id))
-    if limit is not None:
-        return _too_many(limit)
+    refusal = await _exceeded(request, _message_limits(request, widget, visitor_id))
+    if refusal is not None:
+        return refusal
     upload = request.FILES.get("file")
     if upload is None:
         return refused("Attach one image, as the form field 'file'.", status=400, code="no_file")

@@ -156,6 +156,12 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "slipstream",
+            # A Redis that does not answer fails a cache call in a second or two instead of
+            # holding the request (redis-py waits forever by default); the same limits as
+            # chat.relay.shared's client (CONNECT_TIMEOUT_S, COMMAND_TIMEOUT_S). While Redis is
+            # down the widget answers 503 (its limits cannot be counted) and readcache reads
+            # the database: README, "While Redis is down".
+            "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 3.0},
         }
     }
 else:

@@ -555,7 +555,7 @@ async def _attempts(
         except RelayError as exc:
             if published():
                 raise
-            retries.after(exc)
+            retries.after(exc, turn)
         finally:
             runtime.end_turn(turn)
 
@@ -578,8 +578,9 @@ class _Retries:
         except TimeoutError:
             raise _still_warming(self.cfg, self.runtime.last_error) from None
 
-    def after(self, exc: RelayError) -> None:
-        """Count a failed call before any chunk; return to try again, or raise to give up."""
+    def after(self, exc: RelayError, turn: int | None = None) -> None:
+        """Count a failed call before any chunk (made in ``turn``, if the slot gave one);
+        return to try again, or raise to give up."""
         warming = _warming(exc, self.runtime)
         retrying = warming or (_retryable(exc) and self.retries < self.cfg.max_retries)
         observe.observer.attempt_failed(
@@ -587,7 +588,7 @@ class _Retries:
         )
         if not warming and not _retryable(exc):
             raise exc
-        self.runtime.call_failed(exc.message, warming=warming)
+        self.runtime.call_failed(exc.message, warming=warming, turn=turn)
         if warming:
             if time.monotonic() >= self.warm_deadline:
                 raise _still_warming(self.cfg, exc.message) from exc
