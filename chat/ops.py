@@ -4,7 +4,8 @@ adapter: no session, no CSRF, JSON (or Prometheus' text format) only.
 - ``GET /healthz``: 200 while the process serves requests (it touches nothing else).
 - ``GET /readyz``: 200 when the process can write to the database (on the thread its records
   are written from, none of them waiting) and, with ``REDIS_URL``, Redis answers; else 503
-  naming what failed. Each check is bounded by ``READY_TIMEOUT_S``.
+  naming what failed. Each check is bounded by ``READY_TIMEOUT_S``. A process that drains
+  (``chat.relay.drain``, after SIGTERM) answers 503 with a ``draining`` check.
 - ``GET /metrics``: ``chat.metrics`` in Prometheus' text format, for requests bearing
   ``SLIPSTREAM_METRICS_TOKEN`` when it is set, else for clients in
   ``SLIPSTREAM_METRICS_ALLOW`` (loopback by default); 403 otherwise.
@@ -28,6 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from chat import metrics, records
 from chat.models import UsageDay
+from chat.relay import drain
 from chat.relay.background import spawn
 from chat.relay.shared import shared
 
@@ -64,6 +66,12 @@ async def readyz(request: HttpRequest) -> JsonResponse:
         "database": await _check(_database_ok()),
         "redis": (await _check(_redis_ok())) if settings.REDIS_URL else "not configured",
     }
+    if drain.draining():
+        # SIGTERM (chatsite.server): answers in flight run on, new ones are refused.
+        checks["draining"] = (
+            f"draining for {drain.draining_for_s():.1f} s: "
+            "new answers are refused, answers in flight run to their end"
+        )
     ready = all(value in ("ok", "not configured") for value in checks.values())
     return JsonResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503

@@ -39,7 +39,7 @@ from chat.models import (
     api_key_digest,
     bucket_field,
 )
-from chat.relay import capabilities, checks
+from chat.relay import capabilities, checks, drain
 from chat.relay.accumulate import MessageAccumulator
 from chat.relay.errors import EnvelopeError
 from chat.relay.generation import Generation
@@ -181,7 +181,7 @@ def generation_fields(generation: Generation, *, status: str | None = None) -> d
     return {
         **_text_fields(generation),
         "slot_name": generation.slot[:100],
-        "status": status or generation.status,
+        "status": status or _outcome(generation),
         "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
         "usage": checks.clean_usage(acc.usage),
         "error": checks.without_nul(generation.error.envelope()) if generation.error else None,
@@ -191,6 +191,14 @@ def generation_fields(generation: Generation, *, status: str | None = None) -> d
 
 
 FINISH_REASON_LENGTH = Message._meta.get_field("finish_reason").max_length or 32
+
+
+def _outcome(generation: Generation) -> str:
+    """A generation's status as its message stores it: an answer that a draining process's
+    deadline ended (``chat.relay.drain``) is ``interrupted``, as one whose process died."""
+    if generation.error is not None and generation.error.code == drain.INTERRUPTED:
+        return Message.Status.INTERRUPTED
+    return generation.status
 
 
 def whole_answer_fields(chunk: dict[str, Any], *, slot_name: str) -> dict[str, Any]:

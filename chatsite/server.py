@@ -6,14 +6,26 @@ first imported; the event loop policy in force then decides which loop that is. 
 uvloop's policy first (``SLIPSTREAM_UVLOOP``, on by default; ``0`` keeps asyncio's own loop),
 then hands the command line to daphne. uvloop's loop runs the same callbacks with less CPU per
 socket event and timer (bench/profile_relay.py, "CPU per relayed chunk").
+
+SIGTERM (and SIGINT) drain the process instead of stopping it at once (``Drain``, issue 29):
+new answers are refused, those in flight end (up to ``SLIPSTREAM_DRAIN_S``), then it exits;
+deploy/ROLLING-RESTART.md restarts several processes one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import signal
 import sys
-from typing import Any
+import time
+from types import FrameType
+from typing import Any, cast
+
+# Named, not __name__: run as ``python -m chatsite.server`` this module is ``__main__``.
+logger = logging.getLogger("chatsite.server")
 
 APPLICATION = "chatsite.asgi:application"
 
@@ -214,6 +226,188 @@ def freeze_startup_objects() -> None:
     reactor.callWhenRunning(freeze)
 
 
+# ------------------------------------------------------------------------------------------------
+# Graceful drain (issue 29)
+# ------------------------------------------------------------------------------------------------
+# After the answers, requests still in flight (an answer's last bytes and its call's record, a
+# page) get this long (s) before daphne cancels them and the process exits.
+TAIL_S = 2.0
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class InFlight:
+    """The ASGI application, counting its HTTP requests in flight (``count``), so that a drain
+    stops the process only once their last bytes left. Everything else passes unchanged."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+        self._idle: asyncio.Event | None = None  # made on the loop, by the first wait
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if not self.count and self._idle is not None:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Whether no request is in flight, once none is or after ``timeout_s`` (s)."""
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._idle.clear()
+        if self.count:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return not self.count
+
+
+class Drain:
+    """What SIGTERM and SIGINT do to this daphne process: drain, then exit
+    (deploy/ROLLING-RESTART.md).
+
+    The first signal starts ``chat.relay.drain`` (``/readyz`` 503, new answers refused with
+    503 + ``Retry-After``, resumes still served) for ``SLIPSTREAM_DRAIN_S`` seconds; once no
+    answer runs (or the deadline ended those left as ``interrupted``) and the requests in
+    flight ended (at most ``TAIL_S`` more), the reactor stops: daphne cancels whatever request
+    is left (readers of another process's answer: their clients resume elsewhere), closes its
+    sockets, and the process exits with status 0. A second signal ends the drain at once.
+
+    Relies on Twisted installing its own SIGINT/SIGTERM handlers (``reactor.stop`` at once)
+    before the reactor's "after startup" triggers run (``ReactorBase._reallyStartRunning``
+    says so); ``install`` replaces them then and logs an error when what it replaced was not
+    the reactor's, as a Twisted that installs them elsewhere would show. The drain itself uses
+    public APIs only: ``reactor.stop`` and daphne's ``CommandLineInterface.load_asgi_app``.
+    """
+
+    def __init__(self, requests: InFlight | None = None) -> None:
+        self.requests = requests
+        self.task: asyncio.Task[None] | None = None
+
+    def install(self) -> None:
+        """Take SIGTERM and SIGINT over from the reactor (call once it runs). A SIGINT that
+        Twisted left alone (ignored, as in a background job, or a debugger's) stays so."""
+        from twisted.internet import reactor
+
+        for number in DRAIN_SIGNALS:
+            replaced = signal.getsignal(number)
+            if getattr(replaced, "__self__", None) is not reactor:
+                if number != signal.SIGTERM:
+                    continue
+                logger.error(
+                    "SIGTERM's handler was %r, not the Twisted reactor's: Twisted's signal "
+                    "handling changed (chatsite.server.Drain relies on it); draining anyway",
+                    replaced,
+                )
+            signal.signal(number, self.on_signal)
+
+    def on_signal(self, number: int, frame: FrameType | None) -> None:
+        # A signal handler runs between two bytecodes of whatever the main thread was doing:
+        # hand the work to the reactor, as Twisted's own handlers do.
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self.begin, signal.Signals(number).name)
+
+    def begin(self, name: str) -> None:
+        """Start draining (the first signal) or end the drain now (any later one)."""
+        from django.conf import settings
+
+        from chat.relay import drain
+        from chat.relay.background import spawn
+
+        if drain.draining():
+            logger.warning("%s again: interrupting the answers still running", name)
+            drain.begin(0)
+            return
+        timeout_s = settings.SLIPSTREAM_DRAIN_S
+        drain.begin(timeout_s)
+        logger.warning(
+            "%s: draining for up to %g s (%s); new answers are refused; signal again to stop now",
+            name,
+            timeout_s,
+            ", ".join(f"{k} {v}" for k, v in drain.busy().items()),
+        )
+        self.task = spawn(self.drain_then_stop())
+
+    async def drain_then_stop(self) -> None:
+        """Wait for the answers (``drain.settle``), then the requests in flight, then stop."""
+        from twisted.internet import reactor
+
+        from chat.relay import drain
+
+        interrupted = 0
+        try:
+            tail_until = None
+            while True:
+                interrupted += len(await drain.settle())
+                if tail_until is None:
+                    tail_until = time.monotonic() + TAIL_S
+                if self.requests is not None:
+                    await self.requests.wait_idle(max(0.0, tail_until - time.monotonic()))
+                # An answer admitted just before the drain began may have started meanwhile.
+                if not any(drain.busy().values()) or time.monotonic() >= tail_until:
+                    break
+            await _records_stored(max(drain.time_left_s(), TAIL_S))
+        except Exception:
+            logger.exception("drain failed; stopping now")
+        logger.warning(
+            "drained in %.1f s (%d answers interrupted, %d requests cut); exiting",
+            drain.draining_for_s(),
+            interrupted,
+            self.requests.count if self.requests is not None else 0,
+        )
+        with contextlib.suppress(Exception):  # already stopping: nothing left to do
+            # Any: Twisted's type for the reactor reads ``stop`` as an unbound function.
+            cast(Any, reactor).stop()
+
+
+async def _records_stored(timeout_s: float, *, poll_s: float = 0.1) -> None:
+    """Wait up to ``timeout_s`` (s) for what answers and calls left to be written
+    (``chat.records``: while the database is down they wait in memory); log what is lost."""
+    from chat import records
+
+    writer = records.writer()
+    until = time.monotonic() + timeout_s
+    # The writer has no event for its queue running dry; it retries every few seconds at most.
+    while (writer.pending or writer.pending_message_ids()) and time.monotonic() < until:  # noqa: ASYNC110
+        await asyncio.sleep(poll_s)
+    if writer.pending:
+        logger.error(
+            "exiting with %d records not stored (the database is unavailable); answers lost: %s",
+            writer.pending,
+            sorted(writer.pending_message_ids()) or "none",
+        )
+
+
+def drain_on_signals() -> type[Any]:
+    """Make SIGTERM and SIGINT drain this process (``Drain``) once daphne's reactor runs.
+    Returns daphne's command line class, its application wrapped to count requests in flight.
+    Call after ``daphne.server`` is imported. Raises ``RuntimeError`` on a daphne without
+    ``CommandLineInterface.load_asgi_app`` (a drain could not see requests end)."""
+    from daphne.cli import CommandLineInterface
+    from twisted.internet import reactor
+
+    if not hasattr(CommandLineInterface, "load_asgi_app"):
+        raise RuntimeError(
+            "daphne's CommandLineInterface has no load_asgi_app: chatsite.server's drain "
+            "needs updating for this daphne (requirements.txt pins the one it was written for)"
+        )
+    drainer = Drain()
+
+    class SlipstreamCommandLine(CommandLineInterface):  # type: ignore[misc]
+        def load_asgi_app(self, asgi_app_path: str) -> Any:
+            drainer.requests = InFlight(super().load_asgi_app(asgi_app_path))
+            return drainer.requests
+
+    reactor.callWhenRunning(drainer.install)
+    return SlipstreamCommandLine
+
+
 def main(argv: list[str]) -> None:
     """Run daphne's command line with ``argv`` (its arguments, without the program name)."""
     use_uvloop()
@@ -221,10 +415,11 @@ def main(argv: list[str]) -> None:
     plain_twisted_http()
     no_form_parsing()
     no_twisted_access_log()
-    from daphne.cli import CommandLineInterface
+    import daphne.server  # noqa: F401  (installs the asyncio reactor, before anything uses one)
 
     freeze_startup_objects()
-    CommandLineInterface().run(argv)
+    command_line = drain_on_signals()
+    command_line().run(argv)
 
 
 if __name__ == "__main__":

@@ -362,3 +362,7 @@ LOGGING = {
 # token). The /v1 API holds its HTTP status until the first chunk or the first keep-alive, so a
 # failure before then still gets a real 4xx/5xx.
 SLIPSTREAM_KEEPALIVE_S = env.float("SLIPSTREAM_KEEPALIVE_S", default=3.0)
+# Seconds a process told to stop (SIGTERM) lets its answers in flight run on while it refuses new
+# ones (chatsite.server, chat.relay.drain); those still running then are stored interrupted.
+# A service manager must wait longer than this before it kills (deploy/ROLLING-RESTART.md).
+SLIPSTREAM_DRAIN_S = env.float("SLIPSTREAM_DRAIN_S", default=120.0)

@@ -35,7 +35,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from chat.relay import checks, observe, upstream
+from chat.relay import checks, drain, observe, upstream
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, Phase, PhaseState, Status, find
@@ -224,8 +224,10 @@ async def submit(
     already ``attach``-ed for the caller (who must ``detach``), and whether an identical
     request's generation was joined, in this process or (with ``REDIS_URL``) in another one,
     whose buffer is then mirrored here. Failures arrive through the generation (``status``,
-    ``error``), never raised here.
+    ``error``); only a process that drains refuses here: ``RelayError`` 503 ``draining``
+    (``chat.relay.drain``).
     """
+    drain.refuse()
     runtime = slot.runtime()
     key = None
     if slot.single_flight == "always" or (
@@ -379,7 +381,8 @@ async def complete_whole(
     slot: SlotConfig, endpoint: str, request: dict[str, Any]
 ) -> dict[str, Any]:
     """A non-streaming call under the same rules as a stream: returns the upstream's JSON
-    answer with the stop strings enforced on each choice's text. Raises ``RelayError``."""
+    answer with the stop strings enforced on each choice's text. Raises ``RelayError`` (503
+    ``draining`` at once while the process drains, which waits for the call otherwise)."""
     chat = _is_chat(endpoint)
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
@@ -395,9 +398,10 @@ async def complete_whole(
         _cut_at_stops(result, all_stops(cfg, request), chat=chat)
         return result
 
-    return await with_slot_policy(
-        slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
-    )
+    with drain.whole_call():
+        return await with_slot_policy(
+            slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
+        )
 
 
 async def call_whole(
@@ -406,14 +410,16 @@ async def call_whole(
     """A non-streaming call whose answer is not a chat or text completion (``"embeddings"``,
     or ``"responses"`` on a backend's own Responses API) under the slot's policy, its body
     from ``upstream_body``. Returns the upstream's JSON object (NUL characters removed) and the
-    slot of the chain that answered (a fallback, once it took over). Raises ``RelayError``."""
+    slot of the chain that answered (a fallback, once it took over). Raises ``RelayError``
+    (503 ``draining`` at once while the process drains)."""
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> tuple[dict[str, Any], SlotConfig]:
         return await _json_object(cfg, endpoint, body), cfg
 
-    return await with_slot_policy(
-        slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
-    )
+    with drain.whole_call():
+        return await with_slot_policy(
+            slot, request, endpoint=endpoint, stream=False, attempt=attempt, published=lambda: False
+        )
 
 
 async def _json_object(cfg: SlotConfig, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:

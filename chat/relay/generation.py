@@ -110,6 +110,12 @@ def find(generation_id: str) -> Generation | None:
     return _live.get(asyncio.get_running_loop(), {}).get(generation_id)
 
 
+def live() -> list[Generation]:
+    """Every generation ``find`` knows in this process (running loop): running, mirrored, or
+    ended within ``RESUME_GRACE_S`` (``chat.relay.drain`` waits on them)."""
+    return list(_live.get(asyncio.get_running_loop(), {}).values())
+
+
 class ChunkLog(Sequence[Chunk]):
     """A generation's chunks in order: the text of every chunk, and the ``Chunk`` objects (with
     their parsed objects) of the last ``PARSED_TAIL`` only. ``log[i]`` of an older chunk is a

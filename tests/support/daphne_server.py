@@ -35,13 +35,20 @@ class DaphneServer:
     """Slipstream's daphne process (``chatsite.server.command``) on a free port, as users run
     it.
 
+    ``port``: a given one (a process restarted in its predecessor's place), else a free one.
     ``base_url`` is ``http://127.0.0.1:PORT``. The process gets ``env`` on top of ours; its
     output goes to a log file whose tail is shown when it fails to start. ``probe_headers`` go
     with the requests that wait for it to answer (behind a proxy, plain HTTP is redirected).
     """
 
-    def __init__(self, *, env: dict[str, str], probe_headers: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        probe_headers: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.probe_headers = probe_headers or {}
@@ -87,7 +94,14 @@ class DaphneServer:
         tb: TracebackType | None,
     ) -> None:
         if self.process is not None and self.process.poll() is None:
+            # SIGTERM drains (chatsite.server.Drain): answers a test left running would hold
+            # the process for SLIPSTREAM_DRAIN_S. A second SIGTERM ends the drain at once; sent
+            # after a moment, as signals sent together count once.
             self.process.terminate()
+            try:
+                self.process.wait(0.5)
+            except subprocess.TimeoutExpired:
+                self.process.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
