@@ -53,7 +53,7 @@ from chat.models import (
 from chat.relay import dispatch, responses
 from chat.relay.background import spawn
 from chat.relay.generation import Generation, Status, find
-from chat.relay.shared import shared
+from chat.relay.shared import Shared, SharedUnavailable, shared
 from chat.relay.upstream import Chunk
 from chat.slotconfig import slot_config
 
@@ -823,28 +823,53 @@ async def cancel_response(stored: StoredResponse) -> dict[str, Any]:
 # Sweep
 # ------------------------------------------------------------------------------------------------
 async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
-    """Mark ``interrupted`` every streaming answer whose generation no process runs any more
-    (its process died or restarted), keeping its checkpointed text. A generation counts as
-    running when this process has it, or (with ``REDIS_URL``) its liveness key exists. Returns
-    how many were marked."""
+    """End every streaming answer whose generation no process runs any more (its process died
+    or restarted). A generation counts as running when this process has it, or (with
+    ``REDIS_URL``) its liveness key exists. With ``REDIS_URL`` an answer whose shared buffer
+    is still there is stored from it (``services.message_arecover``: every chunk relayed, and
+    how it ended); any other is marked ``interrupted``, keeping its checkpointed text. Returns
+    how many were ended."""
     store = shared()
     cutoff = timezone.now() - timedelta(seconds=older_than_s)
     # Answers that ended here and whose row waits for the database (chat.records): their end
     # is on its way, so they are not lost.
     ending = records.writer().pending_message_ids()
     lost = []
+    recovered = 0
     for pk, generation_id in await selectors.message_alist_streaming(updated_before=cutoff):
         if pk in ending:
             continue
         running = find(generation_id) if generation_id else None
         if running is not None and not running.ended and not running.is_mirror:
             continue
-        if store is not None and generation_id and await store.is_live(generation_id):
-            continue
+        if store is not None and generation_id:
+            if await store.is_live(generation_id):
+                continue
+            if await _recovered(store, pk, generation_id):
+                recovered += 1
+                continue
         lost.append(pk)
-    if not lost:
-        return 0
-    return await services.message_amark_interrupted(message_ids=lost)
+    marked = await services.message_amark_interrupted(message_ids=lost) if lost else 0
+    return recovered + marked
+
+
+async def _recovered(store: Shared, message_id: int, generation_id: str) -> bool:
+    """Whether answer ``message_id`` was stored from its shared buffer (``message_arecover``);
+    False when there is none, or Redis is down."""
+    try:
+        buffered = await store.buffered(generation_id)
+    except SharedUnavailable:
+        return False
+    if buffered is None:
+        return False
+    chunks, end = buffered
+    logger.warning(
+        "message %s: its process is gone; stored from its shared buffer (%d chunks, %s)",
+        message_id,
+        len(chunks),
+        (end or {}).get("status", "no end"),
+    )
+    return await services.message_arecover(message_id=message_id, chunks=chunks, end=end)
 
 
 async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
@@ -856,7 +881,11 @@ async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
         try:
             swept = await sweep_interrupted()
             if swept:
-                logger.warning("marked %d answers interrupted (their process is gone)", swept)
+                logger.warning(
+                    "ended %d answers whose process is gone (stored from their shared buffer, "
+                    "or interrupted)",
+                    swept,
+                )
             if time.monotonic() - purged_at >= PURGE_EVERY_S:
                 purged_at = time.monotonic()
                 if purged := await attachments.purge_unsent():

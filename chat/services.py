@@ -41,7 +41,7 @@ from chat.models import (
 )
 from chat.relay import capabilities, checks, drain
 from chat.relay.accumulate import MessageAccumulator
-from chat.relay.errors import EnvelopeError
+from chat.relay.errors import EnvelopeError, RelayError
 from chat.relay.generation import Generation
 from chat.relay.slots import StateChange
 from chat.slotconfig import slot_config
@@ -244,6 +244,40 @@ async def message_amark_interrupted(*, message_ids: list[int]) -> int:
     return await Message.objects.filter(
         pk__in=message_ids, status=Message.Status.STREAMING
     ).aupdate(status=Message.Status.INTERRUPTED, finish_reason="", updated_at=timezone.now())
+
+
+async def message_arecover(
+    *, message_id: int, chunks: list[str], end: dict[str, Any] | None
+) -> bool:
+    """Store an answer whose process is gone from what its shared buffer kept (Redis:
+    ``Shared.buffered``): every chunk it relayed, not only its last checkpoint, with the
+    status its end says (``complete``, ``error``, ``stopped``), or ``interrupted`` when it
+    never ended or a drain's deadline ended it. One UPDATE, only while the message is still
+    ``streaming`` (an end stored meanwhile wins), through the records' batch. Its usage is not
+    counted: what counts it died with its process. Returns False when the database refused
+    it (logged)."""
+    acc = MessageAccumulator()
+    for data in chunks:  # checked by the relay before they were buffered (chat.relay.checks)
+        acc.add(json.loads(data))
+    error = RelayError.from_dict(end["error"]) if end and end.get("error") else None
+    status = end["status"] if end else Message.Status.INTERRUPTED
+    if error is not None and error.code == drain.INTERRUPTED:
+        status = Message.Status.INTERRUPTED
+    fields = {
+        **_accumulated_text(acc),
+        "status": status,
+        "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
+        "usage": checks.clean_usage(acc.usage),
+        "error": checks.without_nul(error.envelope()) if error else None,
+        "updated_at": timezone.now(),
+    }
+
+    def store() -> None:
+        Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(**fields)
+
+    return await records.write(
+        records.Record(write=store, label=f"message {message_id} (from its shared buffer)")
+    )
 
 
 async def message_afinalise(

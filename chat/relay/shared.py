@@ -276,6 +276,25 @@ class Shared:
         with self.reach() as redis:
             return bool(await redis.exists(gen_key(generation_id)))
 
+    async def buffered(self, generation_id: str) -> tuple[list[str], dict[str, Any] | None] | None:
+        """What the buffer of ``generation_id`` holds, for an answer whose process is gone
+        (``chat.answers.sweep_interrupted``): its chunks' JSON texts in order and its end
+        (``{"status": …, "error"?: …}``; None when it never ended), or None when there is no
+        buffer (never written, or expired ``BUFFER_GRACE_S`` after its end). Raises
+        ``SharedUnavailable`` while Redis is down."""
+        with self.reach() as redis:
+            entries = await redis.xrange(gen_key(generation_id))
+        if not entries:
+            return None
+        chunks: list[str] = []
+        end: dict[str, Any] | None = None
+        for _, fields in entries:
+            if fields.get("t") == "c":
+                chunks.append(fields["d"])
+            elif fields.get("t") == "e":
+                end = json.loads(fields["d"])
+        return chunks, end
+
     def mirror(self, generation_id: str, *, slot: str, keep_running: bool) -> Generation:
         """A local ``Generation`` fed from another process's buffer, from its first entry."""
         self.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -235,3 +236,42 @@ def test_answers_streaming_through_an_outage_are_stored_as_received(
     assert f"message {widget_id}: not stored yet" in log
     assert "Traceback" not in log
     assert log.count("the database is unavailable") < 12
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL (second pass)")
+def test_an_answer_whose_process_died_during_an_outage_is_stored_from_redis(
+    server, sim, user, outage
+) -> None:
+    """The answer ended while the database was away, then its process died with the answer in
+    its memory: another process stores it from the shared buffer once the database is back,
+    whole and ``complete``, not ``interrupted`` with its last checkpoint."""
+    make_slot(sim.base_url)
+    sim.configure(ttft_ms=0, tokens_per_s=40, length=80)
+    with DaphneServer(env=server_env()) as doomed, closing(session_client(doomed, user)) as chat:
+        reader = Reader(lambda: chat.stream("POST", "/chat/stream/", json={"content": "one"}))
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(reader)
+            assert reader.started.wait(30)
+            outage.start()
+            events = future.result(timeout=60)
+        assert events[-1].data == "[DONE]"
+        wait_until(lambda: readyz(doomed.base_url) == 503, timeout_s=30, what="/readyz 503")
+        assert doomed.process is not None
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait()
+    outage.end()
+    message_id = reader.meta("slipstream.message")["assistant_message_id"]
+    # The session's process sweeps (its sweeper starts with its first request).
+    assert httpx.get(server.base_url + "/healthz", timeout=10).status_code == 200
+    stored = wait_until(
+        lambda: (
+            Message.objects.exclude(status=Message.Status.STREAMING).filter(pk=message_id).first()
+        ),
+        timeout_s=30,
+        what="the answer stored by another process",
+    )
+    assert stored.status == Message.Status.COMPLETE
+    assert stored.content == reader.text
+    assert f"message {message_id}: its process is gone; stored from its shared buffer" in (
+        server.log_text()
+    )
