@@ -16,6 +16,7 @@ a value it refused (``DataError``, ``IntegrityError``: retrying changes nothing)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -68,14 +69,27 @@ class FailureLog:
             logger.warning("%s: the database answers again", self.what)
 
 
-def drop_broken_connections() -> None:
+# A connection unused this long (s) is checked before its next query (CONN_HEALTH_CHECKS):
+# long enough that a busy thread never pays for it, short enough that a connection cut while
+# idle (a database restarted, a proxy's idle timeout) fails no write.
+IDLE_CHECK_S = 5.0
+
+
+def drop_broken_connections(*, idle_s: float = 0.0) -> None:
     """Close this thread's connections that failed since they were last checked and do not
     answer any more (Django's ``close_if_unusable_or_obsolete``, for those alone: a healthy
-    connection costs no query), so the next query opens a new one. A connection inside a
-    transaction is left to it (``transaction.atomic`` drops a connection it cannot roll back).
-    Never raises."""
+    connection costs no query), so the next query opens a new one; and when the thread was
+    idle ``idle_s`` (s) or more, have Django check the others before their next query
+    (``CONN_HEALTH_CHECKS``, one ``SELECT 1``), as it does at a request's start. A connection
+    inside a transaction is left to it (``transaction.atomic`` drops a connection it cannot
+    roll back). Never raises."""
     for conn in connections.all(initialized_only=True):
-        if conn.connection is None or not conn.errors_occurred or conn.in_atomic_block:
+        if conn.connection is None or conn.in_atomic_block:
+            continue
+        if not conn.errors_occurred:
+            wrapper: Any = conn  # django-stubs lacks the health-check attributes (Django 4.1+)
+            if idle_s >= IDLE_CHECK_S and wrapper.health_check_enabled:
+                wrapper.health_check_done = False
             continue
         try:
             conn.close_if_unusable_or_obsolete()
@@ -84,20 +98,30 @@ def drop_broken_connections() -> None:
             conn.connection = None
 
 
-def _checked(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
-    drop_broken_connections()
-    return fn(*args, **kwargs)
-
-
 class CheckedThread(ThreadPoolExecutor):
     """One thread for ORM work (an executor of one worker, as asgiref's) whose every call
-    first closes the thread's broken connections (``drop_broken_connections``)."""
+    first closes the thread's broken connections, and after ``IDLE_CHECK_S`` of idleness
+    checks the others (``drop_broken_connections``)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(max_workers=1, thread_name_prefix=name)
+        self._last_call = time.monotonic()  # written by this thread only
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
-        return super().submit(_checked, fn, *args, **kwargs)
+        return super().submit(self._checked, fn, *args, **kwargs)
+
+    def _checked(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        now = time.monotonic()
+        drop_broken_connections(idle_s=now - self._last_call)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._last_call = time.monotonic()
+
+
+# What drop_broken_connections sets on Django's BaseDatabaseWrapper (Django >= 4.1, where
+# CONN_HEALTH_CHECKS came in); checked at start-up.
+_HEALTH_CHECK_ATTRIBUTES = ("health_check_enabled", "health_check_done")
 
 
 def check_background_thread() -> None:
@@ -106,12 +130,18 @@ def check_background_thread() -> None:
     once at start-up (``ChatConfig.ready``), before any such call.
 
     Relies on asgiref's class attribute ``SyncToAsync.single_thread_executor`` (asgiref 3.x:
-    a ``ThreadPoolExecutor`` of one worker); raises ``ImproperlyConfigured`` at start-up when
-    an upgrade changed it, rather than let background writes fail for good after the first
-    database outage."""
+    a ``ThreadPoolExecutor`` of one worker) and on Django's connection attributes
+    ``health_check_enabled`` and ``health_check_done``; raises ``ImproperlyConfigured`` at
+    start-up when an upgrade changed them, rather than let background writes fail for good
+    after the first database outage."""
     current = getattr(SyncToAsync, "single_thread_executor", None)
     if isinstance(current, CheckedThread):
         return
+    if not all(hasattr(connections["default"], name) for name in _HEALTH_CHECK_ATTRIBUTES):
+        raise ImproperlyConfigured(
+            "Django's database wrapper has no health_check_enabled/health_check_done any more "
+            "(Django upgraded?): chat.database cannot have idle connections checked."
+        )
     if not isinstance(current, ThreadPoolExecutor) or current._max_workers != 1:
         raise ImproperlyConfigured(
             "asgiref's SyncToAsync.single_thread_executor is not a one-thread "

@@ -265,3 +265,9 @@ def outage(transactional_db: None) -> Iterator[Outage]:
     yield cut
     cut.end()
     cut.admin.close()
+    # The connection of the thread that async tests' ORM calls run on (asgiref's) was cut:
+    # the next test must not meet it.
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

@@ -177,3 +177,21 @@ async def test_records_wait_out_an_outage_in_order_and_are_all_stored(key, outag
     assert await ApiCall.objects.acount() == 1
     assert (await UsageDay.objects.aget(api_key_id=key.pk)).completion_tokens == 5
     assert "the database is back" in caplog.text
+
+
+@postgres_only
+async def test_a_connection_cut_while_idle_is_checked_before_it_is_used(key, outage, caplog):
+    from asgiref.sync import SyncToAsync
+
+    from chat import database
+
+    await call(key, tokens=1)
+    outage.start()
+    outage.end()  # the writer's connection was cut while it had nothing to write
+    thread = SyncToAsync.single_thread_executor
+    assert isinstance(thread, database.CheckedThread)
+    thread._last_call -= database.IDLE_CHECK_S  # as after that long without a call
+    await call(key, tokens=2)
+    assert await ApiCall.objects.acount() == 2
+    # Checked and replaced before the batch ran: not one failed try.
+    assert "the database is unavailable" not in caplog.text
