@@ -27,6 +27,7 @@ from chat.models import ApiCall, Message, UsageDay, Widget
 from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot, server_env, session_client
 from tests.support.daphne_server import DaphneServer
+from tests.support.sse_client import text_of
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -48,16 +49,6 @@ def daphne(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServ
         env = server_env()
     with DaphneServer(env=env) as server:
         yield server
-
-
-def text_of(events: list[Any]) -> str:
-    text = ""
-    for event in events:
-        if event.event == "message" and event.data != "[DONE]":
-            obj = json.loads(event.data)
-            for choice in obj.get("choices") or ():
-                text += choice.get("delta", {}).get("content") or ""
-    return text
 
 
 class Reader:

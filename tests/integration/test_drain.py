@@ -29,6 +29,7 @@ from tests.conftest import server_env, session_client
 from tests.integration.test_multiprocess import full_answer
 from tests.support.daphne_server import REPO, DaphneServer
 from tests.support.llama_server import free_port
+from tests.support.sse_client import text_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,16 +100,6 @@ class Reader:
     @property
     def ids(self) -> list[int]:
         return [int(e.id) for e in self.events if e.event == "message" and e.id]
-
-
-def text_of(events: list[ServerSentEvent]) -> str:
-    text = ""
-    for event in events:
-        if event.event != "message" or event.data == "[DONE]" or event.data.startswith('{"error"'):
-            continue
-        for choice in json.loads(event.data).get("choices") or ():
-            text += (choice.get("delta") or {}).get("content") or ""
-    return text
 
 
 def open_stream(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:

@@ -22,6 +22,7 @@ from chat.models import Message
 from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot, server_env, session_client
 from tests.support.daphne_server import DaphneServer
+from tests.support.sse_client import text_of
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -41,16 +42,6 @@ def second(django_db_setup: None, django_db_blocker) -> Iterator[DaphneServer]:
         env = server_env()
     with DaphneServer(env=env) as daphne:
         yield daphne
-
-
-def text_of(events) -> str:
-    text = ""
-    for event in events:
-        if event.event == "message" and event.data != "[DONE]":
-            obj = json.loads(event.data)
-            for choice in obj.get("choices") or ():
-                text += choice.get("delta", {}).get("content") or ""
-    return text
 
 
 def read_some(raw: Iterator[bytes], words: int | None = None) -> list:

@@ -40,6 +40,7 @@ from chat.relay.upstream import Chunk
 from tests.conftest import server_env, session_client
 from tests.support.daphne_server import DaphneServer
 from tests.support.llama_server import free_port
+from tests.support.sse_client import text_of
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -148,15 +149,6 @@ class Reader:
                 return self.events
         self.events += self.decoder.flush()
         return self.events
-
-
-def text_of(events: list[ServerSentEvent]) -> str:
-    text = ""
-    for event in events:
-        if event.event == "message" and event.data != "[DONE]":
-            for choice in json.loads(event.data).get("choices") or ():
-                text += (choice.get("delta") or {}).get("content") or choice.get("text") or ""
-    return text
 
 
 def whole(events: list[ServerSentEvent] | None) -> bool:

@@ -53,3 +53,14 @@ def post_message(client: httpx.Client, content: str, **fields: Any) -> Answer:
             return Answer(response.status_code, [ServerSentEvent(data=response.text)])
         assert response.headers["content-type"].startswith("text/event-stream")
         return Answer(200, read_sse(response))
+
+
+def text_of(events: list[ServerSentEvent]) -> str:
+    """The answer's text in ``events`` (chat chunks' ``delta.content``, completions' ``text``,
+    every choice; error events have none), as a reader put it together so far."""
+    text = ""
+    for event in events:
+        if event.event == "message" and event.data != "[DONE]":
+            for choice in json.loads(event.data).get("choices") or ():
+                text += (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+    return text
