@@ -138,6 +138,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
     )
+elif "postgresql" in DATABASES["default"]["ENGINE"]:
+    # A database host that does not answer at all (a partition, a dead failover address) fails
+    # a connection in 5 s, not after the system's minutes of TCP retries: the thread that
+    # stores answers would be held that long, and readers' ends with it (chat.records keeps
+    # what it could not store). DATABASE_URL's ?connect_timeout= wins.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ------------------------------------------------------------------------------------------------
