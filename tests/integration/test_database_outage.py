@@ -252,7 +252,7 @@ def test_an_answer_whose_process_died_during_an_outage_is_stored_from_redis(
         doomed.process.wait()
     outage.end()
     message_id = reader.meta("slipstream.message")["assistant_message_id"]
-    # The session's process sweeps (its sweeper starts with its first request).
+    # The session's process sweeps at least (its sweeper starts with its first request).
     assert httpx.get(server.base_url + "/healthz", timeout=10).status_code == 200
     stored = wait_until(
         lambda: (
@@ -261,8 +261,8 @@ def test_an_answer_whose_process_died_during_an_outage_is_stored_from_redis(
         timeout_s=30,
         what="the answer stored by another process",
     )
+    # Complete, and whole: only its shared buffer still held that (its process died with the
+    # answer in memory, and its last checkpoint was older). Any live process's sweeper may
+    # have stored it.
     assert stored.status == Message.Status.COMPLETE
     assert stored.content == reader.text
-    assert f"message {message_id}: its process is gone; stored from its shared buffer" in (
-        server.log_text()
-    )
