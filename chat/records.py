@@ -197,19 +197,15 @@ class GroupWriter:
                 try:
                     failed = await _write_batch_in_thread(batch)
                 except Unwritten as unwritten:
-                    left = {id(r) for r in unwritten.remaining}
-                    refused = {id(r) for r in unwritten.failed}
-                    for record in batch:
-                        if id(record) not in left:
-                            _resolve(record, id(record) not in refused)
-                    self._queue = _superseded(unwritten.remaining + self._queue)
-                    self._went_down(unwritten.__cause__)
+                    self._keep(batch, unwritten)
                     await self._pause(delay)
                     delay = min(delay * 2, RETRY_CAP_S)
                     continue
                 except Exception:  # the thread hop itself failed: its callers must not hang
                     logger.exception("writing a batch of %d records failed", len(batch))
-                    failed = batch
+                    for record in batch:
+                        _resolve(record, False)
+                    continue
                 finally:
                     self._in_flight = set()
                 self.batches += 1
@@ -224,6 +220,18 @@ class GroupWriter:
             for record in self._queue:  # cancelled while writing: the loop is going away
                 if record.done is not None and not record.done.done():
                     record.done.cancel()
+
+    def _keep(self, batch: list[Record], unwritten: Unwritten) -> None:
+        """The database went away while ``batch`` was written: what was written or refused
+        before is told so, the rest goes back to the head of the queue (superseded
+        checkpoints dropped), and the outage is noted."""
+        left = {id(r) for r in unwritten.remaining}
+        refused = {id(r) for r in unwritten.failed}
+        for record in batch:
+            if id(record) not in left:
+                _resolve(record, id(record) not in refused)
+        self._queue = _superseded(unwritten.remaining + self._queue)
+        self._went_down(unwritten.__cause__)
 
     def _went_down(self, cause: BaseException | None) -> None:
         if self.unavailable_since is not None:

@@ -75,6 +75,18 @@ async def test_a_bad_record_loses_only_itself(key, caplog) -> None:
     assert any("recording" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_write_that_raises_anything_else_loses_only_itself(key, caplog) -> None:
+    def broken() -> None:
+        raise ValueError("not a database error")
+
+    written = await asyncio.gather(
+        records.write(records.Record(write=broken, label="a broken write")), call(key, tokens=4)
+    )
+    assert written[0] is False  # its caller told, not left waiting
+    assert await ApiCall.objects.acount() == 1
+    assert "recording a broken write failed" in caplog.text
+
+
 async def test_the_first_of_the_day_inserts_then_updates(key) -> None:
     usage = services.usage_today(slot_name="other", ok=False, api_key_id=key.pk, ttft_ms=120.0)
     await records.write(records.Record(usage=usage))
