@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
@@ -27,6 +26,7 @@ from chat.models import ApiCall, Message, UsageDay, Widget
 from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot, server_env, session_client
 from tests.support.daphne_server import DaphneServer
+from tests.support.polling import wait_until
 from tests.support.sse_client import text_of
 
 pytestmark = [
@@ -86,18 +86,6 @@ class Reader:
         (event,) = [e for e in self.events if e.event == name]
         found: dict[str, Any] = json.loads(event.data)
         return found
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
-    """Poll ``predicate`` every 50 ms until it is truthy, else fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def readyz(base_url: str) -> int:

@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from chat.relay.upstream import Chunk
 from tests.conftest import server_env, session_client
 from tests.support.daphne_server import DaphneServer
 from tests.support.llama_server import free_port
+from tests.support.polling import until
 from tests.support.sse_client import text_of
 
 pytestmark = [
@@ -318,13 +319,6 @@ def chunk(n: int) -> Chunk:
     return Chunk(json.dumps(obj), obj)
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def outage(tmp_path: Path) -> AsyncIterator[tuple[OwnRedis, Shared, Shared]]:
     """A Redis that keeps its data across a restart, and two processes' shared state on it."""
@@ -349,7 +343,7 @@ async def test_a_buffer_written_while_redis_was_down_is_whole_once_it_returns(
     async def buffered(count: int) -> bool:
         return bool(await b.redis.xlen(gen_key(generation.id)) == count)
 
-    await until(lambda: buffered(4), "the slot and 3 chunks written")
+    await until(lambda: buffered(4), timeout_s=20, what="the slot and 3 chunks written")
     await asyncio.to_thread(server.stop, save=True)
     for n in range(3, 6):
         generation.publish(chunk(n))
@@ -357,10 +351,10 @@ async def test_a_buffer_written_while_redis_was_down_is_whole_once_it_returns(
     async def down() -> bool:
         return not a.health.up
 
-    await until(down, "the writer finds Redis gone")
+    await until(down, timeout_s=20, what="the writer finds Redis gone")
     await asyncio.to_thread(server.start)
     await generation.finish(Status.COMPLETE)
-    await until(lambda: buffered(8), "the held chunks and the end written")
+    await until(lambda: buffered(8), timeout_s=20, what="the held chunks and the end written")
     # Another process resumes the answer as if Redis had never been away.
     mirror = b.mirror(generation.id, slot="primary", keep_running=False)
     mirror.attach()
@@ -387,14 +381,14 @@ async def test_a_buffer_redis_lost_is_given_up_not_written_with_a_hole(outage) -
     async def written() -> bool:
         return bool(writer.written == 2)
 
-    await until(written, "the slot and a chunk written")
+    await until(written, timeout_s=20, what="the slot and a chunk written")
     await asyncio.to_thread(server.stop)  # its data gone with it
     generation.publish(chunk(1))
 
     async def down() -> bool:
         return not a.health.up
 
-    await until(down, "the writer finds Redis gone")
+    await until(down, timeout_s=20, what="the writer finds Redis gone")
     await asyncio.to_thread(server.start)
     await generation.finish(Status.COMPLETE)
     await asyncio.wait_for(writer.task, 20)
@@ -420,11 +414,11 @@ async def test_after_an_outage_stops_are_heard_and_leases_given_back(outage) -> 
         async def given_back() -> bool:
             return raw.zcard("slipstream:slot:1:primary:leases") == 0
 
-        await until(given_back, "the lease given back")
+        await until(given_back, timeout_s=20, what="the lease given back")
 
         async def stopped() -> bool:
             # Sent by another process; lost while this one was not subscribed yet: send again.
             raw.publish(STOP_CHANNEL, running.id)
             return running.task is not None and running.task.done()
 
-        await until(stopped, "the Stop heard")
+        await until(stopped, timeout_s=20, what="the Stop heard")

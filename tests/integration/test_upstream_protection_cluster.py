@@ -30,6 +30,7 @@ from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot, server_env
 from tests.support.daphne_server import DaphneServer
 from tests.support.llama_server import free_port
+from tests.support.polling import until
 
 needs_redis = pytest.mark.skipif(
     not settings.REDIS_URL, reason="needs REDIS_URL (the test command's second pass)"
@@ -68,13 +69,6 @@ def runtimes_of(*stores: Shared) -> list[SlotRuntime]:
     return [SlotRuntime(29, name, store=store) for store in stores]
 
 
-async def until(predicate: Any, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "never happened"
-        await asyncio.sleep(0.01)
-
-
 def recorded_turns(store: Shared, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every answer ``store.protect_turn`` gives (one Redis command each), in order."""
     verdicts: list[str] = []
@@ -95,7 +89,7 @@ async def test_a_failure_in_one_process_makes_the_slot_suspect_in_all(processes)
     ra, rb, rc = runtimes_of(a, b, c)
     assert await rb.take_turn(1) is None  # healthy: b calls at once (and now hears news)
     ra.call_failed("HTTP 503", warming=True)
-    await until(lambda: rb.suspect)  # told over pub/sub
+    await until(lambda: rb.suspect, timeout_s=5)  # told over pub/sub
     # A process that starts using the slot later reads the state once.
     turn = await rc.take_turn(5)
     assert rc.suspect
@@ -111,12 +105,14 @@ async def test_one_caller_at_a_time_across_processes_after_the_backoff(processes
     await rb.take_turn(1)
     asked_b = recorded_turns(b, monkeypatch)
     ra.call_failed("HTTP 503", warming=True)
-    await until(lambda: rb.suspect)
+    await until(lambda: rb.suspect, timeout_s=5)
     turn_a = await ra.take_turn(5)
     assert turn_a is not None  # a holds the cluster's turn: its call is in flight
     state, turn_key = a._protect_keys(ra.slot_key)
     waiting_b = [asyncio.create_task(rb.take_turn(10)) for _ in range(5)]
-    await until(lambda: "busy" in asked_b)  # b's turn holder asked, and was told to wait
+    await until(
+        lambda: "busy" in asked_b, timeout_s=5
+    )  # b's turn holder asked, and was told to wait
     assert not any(task.done() for task in waiting_b)
     failed_at = time.monotonic()
     ra.call_failed("HTTP 503", warming=True, turn=turn_a)  # gives the cluster's turn back
@@ -135,7 +131,7 @@ async def test_one_caller_at_a_time_across_processes_after_the_backoff(processes
     assert len(asked_b) <= 5, asked_b
     # A success anywhere clears the slot everywhere: b's waiters go, and so do a's.
     waiting_a = [asyncio.create_task(ra.take_turn(10)) for _ in range(3)]
-    await until(lambda: ra._turn is not None and len(ra._turn_waiters) == 2)
+    await until(lambda: ra._turn is not None and len(ra._turn_waiters) == 2, timeout_s=5)
     rb.call_succeeded()
     results = await asyncio.wait_for(asyncio.gather(*waiting_b[1:], *waiting_a), 10)
     assert results == [None] * 7
@@ -160,7 +156,7 @@ async def test_a_dead_process_turn_lapses(processes) -> None:
     assert await b.redis.get(turn_key) == token
     assert await b.protect_keep(rb.slot_key, token)  # renewed while its call runs
     rb.end_turn(turn)
-    await until(lambda: rb._reports is not None and rb._reports.done())
+    await until(lambda: rb._reports is not None and rb._reports.done(), timeout_s=5)
     assert await b.redis.get(turn_key) is None  # given back without a result
     assert not await b.protect_keep(rb.slot_key, token)  # and never renewed after
 
