@@ -254,6 +254,7 @@ class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
                 "fields": ("accepts_images", "image_max_side", "image_links", "document_tokens"),
             },
         ),
+        ("Agent clients (/v1/responses)", {"fields": ("hosted_tools",)}),
     )
     filter_horizontal = ("groups",)
     actions = ("detect_images",)

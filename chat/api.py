@@ -578,26 +578,32 @@ def _validate_input(value: Any) -> None:
         )
     media: list[tuple[str, dict[str, Any]]] = []  # (param, part) of parts other than text
     for i, item in enumerate(value):
-        at = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise invalid(
-                f"Invalid type for '{at}': expected an object, but got {_json_type(item)}.",
-                param=at,
-                code="invalid_type",
-            )
-        _check(item, "type", _is_str, "a string", at=at, nullable=False)
-        kind = item.get("type", "message")
-        if kind == "message":
-            media += _validate_message_item(item, at)
-        elif kind == "function_call":
-            for name in ("call_id", "name", "arguments"):
-                _require(item, name, _is_str, "a string", at)
-        elif kind == "function_call_output":
-            _require(item, "call_id", _is_str, "a string", at)
-            _require(
-                item, "output", lambda v: isinstance(v, str | list), "a string or an array", at
-            )
+        media += _validate_item(item, f"input[{i}]")
     _check_media(media)
+
+
+def _validate_item(item: Any, at: str) -> list[tuple[str, dict[str, Any]]]:
+    """Checks the input items Slipstream reads (OpenAPI ``InputItem``: messages, function and
+    custom tool calls and their outputs); returns a message's parts other than text."""
+    if not isinstance(item, dict):
+        raise invalid(
+            f"Invalid type for '{at}': expected an object, but got {_json_type(item)}.",
+            param=at,
+            code="invalid_type",
+        )
+    _check(item, "type", _is_str, "a string", at=at, nullable=False)
+    kind = item.get("type", "message")
+    if kind == "message":
+        return _validate_message_item(item, at)
+    if kind in ("function_call", "custom_tool_call"):
+        value = "arguments" if kind == "function_call" else "input"
+        for name in ("call_id", "name", value):
+            _require(item, name, _is_str, "a string", at)
+        _check(item, "namespace", _is_str, "a string", at=at)
+    elif kind in ("function_call_output", "custom_tool_call_output"):
+        _require(item, "call_id", _is_str, "a string", at)
+        _require(item, "output", lambda v: isinstance(v, str | list), "a string or an array", at)
+    return []
 
 
 # Content parts of the Responses API that are text (the rest count against the media limits).
@@ -639,19 +645,46 @@ def _validate_message_item(item: dict[str, Any], at: str) -> list[tuple[str, dic
 
 
 def _validate_response_tools(body: dict[str, Any]) -> None:
+    """The tools Slipstream reads (function, custom, namespace: OpenAPI ``FunctionToolParam``,
+    ``CustomToolParam``, ``NamespaceToolParam``); a hosted tool needs only its ``type``."""
     _check(body, "tools", lambda v: isinstance(v, list), "an array")
     for i, tool in enumerate(body.get("tools") or ()):
         at = f"tools[{i}]"
-        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise invalid(f"Invalid value for '{at}': a tool is an object with a 'type'.", param=at)
-        if tool["type"] == "function":
-            _check(tool, "name", _is_str, "a string", at=at, nullable=False)
-            if not tool.get("name"):
-                raise invalid(f"Missing required parameter: '{at}.name'.", param=f"{at}.name")
-            _check(tool, "parameters", lambda v: isinstance(v, dict), "an object", at=at)
+        _validate_response_tool(tool, at)
+        if tool["type"] == "namespace":
             _check(tool, "description", _is_str, "a string", at=at)
-            _check(tool, "strict", lambda v: isinstance(v, bool), "a boolean", at=at)
+            inner = tool.get("tools")
+            if not isinstance(inner, list) or not inner:
+                raise invalid(
+                    f"Missing or invalid '{at}.tools': expected a non-empty array of function "
+                    "and custom tools.",
+                    param=f"{at}.tools",
+                )
+            for j, member in enumerate(inner):
+                _validate_response_tool(member, f"{at}.tools[{j}]", within=("function", "custom"))
     _check(body, "tool_choice", lambda v: isinstance(v, str | dict), "a string or an object")
+
+
+def _validate_response_tool(tool: Any, at: str, *, within: tuple[str, ...] = ()) -> None:
+    if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+        raise invalid(f"Invalid value for '{at}': a tool is an object with a 'type'.", param=at)
+    if within and tool["type"] not in within:
+        raise invalid(
+            f"Invalid value for '{at}.type': a namespace holds only {' and '.join(within)} tools.",
+            param=f"{at}.type",
+            code="invalid_value",
+        )
+    if tool["type"] not in ("function", "custom", "namespace"):
+        return
+    _check(tool, "name", _is_str, "a string", at=at, nullable=False)
+    if not tool.get("name"):
+        raise invalid(f"Missing required parameter: '{at}.name'.", param=f"{at}.name")
+    _check(tool, "description", _is_str, "a string", at=at)
+    if tool["type"] == "function":
+        _check(tool, "parameters", lambda v: isinstance(v, dict), "an object", at=at)
+        _check(tool, "strict", lambda v: isinstance(v, bool), "a boolean", at=at)
+    elif tool["type"] == "custom":
+        _check(tool, "format", lambda v: isinstance(v, dict), "an object", at=at)
 
 
 def validate_response_request(body: dict[str, Any]) -> None:
@@ -687,6 +720,13 @@ def _check_response_values(body: dict[str, Any]) -> None:
             param="background",
             code="unsupported_parameter",
         )
+    for name, instead in _NOT_SERVED.items():
+        if body.get(name) is not None:
+            raise invalid(
+                f"'{name}' is not supported by this server: {instead}",
+                param=name,
+                code="unsupported_parameter",
+            )
     if _is_int(body.get("max_output_tokens")) and body["max_output_tokens"] < 1:
         raise _out_of_range("max_output_tokens", "must be at least 1")
     if _is_number(body.get("temperature")) and not 0 <= body["temperature"] <= 2:
@@ -704,6 +744,16 @@ def _check_response_values(body: dict[str, Any]) -> None:
             param="metadata",
             code="invalid_value",
         )
+
+
+# Request fields that name objects of OpenAI's own APIs that Slipstream does not have (the
+# Conversations API, stored prompt templates): answering without them would answer another
+# question, so they are refused, saying what to use instead.
+_NOT_SERVED = {
+    "conversation": "it keeps no conversation objects; chain responses with "
+    "previous_response_id, or send the earlier items in 'input'.",
+    "prompt": "it keeps no prompt templates; send the prompt's text as 'instructions' and 'input'.",
+}
 
 
 def _new_response_id() -> str:
@@ -755,8 +805,7 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
 
 async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
     """Authenticate, read and check a ``POST /v1/responses``, resolve its slot and its
-    ``previous_response_id`` chain, and translate it. Raises ``Refusal``,
-    ``TranslationError``."""
+    ``previous_response_id`` chain. Raises ``Refusal``."""
     lookups = readcache.Lookups()
     call.key = await authenticate(request, lookups)
     body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
@@ -779,18 +828,15 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
             history_items += [
                 o for o in earlier.response.get("output") or () if o.get("type") != "reasoning"
             ]
-    history = responses.items_to_messages(history_items, at="previous_response")
     response_id = _new_response_id()
-    items = responses.input_items(body["input"], response_id=response_id)
     return _ResponseTurn(
         call.key,
         slot,
         body,
-        responses.chat_request(body, history=history, items=items),
         responses.skeleton(
             body, response_id=response_id, model=slot.name, created_at=int(time.time())
         ),
-        items,
+        responses.input_items(body["input"], response_id=response_id),
         previous_id,
         history_items,
     )
@@ -812,23 +858,67 @@ async def _refused(call: _Call, exc: EnvelopeError) -> JsonResponse:
     return error_response(exc)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _ResponseTurn:
-    """One ``POST /v1/responses`` once read: the request ``body``, the ``chat_body`` sent
-    upstream, the ``initial`` response object, this request's input ``items``."""
+    """One ``POST /v1/responses`` once read: the request ``body``, the ``initial`` response
+    object, this request's input ``items``, the items of its ``previous_response_id`` chain.
+    ``chat_body()`` is the chat completions request it is translated to, made when a
+    translated backend is to answer: a backend with its own Responses API gets the request as
+    the client sent it, hosted tools and all."""
 
     key: ApiKey
     slot: Slot
     body: dict[str, Any]
-    chat_body: dict[str, Any]
     initial: dict[str, Any]
     items: list[dict[str, Any]]
     previous_id: str | None
     history_items: list[dict[str, Any]]
+    _chat: dict[str, Any] | None = None
+    omitted: list[str] = field(default_factory=list)  # hosted tool types left out
 
     @property
     def store(self) -> bool:
         return self.body.get("store", True) is not False
+
+    def chat_body(self) -> dict[str, Any]:
+        """The translated request under the slot's hosted-tool policy (``Slot.hosted_tools``).
+        Raises ``TranslationError``."""
+        if self._chat is None:
+            self._chat, self.omitted = self._translated(self.slot.hosted_tools)
+            if self.omitted:
+                logger.info(
+                    "response %s on slot %s: hosted tools left out (the slot's policy): %s",
+                    self.initial["id"],
+                    self.slot.name,
+                    ", ".join(self.omitted),
+                )
+        return self._chat
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The turn's chat messages, as a key that keeps conversations keeps them: the
+        translated request's, or for a native backend the same said leniently (hosted tools
+        left out; nothing when the input has what chat cannot say)."""
+        if self._chat is not None:
+            return list(self._chat["messages"])
+        try:
+            messages: list[dict[str, Any]] = self._translated(responses.OMIT)[0]["messages"]
+        except responses.TranslationError:
+            return []
+        return messages
+
+    def _translated(self, policy: str) -> tuple[dict[str, Any], list[str]]:
+        tools = responses.ToolTranslation(self.body.get("tools") or (), policy=policy)
+        history = responses.items_to_messages(
+            self.history_items, at="previous_response", tools=tools
+        )
+        chat = responses.chat_request(self.body, history=history, items=self.items, tools=tools)
+        return chat, tools.omitted
+
+    def noted(self, response: HttpResponse | StreamingHttpResponse) -> None:
+        """``response`` with the hosted tools left out named in ``Slipstream-Omitted-Tools``
+        (a comma-separated list of tool and item types), once per response."""
+        if self.omitted:
+            response["Slipstream-Omitted-Tools"] = ", ".join(self.omitted)
 
     def native_body(self) -> dict[str, Any]:
         """The request for a backend's own ``/responses``: the client's, with a
@@ -908,7 +998,7 @@ async def _whole_ended(
         turn.slot,
         response,
         usage,
-        messages=turn.chat_body["messages"],
+        messages=turn.messages(),
         chunk=chunk,
     )
 
@@ -948,14 +1038,16 @@ async def _streamed_native_response(
 async def _whole_response(call: _Call, turn: _ResponseTurn) -> JsonResponse:
     """A non-streaming response: one chat completion, rendered as the response object.
     Raises ``RelayError``."""
-    result = await dispatch.complete_whole(slot_config(turn.slot), CHAT, turn.chat_body)
+    result = await dispatch.complete_whole(slot_config(turn.slot), CHAT, turn.chat_body())
     chunk = responses.whole_as_chunk(result)
     _, response = responses.render(
         turn.initial,
         [chunk],
         completed_at=turn.initial["created_at"] + round(time.monotonic() - call.started_at),
     )
-    return await _whole_ended(call, turn, response, chunk, result.get("usage"))
+    answered = await _whole_ended(call, turn, response, chunk, result.get("usage"))
+    turn.noted(answered)
+    return answered
 
 
 async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpResponse:
@@ -963,10 +1055,12 @@ async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpR
     before the first chunk is an HTTP error. Raises ``RelayError``."""
     generation = await _first_chunk(
         await dispatch.submit(
-            slot_config(turn.slot), CHAT, turn.chat_body, started_at=call.started_at
+            slot_config(turn.slot), CHAT, turn.chat_body(), started_at=call.started_at
         )
     )
-    return _stream_response(turn, generation, native=False)
+    streamed = _stream_response(turn, generation, native=False)
+    turn.noted(streamed)
+    return streamed
 
 
 def _stream_response(
@@ -988,13 +1082,15 @@ def _stream_response(
         else None
     )
 
+    messages = turn.messages()
+
     async def record(read_to_end: bool) -> None:
         await answers.record_response(
             key=turn.key,
             slot=turn.slot,
             initial=turn.initial,
             generation=generation,
-            messages=turn.chat_body["messages"],
+            messages=messages,
             stored=stored,
             read_to_end=read_to_end,
             native=native,

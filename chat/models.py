@@ -238,6 +238,21 @@ class Slot(models.Model):
         "characters a token); the rest is cut, with a note in the chat.",
     )
 
+    # /v1/responses on a backend without the Responses API (chat.relay.responses).
+    class HostedTools(models.TextChoices):
+        OMIT = "omit", "Leave them out and serve the rest"
+        REFUSE = "refuse", "Refuse the request (HTTP 400)"
+
+    hosted_tools = models.CharField(
+        max_length=10,
+        choices=HostedTools.choices,
+        default=HostedTools.OMIT,
+        help_text="What a /v1/responses request does with tools its backend would have to run "
+        "(web_search, file_search, mcp, …) when the backend speaks only chat completions: left "
+        "out (named in the Slipstream-Omitted-Tools response header) or refused. A backend "
+        "with its own Responses API gets them as sent.",
+    )
+
     # Live state, written by the dispatcher on each change.
     state = models.CharField(max_length=10, choices=State.choices, default=State.COLD)
     last_error = models.TextField(blank=True)

@@ -26,7 +26,10 @@ chunks of a response re-renders the exact same events, which is how a stream is 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from chat.relay.checks import clean_usage
@@ -48,9 +51,30 @@ RESPONSES_FIELDS = frozenset(
         "previous_response_id", "reasoning", "parallel_tool_calls", "user", "top_logprobs",
         "include", "truncation", "background", "prompt", "prompt_cache_key",
         "prompt_cache_retention", "safety_identifier", "service_tier", "conversation",
-        "max_tool_calls", "context_management",
+        "max_tool_calls", "context_management", "client_metadata",
     }
 )  # fmt: skip
+# What a translated slot does with a hosted tool (one the backend would run: web search, file
+# search, MCP, …), chat completions having only function tools: ``omit`` leaves it out of the
+# upstream request and serves the rest, ``refuse`` answers 400 naming it (``Slot.hosted_tools``).
+OMIT, REFUSE = "omit", "refuse"
+# Tool types the client runs itself, said to a chat backend as function tools; every other type
+# (``web_search``, ``mcp``, ``tool_search``, types not known yet) is hosted.
+_CLIENT_TOOLS = frozenset({"function", "custom", "namespace"})
+# Input items that only a hosted tool makes (OpenAI's ``InputItem``): left out with their tool.
+_HOSTED_ITEMS = frozenset(
+    {
+        "web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call",
+        "computer_call", "computer_call_output", "local_shell_call", "local_shell_call_output",
+        "shell_call", "shell_call_output", "apply_patch_call", "apply_patch_call_output",
+        "mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "mcp_call",
+        "tool_search_call", "tool_search_output", "compaction",
+    }
+)  # fmt: skip
+# The chat API's rule for a function name (OpenAI API reference, "Create chat completion":
+# a-z, A-Z, 0-9, underscores and dashes, at most 64 characters).
+_CHAT_NAME_LIMIT = 64
+_NOT_IN_CHAT_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 class TranslationError(ValueError):
@@ -65,6 +89,108 @@ class TranslationError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Requests
 # ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """A client-run tool as the Responses API names it: ``kind`` ``function`` or ``custom``,
+    its ``name``, and the ``namespace`` it was declared in (None at the top level)."""
+
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+class ToolNames:
+    """The names a chat backend knows a request's client-run tools by, both ways.
+
+    ``tools`` is a Responses ``tools`` list (OpenAPI ``Tool``). Top-level function and custom
+    tools keep their names; a ``namespace`` tool's function and custom tools (OpenAPI
+    ``NamespaceToolParam``) become ``<namespace>__<name>``, made to fit the chat API's name rule
+    (characters outside ``[a-zA-Z0-9_-]`` as ``_``, at most 64 characters: a longer one is cut
+    and ends in 8 hex digits of its hash) and unique (``_2``, ``_3``, … on a clash). Built the
+    same from the same list, so the ``tools`` a stored response echoes give the same names."""
+
+    def __init__(self, tools: list[Any] | tuple[Any, ...]) -> None:
+        self._by_chat: dict[str, Offered] = {}
+        self._chat_of: dict[tuple[str | None, str], str] = {}
+        for tool in tools:
+            if not isinstance(tool, dict):
+                continue
+            if tool.get("type") in ("function", "custom") and isinstance(tool.get("name"), str):
+                self._add(Offered(tool["type"], tool["name"]), tool["name"])
+            elif tool.get("type") == "namespace" and isinstance(tool.get("name"), str):
+                for inner in tool.get("tools") or ():
+                    if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                        offered = Offered(str(inner.get("type")), inner["name"], tool["name"])
+                        self._add(offered, _joined(tool["name"], inner["name"]))
+
+    def _add(self, offered: Offered, wanted: str) -> None:
+        chat_name, n = wanted, 1
+        while chat_name in self._by_chat:
+            n += 1
+            chat_name = _fitted(f"{wanted}_{n}")
+        self._by_chat[chat_name] = offered
+        self._chat_of.setdefault((offered.namespace, offered.name), chat_name)
+
+    def chat_name(self, name: str, namespace: str | None = None) -> str:
+        """The chat function name of a tool (one not in the list: composed the same way)."""
+        known = self._chat_of.get((namespace, name))
+        if known is not None:
+            return known
+        return _joined(namespace, name) if namespace else name
+
+    def offered(self, chat_name: str) -> Offered:
+        """The tool a chat function name stands for (an unknown name: a function of that
+        name, as a model that invents a tool is answered by OpenAI too)."""
+        return self._by_chat.get(chat_name) or Offered("function", chat_name)
+
+
+def _joined(namespace: str, name: str) -> str:
+    return _fitted(f"{_NOT_IN_CHAT_NAME.sub('_', namespace)}__{name}")
+
+
+def _fitted(name: str) -> str:
+    if len(name) <= _CHAT_NAME_LIMIT:
+        return name
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    return f"{name[: _CHAT_NAME_LIMIT - 9]}_{digest}"
+
+
+class ToolTranslation:
+    """What one translated request does with tools: the ``names`` its client-run tools go by
+    (``ToolNames`` of the request's ``tools``), and the hosted tools and items it leaves out
+    (``omitted``: their types, in order, once each) under the slot's ``policy`` (``OMIT`` or
+    ``REFUSE``: then ``leave_out`` raises ``TranslationError`` naming the field)."""
+
+    def __init__(self, tools: list[Any] | tuple[Any, ...] = (), *, policy: str = OMIT) -> None:
+        self.names = ToolNames(tools)
+        self.policy = policy
+        self.omitted: list[str] = []
+
+    def leave_out(
+        self, kind: str, *, param: str, what: str = "Tools", message: str | None = None
+    ) -> None:
+        """Note a hosted tool (or one of its items) as left out, or refuse it."""
+        if self.policy == REFUSE:
+            raise TranslationError(
+                message
+                or f"{what} of type '{kind}' are not supported by this model's backend; only "
+                "function, custom and namespace tools are.",
+                param=param,
+            )
+        if kind not in self.omitted:
+            self.omitted.append(kind)
+
+
+# The id prefixes OpenAI gives items (``msg_…``, ``fc_…``, ``ctc_…``); others get ``item_…``.
+_ITEM_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+}
+
+
 def input_items(value: str | list[dict[str, Any]], *, response_id: str) -> list[dict[str, Any]]:
     """The request's ``input`` as stored items, each with an ``id`` (``msg_…`` for messages,
     kept when the client gave one): a string is one user message; message items given as
@@ -82,20 +208,24 @@ def input_items(value: str | list[dict[str, Any]], *, response_id: str) -> list[
                 part = "output_text" if item.get("role") == "assistant" else "input_text"
                 item["content"] = [{"type": part, "text": content}]
             item.setdefault("status", "completed")
-        prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}.get(
-            kind, "item"
-        )
+        prefix = _ITEM_PREFIXES.get(kind, "item")
         item.setdefault("id", f"{prefix}_{response_id.removeprefix('resp_')}i{position:03d}")
         items.append(item)
     return items
 
 
-def items_to_messages(items: list[dict[str, Any]], *, at: str = "input") -> list[dict[str, Any]]:
+def items_to_messages(
+    items: list[dict[str, Any]], *, at: str = "input", tools: ToolTranslation | None = None
+) -> list[dict[str, Any]]:
     """Input or output items as chat messages: messages keep their role (parts become text, or
-    ``image_url`` parts for images); consecutive ``function_call`` items become one assistant
-    message's ``tool_calls``; ``function_call_output`` becomes a ``tool`` message; reasoning
-    items are dropped (chat completions takes no reasoning back). Raises ``TranslationError``
-    for an item type chat completions cannot carry."""
+    ``image_url`` parts for images); consecutive ``function_call`` and ``custom_tool_call``
+    items become one assistant message's ``tool_calls`` (under their chat names, ``tools.names``;
+    a custom call's input as ``{"input": …}``); ``function_call_output`` and
+    ``custom_tool_call_output`` become ``tool`` messages; reasoning items are dropped (chat
+    completions takes no reasoning back, and an ``encrypted_content`` is OpenAI's to read);
+    items only a hosted tool makes are left out with it (``ToolTranslation.leave_out``).
+    Raises ``TranslationError`` for an item type chat completions cannot carry."""
+    tools = tools or ToolTranslation()
     messages: list[dict[str, Any]] = []
     for position, item in enumerate(items):
         kind = item.get("type", "message")
@@ -106,20 +236,9 @@ def items_to_messages(items: list[dict[str, Any]], *, at: str = "input") -> list
                     "content": _chat_content(item.get("content"), at=f"{at}[{position}].content"),
                 }
             )
-        elif kind == "function_call":
-            call = {
-                "id": item.get("call_id") or item.get("id") or "",
-                "type": "function",
-                "function": {"name": item.get("name", ""), "arguments": item.get("arguments", "")},
-            }
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                # "" rather than null: llama-cpp-python refuses an assistant message whose
-                # content is not a string; OpenAI and vLLM take either.
-                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call", "custom_tool_call"):
+            _add_call(messages, _chat_call(item, tools.names))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             if not isinstance(output, str):
                 output = "" if output is None else _text_of(output)
@@ -128,12 +247,39 @@ def items_to_messages(items: list[dict[str, Any]], *, at: str = "input") -> list
             )
         elif kind == "reasoning":
             continue
+        elif kind in _HOSTED_ITEMS:
+            tools.leave_out(kind, param=f"{at}[{position}].type", what="Input items")
         else:
             raise TranslationError(
                 f"Input items of type '{kind}' are not supported by this model's backend.",
                 param=f"{at}[{position}].type",
             )
     return messages
+
+
+def _chat_call(item: dict[str, Any], names: ToolNames) -> dict[str, Any]:
+    """A ``function_call`` or ``custom_tool_call`` item as a chat ``tool_calls`` entry."""
+    name = item.get("name") or ""
+    namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+    if item.get("type") == "custom_tool_call":
+        arguments = json.dumps({"input": item.get("input") or ""}, ensure_ascii=False)
+    else:
+        arguments = item.get("arguments", "")
+    return {
+        "id": item.get("call_id") or item.get("id") or "",
+        "type": "function",
+        "function": {"name": names.chat_name(name, namespace), "arguments": arguments},
+    }
+
+
+def _add_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        # "" rather than null: llama-cpp-python refuses an assistant message whose content is
+        # not a string; OpenAI and vLLM take either.
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
 
 
 def _chat_content(content: Any, *, at: str) -> Any:
@@ -175,20 +321,27 @@ def _text_of(output: Any) -> str:
 
 
 def chat_request(
-    body: dict[str, Any], *, history: list[dict[str, Any]], items: list[dict[str, Any]]
+    body: dict[str, Any],
+    *,
+    history: list[dict[str, Any]],
+    items: list[dict[str, Any]],
+    tools: ToolTranslation | None = None,
 ) -> dict[str, Any]:
     """The chat completions request for a Responses ``body`` (types already checked):
     ``instructions`` as the first system message, then ``history`` (the chat messages of the
     ``previous_response_id`` chain), then ``items`` (this request's input items);
-    ``max_output_tokens`` → ``max_tokens``; function ``tools`` and ``tool_choice`` in chat's
-    nesting; ``text.format`` → ``response_format``; ``reasoning.effort`` →
-    ``reasoning_effort``; fields the Responses API does not define pass through
-    (``RESPONSES_FIELDS``). Raises ``TranslationError``."""
+    ``max_output_tokens`` → ``max_tokens``; client-run ``tools`` (function, custom, the tools of
+    a namespace) as chat function tools and ``tool_choice`` in chat's nesting, hosted tools left
+    out or refused by ``tools.policy`` (``tools``: a ``ToolTranslation`` of ``body["tools"]``,
+    made here when not given; its ``omitted`` says what was left out); ``text.format`` →
+    ``response_format``; ``reasoning.effort`` → ``reasoning_effort``; fields the Responses API
+    does not define pass through (``RESPONSES_FIELDS``). Raises ``TranslationError``."""
+    tools = tools or ToolTranslation(body.get("tools") or ())
     messages: list[dict[str, Any]] = []
     if body.get("instructions"):
         messages.append({"role": "system", "content": body["instructions"]})
     messages += history
-    messages += items_to_messages(items)
+    messages += items_to_messages(items, tools=tools)
     request: dict[str, Any] = {k: v for k, v in body.items() if k not in RESPONSES_FIELDS}
     request.update(model=body["model"], messages=messages)
     for name in ("temperature", "top_p", "parallel_tool_calls", "user", "top_logprobs"):
@@ -196,27 +349,57 @@ def chat_request(
             request[name] = body[name]
     if body.get("max_output_tokens") is not None:
         request["max_tokens"] = body["max_output_tokens"]
-    _add_tools(request, body)
+    _add_tools(request, body, tools)
     _add_format(request, body)
     return request
 
 
-def _add_tools(request: dict[str, Any], body: dict[str, Any]) -> None:
-    """Function ``tools`` and ``tool_choice`` in chat's nesting."""
-    tools = [_chat_tool(tool, f"tools[{i}]") for i, tool in enumerate(body.get("tools") or ())]
-    if tools:
-        request["tools"] = tools
+def _add_tools(request: dict[str, Any], body: dict[str, Any], tools: ToolTranslation) -> None:
+    """Client-run ``tools`` as chat function tools, hosted ones left out (or refused), and
+    ``tool_choice`` in chat's nesting; ``allowed_tools`` (OpenAPI ``ToolChoiceAllowed``)
+    becomes its ``mode`` over the tools it allows."""
+    offered: list[dict[str, Any]] = []
+    for i, tool in enumerate(body.get("tools") or ()):
+        kind = tool.get("type")
+        if kind in ("function", "custom"):
+            offered.append(_chat_tool(tool, tools.names.chat_name(tool["name"])))
+        elif kind == "namespace":
+            offered += [
+                _chat_tool(inner, tools.names.chat_name(inner["name"], tool["name"]), tool)
+                for inner in tool.get("tools") or ()
+            ]
+        else:
+            tools.leave_out(str(kind), param=f"tools[{i}].type")
     choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = {_choice_name(entry, tools) for entry in choice.get("tools") or ()}
+        offered = [tool for tool in offered if tool["function"]["name"] in allowed]
+        choice = choice.get("mode") or "auto"
+    if offered:
+        request["tools"] = offered
     if isinstance(choice, str):
         request["tool_choice"] = choice
     elif isinstance(choice, dict):
-        if choice.get("type") != "function":
-            raise TranslationError(
-                f"tool_choice of type '{choice.get('type')}' is not supported by this model's "
-                "backend.",
-                param="tool_choice.type",
-            )
-        request["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+        name = _choice_name(choice, tools)
+        if name is not None:
+            request["tool_choice"] = {"type": "function", "function": {"name": name}}
+
+
+def _choice_name(choice: dict[str, Any], tools: ToolTranslation) -> str | None:
+    """The chat name a ``tool_choice`` (or an ``allowed_tools`` entry) of a function or custom
+    tool picks; a hosted tool's is left out with it (None) or refused."""
+    if choice.get("type") in ("function", "custom") and isinstance(choice.get("name"), str):
+        namespace = choice.get("namespace")
+        return tools.names.chat_name(
+            choice["name"], namespace if isinstance(namespace, str) else None
+        )
+    tools.leave_out(
+        str(choice.get("type")),
+        param="tool_choice.type",
+        message=f"tool_choice of type '{choice.get('type')}' is not supported by this model's "
+        "backend.",
+    )
+    return None
 
 
 def _add_format(request: dict[str, Any], body: dict[str, Any]) -> None:
@@ -232,19 +415,42 @@ def _add_format(request: dict[str, Any], body: dict[str, Any]) -> None:
         request["reasoning_effort"] = effort
 
 
-def _chat_tool(tool: dict[str, Any], at: str) -> dict[str, Any]:
-    if tool.get("type") != "function":
-        raise TranslationError(
-            f"Tools of type '{tool.get('type')}' are not supported by this model's backend; "
-            "only function tools are.",
-            param=f"{at}.type",
-        )
-    function = {"name": tool.get("name"), "parameters": tool.get("parameters") or {}}
-    if tool.get("description") is not None:
-        function["description"] = tool["description"]
-    if tool.get("strict") is not None:
+def _chat_tool(
+    tool: dict[str, Any], chat_name: str, namespace: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A function or custom tool as a chat function tool named ``chat_name``. A custom tool
+    (freeform text, OpenAPI ``CustomToolParam``) takes one string argument, ``input``, its
+    grammar (``format``) said in words, since chat completions cannot constrain a function's
+    argument to one; a ``namespace`` tool's description goes with each of its tools."""
+    description = tool.get("description")
+    if tool.get("type") == "custom":
+        parameters: Any = {
+            "type": "object",
+            "properties": {"input": {"type": "string", "description": _custom_input(tool)}},
+            "required": ["input"],
+            "additionalProperties": False,
+        }
+    else:
+        parameters = tool.get("parameters") or {}
+    if namespace is not None and namespace.get("description"):
+        description = f"{namespace['description']}\n\n{description or ''}".strip()
+    function = {"name": chat_name, "parameters": parameters}
+    if description is not None:
+        function["description"] = description
+    if tool.get("type") == "function" and tool.get("strict") is not None:
         function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
+
+
+def _custom_input(tool: dict[str, Any]) -> str:
+    """What a custom tool's one argument holds, its grammar included."""
+    text_format = tool.get("format")
+    if isinstance(text_format, dict) and text_format.get("type") == "grammar":
+        return (
+            f"Raw input that matches this {text_format.get('syntax', '')} grammar, not JSON:\n"
+            f"{text_format.get('definition', '')}"
+        )
+    return "The tool's raw input as free text, not JSON."
 
 
 def skeleton(
@@ -265,7 +471,7 @@ def skeleton(
         "incomplete_details": None,
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
-        "max_tool_calls": None,
+        "max_tool_calls": body.get("max_tool_calls"),
         "model": model,
         "output": [],
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
@@ -288,8 +494,11 @@ def skeleton(
 
 
 def _echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    """A function tool as ``Response.tools`` lists it: ``strict``, ``parameters`` and
-    ``description`` always there (null when not given), as OpenAI's ``FunctionTool`` has them."""
+    """A tool as ``Response.tools`` lists it: a function tool with ``strict``, ``parameters``
+    and ``description`` always there (null when not given), as OpenAI's ``FunctionTool`` has
+    them; any other as the client gave it."""
+    if tool.get("type") != "function":
+        return tool
     return {
         **tool,
         "description": tool.get("description"),
@@ -373,6 +582,10 @@ class ResponseEvents:
         self._index_of: dict[str, int] = {}  # item id → output index
         self._generated_call_ids: set[str] = set()
         self._last_added: dict[str, Any] = {}
+        # What the chat names of the request's tools stand for (``Response.tools`` echoes
+        # them, so a replay of stored chunks names its calls the same way).
+        self._names = ToolNames(response.get("tools") or ())
+        self._inputs: dict[str, CustomInput] = {}  # custom call item id → its input so far
         self.finish_reason: str | None = None
         self.chat_usage: dict[str, Any] | None = None
 
@@ -476,7 +689,9 @@ class ResponseEvents:
     def _call_delta(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
         """One tool-call fragment (keyed by its ``index``; without one, a new call, as
         ``MessageAccumulator`` counts them). A fragment of a call closed already (text came
-        between) has nothing to add to and is dropped."""
+        between) has nothing to add to and is dropped. A call of a custom tool is a
+        ``custom_tool_call`` item whose ``input`` streams as the decoded ``input`` argument;
+        a call of a namespace's tool carries its ``namespace``."""
         events: list[dict[str, Any]] = []
         index = fragment.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
@@ -492,34 +707,37 @@ class ResponseEvents:
             if not isinstance(call_id, str) or not call_id:
                 call_id = f"call_{self._base}{self._next_index:02d}"
                 self._generated_call_ids.add(call_id)
-            events += self._add_item(
-                "function_call", call_id=call_id, name=function.get("name") or ""
-            )
+            offered = self._names.offered(str(function.get("name") or ""))
+            kind = "custom_tool_call" if offered.kind == "custom" else "function_call"
+            events += self._add_item(kind, call_id=call_id, offered=offered)
             item = self._calls[index] = self._last_added
         # Some servers send the id or the name after the first fragment.
         if fragment.get("id") and item["call_id"] in self._generated_call_ids:
             item["call_id"] = fragment["id"]
         if function.get("name") and not item["name"]:
-            item["name"] = function["name"]
+            _name(item, self._names.offered(function["name"]))
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            item["arguments"] += arguments
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item["id"],
-                    output_index=self._index_of[item["id"]],
-                    delta=arguments,
-                )
-            )
+            events += self._arguments(item, arguments)
         return events
+
+    def _arguments(self, item: dict[str, Any], arguments: str) -> list[dict[str, Any]]:
+        where = {"item_id": item["id"], "output_index": self._index_of[item["id"]]}
+        if item["type"] == "function_call":
+            item["arguments"] += arguments
+            return [self._event("response.function_call_arguments.delta", **where, delta=arguments)]
+        text = self._inputs[item["id"]].feed(arguments)
+        if not text:
+            return []
+        item["input"] += text
+        return [self._event("response.custom_tool_call_input.delta", **where, delta=text)]
 
     @property
     def _next_index(self) -> int:
         return len(self._index_of)
 
     def _add_item(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
-        prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}[kind]
+        prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}.get(kind, "ctc")
         index = self._next_index
         item: dict[str, Any] = {
             "id": f"{prefix}_{self._base}{index:02d}",
@@ -532,8 +750,14 @@ class ResponseEvents:
         elif kind == "reasoning":
             item.update(summary=[], content=[])
         else:
-            item.update(call_id=fields["call_id"], name=fields["name"], arguments="")
-        if kind != "function_call":
+            item["call_id"] = fields["call_id"]
+            _name(item, fields["offered"])
+            if kind == "function_call":
+                item["arguments"] = ""
+            else:
+                item["input"] = ""
+                self._inputs[item["id"]] = CustomInput()
+        if kind in ("message", "reasoning"):
             self._open = item
         self._last_added = item
         return [self._event("response.output_item.added", output_index=index, item=_copy(item))]
@@ -590,15 +814,27 @@ class ResponseEvents:
     def _close_calls(self, status: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         for item in sorted(self._calls.values(), key=lambda i: self._index_of[i["id"]]):
-            events.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=self._index_of[item["id"]],
-                    name=item["name"],
-                    arguments=item["arguments"],
+            where = {"item_id": item["id"], "output_index": self._index_of[item["id"]]}
+            if item["type"] == "function_call":
+                events.append(
+                    self._event(
+                        "response.function_call_arguments.done",
+                        **where,
+                        name=item["name"],
+                        arguments=item["arguments"],
+                    )
                 )
-            )
+            else:
+                whole = self._inputs.pop(item["id"]).whole()
+                if whole.startswith(item["input"]) and len(whole) > len(item["input"]):
+                    rest = whole[len(item["input"]) :]
+                    events.append(
+                        self._event("response.custom_tool_call_input.delta", **where, delta=rest)
+                    )
+                item["input"] = whole
+                events.append(
+                    self._event("response.custom_tool_call_input.done", **where, input=whole)
+                )
             events += self._done(item, status)
         self._calls.clear()
         return events
@@ -622,6 +858,82 @@ class ResponseEvents:
 
     def _snapshot(self) -> dict[str, Any]:
         return _copy(self.response)
+
+
+def _name(item: dict[str, Any], offered: Offered) -> None:
+    """A call item's ``name`` (and ``namespace``, when its tool is in one), as the client
+    declared them."""
+    item["name"] = offered.name
+    if offered.namespace is not None:
+        item["namespace"] = offered.namespace
+
+
+class CustomInput:
+    """A custom tool's input as its chat arguments (``{"input": "…"}``, see ``_chat_tool``)
+    stream in. ``feed(fragment)`` gives the input's text that the fragment completes (escapes
+    decoded; an escape or a surrogate pair cut in two waits for its end); ``whole()`` the
+    input once the arguments are complete: their ``input`` (or only) string, or the arguments
+    themselves when a model wrote the raw input instead of JSON."""
+
+    _OPENING = re.compile(r'\s*\{\s*"input"\s*:\s*"')
+    _DECODER = json.JSONDecoder(strict=False)  # a model may write a raw newline in a string
+
+    def __init__(self) -> None:
+        self.arguments = ""
+        self._start: int | None = None  # where the input string's characters begin
+        self._streaming = True
+        self._given = ""
+
+    def feed(self, fragment: str) -> str:
+        self.arguments += fragment
+        if not self._streaming:
+            return ""
+        if self._start is None:
+            opening = self._OPENING.match(self.arguments)
+            if opening is None:
+                compact = re.sub(r"\s", "", self.arguments)
+                self._streaming = '{"input":"'.startswith(compact)
+                return ""
+            self._start = opening.end()
+        text = self._decoded(self.arguments[self._start :])
+        if text is None or not text.startswith(self._given):
+            self._streaming = False
+            return ""
+        new, self._given = text[len(self._given) :], text
+        return new
+
+    def _decoded(self, raw: str) -> str | None:
+        """The decoded text of the longest complete prefix of a JSON string's characters."""
+        i, n = 0, len(raw)
+        while i < n and raw[i] != '"':
+            if raw[i] != "\\":
+                i += 1
+                continue
+            step = 6 if raw[i + 1 : i + 2] == "u" else 2
+            if i + step > n:
+                break
+            i += step
+        try:
+            text: str = self._DECODER.decode(f'"{raw[:i]}"')
+        except ValueError:
+            return None
+        if text and "\ud800" <= text[-1] <= "\udbff":
+            text = text[:-1]  # the first half of a surrogate pair: its second is still to come
+        return text
+
+    def whole(self) -> str:
+        try:
+            value = self._DECODER.decode(self.arguments)
+        except ValueError:
+            return self.arguments
+        if isinstance(value, dict):
+            given = value.get("input")
+            if isinstance(given, str):
+                return given
+            strings = [v for v in value.values() if isinstance(v, str)]
+            if len(strings) == 1:
+                return strings[0]
+        return self.arguments
 
 
 def _part(kind: str, text: str) -> dict[str, Any]:
@@ -810,6 +1122,7 @@ def response_as_chunk(response: dict[str, Any]) -> dict[str, Any]:
     says the same, so its stream can be rendered by ``ResponseEvents`` when asked for."""
     delta: dict[str, Any] = {}
     calls: list[dict[str, Any]] = []
+    names = ToolNames(response.get("tools") or ())
     for item in response.get("output") or ():
         kind = item.get("type")
         if kind == "message":
@@ -821,15 +1134,8 @@ def response_as_chunk(response: dict[str, Any]) -> dict[str, Any]:
         elif kind == "reasoning":
             text = "".join(p.get("text", "") for p in item.get("content") or ())
             delta["reasoning_content"] = delta.get("reasoning_content", "") + text
-        elif kind == "function_call":
-            calls.append(
-                {
-                    "index": len(calls),
-                    "id": item.get("call_id"),
-                    "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-                }
-            )
+        elif kind in ("function_call", "custom_tool_call"):
+            calls.append({**_chat_call(item, names), "index": len(calls)})
     if calls:
         delta["tool_calls"] = calls
     incomplete = (response.get("incomplete_details") or {}).get("reason")

@@ -506,7 +506,28 @@ def test_cancel_stops_a_response_in_progress(server, openai_client, api_key, slo
     [
         ({"input": 5}, "input"),
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        (
+            {
+                "input": "x",
+                "tools": [{"type": "namespace", "name": "n", "description": "d", "tools": []}],
+            },
+            "tools[0].tools",
+        ),
+        (
+            {
+                "input": "x",
+                "tools": [
+                    {
+                        "type": "namespace",
+                        "name": "n",
+                        "description": "d",
+                        "tools": [{"type": "web_search"}],
+                    }
+                ],
+            },
+            "tools[0].tools[0].type",
+        ),
+        ({"input": "x", "tools": [{"type": "custom"}]}, "tools[0].name"),
         ({"input": "x", "temperature": 3}, "temperature"),
         ({"input": "x", "background": True}, "background"),
         ({"input": [{"type": "function_call", "call_id": "c"}]}, "input[0].name"),

@@ -15,7 +15,9 @@ import pytest
 
 from chat.relay.errors import RelayError
 from chat.relay.responses import (
+    REFUSE,
     ResponseEvents,
+    ToolTranslation,
     TranslationError,
     chat_request,
     error_of,
@@ -561,7 +563,7 @@ def test_message_parts_become_chat_content() -> None:
 @pytest.mark.parametrize(
     ("items", "param"),
     [
-        ([{"type": "message", "role": "user", "content": "a"}, {"type": "web_search_call"}],
+        ([{"type": "message", "role": "user", "content": "a"}, {"type": "item_reference"}],
          "input[1].type"),
         ([{"role": "user", "content": [{"type": "input_text", "text": "a"},
                                        {"type": "input_audio"}]}],
@@ -648,16 +650,25 @@ def test_chat_request_passes_extras_and_drops_responses_only_fields() -> None:
     assert "max_tokens" not in request
 
 
-def test_non_function_tools_are_refused_by_index() -> None:
-    """A built-in tool cannot be run by a chat server: a 400 naming ``tools[i].type``."""
+def test_hosted_tools_are_refused_by_index_under_the_refuse_policy() -> None:
+    """A hosted tool cannot be run by a chat server: on a slot that refuses them, a 400
+    naming ``tools[i].type`` (or ``tool_choice.type``, or the hosted tool's item)."""
     body = {"model": "m", "input": "x", "tools": [WEATHER_TOOL, {"type": "web_search"}]}
     with pytest.raises(TranslationError) as caught:
-        chat_request(body, history=[], items=[])
+        chat_request(body, history=[], items=[], tools=refusing(body))
     assert caught.value.param == "tools[1].type"
     choice = {"model": "m", "input": "x", "tool_choice": {"type": "file_search"}}
     with pytest.raises(TranslationError) as caught:
-        chat_request(choice, history=[], items=[])
+        chat_request(choice, history=[], items=[], tools=refusing(choice))
     assert caught.value.param == "tool_choice.type"
+    items = [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]
+    with pytest.raises(TranslationError) as caught:
+        items_to_messages(items, tools=refusing(BODY))
+    assert caught.value.param == "input[0].type"
+
+
+def refusing(body: dict[str, Any]) -> ToolTranslation:
+    return ToolTranslation(body.get("tools") or (), policy=REFUSE)
 
 
 def test_json_object_format_and_plain_text() -> None:
