@@ -7,6 +7,7 @@ random weights, so its tests assert structure, not words."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 import pytest
@@ -14,12 +15,14 @@ from agents import (
     Agent,
     ModelSettings,
     OpenAIResponsesModel,
+    RunHooks,
     Runner,
+    WebSearchTool,
     function_tool,
     set_tracing_disabled,
 )
 from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, OpenAI
 from pydantic import Field
 
 from chat import readcache
@@ -119,6 +122,85 @@ def test_streamed_agent_run_on_the_simulator(server, api_key, sim) -> None:
     streamed = asyncio.run(run())
     assert_round_trip(streamed, calls)
     assert StoredResponse.objects.filter(status="completed").count() == 2
+
+
+OMITTED = "Slipstream-Omitted-Tools"
+
+
+class UpstreamAtToolStart(RunHooks[Any]):
+    """Keeps the simulator's last chat request as each function tool starts: the SDK runs the
+    tool between turns, so this is the first turn's request, which ``last_request`` no longer
+    shows once the run is over."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.seen: list[dict[str, Any]] = []
+
+    async def on_tool_start(self, context: Any, agent: Any, tool: Any) -> None:
+        self.seen.append(self.sim.stats()["last_request"])
+
+
+def run_beside_web_search(
+    server: Any, api_key: str, sim: Any, calls: list[str], *, streamed: bool
+) -> tuple[Any, list[str | None], list[dict[str, Any]]]:
+    """The weather agent with the SDK's hosted ``WebSearchTool`` declared after its function
+    tool, run by ``Runner.run`` or ``Runner.run_streamed`` (drained) on "Weather in Oslo?".
+    Returns the run's result, the ``Slipstream-Omitted-Tools`` header of each ``/v1/responses``
+    answer (None where absent), as the SDK's own HTTP client received it, and the upstream's
+    request as each tool started."""
+    omitted: list[str | None] = []
+
+    # The SDK's transport (httpx2 in openai 3.x), as the hook's argument: typed loosely.
+    async def record(response: Any) -> None:
+        if response.request.url.path.endswith("/responses"):
+            omitted.append(response.headers.get(OMITTED))
+
+    hooks = UpstreamAtToolStart(sim)
+
+    async def run() -> Any:
+        async with (
+            DefaultAsyncHttpxClient(event_hooks={"response": [record]}) as http,
+            AsyncOpenAI(
+                base_url=server.base_url + "/v1", api_key=api_key, max_retries=0, http_client=http
+            ) as client,
+        ):
+            agent = weather_agent(client, calls)
+            agent = agent.clone(tools=[*agent.tools, WebSearchTool()])
+            if not streamed:
+                return await Runner.run(agent, "Weather in Oslo?", hooks=hooks)
+            running = Runner.run_streamed(agent, "Weather in Oslo?", hooks=hooks)
+            kinds = [event.type async for event in running.stream_events()]
+            assert "raw_response_event" in kinds
+            return running
+
+    return asyncio.run(run()), omitted, hooks.seen
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_agent_round_trip_beside_an_omitted_web_search_tool(server, api_key, sim, streamed) -> None:
+    """A translated slot under its default hosted-tool policy ("omit"): the backend (chat
+    completions only) never sees web_search, each answer names it in a header, and the
+    function tool's round trip completes as without it."""
+    made = make_slot(sim.base_url)
+    Backend.objects.filter(pk=made.backend_id).update(responses_api="translate")
+    readcache.invalidate()
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=4)
+    calls: list[str] = []
+    result, omitted, at_tool_start = run_beside_web_search(
+        server, api_key, sim, calls, streamed=streamed
+    )
+    assert_round_trip(result, calls)
+    assert len(result.final_output.split()) == 4
+    assert omitted == ["web_search", "web_search"]
+    (first,) = at_tool_start
+    last = sim.stats()["last_request"]
+    assert (first["messages"][-1]["role"], last["messages"][-1]["role"]) == ("user", "tool")
+    for sent in (first, last):
+        assert [(t["type"], t["function"]["name"]) for t in sent["tools"]] == [
+            ("function", "get_weather")
+        ]
+        assert "web_search" not in json.dumps(sent)
+    assert ApiCall.objects.filter(endpoint="responses", outcome="complete").count() == 2
 
 
 @pytest.mark.llama
