@@ -34,6 +34,10 @@ class SimConfig:
     length: int | None = None  # force the answer length (tokens); max_tokens still caps it
     reasoning_tokens: int = 0  # emit this many ``delta.reasoning_content`` words first
     tool_call: bool = False  # answer with one tool call (also when the request has ``tools``)
+    tool_name: str | None = None  # that call's function: the offered tool of this name (the
+    # first offered when none has it, as when this is None)
+    tool_arguments: str | None = None  # that call's arguments JSON text, verbatim (streamed in
+    # fragments), instead of arguments made up to fit the tool's parameter schema
     error_after: int | None = None  # after N tokens: one ``data: {"error": ...}`` event, end
     drop_after: int | None = None  # after N tokens: close TCP, no terminating chunk
     malformed_after: int | None = None  # after N tokens: one non-JSON ``data:`` line

@@ -109,6 +109,27 @@ def _cut_at_stop(tokens: list[str], stops: Sequence[str]) -> list[str] | None:
     return kept
 
 
+def _offered_functions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The ``function`` objects of the request's function tools, only the one ``tool_choice``
+    names when it names one of them, none when it names a custom tool. Other tool types
+    (``custom``: free-text input, not JSON arguments) are never called, as a model server
+    ignores a tool type it does not serve."""
+    tools = [
+        t["function"]
+        for t in body.get("tools") or []
+        if isinstance(t, dict)
+        and t.get("type", "function") == "function"
+        and isinstance(t.get("function"), dict)
+    ]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "custom":
+        return []
+    named = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(named, dict):
+        tools = [t for t in tools if t.get("name") == named.get("name")] or tools
+    return tools
+
+
 def _tool_arguments(tool: Mapping[str, Any], rng: random.Random) -> str:
     """A JSON arguments string that fits the tool's parameter schema (top-level properties;
     a string's ``maxLength`` is kept)."""
@@ -192,11 +213,8 @@ def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: s
     stops: list[str] = (
         [] if cfg.ignore_stop or stop is None else [stop] if isinstance(stop, str) else list(stop)
     )
-    tools = [t.get("function", {}) for t in body.get("tools") or [] if isinstance(t, dict)]
+    tools = _offered_functions(body)
     choice = body.get("tool_choice")
-    if isinstance(choice, dict):
-        wanted = choice.get("function", {}).get("name")
-        tools = [t for t in tools if t.get("name") == wanted] or tools
     messages = body.get("messages") if chat else None
     last = messages[-1] if isinstance(messages, list) and messages else None
     # A model answers a tool's result in words; calling the tool again would loop forever.
@@ -213,10 +231,7 @@ def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: s
         rng = random.Random(base_seed + index)
         reasoning = _pick(rng, cfg.reasoning_tokens) if chat else []
         if use_tool:
-            tool = tools[0] if tools else {"name": "sim_tool"}
-            fragments = re.findall(r"\w+|\W+", _tool_arguments(tool, rng))
-            call = (_new_id("call_"), str(tool.get("name", "sim_tool")), fragments)
-            choices.append(_Choice(reasoning, [], "tool_calls", call))
+            choices.append(_Choice(reasoning, [], "tool_calls", _tool_call(tools, cfg, rng)))
             continue
         content = _pick(rng, length)
         cut = _cut_at_stop(content, stops) if stops else None
@@ -235,6 +250,22 @@ def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: s
         created=int(time.time()),
         usage_json=cfg.usage_json,
     )
+
+
+def _tool_call(
+    tools: Sequence[Mapping[str, Any]], cfg: SimConfig, rng: random.Random
+) -> tuple[str, str, list[str]]:
+    """The one call of a tool call answer: (call id, name, argument fragments). The function is
+    the offered one named ``cfg.tool_name``, else the first offered (``sim_tool`` when none is);
+    the arguments are ``cfg.tool_arguments`` verbatim, else made up to fit its schema."""
+    named = [t for t in tools if cfg.tool_name is not None and t.get("name") == cfg.tool_name]
+    tool = (named or list(tools) or [{"name": "sim_tool"}])[0]
+    arguments = cfg.tool_arguments
+    if arguments is None:
+        arguments = _tool_arguments(tool, rng)
+    # One fragment at least: the call's opening delta rides on the first one.
+    fragments = re.findall(r"\w+|\W+", arguments) or [""]
+    return _new_id("call_"), str(tool.get("name", "sim_tool")), fragments
 
 
 def _pick(rng: random.Random, count: int) -> list[str]:

@@ -210,6 +210,56 @@ def test_tool_call_first_delta_has_openai_shape(fast: SimulatorThread) -> None:
     assert all(set(d["tool_calls"][0]) == {"index", "function"} for d in deltas[1:-1])
 
 
+SHELL_TOOL: ChatCompletionFunctionToolParam = {
+    "type": "function",
+    "function": {
+        "name": "exec_command",
+        "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}},
+    },
+}
+
+
+def tool_call_deltas(response: httpx.Response) -> list[dict[str, Any]]:
+    """A streamed answer's ``tool_calls`` deltas, in order (one call per delta here)."""
+    deltas = [c["choices"][0]["delta"] for c in chunks(response.text) if c["choices"]]
+    return [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+
+
+def test_tool_name_and_arguments_script_the_call(fast: SimulatorThread) -> None:
+    arguments = '{"cmd": "printf hi > hello.txt"}'
+    fast.configure(tool_name="exec_command", tool_arguments=arguments)
+    body = {"messages": MESSAGES, "stream": True, "tools": [WEATHER_TOOL, SHELL_TOOL]}
+    deltas = tool_call_deltas(post(fast, body))
+    assert deltas[0]["function"]["name"] == "exec_command"
+    assert "".join(d["function"]["arguments"] for d in deltas) == arguments  # byte for byte
+    assert len(deltas) > 2  # streamed in fragments, as generated arguments are
+    whole = post(fast, {**body, "stream": False}).json()["choices"][0]["message"]
+    (call,) = whole["tool_calls"]
+    assert call["function"] == {"name": "exec_command", "arguments": arguments}
+
+
+def test_tool_name_not_offered_calls_the_first_tool(fast: SimulatorThread) -> None:
+    sim = {"tool_name": "exec_command", "tool_arguments": '{"city": "Oslo"}'}
+    body = {"messages": MESSAGES, "stream": True, "tools": [WEATHER_TOOL], "sim": sim}
+    deltas = tool_call_deltas(post(fast, body))
+    assert deltas[0]["function"]["name"] == "get_weather"
+    assert "".join(d["function"]["arguments"] for d in deltas) == '{"city": "Oslo"}'
+
+
+def test_scripted_tool_call_still_answers_a_tool_result_in_words(fast: SimulatorThread) -> None:
+    fast.configure(tool_name="exec_command", tool_arguments='{"cmd": "true"}')
+    call = {"id": "call_1", "type": "function", "function": {"name": "exec_command"}}
+    messages = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "done"},
+    ]
+    body = {"messages": messages, "tools": [SHELL_TOOL]}
+    answer = post(fast, body).json()["choices"][0]
+    assert answer["finish_reason"] == "stop"
+    assert answer["message"]["content"]
+
+
 def test_reasoning_content_comes_first(fast: SimulatorThread, client: openai.OpenAI) -> None:
     kinds = []
     for chunk in client.chat.completions.create(
