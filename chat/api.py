@@ -236,7 +236,34 @@ def _refuse_images(slot: Slot, body: dict[str, Any], *, param: str) -> None:
         )
 
 
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _required(
+    obj: dict[str, Any], name: str, ok: Callable[[Any], bool], expected: str, at: str
+) -> Any:
+    """``obj[name]``, which OpenAI's schema requires (``at``: the path of ``obj``): 400
+    ``missing_required_parameter`` when absent or null, ``invalid_type`` when not ``ok``."""
+    if obj.get(name) is None:
+        raise invalid(
+            f"Missing required parameter: '{at}.{name}'.",
+            param=f"{at}.{name}",
+            code="missing_required_parameter",
+        )
+    _check(obj, name, ok, expected, at=at)
+    return obj[name]
+
+
 def _validate_tools(body: dict[str, Any]) -> None:
+    """``tools`` and ``tool_choice`` after OpenAI's schema (``ChatCompletionTool``,
+    ``CustomToolChatCompletions``, ``ChatCompletionToolChoiceOption``): a ``function`` object
+    for a function tool (a tool without ``type`` is one, as local servers read it), a
+    ``custom`` object for a custom tool; other types pass unchecked, for the backend to judge."""
     _check(body, "tools", lambda v: isinstance(v, list), "an array")
     for i, tool in enumerate(body.get("tools") or ()):
         at = f"tools[{i}]"
@@ -246,24 +273,94 @@ def _validate_tools(body: dict[str, Any]) -> None:
                 param=at,
                 code="invalid_type",
             )
-        _check(tool, "function", lambda v: isinstance(v, dict), "an object", at=at, nullable=False)
-        function = tool.get("function") or {}
-        for name, ok, expected in (
-            ("name", lambda v: isinstance(v, str), "a string"),
-            ("parameters", lambda v: isinstance(v, dict), "an object"),
-        ):
-            _check(function, name, ok, expected, at=f"{at}.function", nullable=False)
+        _check(tool, "type", _is_str, "a string", at=at, nullable=False)
+        kind = tool.get("type", "function")
+        if kind == "function":
+            function = _required(tool, "function", _is_object, "an object", at)
+            _required(function, "name", _is_str, "a string", f"{at}.function")
+            _check(
+                function, "parameters", _is_object, "an object", at=f"{at}.function", nullable=False
+            )
+        elif kind == "custom":
+            custom = _required(tool, "custom", _is_object, "an object", at)
+            _required(custom, "name", _is_str, "a string", f"{at}.custom")
+            for name, ok, expected in (
+                ("description", _is_str, "a string"),
+                ("format", _is_object, "an object"),
+            ):
+                _check(custom, name, ok, expected, at=f"{at}.custom", nullable=False)
     _check(body, "tool_choice", lambda v: isinstance(v, str | dict), "a string or an object")
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict):
-        _check(
-            choice,
-            "function",
-            lambda v: isinstance(v, dict),
-            "an object",
-            at="tool_choice",
-            nullable=False,
-        )
+    if isinstance(body.get("tool_choice"), dict):
+        _validate_tool_choice(body["tool_choice"])
+
+
+def _validate_tool_choice(choice: dict[str, Any]) -> None:
+    """An object ``tool_choice``: ``ChatCompletionNamedToolChoice`` (also without ``type``),
+    ``ChatCompletionNamedToolChoiceCustom`` or ``ChatCompletionAllowedToolsChoice``."""
+    at = "tool_choice"
+    _check(choice, "type", _is_str, "a string", at=at, nullable=False)
+    kind = choice.get("type", "function")
+    if kind in ("function", "custom"):
+        named = _required(choice, kind, _is_object, "an object", at)
+        _required(named, "name", _is_str, "a string", f"{at}.{kind}")
+    elif kind == "allowed_tools":
+        allowed = _required(choice, "allowed_tools", _is_object, "an object", at)
+        at = f"{at}.allowed_tools"
+        _required(allowed, "mode", _is_str, "a string", at)
+        tools = _required(allowed, "tools", lambda v: isinstance(v, list), "an array", at)
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise invalid(
+                    f"Invalid type for '{at}.tools[{i}]': expected an object, but got "
+                    f"{_json_type(tool)}.",
+                    param=f"{at}.tools[{i}]",
+                    code="invalid_type",
+                )
+
+
+def _is_strs(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+
+
+def _is_voice(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("id"), str))
+
+
+# Chat completions' newer output options (``CreateChatCompletionRequest`` and
+# ``CreateModelResponseProperties``): (path of the object holding the field, field, check,
+# expected). Only their types are checked, never their enums (OpenAI adds values, e.g. a voice or
+# an audio format, and a backend's own values are its to judge); they pass to the backend as
+# sent, which serves, ignores or refuses them.
+_OUTPUT_OPTIONS: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
+    ("", "modalities", _is_strs, "an array of strings"),
+    ("", "audio", _is_object, "an object"),
+    ("audio", "voice", _is_voice, "a string or an object with an 'id'"),
+    ("audio", "format", _is_str, "a string"),
+    ("", "prediction", _is_object, "an object"),
+    ("prediction", "type", _is_str, "a string"),
+    ("prediction", "content", lambda v: isinstance(v, str | list), "a string or an array"),
+    ("", "web_search_options", _is_object, "an object"),
+    ("web_search_options", "user_location", _is_object, "an object"),
+    ("web_search_options", "search_context_size", _is_str, "a string"),
+    ("web_search_options.user_location", "type", _is_str, "a string"),
+    ("web_search_options.user_location", "approximate", _is_object, "an object"),
+    ("", "store", lambda v: isinstance(v, bool), "a boolean"),
+    ("", "metadata", _is_str_map, "an object mapping keys to strings"),
+    ("", "verbosity", _is_str, "a string"),
+)
+
+
+def _validate_output_options(body: dict[str, Any]) -> None:
+    for at, name, ok, expected in _OUTPUT_OPTIONS:
+        holder: Any = body
+        for step in at.split(".") if at else ():
+            holder = holder.get(step) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            _check(holder, name, ok, expected, at=at)
 
 
 def validate(body: dict[str, Any], *, chat: bool) -> None:
@@ -277,6 +374,7 @@ def validate(body: dict[str, Any], *, chat: bool) -> None:
     if chat:
         _validate_messages(body.get("messages"))
         _validate_tools(body)
+        _validate_output_options(body)
     else:
         if body.get("prompt") is None:
             raise invalid("you must provide a prompt parameter", param="prompt")
@@ -563,10 +661,6 @@ _ROLES = ("user", "assistant", "system", "developer")
 # OpenAI's bounds (API reference, "Create a model response"): metadata holds up to 16 pairs,
 # keys up to 64 characters, values up to 512.
 MAX_METADATA = 16
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
 
 
 def _validate_input(value: Any) -> None:
