@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -233,12 +233,18 @@ def test_limits_and_switching_off_are_said_plainly(
     assert sim.stats()["requests"] == requests_before
 
 
-def test_the_widget_fits_a_320_px_phone_and_passes_axe(browser: Browser, server, slot, sim, host):
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_widget_fits_a_320_px_phone_and_passes_axe(
+    browser: Browser, server, slot, sim, host, theme: Literal["light", "dark"]
+) -> None:
+    """In both colour schemes (issue 33, finding 6: the dark one failed ``color-contrast``):
+    the iframe follows the visitor's ``prefers-color-scheme``, as the chat pages do."""
     from tests.e2e.test_accessibility import violations
 
     sim.configure(ttft_ms=0, tokens_per_s=0, length=30)
     url = embed(host, server, make_widget(slot, host))
-    page = browser.new_context(viewport={"width": 320, "height": 640}).new_page()
+    context = browser.new_context(viewport={"width": 320, "height": 640}, color_scheme=theme)
+    page = context.new_page()
     page.goto(url)
     frame = open_panel(page)
     ask(frame, "A question from a small phone")
