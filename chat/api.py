@@ -757,6 +757,27 @@ def _validate_response_tools(body: dict[str, Any]) -> None:
             for j, member in enumerate(inner):
                 _validate_response_tool(member, f"{at}.tools[{j}]", within=("function", "custom"))
     _check(body, "tool_choice", lambda v: isinstance(v, str | dict), "a string or an object")
+    if isinstance(body.get("tool_choice"), dict):
+        _validate_response_tool_choice(body["tool_choice"])
+
+
+def _validate_response_tool_choice(choice: dict[str, Any]) -> None:
+    """An object ``tool_choice`` (OpenAPI ``ToolChoiceParam``): a ``type``; a function or
+    custom tool's ``name``; ``allowed_tools``' ``mode`` and its ``tools``, each with a
+    ``type``."""
+    at = "tool_choice"
+    _require(choice, "type", _is_str, "a string", at)
+    if choice["type"] in ("function", "custom"):
+        _require(choice, "name", _is_str, "a string", at)
+    elif choice["type"] == "allowed_tools":
+        _require(choice, "mode", _is_str, "a string", at)
+        _require(choice, "tools", lambda v: isinstance(v, list), "an array", at)
+        for i, tool in enumerate(choice["tools"]):
+            if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+                raise invalid(
+                    f"Invalid value for '{at}.tools[{i}]': a tool is an object with a 'type'.",
+                    param=f"{at}.tools[{i}]",
+                )
 
 
 def _validate_response_tool(tool: Any, at: str, *, within: tuple[str, ...] = ()) -> None:

@@ -528,6 +528,18 @@ def test_cancel_stops_a_response_in_progress(server, openai_client, api_key, slo
             "tools[0].tools[0].type",
         ),
         ({"input": "x", "tools": [{"type": "custom"}]}, "tools[0].name"),
+        ({"input": "x", "tool_choice": {"type": "function"}}, "tool_choice.name"),
+        (
+            {
+                "input": "x",
+                "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": {"a": 1}},
+            },
+            "tool_choice.tools",
+        ),
+        (
+            {"input": "x", "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [5]}},
+            "tool_choice.tools[0]",
+        ),
         ({"input": "x", "temperature": 3}, "temperature"),
         ({"input": "x", "background": True}, "background"),
         ({"input": [{"type": "function_call", "call_id": "c"}]}, "input[0].name"),
