@@ -697,6 +697,14 @@ def _validate_item(item: Any, at: str) -> list[tuple[str, dict[str, Any]]]:
     elif kind in ("function_call_output", "custom_tool_call_output"):
         _require(item, "call_id", _is_str, "a string", at)
         _require(item, "output", lambda v: isinstance(v, str | list), "a string or an array", at)
+        for j, part in enumerate(item["output"] if isinstance(item["output"], list) else ()):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise invalid(
+                    f"Invalid value for '{at}.output[{j}]': a content part is an object with a "
+                    "'type'.",
+                    param=f"{at}.output[{j}]",
+                )
+            _check(part, "text", _is_str, "a string", at=f"{at}.output[{j}]", nullable=False)
     return []
 
 
@@ -729,7 +737,7 @@ def _validate_message_item(item: dict[str, Any], at: str) -> list[tuple[str, dic
                 "'type'.",
                 param=f"{at}.content[{j}]",
             )
-        _check(part, "text", _is_str, "a string", at=f"{at}.content[{j}]")
+        _check(part, "text", _is_str, "a string", at=f"{at}.content[{j}]", nullable=False)
     parts = item["content"] if isinstance(item["content"], list) else []
     return [
         (f"{at}.content[{j}]", part)

@@ -291,9 +291,9 @@ def _chat_content(content: Any, *, at: str) -> Any:
     for position, part in enumerate(content):
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
+            parts.append({"type": "text", "text": _string(part.get("text"))})
         elif kind == "refusal":
-            parts.append({"type": "text", "text": part.get("refusal", "")})
+            parts.append({"type": "text", "text": _string(part.get("refusal"))})
         elif kind == "input_image":
             image = {"url": part.get("image_url") or ""}
             if part.get("detail"):
@@ -314,10 +314,13 @@ def _chat_content(content: Any, *, at: str) -> Any:
 def _text_of(output: Any) -> str:
     """A ``function_call_output``'s output given as content parts, as text."""
     if isinstance(output, list):
-        return "".join(
-            part.get("text", "") for part in output if isinstance(part, dict) and "text" in part
-        )
+        return "".join(_string(part.get("text")) for part in output if isinstance(part, dict))
     return json.dumps(output)
+
+
+def _string(value: Any) -> str:
+    """A text field's value, or "" when it holds anything but text."""
+    return value if isinstance(value, str) else ""
 
 
 def chat_request(

@@ -540,6 +540,26 @@ def test_cancel_stops_a_response_in_progress(server, openai_client, api_key, slo
             {"input": "x", "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [5]}},
             "tool_choice.tools[0]",
         ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": None}]}]},
+            "input[0].content[0].text",
+        ),
+        (
+            {
+                "input": [
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [{"type": "input_text", "text": 5}],
+                    }
+                ]
+            },
+            "input[0].output[0].text",
+        ),
+        (
+            {"input": [{"type": "custom_tool_call_output", "call_id": "c", "output": ["x"]}]},
+            "input[0].output[0]",
+        ),
         ({"input": "x", "temperature": 3}, "temperature"),
         ({"input": "x", "background": True}, "background"),
         ({"input": [{"type": "function_call", "call_id": "c"}]}, "input[0].name"),

@@ -462,3 +462,20 @@ def test_reasoning_items_with_encrypted_content_are_dropped() -> None:
         {"role": "user", "content": "next"},
     ]
     assert items_to_messages(items) == [{"role": "user", "content": "next"}]
+
+
+def test_text_that_is_not_text_is_empty_not_a_crash() -> None:
+    """Found by schemathesis over ``/v1/responses``: a part whose ``text`` is not a string made
+    the translation raise (HTTP 500) when it joined the parts."""
+    messages = items_to_messages(
+        [
+            {"role": "user", "content": [{"type": "input_text", "text": 5},
+                                         {"type": "input_text", "text": "a"}]},
+            {"type": "function_call_output", "call_id": "c",
+             "output": [{"type": "input_text", "text": None}, {"type": "input_text", "text": "b"}]},
+        ]
+    )  # fmt: skip
+    assert messages == [
+        {"role": "user", "content": "a"},
+        {"role": "tool", "tool_call_id": "c", "content": "b"},
+    ]
