@@ -251,7 +251,13 @@ class SlotAdmin(SlotStateMixin, admin.ModelAdmin[Slot]):
             {
                 "description": "The slot list's action “Ask the server whether it reads "
                 "images” sets Accepts images from llama.cpp's or Ollama's own answer.",
-                "fields": ("accepts_images", "image_max_side", "image_links", "document_tokens"),
+                "fields": (
+                    "accepts_images",
+                    "image_max_side",
+                    "image_links",
+                    "document_tokens",
+                    "media_urls",
+                ),
             },
         ),
         ("Agent clients (/v1/responses)", {"fields": ("hosted_tools",)}),

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import answers, jsonbody, readcache, selectors, services, streaming
+from chat import answers, jsonbody, media_urls, readcache, selectors, services, streaming
 from chat.http import Refusal, error_response, invalid, sse_response
 from chat.models import ApiKey, Slot, StoredResponse
 from chat.relay import dispatch, responses
@@ -234,6 +234,64 @@ def _refuse_images(slot: Slot, body: dict[str, Any], *, param: str) -> None:
             param=param,
             code="images_not_supported",
         )
+
+
+# A content part's fields that hold a URL: chat's ``image_url.url`` (and vLLM's ``video_url``
+# and ``audio_url`` parts), the Responses API's ``image_url`` and ``file_url``; and those that
+# hold inline data, checked only when their value is a URL (chat's ``file.file_data`` and
+# ``input_audio.data``, the Responses API's ``file_data``).
+_URL_FIELDS = ("url", "image_url", "file_url")
+_DATA_FIELDS = ("file_data", "data")
+
+
+async def _refuse_media_urls(slot: Slot, body: dict[str, Any]) -> None:
+    """``Refusal`` 400 for the first URL in ``body``'s content parts that ``slot``'s
+    ``media_urls`` policy keeps from the upstream (``chat.media_urls``), naming the field:
+    ``invalid_image_url``, ``invalid_file_url`` or ``invalid_url``."""
+    allow_hosts = settings.SLIPSTREAM_MEDIA_URL_ALLOW_HOSTS
+    for at, part in _media_parts(body):
+        for param, url in _part_urls(at, part):
+            reason = await media_urls.refusal(url, policy=slot.media_urls, allow_hosts=allow_hosts)
+            if reason is None:
+                continue
+            kind = part.get("type")
+            code = "invalid_url"
+            if kind in _IMAGE_PARTS:
+                code = "invalid_image_url"
+            elif kind in ("file", "input_file"):
+                code = "invalid_file_url"
+            raise invalid(f"Invalid '{param}': {reason}.", param=param, code=code)
+
+
+def _media_parts(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(param, part)`` of the content parts other than text in chat's ``messages`` or the
+    Responses API's ``input`` items: their ``content``, and a tool output's ``output`` (an
+    array of input parts, or a ``computer_screenshot``)."""
+    key = "messages" if "messages" in body else "input"
+    items = body.get(key)
+    found: list[tuple[str, dict[str, Any]]] = []
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        for name in ("content", "output") if isinstance(item, dict) else ():
+            value = item.get(name)
+            if isinstance(value, dict):
+                found.append((f"{key}[{i}].{name}", value))
+            for j, part in enumerate(value if isinstance(value, list) else ()):
+                if isinstance(part, dict) and part.get("type") not in ("text", *_TEXT_PARTS):
+                    found.append((f"{key}[{i}].{name}[{j}]", part))
+    return found
+
+
+def _part_urls(at: str, part: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(param, url)`` of the URLs in a content part (``at``: its param), in its object named
+    after its type (chat's ``{"type": "image_url", "image_url": {"url": …}}``) or in itself."""
+    nested = part.get(str(part.get("type")))
+    fields, where = (nested, f"{at}.{part['type']}") if isinstance(nested, dict) else (part, at)
+    return [
+        (f"{where}.{name}", value)
+        for name in (*_URL_FIELDS, *_DATA_FIELDS)
+        if isinstance(value := fields.get(name), str)
+        and (name in _URL_FIELDS or media_urls.is_url(value))
+    ]
 
 
 def _is_object(value: Any) -> bool:
@@ -560,6 +618,7 @@ async def create_completion(
         slot = await resolve_slot(call.slot_name, call.key, lookups)
         if endpoint == CHAT:
             _refuse_images(slot, body, param="messages")
+            await _refuse_media_urls(slot, body)
         tokens_left = await answers.check_quotas(
             user=call.key.user, api_key=call.key, lookups=lookups
         )
@@ -936,6 +995,7 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
     call.slot_name, call.stream = body["model"], bool(body.get("stream"))
     slot = await resolve_slot(call.slot_name, call.key, lookups)
     _refuse_images(slot, body, param="input")
+    await _refuse_media_urls(slot, body)
     tokens_left = await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
     answers.cap_output_tokens(
         body, tokens_left=tokens_left, default=slot.max_tokens, fields=["max_output_tokens"]

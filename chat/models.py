@@ -238,6 +238,23 @@ class Slot(models.Model):
         "characters a token); the rest is cut, with a note in the chat.",
     )
 
+    # Remote URLs in /v1 content parts: a server that fetches them itself must not be sent this
+    # network's own addresses. The values are chat.media_urls.POLICIES.
+    class MediaUrls(models.TextChoices):
+        PUBLIC = "public", "Public http(s) URLs only"
+        NONE = "none", "No remote URLs (data: only)"
+
+    media_urls = models.CharField(
+        "remote media URLs",
+        max_length=10,
+        choices=MediaUrls.choices,
+        default=MediaUrls.PUBLIC,
+        help_text="Which URLs in /v1 image and file parts go to the server: http(s) URLs whose "
+        "host resolves only to public addresses (or is listed in "
+        "SLIPSTREAM_MEDIA_URL_ALLOW_HOSTS), or none, for servers that should fetch nothing; "
+        "data: URLs always. Others are refused with HTTP 400 before the call.",
+    )
+
     # /v1/responses on a backend without the Responses API (chat.relay.responses).
     class HostedTools(models.TextChoices):
         OMIT = "omit", "Leave them out and serve the rest"

@@ -304,6 +304,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = SLIPSTREAM_API_MAX_BODY_BYTES
 # at most this many in one request (400), each at most this many bytes (413).
 SLIPSTREAM_API_MAX_PARTS = env.int("SLIPSTREAM_API_MAX_PARTS", default=20)
 SLIPSTREAM_API_MAX_PART_BYTES = env.int("SLIPSTREAM_API_MAX_PART_BYTES", default=10 * 1024 * 1024)
+# Remote URLs in those parts go upstream only as each slot's policy says (Slot.media_urls): by
+# default only http(s) URLs whose host resolves to public addresses, since a model server that
+# fetches them would otherwise fetch this network's own. Hosts listed here (comma-separated,
+# "*.example.org" for its subdomains) skip the address check: an internal image store.
+SLIPSTREAM_MEDIA_URL_ALLOW_HOSTS = [
+    h.strip().lower().rstrip(".") for h in env.list("SLIPSTREAM_MEDIA_URL_ALLOW_HOSTS", default=[])
+]
 
 # Attachments (chat.attachments): uploaded files, stored through Django's storage API: local
 # files under var/media by default; S3-compatible object storage when SLIPSTREAM_S3_BUCKET is

@@ -137,6 +137,9 @@ def server_env() -> dict[str, str]:
         "PROMETHEUS_MULTIPROC_DIR": METRICS_DIR,
         "SLIPSTREAM_METRICS_TOKEN": METRICS_TOKEN,
         "SLIPSTREAM_MEDIA_ROOT": MEDIA_DIR,
+        # A host that resolves nowhere, let through by the operator's list
+        # (tests/integration/test_media_urls.py).
+        "SLIPSTREAM_MEDIA_URL_ALLOW_HOSTS": "images.internal",
     }
 
 

@@ -44,6 +44,8 @@ def slot_form(backend: Backend, **fields: Any) -> dict[str, Any]:
         "enabled": "on",
         "image_max_side": "1568",
         "document_tokens": "8000",
+        "media_urls": "public",
+        "hosted_tools": "omit",
         **fields,
     }
 

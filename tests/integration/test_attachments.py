@@ -419,7 +419,9 @@ def test_sdk_image_parts_reach_the_upstream_unchanged(vision_slot, sim, openai_c
 
     sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
     picture = png(3000, 20)  # larger than the slot's side: /v1 passes it through as it is
-    cat = "https://images.example/cat.png"
+    # A literal public address: a name would have to resolve, and only to public addresses
+    # (chat.media_urls), on a machine that may have no DNS.
+    cat = "https://93.184.215.14/cat.png"
     remote = {"type": "image_url", "image_url": {"url": cat}}
     content = [{"type": "text", "text": "Compare"}, image_part(picture), remote]
     reply = openai_client.chat.completions.create(
