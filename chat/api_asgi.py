@@ -20,7 +20,8 @@ What it does that Django's stack did for them:
   settings; ``tests/integration/test_api_asgi.py`` compares them with Django's.
 - **Body**: read from ``http.request`` messages up to ``SLIPSTREAM_API_MAX_BODY_BYTES`` (judged
   by ``Content-Length`` first); over it, 413 in OpenAI's envelope, after the key is checked, as
-  before.
+  before; a ``Content-Type`` that is not JSON (a form, an upload) is a 400 in it
+  (``jsonbody.check_content_type``), as in Django's view.
 - **Disconnect**: once the body is read, a task waits on ``receive()``; ``http.disconnect``
   cancels the request's task, as Django's handler does (Channels' ``AsyncHttpConsumer`` does not
   while streaming). The stream's ``finally`` detaches it from its generation and records the
@@ -220,6 +221,7 @@ class _Exchange:
         self, endpoint: str, headers: dict[bytes, bytes], raw: bytes | EnvelopeError, limit: int
     ) -> None:
         def read_body() -> dict[str, Any]:
+            jsonbody.check_content_type(headers.get(b"content-type", b"").decode("latin-1"))
             if isinstance(raw, EnvelopeError):
                 raise raw
             return jsonbody.loads_object(raw)

@@ -5,7 +5,10 @@ The policy itself is ``settings.CONTENT_SECURITY_POLICY``; the widget's page rep
 ``frame-ancestors`` (``chat.widget.page``). Reports arrive in either format browsers send:
 ``report-uri``'s ``application/csp-report`` (``{"csp-report": {...}}``, CSP Level 2 §7.1) or the
 Reporting API's ``application/reports+json`` (a list of ``{"type": "csp-violation", "body":
-{...}}``, CSP Level 3 §5.3).
+{...}}``, CSP Level 3 §5.3). Anyone can post one, so each client address
+(``chat.http.client_ip``) is held to ``SLIPSTREAM_CSP_REPORT_RATE`` (django-ratelimit over
+Django's cache, shared by processes with ``REDIS_URL``); past it, or while the cache cannot count
+(Redis down), reports are dropped unread with a 429: browsers neither read the answer nor retry.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, cast
 
+from asgiref.sync import sync_to_async
 from csp.middleware import CSPMiddleware as BaseCSPMiddleware
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from django_ratelimit.core import is_ratelimited
 
 from chat import jsonbody
-from chat.http import error_response, invalid
+from chat.http import Refusal, client_ip, error_response, invalid
 from chat.relay.errors import EnvelopeError
+from chat.relay.shared import UNREACHABLE, shared
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +81,50 @@ def _violations(payload: Any) -> list[dict[str, Any]]:
     return violations
 
 
+async def _over_rate(request: HttpRequest) -> bool:
+    """Count the report against its address's ``SLIPSTREAM_CSP_REPORT_RATE``: whether it is past
+    it, or cannot be counted (the cache unreachable, or Redis known down: not asked at all)."""
+    store = shared()
+    if store is not None and not store.health.up:
+        return True
+
+    def check() -> bool | Exception:
+        try:
+            limited: bool = is_ratelimited(
+                request,
+                group="csp-report",
+                key=lambda group, request: client_ip(request),
+                rate=settings.SLIPSTREAM_CSP_REPORT_RATE,
+                increment=True,
+            )
+        except UNREACHABLE as exc:
+            return exc
+        return limited
+
+    outcome = await sync_to_async(check)()
+    if isinstance(outcome, Exception):
+        if store is not None:
+            store.report_unavailable(outcome)
+        return True
+    return outcome
+
+
 @csrf_exempt  # browsers send reports without a token (nor cookies, for report-uri)
 @require_POST
 async def report(request: HttpRequest) -> HttpResponse:
     """``POST /csp-report/``: one WARNING line per violation (directive, blocked URL, page,
-    source), then 204. A body over ``SLIPSTREAM_CSP_REPORT_MAX_BYTES`` is 413, one that is not
-    JSON 400 (``chat.jsonbody``'s envelopes)."""
+    source), then 204. Past the address's rate (see the module) 429, the body unread; a body
+    over ``SLIPSTREAM_CSP_REPORT_MAX_BYTES`` is 413, one that is not JSON 400
+    (``chat.jsonbody``'s envelopes)."""
+    if await _over_rate(request):
+        return error_response(
+            Refusal(
+                "Too many reports from this address.",
+                status=429,
+                type="rate_limit_error",
+                code="rate_limited",
+            )
+        )
     limit: int = settings.SLIPSTREAM_CSP_REPORT_MAX_BYTES
     length = request.headers.get("Content-Length") or "0"
     if not length.isdigit():

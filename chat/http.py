@@ -1,13 +1,16 @@
-"""HTTP adapters shared by the chat views and the /v1 API: SSE responses and OpenAI errors."""
+"""HTTP adapters shared by the chat views and the /v1 API: SSE responses and OpenAI errors, and
+the client's address that the widget's limits and the login throttle count."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import AsyncGenerator
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 
 from chat.relay.errors import EnvelopeError
 
@@ -16,6 +19,22 @@ SSE_HEADERS = {
     # nginx buffers proxied responses unless told not to, which would hold every token back.
     "X-Accel-Buffering": "no",
 }
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's address as the limits count it (the widget's, and django-axes' through
+    ``AXES_CLIENT_IP_CALLABLE``): ``REMOTE_ADDR``, or behind the proxy (``settings.BEHIND_PROXY``)
+    the last ``X-Forwarded-For`` hop, which that proxy appended (nginx's
+    ``$proxy_add_x_forwarded_for``, deploy/nginx.conf); any earlier hop came from the client and
+    proves nothing. Without the proxy the header is ignored: anyone can send it."""
+    remote: str = request.META.get("REMOTE_ADDR", "")
+    if settings.BEHIND_PROXY:
+        last = request.META.get("HTTP_X_FORWARDED_FOR", "").rsplit(",", 1)[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last))
+        except ValueError:
+            pass  # no header or garbage: the proxy's own address, shared by all, is the safe side
+    return remote
 
 
 def sse_response(events: AsyncGenerator[bytes, None]) -> StreamingHttpResponse:

@@ -8,7 +8,8 @@ store; it keeps a lone surrogate such as ``"\\ud800"`` (RFC 8259 §8.2 leaves it
 which cannot be encoded as UTF-8 when the value is sent upstream or stored; it keeps
 ``"\\u0000"``, which a PostgreSQL text column cannot store; and it recurses once per nesting
 level, raising ``RecursionError`` near 1,000 levels. Each of these was a 500 (issue 12); here it
-is a 400 naming where it was found.
+is a 400 naming where it was found. A body labelled as anything but JSON (a form, an upload)
+is refused before it is read, in OpenAI's words (``check_content_type``, issue 33).
 
 Errors are ``chat.http.invalid``'s (``invalid_request_error``), shown as OpenAI's envelope
 ``{"error": {"message", "type", "param", "code"}}``; ``param`` is the path to the bad value
@@ -196,6 +197,28 @@ def loads_object(raw: bytes | str) -> dict[str, Any]:
     return value
 
 
+def check_content_type(value: str | None) -> None:
+    """Refuse a body whose ``Content-Type`` (the header's value) is not JSON: ``application/json``
+    or ``application/<something>+json`` (RFC 6839 §3.1), any parameters, any case. A missing or
+    empty header passes: clients that send a raw body without one (httpx's ``content=``) meant
+    JSON. Raises ``invalid``'s error otherwise: 400, OpenAI's wording and
+    ``unsupported_content_type`` code (its answer to a ``multipart/form-data`` body on a JSON
+    endpoint, openai/openai-openapi#502); a multipart upload or a form is never parsed here."""
+    text = value or ""
+    media = text.split(";", 1)[0].strip().lower()
+    if not media or media == "application/json":
+        return
+    if media.startswith("application/") and media.endswith("+json"):
+        return
+    shown = text if len(text) <= 200 else text[:199] + "…"  # the client's, maybe long
+    raise invalid(
+        f"Unsupported content type: '{shown}'. This API method only accepts 'application/json' "
+        f"requests, but you specified the header 'Content-Type: {shown}'. Please try again "
+        "with a supported content type.",
+        code="unsupported_content_type",
+    )
+
+
 def too_large(limit: int | None) -> EnvelopeError:
     """The 413 for a body over ``limit`` bytes."""
     return invalid(
@@ -204,9 +227,11 @@ def too_large(limit: int | None) -> EnvelopeError:
 
 
 def read_object(request: HttpRequest, *, max_bytes: int | None = None) -> dict[str, Any]:
-    """The request's body as a JSON object (``loads_object``). Raises ``invalid``'s error: 413
-    when the body is over ``max_bytes`` (default: Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``),
+    """The request's body as a JSON object (``loads_object``). Raises ``invalid``'s error: 400
+    for a ``Content-Type`` that is not JSON (``check_content_type``), before the body is read;
+    413 when the body is over ``max_bytes`` (default: Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``),
     judged by ``Content-Length`` before reading; 400 for a bad ``Content-Length`` or body."""
+    check_content_type(request.headers.get("Content-Type"))
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE if max_bytes is None else max_bytes
     too_big = too_large(limit)
     try:

@@ -17,7 +17,10 @@ An exception a view did not handle becomes OpenAI's error envelope
 ``{"error": {"message", "type", "param", "code"}}`` with a generic message (never the
 exception's class or text: that is for the log), and its traceback is logged once, here.
 ``server_error`` and ``bad_request`` do the same for failures outside views (another
-middleware, a bad Host header), as Django's ``handler500`` and ``handler400``.
+middleware, a bad Host header), as Django's ``handler500`` and ``handler400``, and
+``csrf_failure`` for a refused CSRF check (``CSRF_FAILURE_VIEW``); to a page, that one is
+``templates/403_csrf.html`` in the site's stylesheet (Django's own styles itself inline, which
+the Content Security Policy blocks).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig, Suspicio
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
+from django.shortcuts import render
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.log import log_response
 from django.views import defaults
@@ -315,6 +319,21 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if wants_json(request):
         return error_response(EnvelopeError(SERVER_ERROR, status=500, type="server_error"))
     return defaults.server_error(request)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """``CSRF_FAILURE_VIEW``: 403, in OpenAI's envelope for a JSON endpoint, else the page
+    ``403_csrf.html`` (Django's template name for it). ``reason`` is Django's, for its log
+    (``django.security.csrf``, written before this runs), not the visitor."""
+    if wants_json(request):
+        return error_response(
+            invalid(
+                "CSRF verification failed: reload the page and try again.",
+                status=403,
+                code="csrf_failed",
+            )
+        )
+    return render(request, "403_csrf.html", status=403)
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -28,7 +28,6 @@ Security model:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import uuid
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from csp.constants import HEADER, NONE
 from csp.utils import build_policy
-from django.conf import settings
 from django.core import signing
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
@@ -49,7 +47,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_ratelimit.core import is_ratelimited
 
 from chat import answers, attachments, jsonbody, selectors, streaming
-from chat.http import Refusal, error_response, invalid, sse_response
+from chat.http import Refusal, client_ip, error_response, invalid, sse_response
 from chat.models import ORIGIN_RE, Widget, normalise_origin
 from chat.relay.errors import EnvelopeError
 from chat.relay.shared import UNREACHABLE, SharedUnavailable, shared
@@ -95,21 +93,6 @@ def visitor_of(request: HttpRequest, widget: Widget) -> uuid.UUID | None:
         return uuid.UUID(claims["v"])
     except (signing.BadSignature, KeyError, ValueError, AttributeError, TypeError):
         return None
-
-
-def client_ip(request: HttpRequest) -> str:
-    """The address the limits count: ``REMOTE_ADDR``, or behind the proxy
-    (``settings.BEHIND_PROXY``) the last ``X-Forwarded-For`` hop, which that proxy appended
-    (nginx's ``$proxy_add_x_forwarded_for``, deploy/nginx.conf); any earlier hop came from the
-    client and proves nothing. Without the proxy the header is ignored: anyone can send it."""
-    remote: str = request.META.get("REMOTE_ADDR", "")
-    if settings.BEHIND_PROXY:
-        last = request.META.get("HTTP_X_FORWARDED_FOR", "").rsplit(",", 1)[-1].strip()
-        try:
-            return str(ipaddress.ip_address(last))
-        except ValueError:
-            pass  # no header or garbage: the proxy's own address, shared by all, is the safe side
-    return remote
 
 
 def refused(

@@ -56,6 +56,9 @@ if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = BEHIND_PROXY
 CSRF_COOKIE_SECURE = BEHIND_PROXY
+# A page in the site's stylesheet (Django's styles itself inline, which the CSP blocks), or
+# OpenAI's envelope for the JSON endpoints.
+CSRF_FAILURE_VIEW = "chat.middleware.csrf_failure"
 # A year, once behind TLS; browsers then refuse plain HTTP to this host for that long. Start
 # lower (e.g. 300) when trying it out. Subdomains only when asked: they may not all have TLS.
 SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000 if BEHIND_PROXY else 0)
@@ -94,6 +97,8 @@ MIDDLEWARE = [
     "chat.middleware.XFrameOptionsMiddleware",
     "chat.csp.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Refuses sign-ins from an address with too many failed ones (any usernames).
+    "chat.lockout.address_throttle",
     # Turns a locked-out login (AxesStandaloneBackend) into chat.lockout's page.
     "axes.middleware.AxesMiddleware",
     # Last, so its process_exception sees a view's exception first: JSON errors for /v1 and
@@ -221,10 +226,15 @@ AUTHENTICATION_BACKENDS = [
 # django-axes: a login refused after SLIPSTREAM_LOGIN_FAILURE_LIMIT failures for one username
 # from one address (both the app's and the admin's login), for SLIPSTREAM_LOGIN_COOLOFF_MIN
 # minutes; staff unlock early by deleting the "Access attempts" row in the admin. The address is
-# REMOTE_ADDR (django-ipware is not installed, so X-Forwarded-For is never read).
+# the widget's (chat.http.client_ip): REMOTE_ADDR, or behind the proxy the hop it appended to
+# X-Forwarded-For; counted at the proxy's address, anyone could lock anyone out (issue 33).
+# And per address, any usernames: SLIPSTREAM_LOGIN_ADDRESS_LIMIT failures within the cool-off,
+# then every sign-in from there is refused (chat.lockout.address_throttle).
 AXES_FAILURE_LIMIT = env.int("SLIPSTREAM_LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.float("SLIPSTREAM_LOGIN_COOLOFF_MIN", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "chat.http.client_ip"
+SLIPSTREAM_LOGIN_ADDRESS_LIMIT = env.int("SLIPSTREAM_LOGIN_ADDRESS_LIMIT", default=20)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
 LOGIN_URL = "login"
@@ -255,6 +265,10 @@ CONTENT_SECURITY_POLICY = {
 }
 # Largest CSP report body, bytes (browsers send well under 2 KiB); bigger ones get 413.
 SLIPSTREAM_CSP_REPORT_MAX_BYTES = 8 * 1024
+# Reports logged per client address (chat.http.client_ip), as django-ratelimit's rate
+# ("count/period", period s, m, h or d); past it they are dropped with a 429. A page breaking
+# the policy sends a few per load; the endpoint takes no credentials, so anyone can fill the log.
+SLIPSTREAM_CSP_REPORT_RATE = env.str("SLIPSTREAM_CSP_REPORT_RATE", default="60/m")
 
 # ------------------------------------------------------------------------------------------------
 # Internationalisation

@@ -79,16 +79,50 @@ def _words(text: str) -> int:
 
 
 def _prompt_words(body: Mapping[str, Any]) -> int:
+    """Prompt tokens: the words of the messages' text, or of a legacy ``prompt``
+    (``_prompt_tokens``)."""
     if "messages" not in body:
-        prompt = body.get("prompt", "")
-        return sum(_words(p) for p in ([prompt] if isinstance(prompt, str) else prompt))
+        return _prompt_tokens(body.get("prompt"))
     count = 0
     for message in body["messages"]:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             count += _words(content)
         elif isinstance(content, list):
-            count += sum(_words(p.get("text", "")) for p in content if isinstance(p, dict))
+            texts = [p.get("text") for p in content if isinstance(p, dict)]
+            count += sum(_words(t) for t in texts if isinstance(t, str))
+    return count
+
+
+_PROMPT_SHAPES = (
+    "prompt must be a string, an array of strings, an array of token ids or an array of "
+    "token-id arrays"
+)
+
+
+def _prompt_tokens(prompt: Any) -> int:
+    """A legacy completion's ``prompt`` in tokens: words of text, one per token id. OpenAI's
+    ``CreateCompletionRequest.prompt``: a string, an array of strings, an array of token ids
+    or an array of token-id arrays; null (absent) is none. ``RequestError`` (400) for
+    anything else."""
+    if prompt is None:
+        return 0
+    if isinstance(prompt, str):
+        return _words(prompt)
+    if not isinstance(prompt, list):
+        raise RequestError(_PROMPT_SHAPES, "prompt")
+    count = 0
+    for item in prompt:
+        if isinstance(item, str):
+            count += _words(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            count += 1
+        elif isinstance(item, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in item
+        ):
+            count += len(item)
+        else:
+            raise RequestError(_PROMPT_SHAPES, "prompt")
     return count
 
 
@@ -114,9 +148,10 @@ def _offered_functions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     names when it names one of them, none when it names a custom tool. Other tool types
     (``custom``: free-text input, not JSON arguments) are never called, as a model server
     ignores a tool type it does not serve."""
+    offered = body.get("tools")
     tools = [
         t["function"]
-        for t in body.get("tools") or []
+        for t in (offered if isinstance(offered, list) else [])
         if isinstance(t, dict)
         and t.get("type", "function") == "function"
         and isinstance(t.get("function"), dict)
@@ -131,27 +166,67 @@ def _offered_functions(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _tool_arguments(tool: Mapping[str, Any], rng: random.Random) -> str:
-    """A JSON arguments string that fits the tool's parameter schema (top-level properties;
-    a string's ``maxLength`` is kept)."""
-    props = tool.get("parameters", {}).get("properties") or {"query": {"type": "string"}}
-    args: dict[str, Any] = {}
-    for key, schema in props.items():
-        kind = schema.get("type") if isinstance(schema, dict) else None
-        if isinstance(schema, dict) and schema.get("enum"):
-            args[key] = schema["enum"][0]
-        elif kind in ("integer", "number"):
-            args[key] = rng.randint(1, 100)
-        elif kind == "boolean":
-            args[key] = True
-        elif kind == "array":
-            args[key] = [rng.choice(_WORDS)]
-        elif kind == "object":
-            args[key] = {}
-        else:
-            text = " ".join(rng.choices(_WORDS, k=2))
-            limit = schema.get("maxLength") if isinstance(schema, dict) else None
-            args[key] = text[:limit] if isinstance(limit, int) and limit > 0 else text
+    """A JSON arguments string that fits the tool's parameter schema, as far as its top-level
+    ``properties`` go (``_value_for``). A schema without properties it can read (none, not an
+    object, ``properties`` not an object) gets one string argument, ``query``: as a model
+    answers a schema it cannot follow, with some object rather than an error."""
+    parameters = tool.get("parameters")
+    props = parameters.get("properties") if isinstance(parameters, dict) else None
+    if not isinstance(props, dict) or not props:
+        props = {"query": {"type": "string"}}
+    args = {key: _value_for(schema, rng) for key, schema in props.items()}
     return json.dumps(args, separators=(",", ":"))
+
+
+# Nested anyOf/oneOf followed at most this deep (a schema may nest them without end).
+_SCHEMA_DEPTH = 8
+
+
+def _value_for(schema: Any, rng: random.Random, depth: int = 0) -> Any:
+    """A value for one property's JSON Schema (draft 2020-12): its ``const`` or first ``enum``
+    value, else the first ``anyOf``/``oneOf`` branch that is not ``null``, else a value of its
+    ``type`` (the first that is not ``"null"`` when it lists several); a string, its
+    ``maxLength`` kept, for a schema that says no type (``true``, ``{}``, or not a schema)."""
+    if not isinstance(schema, dict):
+        return _text(rng, None)
+    enum = schema.get("enum")
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    branches = schema.get("anyOf", schema.get("oneOf"))
+    if isinstance(branches, list) and branches and depth < _SCHEMA_DEPTH:
+        usable = [b for b in branches if isinstance(b, dict) and _schema_type(b) != "null"]
+        return _value_for((usable or branches)[0], rng, depth + 1)
+    return _value_of_type(_schema_type(schema), schema, rng)
+
+
+def _schema_type(schema: Mapping[str, Any]) -> Any:
+    """A schema's ``type``; of a list (``["string", "null"]``), the first that is not null."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return next((k for k in kind if k != "null"), "null" if kind else None)
+    return kind
+
+
+def _value_of_type(kind: Any, schema: Mapping[str, Any], rng: random.Random) -> Any:
+    if kind in ("integer", "number"):
+        return rng.randint(1, 100)
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        return [rng.choice(_WORDS)]
+    if kind == "object":
+        return {}
+    if kind == "null":
+        return None
+    return _text(rng, schema.get("maxLength"))
+
+
+def _text(rng: random.Random, limit: Any) -> str:
+    """Two words, cut to ``limit`` characters when that is a positive integer."""
+    text = " ".join(rng.choices(_WORDS, k=2))
+    return text[:limit] if isinstance(limit, int) and limit > 0 else text
 
 
 @dataclass
@@ -209,10 +284,7 @@ def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: s
     finish = "stop"
     if cap is not None and cap <= length:
         length, finish = cap, "length"
-    stop = body.get("stop")
-    stops: list[str] = (
-        [] if cfg.ignore_stop or stop is None else [stop] if isinstance(stop, str) else list(stop)
-    )
+    stops = [] if cfg.ignore_stop else _stops(body.get("stop"))
     tools = _offered_functions(body)
     choice = body.get("tool_choice")
     messages = body.get("messages") if chat else None
@@ -240,16 +312,29 @@ def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: s
                 reasoning, content if cut is None else cut, "stop" if cut is not None else finish
             )
         )
+    options = body.get("stream_options")
     return Plan(
         chat=chat,
         model=model,
         choices=choices,
         prompt_tokens=_prompt_words(body),
-        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         id=_new_id("chatcmpl-" if chat else "cmpl-"),
         created=int(time.time()),
         usage_json=cfg.usage_json,
     )
+
+
+def _stops(stop: Any) -> list[str]:
+    """The request's stop strings: OpenAI's ``stop`` is null, a string or an array of strings.
+    ``RequestError`` (400) for anything else."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise RequestError("stop must be a string or an array of strings", "stop")
 
 
 def _tool_call(

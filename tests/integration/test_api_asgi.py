@@ -12,6 +12,7 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import JsonResponse
 from django.test import AsyncClient
 
@@ -20,6 +21,7 @@ from chat.api_asgi import LeanApi
 from chat.relay.sse import SSEDecoder
 from chatsite.asgi import django_app
 from tests.conftest import HTTPS
+from tests.support.openapi import assert_valid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,6 +95,74 @@ def test_a_bad_content_length_is_a_400_after_the_key(server, api_key) -> None:
         assert client.send(request).status_code == 400
         request.headers["Authorization"] = "Bearer nope"
         assert client.send(request).status_code == 401
+
+
+# ------------------------------------------------------------------------------------------------
+# Bodies that say they are not JSON (issue 33, finding 5): OpenAI's 400, on either route
+# ------------------------------------------------------------------------------------------------
+# A body both endpoints would take (each ignores the other's field), so only its label differs.
+JSON_BODY = json.dumps({"model": "primary", "messages": HI, "prompt": "Hi"})
+
+
+def assert_unsupported(status: int, body: Any, sent: str) -> None:
+    """OpenAI's refusal of a body that is not ``application/json``: 400, its envelope, its code,
+    naming the Content-Type that was sent (the API's wording, openai/openai-openapi#502)."""
+    assert status == 400, body
+    assert_valid(body, "ErrorResponse")
+    error = body["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        None,
+        "unsupported_content_type",
+    )
+    assert f"'Content-Type: {sent}" in error["message"]
+
+
+@pytest.mark.parametrize("endpoint", ["chat/completions", "completions"])
+def test_a_body_that_is_not_json_gets_openais_400_from_the_lean_route(
+    server, slot, sim, api_key, endpoint
+) -> None:
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=2)
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {api_key}"}
+    ) as c:
+        upload = c.post(
+            f"/v1/{endpoint}",
+            data={"model": "primary"},
+            files={"file": ("body.json", JSON_BODY.encode(), "application/json")},
+        )
+        labelled = c.post(
+            f"/v1/{endpoint}", content=JSON_BODY, headers={"Content-Type": "text/plain"}
+        )
+        # JSON by any spelling still is (OpenAI once refused a charset: openai-openapi#194).
+        charset = c.post(
+            f"/v1/{endpoint}",
+            content=JSON_BODY,
+            headers={"Content-Type": "Application/JSON; charset=utf-8"},
+        )
+    assert_unsupported(upload.status_code, upload.json(), "multipart/form-data; boundary=")
+    assert_unsupported(labelled.status_code, labelled.json(), "text/plain'")
+    assert charset.status_code == 200, charset.text
+
+
+@pytest.mark.parametrize("endpoint", ["chat/completions", "completions"])
+async def test_a_body_that_is_not_json_gets_openais_400_from_djangos_view(
+    api_key, endpoint
+) -> None:
+    auth = {"Authorization": f"Bearer {api_key}"}
+    upload = await AsyncClient().post(  # the test client's default: multipart/form-data
+        f"/v1/{endpoint}",
+        {"model": "primary", "file": SimpleUploadedFile("body.json", JSON_BODY.encode())},
+        headers=auth,
+    )
+    labelled = await AsyncClient().post(
+        f"/v1/{endpoint}",
+        JSON_BODY,
+        content_type="application/x-www-form-urlencoded",
+        headers=auth,
+    )
+    assert_unsupported(upload.status_code, upload.json(), "multipart/form-data; boundary=")
+    assert_unsupported(labelled.status_code, labelled.json(), "application/x-www-form-urlencoded'")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -21,8 +23,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from chat.models import Conversation, Widget
-from tests.conftest import HTTPS, session_client
-from tests.support.daphne_server import REPO
+from tests.conftest import HTTPS, server_env, session_client
+from tests.support.daphne_server import REPO, DaphneServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,6 +87,25 @@ def test_every_app_page_sends_the_policy(server, slot, user, staff, browser_sess
             assert directives(response) == POLICY, page
     finally:
         admin.close()
+
+
+def test_a_refused_csrf_check_gets_a_page_the_policy_lets_render(server) -> None:
+    # Django's own page styles itself with an inline <style>, which the policy blocks.
+    with httpx.Client(base_url=server.base_url) as browser:
+        form = browser.post("/login/", data={"username": "ada", "password": "x"})
+        fetched = browser.post("/chat/stream/", json={"content": "hi"})  # chat.stream's fetch
+    assert form.status_code == 403
+    assert form.headers["content-type"].startswith("text/html")
+    assert directives(form) == POLICY
+    page = form.text
+    assert re.search(r'<link rel="stylesheet" href="/static/chat/chat(\.[0-9a-f]+)?\.css">', page)
+    assert "<style" not in page
+    assert " style=" not in page
+    assert "<script>" not in page  # scripts only from files, as everywhere
+    assert "CSRF" in page
+    # A JSON endpoint's refusal is JSON, as its other errors are (chat.middleware.wants_json).
+    assert fetched.status_code == 403
+    assert fetched.json()["error"]["code"] == "csrf_failed"
 
 
 def test_the_widget_page_is_framed_only_by_its_origins(server, slot) -> None:
@@ -173,6 +194,46 @@ def test_a_report_cannot_forge_log_lines_or_be_large(server) -> None:
     assert httpx.post(url, content=huge).status_code == 413
     assert httpx.post(url, content=b"not json").status_code == 400
     assert httpx.get(url).status_code == 405
+
+
+@pytest.fixture
+def limited(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServer]:
+    """Behind the proxy (``X-Forwarded-For`` names the client; plain HTTP let through), with
+    three reports an hour per address: per hour, because django-ratelimit's windows are fixed
+    and a run that crossed one's edge would see a fresh allowance."""
+    with django_db_blocker.unblock():
+        env = server_env()
+    env |= {
+        "DJANGO_BEHIND_PROXY": "true",
+        "DJANGO_SSL_REDIRECT": "false",
+        "SLIPSTREAM_CSP_REPORT_RATE": "3/h",
+    }
+    with DaphneServer(env=env) as daphne:
+        yield daphne
+
+
+def test_reports_past_the_rate_from_one_address_are_dropped(limited) -> None:
+    url = f"{limited.base_url}/csp-report/"
+    # This run's own addresses: the counters live in the cache every test server shares.
+    here, there = (f"2001:db8::{uuid4().hex[:4]}:{uuid4().hex[:4]}" for _ in range(2))
+    marker = uuid4().hex
+
+    def send(n: int, forwarded_for: str) -> int:
+        body = report_uri_body(**{"effective-directive": "img-src", "blocked-uri": f"{marker}/{n}"})
+        headers = {"X-Forwarded-For": forwarded_for, "Content-Type": "application/csp-report"}
+        return httpx.post(url, content=body, headers=headers).status_code
+
+    assert [send(n, here) for n in range(3)] == [204, 204, 204]
+    assert send(3, here) == 429
+    # A hop of the client's own before the proxy's is no way out: the proxy's says who it is.
+    assert send(4, f"192.0.2.1, {here}") == 429
+    assert send(5, there) == 204  # per address
+    logged = sorted(
+        line.rsplit(f"blocked {marker}/", 1)[1][0]
+        for line in limited.log_text().splitlines()
+        if f"blocked {marker}/" in line
+    )
+    assert logged == ["0", "1", "2", "5"]
 
 
 def test_without_a_proxy_nothing_changes(server) -> None:

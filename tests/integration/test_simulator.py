@@ -326,6 +326,103 @@ def test_completions_endpoint_stream_and_non_stream(
     assert list(usage) == ["id", "object", "created", "model", "usage", "choices"]
 
 
+# OpenAI's CreateCompletionRequest.prompt: a string, an array of strings, an array of token ids
+# or an array of token-id arrays. A token id is one prompt token.
+@pytest.mark.parametrize(
+    ("prompt", "tokens"),
+    [([1, 2, 3], 3), ([[1, 2], [3]], 3), (["one two", "three"], 3), ([], 0), (None, 0)],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_take_every_prompt_shape(
+    fast: SimulatorThread, client: openai.OpenAI, prompt: Any, tokens: int, stream: bool
+) -> None:
+    if stream:
+        got = list(
+            client.completions.create(
+                model="sim",
+                prompt=prompt,
+                max_tokens=2,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        usage = got[-1].usage
+        assert "".join(c.choices[0].text for c in got if c.choices)
+    else:
+        whole = client.completions.create(model="sim", prompt=prompt, max_tokens=2)
+        usage = whole.usage
+        assert whole.choices[0].text
+    assert usage is not None
+    assert usage.prompt_tokens == tokens
+
+
+def test_a_prompt_of_another_shape_is_a_400(fast: SimulatorThread) -> None:
+    for prompt in ({"text": "hi"}, 7, [{"text": "hi"}]):
+        response = httpx.post(fast.base_url + "/v1/completions", json={"prompt": prompt})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "prompt"
+
+
+def tool(parameters: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "lookup", "parameters": parameters}}
+
+
+# Schemas a model server is sent and answers: JSON Schema allows every one of them
+# (draft 2020-12: ``true`` is a schema, ``type`` may be a list, ``anyOf``), and OpenAI's
+# FunctionParameters is any object.
+ODD_SCHEMAS: list[tuple[Any, Any]] = [
+    ({"type": "object"}, lambda args: args == {"query": args["query"]}),
+    (None, lambda args: set(args) == {"query"}),
+    ({"type": "object", "properties": {"x": True}}, lambda args: set(args) == {"x"}),
+    ({"type": "object", "properties": {"x": "string"}}, lambda args: set(args) == {"x"}),
+    ({"type": "object", "properties": ["x"]}, lambda args: set(args) == {"query"}),
+    (
+        {"type": "object", "properties": {"n": {"anyOf": [{"type": "null"}, {"type": "integer"}]}}},
+        lambda args: isinstance(args["n"], int),
+    ),
+    (
+        {"type": "object", "properties": {"s": {"type": ["null", "string"], "maxLength": 3}}},
+        lambda args: isinstance(args["s"], str) and len(args["s"]) <= 3,
+    ),
+    (
+        {"type": "object", "properties": {"b": {"type": ["boolean", "null"]}}},
+        lambda args: args["b"] is True,
+    ),
+    ({"type": "object", "properties": {"e": {"enum": {"a": 1}}}}, lambda args: set(args) == {"e"}),
+    (
+        {"type": "object", "properties": {"c": {"const": "fixed"}}},
+        lambda args: args["c"] == "fixed",
+    ),
+    (
+        {"type": "object", "properties": {"s": {"type": "string", "maxLength": "3"}}},
+        lambda args: isinstance(args["s"], str),
+    ),
+]
+
+
+@pytest.mark.parametrize(("parameters", "fits"), ODD_SCHEMAS)
+def test_a_tool_schema_it_cannot_read_fully_still_gets_a_call(
+    fast: SimulatorThread, parameters: Any, fits: Any
+) -> None:
+    body = {"messages": MESSAGES, "tools": [tool(parameters)]}
+    whole = post(fast, body)
+    assert whole.status_code == 200, whole.text
+    (call,) = whole.json()["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "lookup"
+    arguments = json.loads(call["function"]["arguments"])
+    assert isinstance(arguments, dict)
+    assert fits(arguments), arguments
+    streamed = tool_call_deltas(post(fast, {**body, "stream": True}))
+    assert "".join(d["function"]["arguments"] for d in streamed) == call["function"]["arguments"]
+
+
+def test_a_stop_that_is_not_text_is_a_400(fast: SimulatorThread) -> None:
+    for stop in ([1], {"a": "b"}, 3):
+        response = post(fast, {"messages": MESSAGES, "stop": stop})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "stop"
+
+
 def test_error_after_raises_api_error_mid_stream(
     fast: SimulatorThread, client: openai.OpenAI
 ) -> None:
