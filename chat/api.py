@@ -110,6 +110,16 @@ def _json_type(value: Any) -> str:
     return "an array" if isinstance(value, list) else "an object"
 
 
+def _require_object(value: Any, at: str) -> None:
+    """A 400 ``invalid_type`` naming ``at`` unless ``value`` is a JSON object."""
+    if not isinstance(value, dict):
+        raise invalid(
+            f"Invalid type for '{at}': expected an object, but got {_json_type(value)}.",
+            param=at,
+            code="invalid_type",
+        )
+
+
 def _out_of_range(param: str, bound: str) -> Refusal:
     return invalid(f"Invalid '{param}': {bound}.", param=param, code="invalid_value")
 
@@ -152,13 +162,7 @@ def _validate_messages(messages: Any) -> None:
         )
         for j, part in enumerate(content if isinstance(content, list) else ()):
             part_at = f"{at}.content[{j}]"
-            if not isinstance(part, dict):
-                raise invalid(
-                    f"Invalid type for '{part_at}': expected an object, but got "
-                    f"{_json_type(part)}.",
-                    param=part_at,
-                    code="invalid_type",
-                )
+            _require_object(part, part_at)
             for name in ("type", "text"):
                 _check(
                     part, name, lambda v: isinstance(v, str), "a string", at=part_at, nullable=False
@@ -325,12 +329,7 @@ def _validate_tools(body: dict[str, Any]) -> None:
     _check(body, "tools", lambda v: isinstance(v, list), "an array")
     for i, tool in enumerate(body.get("tools") or ()):
         at = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise invalid(
-                f"Invalid type for '{at}': expected an object, but got {_json_type(tool)}.",
-                param=at,
-                code="invalid_type",
-            )
+        _require_object(tool, at)
         _check(tool, "type", _is_str, "a string", at=at, nullable=False)
         kind = tool.get("type", "function")
         if kind == "function":
@@ -367,13 +366,7 @@ def _validate_tool_choice(choice: dict[str, Any]) -> None:
         _required(allowed, "mode", _is_str, "a string", at)
         tools = _required(allowed, "tools", lambda v: isinstance(v, list), "an array", at)
         for i, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                raise invalid(
-                    f"Invalid type for '{at}.tools[{i}]': expected an object, but got "
-                    f"{_json_type(tool)}.",
-                    param=f"{at}.tools[{i}]",
-                    code="invalid_type",
-                )
+            _require_object(tool, f"{at}.tools[{i}]")
 
 
 def _is_strs(value: Any) -> bool:
@@ -738,12 +731,7 @@ def _validate_input(value: Any) -> None:
 def _validate_item(item: Any, at: str) -> list[tuple[str, dict[str, Any]]]:
     """Checks the input items Slipstream reads (OpenAPI ``InputItem``: messages, function and
     custom tool calls and their outputs); returns a message's parts other than text."""
-    if not isinstance(item, dict):
-        raise invalid(
-            f"Invalid type for '{at}': expected an object, but got {_json_type(item)}.",
-            param=at,
-            code="invalid_type",
-        )
+    _require_object(item, at)
     _check(item, "type", _is_str, "a string", at=at, nullable=False)
     kind = item.get("type", "message")
     if kind == "message":

@@ -77,6 +77,19 @@ def raw_events(server, api_key: str, body: dict[str, Any]) -> list[dict[str, Any
     return out
 
 
+def resumed_events(server, api_key: str, response_id: str, after: int) -> list[dict[str, Any]]:
+    """``GET /v1/responses/{id}?stream=true&starting_after=<after>``: the events it re-sends."""
+    with httpx.stream(
+        "GET",
+        f"{server.base_url}/v1/responses/{response_id}",
+        params={"stream": "true", "starting_after": after},
+        headers={"Authorization": f"Bearer {api_key}"},
+    ) as resumed:
+        assert resumed.status_code == 200
+        decoder = SSEDecoder()
+        return [json.loads(e.data) for e in decoder.feed(resumed.read()) + decoder.flush()]
+
+
 def wait_for_row(response_id: str, status: str) -> StoredResponse:
     """The stored response once its end is written (by the stream's leave hook, just after
     the last byte)."""
@@ -394,16 +407,7 @@ def test_resume_by_starting_after_gives_the_exact_tail(server, api_key, slot, si
     response_id = events[0]["response"]["id"]
     wait_for_row(response_id, "completed")
     for after in (-1, 0, 5, len(events) - 2):
-        with httpx.stream(
-            "GET",
-            f"{server.base_url}/v1/responses/{response_id}",
-            params={"stream": "true", "starting_after": after},
-            headers={"Authorization": f"Bearer {api_key}"},
-        ) as resumed:
-            assert resumed.status_code == 200
-            decoder = SSEDecoder()
-            tail = [json.loads(e.data) for e in decoder.feed(resumed.read()) + decoder.flush()]
-        assert tail == events[after + 1 :]
+        assert resumed_events(server, api_key, response_id, after) == events[after + 1 :]
 
 
 def test_resume_while_streaming_joins_the_live_stream(server, api_key, slot, sim) -> None:

@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from chat import readcache
 from chat.models import Backend, Slot
-from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot
-from tests.integration.test_responses_api import raw_events, wait_for_row
+from tests.integration.test_responses_api import raw_events, resumed_events, wait_for_row
 from tests.support.openapi import assert_valid
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -277,13 +275,4 @@ def test_a_stored_stream_of_custom_and_namespaced_calls_resumes_exactly(
     response_id = events[0]["response"]["id"]
     wait_for_row(response_id, "completed")
     for after in (-1, 3):
-        with httpx.stream(
-            "GET",
-            f"{server.base_url}/v1/responses/{response_id}",
-            params={"stream": "true", "starting_after": after},
-            headers={"Authorization": f"Bearer {api_key}"},
-        ) as resumed:
-            assert resumed.status_code == 200
-            decoder = SSEDecoder()
-            tail = [json.loads(e.data) for e in decoder.feed(resumed.read()) + decoder.flush()]
-        assert tail == events[after + 1 :]
+        assert resumed_events(server, api_key, response_id, after) == events[after + 1 :]
