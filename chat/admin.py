@@ -659,7 +659,7 @@ def _bar_chart(
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin[Quota]):
     """Token and request budgets per day or month for users, groups and API keys, enforced
-    before each upstream call (``answers.check_quotas``)."""
+    when each request is admitted, before its upstream call (``quotas.admit``)."""
 
     list_display = ("__str__", "period", "max_tokens", "max_requests")
     list_filter = ("period",)

@@ -13,6 +13,8 @@ The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one
 - ``resume``: the running generation of a message, from this process or (with ``REDIS_URL``)
   mirrored from the process that runs it.
 - ``stop``: end an answer, here or in the process that runs it.
+- Quotas: a chat answer is admitted (``chat.quotas.admit``) just before its upstream call, and
+  its record settles its reservation; a ``/v1`` call's record settles the call's.
 - Widgets switched off: a widget's answers in flight are stopped once it is disabled (polled by
   each process that runs some, every ``WIDGET_WATCH_S``).
 - ``record_api_call`` / ``record_whole_api_call``: a streamed or whole ``/v1`` call's record,
@@ -31,21 +33,20 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from chat import attachments, database, readcache, records, selectors, services, streaming
+from chat import attachments, database, quotas, readcache, records, selectors, services, streaming
 from chat.http import Refusal, invalid
 from chat.models import (
     ApiKey,
     Attachment,
     Conversation,
     Message,
-    Quota,
     Slot,
     StoredResponse,
     Widget,
@@ -71,6 +72,9 @@ WIDGET_WATCH_S = 0.25
 
 # Message ids whose answer each running generation of this process stores (see the module).
 _owners: dict[str, set[int]] = {}
+# The quota reservation (chat.quotas) of each such answer that has one, by message id: the
+# record that stores the answer settles it.
+_reservations: dict[int, int] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +117,6 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
     if turn.regenerate_id is None:
         check_message(turn.content)
     lookups = readcache.Lookups()
-    tokens_left = await check_quotas(user=user, lookups=lookups)
     conversation = await _own_conversation(user, turn.conversation_id)
     slot = await _slot_for(user, turn.slot_name, conversation, lookups)
     if turn.regenerate_id is not None:
@@ -128,7 +131,7 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
             history,
             keep_running=True,
             move_leaf=True,
-            tokens_left=tokens_left,
+            quota=(user, lookups),
         )
     assert turn.content is not None
     files = await attachments.for_message(
@@ -160,7 +163,7 @@ async def start_chat_answer(*, user: User, turn: ChatTurn) -> Started:
         [*path, user_message],
         keep_running=True,
         move_leaf=move_leaf,
-        tokens_left=tokens_left,
+        quota=(user, lookups),
         files=files,
     )
 
@@ -227,28 +230,35 @@ async def _answer(
     *,
     keep_running: bool,
     move_leaf: bool = False,
-    tokens_left: int | None = None,
+    quota: tuple[User, readcache.Lookups] | None = None,
     files: list[Attachment] | None = None,
 ) -> Started:
     """Submit ``history`` (ending with ``user_message``) to ``slot``, then store the turn
     (``services.turn_acreate``: ``conversation`` and ``user_message`` if they are new, the
     ``files`` sent with it, the assistant's row); ``keep_running``: the answer goes on without
-    a reader (the chat resumes it), else it ends with its last one. ``tokens_left``: of the
-    user's tightest token budget, which the answer's length may not pass
-    (``cap_output_tokens``). The upstream call leaves before anything is written: the turn is
-    stored while the upstream works on its first token (its writes were 2-3 ms of the chat's
-    time to first token, bench/relay_latency.py). If storing fails, the answer is stopped
-    (unless another request shares it) and nothing of the turn is kept."""
+    a reader (the chat resumes it), else it ends with its last one. ``quota``: the user whose
+    quotas admit the answer first (``quotas.admit``, with the request's lookups: 429 when one
+    is used up; its output limit capped at the tokens left), None for a widget's. The upstream
+    call leaves before anything is written: the turn is stored while the upstream works on its
+    first token (its writes were 2-3 ms of the chat's time to first token,
+    bench/relay_latency.py). If storing fails, the answer is stopped (unless another request
+    shares it), nothing of the turn is kept, and its reservation is given back."""
     request = chat_request(
         conversation=conversation,
         history=await attachments.upstream_history(history, slot=slot),
     )
-    cap_output_tokens(
-        request, tokens_left=tokens_left, default=slot.max_tokens, fields=CHAT_OUTPUT_LIMITS
-    )
-    generation, joined = await dispatch.submit(
-        slot_config(slot), "chat/completions", request, keep_running=keep_running
-    )
+    reservation = None
+    if quota is not None:
+        reservation = await quotas.admit(
+            user=quota[0], lookups=quota[1], request=request, default=slot.max_tokens
+        )
+    try:
+        generation, joined = await dispatch.submit(
+            slot_config(slot), "chat/completions", request, keep_running=keep_running
+        )
+    except BaseException:
+        quotas.release_soon(reservation)
+        raise
     try:
         assistant = await services.turn_acreate(
             conversation=conversation,
@@ -259,6 +269,7 @@ async def _answer(
             move_leaf=move_leaf,
         )
     except BaseException:
+        quotas.release_soon(reservation)
         generation.detach()
         if not joined and not generation.subscribers:
             generation.cancel()  # nobody will store it (keep_running would let it run on)
@@ -268,6 +279,7 @@ async def _answer(
         message_id=assistant.pk,
         conversation_id=conversation.pk,
         owner=(conversation.user_id, conversation.widget_id),
+        reservation=reservation,
     )
     return Started(generation, conversation, user_message, assistant, slot)
 
@@ -346,13 +358,17 @@ async def keep(
     message_id: int,
     conversation_id: Any,
     owner: tuple[int | None, int | None] | None = None,
+    reservation: int | None = None,
 ) -> None:
     """Store message ``message_id`` from ``generation``: its text about once a second while it
     streams, and once when it ends, unless it was stopped on its own meanwhile (``stop`` of a
     shared single-flight answer stores it then). ``owner``: the conversation's (user id,
-    widget id), for its usage (else read when it ends)."""
+    widget id), for its usage (else read when it ends), which settles its quota
+    ``reservation``."""
     owners = _owners.setdefault(generation.id, set())
     owners.add(message_id)
+    if reservation is not None:
+        _reservations[message_id] = reservation
 
     async def store(finished: Generation) -> None:
         if message_id in owners:
@@ -361,6 +377,7 @@ async def keep(
                 conversation_id=conversation_id,
                 generation=finished,
                 owner=owner,
+                reservation=_reservations.pop(message_id, None),
             )
         owners.discard(message_id)
         if not owners:
@@ -430,6 +447,7 @@ async def stop(*, message: Message) -> Message:
             conversation_id=message.conversation_id,
             generation=generation,
             status=Status.STOPPED,
+            reservation=_reservations.pop(message.pk, None),
         )
     else:
         generation.cancel()  # its finish callback stores the answer as stopped
@@ -511,119 +529,6 @@ async def _watch_widgets(running: set[int]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Quotas
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BudgetLeft:
-    """What is left of one quota's budget in its current day or month (UTC): ``left`` of
-    ``limit`` ``unit``s ("token": prompt and completion together, or "request"), until
-    ``resets``. ``name`` says whose and which, e.g. "daily token budget of user ada"."""
-
-    unit: str
-    left: int
-    limit: int
-    resets: datetime
-    name: str
-
-    @property
-    def low(self) -> bool:
-        """A fifth or less is left: the chat then shows it."""
-        return self.left * 5 <= self.limit
-
-
-async def budgets_left(
-    *, user: User, api_key: ApiKey | None = None, lookups: readcache.Lookups | None = None
-) -> list[BudgetLeft]:
-    """Every budget of the quotas of ``user``, of their groups and of ``api_key``, with what is
-    left of it now. Costs nothing when no quota applies (a cached lookup); else one query per
-    quota."""
-    quotas = await selectors.quotas_aget(
-        user=user,
-        api_key_id=api_key.pk if api_key is not None else None,
-        lookups=lookups or readcache.Lookups(),
-    )
-    budgets: list[BudgetLeft] = []
-    now = timezone.now()
-    for quota in quotas:
-        since, resets = _quota_period(quota, now)
-        tokens, requests = await selectors.quota_aused(quota=quota, since=since.date())
-        for used, limit, unit in (
-            (tokens, quota.max_tokens, "token"),
-            (requests, quota.max_requests, "request"),
-        ):
-            if limit is not None:
-                name = f"{_PERIOD_WORD[quota.period]} {unit} budget of {quota.target}"
-                budgets.append(BudgetLeft(unit, max(limit - used, 0), limit, resets, name))
-    return budgets
-
-
-async def check_quotas(
-    *, user: User, api_key: ApiKey | None = None, lookups: readcache.Lookups | None = None
-) -> int | None:
-    """Refuse a request before its upstream call when a quota of ``user``, of one of their
-    groups or of ``api_key`` is used up for its day or month (UTC). Raises ``Refusal`` 429
-    (``quota_exceeded``) naming the budget and when it resets, with ``Retry-After`` (s) until
-    then. Returns the tokens left of the tightest token budget (``None``: no token budget
-    applies), for ``cap_output_tokens``."""
-    budgets = await budgets_left(user=user, api_key=api_key, lookups=lookups)
-    for budget in budgets:
-        if budget.left <= 0:
-            now = timezone.now()
-            raise Refusal(
-                f"The {budget.name} ({budget.limit:,} {budget.unit}s) is used up "
-                f"({budget.limit - budget.left:,} used). It resets at "
-                f"{budget.resets:%Y-%m-%d %H:%M} UTC.",
-                status=429,
-                type="insufficient_quota",
-                code="quota_exceeded",
-                retry_after=(budget.resets - now).total_seconds(),
-            )
-    tokens = [budget.left for budget in budgets if budget.unit == "token"]
-    return min(tokens) if tokens else None
-
-
-# A chat completion's names for its output limit (OpenAI's reference: max_tokens, deprecated
-# for max_completion_tokens, which not every upstream knows yet).
-CHAT_OUTPUT_LIMITS = ["max_tokens", "max_completion_tokens"]
-
-
-def cap_output_tokens(
-    request: dict[str, Any], *, tokens_left: int | None, default: int | None, fields: list[str]
-) -> bool:
-    """Lower the request's output limit to ``tokens_left`` (of a token budget) when it would
-    allow more, so that the upstream itself stops the answer at the budget with
-    ``finish_reason: "length"`` (``"incomplete"`` with ``max_output_tokens`` on the Responses
-    API). ``fields`` are the request's names for the limit, the first set when none is present
-    (chat completions: ``max_tokens`` and ``max_completion_tokens``); ``default`` is the slot's,
-    which applies when the request gives none. Returns whether the budget is now the limit.
-
-    The budget counts prompt tokens too, which are not known before the call: an answer may
-    take the total past the budget by at most its prompt; the next request is then refused."""
-    if tokens_left is None:
-        return False
-    present = [name for name in fields if isinstance(request.get(name), int)]
-    asked = min(request[name] for name in present) if present else default
-    if asked is not None and asked <= tokens_left:
-        return False
-    for name in present or fields[:1]:
-        request[name] = max(tokens_left, 1)
-    return True
-
-
-_PERIOD_WORD: dict[str, str] = {Quota.Period.DAY: "daily", Quota.Period.MONTH: "monthly"}
-
-
-def _quota_period(quota: Quota, now: datetime) -> tuple[datetime, datetime]:
-    """(start, end) of the day or month (UTC) that contains ``now``, for ``quota``."""
-    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if quota.period == Quota.Period.DAY:
-        return day, day + timedelta(days=1)
-    month = day.replace(day=1)
-    following = (month + timedelta(days=32)).replace(day=1)
-    return month, following
-
-
-# ------------------------------------------------------------------------------------------------
 # /v1 calls
 # ------------------------------------------------------------------------------------------------
 # The endpoints whose calls a key marked "keep calls as conversations" keeps (embeddings and
@@ -639,9 +544,11 @@ async def record_api_call(
     messages: list[Any],
     generation: Generation,
     outcome: str,
+    reservation: int | None = None,
 ) -> None:
-    """Record a finished streamed ``/v1`` call (one ``ApiCall`` row), and keep it as a
-    conversation of the key's owner when the key says so (chat completions and responses)."""
+    """Record a finished streamed ``/v1`` call (one ``ApiCall`` row; its usage settles its
+    quota ``reservation``), and keep it as a conversation of the key's owner when the key says
+    so (chat completions and responses)."""
     await services.api_call_arecord(
         api_key=key,
         endpoint=endpoint,
@@ -652,6 +559,7 @@ async def record_api_call(
         started_at=generation.started_at,
         generation=generation,
         error=generation.error,
+        reservation=reservation,
     )
     if key.store_conversations and endpoint in KEPT_ENDPOINTS:
         await services.api_conversation_astore(
@@ -671,11 +579,13 @@ async def record_whole_api_call(
     usage: dict[str, Any] | None,
     messages: list[Any] | None = None,
     chunk: dict[str, Any] | None = None,
+    reservation: int | None = None,
 ) -> None:
     """Record a whole (non-streamed) ``/v1`` call as complete (one ``ApiCall`` row, ``usage``
-    in chat completions' words), and keep it as a conversation of the key's owner as
-    ``record_api_call`` keeps a stream: ``messages`` the chat request's, ``chunk`` the one
-    chat chunk that says what it answered (``responses.whole_as_chunk``)."""
+    in chat completions' words, which settles its quota ``reservation``), and keep it as a
+    conversation of the key's owner as ``record_api_call`` keeps a stream: ``messages`` the
+    chat request's, ``chunk`` the one chat chunk that says what it answered
+    (``responses.whole_as_chunk``)."""
     await services.api_call_arecord(
         api_key=key,
         endpoint=endpoint,
@@ -685,6 +595,7 @@ async def record_whole_api_call(
         outcome="complete",
         started_at=started_at,
         usage=usage,
+        reservation=reservation,
     )
     if key.store_conversations and endpoint in KEPT_ENDPOINTS and chunk is not None:
         await services.api_conversation_astore(
@@ -738,10 +649,12 @@ async def record_response(
     stored: asyncio.Task[bool] | None,
     read_to_end: bool,
     native: bool,
+    reservation: int | None = None,
 ) -> None:
-    """A streamed response's end: its ``/v1`` call record, and (``stored``: the task of
-    ``store_response_start``) the stored response's final object and chunks, rendered again
-    from the chunks as the stream sent them; cancelled when the client left first."""
+    """A streamed response's end: its ``/v1`` call record (settling its quota
+    ``reservation``), and (``stored``: the task of ``store_response_start``) the stored
+    response's final object and chunks, rendered again from the chunks as the stream sent
+    them; cancelled when the client left first."""
     await record_api_call(
         key=key,
         slot=slot,
@@ -749,6 +662,7 @@ async def record_response(
         messages=messages,
         generation=generation,
         outcome=generation.status if read_to_end else Status.STOPPED,
+        reservation=reservation,
     )
     if stored is None or not await stored:
         return
@@ -873,12 +787,14 @@ async def _recovered(store: Shared, message_id: int, generation_id: str) -> bool
 
 
 async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
-    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process, and
+    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process (with
+    ``quotas.renew_held``: the quota reservations this process holds stay live), and
     ``attachments.purge_unsent`` every ``PURGE_EVERY_S``."""
     purged_at = -PURGE_EVERY_S
     failures = database.FailureLog("the sweep of interrupted answers and unsent uploads")
     while True:
         try:
+            await quotas.renew_held()
             swept = await sweep_interrupted()
             if swept:
                 logger.warning(

@@ -25,7 +25,16 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import answers, jsonbody, media_urls, readcache, selectors, services, streaming
+from chat import (
+    answers,
+    jsonbody,
+    media_urls,
+    quotas,
+    readcache,
+    selectors,
+    services,
+    streaming,
+)
 from chat.http import Refusal, error_response, invalid, sse_response
 from chat.models import ApiKey, Slot, StoredResponse
 from chat.relay import dispatch, responses
@@ -565,13 +574,33 @@ CHAT, TEXT = "chat/completions", "completions"
 
 @dataclass(slots=True)
 class _Call:
-    """What is known of one call so far, for its record when it is refused."""
+    """What is known of one call so far, for its record when it is refused: ``admitted`` once
+    past the quotas (it then counts against request budgets, whatever becomes of it), with
+    the quota ``reservation`` (``chat.quotas``) that its record settles."""
 
     endpoint: str
     started_at: float = field(default_factory=time.monotonic)
     key: ApiKey | None = None
     slot_name: str = ""
     stream: bool = False
+    admitted: bool = False
+    reservation: int | None = None
+
+    async def admit(
+        self, lookups: readcache.Lookups, body: dict[str, Any] | None, slot: Slot, fields: list[str]
+    ) -> None:
+        """Admit the call under its key's quotas (``quotas.admit``: 429 when one is used up;
+        ``body``'s output limit, its ``fields``, capped at the tokens left; None: no output)."""
+        assert self.key is not None
+        self.reservation = await quotas.admit(
+            user=self.key.user,
+            api_key=self.key,
+            lookups=lookups,
+            request=body,
+            default=slot.max_tokens,
+            fields=fields,
+        )
+        self.admitted = True
 
 
 async def _create_completion(
@@ -612,21 +641,17 @@ async def create_completion(
         if endpoint == CHAT:
             _refuse_images(slot, body, param="messages")
             await _refuse_media_urls(slot, body)
-        tokens_left = await answers.check_quotas(
-            user=call.key.user, api_key=call.key, lookups=lookups
-        )
-        answers.cap_output_tokens(
-            body,
-            tokens_left=tokens_left,
-            default=slot.max_tokens,
-            fields=answers.CHAT_OUTPUT_LIMITS if endpoint == CHAT else ["max_tokens"],
-        )
+        fields = quotas.CHAT_OUTPUT_LIMITS if endpoint == CHAT else ["max_tokens"]
+        await call.admit(lookups, body, slot, fields)
         cfg = cached_slot_config(slot, lookups)
         if not call.stream:
             return await _whole_completion(call, call.key, slot, cfg, body)
         return await _streamed_completion(call, call.key, slot, cfg, body)
     except EnvelopeError as exc:
         return await _refused(call, exc)
+    except BaseException:
+        quotas.release_soon(call.reservation)  # cancelled (the client left), or a bug
+        raise
 
 
 async def _whole_completion(
@@ -670,6 +695,7 @@ async def _answered(
         usage=usage,
         messages=messages,
         chunk=chunk,
+        reservation=call.reservation,
     )
     return JsonResponse(body)
 
@@ -700,6 +726,7 @@ async def _streamed_completion(
             messages=body.get("messages") or [],
             generation=generation,
             outcome=generation.status if read_to_end else Status.STOPPED,
+            reservation=call.reservation,
         )
 
     return streaming.api_sse(generation, rewriter, on_leave=record)
@@ -971,11 +998,14 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
         return await _refused(call, invalid(str(exc), param=exc.param))
     except EnvelopeError as exc:
         return await _refused(call, exc)
+    except BaseException:
+        quotas.release_soon(call.reservation)  # cancelled (the client left), or a bug
+        raise
 
 
 async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
     """Authenticate, read and check a ``POST /v1/responses``, resolve its slot and its
-    ``previous_response_id`` chain. Raises ``Refusal``."""
+    ``previous_response_id`` chain, then admit it under its quotas. Raises ``Refusal``."""
     lookups = readcache.Lookups()
     call.key = await authenticate(request, lookups)
     body = jsonbody.read_object(request, max_bytes=settings.SLIPSTREAM_API_MAX_BODY_BYTES)
@@ -984,10 +1014,6 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
     slot = await resolve_slot(call.slot_name, call.key, lookups)
     _refuse_images(slot, body, param="input")
     await _refuse_media_urls(slot, body)
-    tokens_left = await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
-    answers.cap_output_tokens(
-        body, tokens_left=tokens_left, default=slot.max_tokens, fields=["max_output_tokens"]
-    )
     previous_id = body.get("previous_response_id")
     history_items: list[dict[str, Any]] = []
     if previous_id:
@@ -999,6 +1025,7 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
             history_items += [
                 o for o in earlier.response.get("output") or () if o.get("type") != "reasoning"
             ]
+    await call.admit(lookups, body, slot, ["max_output_tokens"])  # last: a 404 above counts not
     response_id = _new_response_id()
     return _ResponseTurn(
         call.key,
@@ -1014,7 +1041,9 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
 
 
 async def _refused(call: _Call, exc: EnvelopeError) -> JsonResponse:
-    """A call refused or failed before its answer began: recorded when the key is known."""
+    """A call refused or failed before its answer began: recorded when the key is known,
+    counted against request budgets only once admitted (its reservation settled: one request,
+    no tokens)."""
     if call.key is not None:
         await services.api_call_arecord(
             api_key=call.key,
@@ -1025,6 +1054,8 @@ async def _refused(call: _Call, exc: EnvelopeError) -> JsonResponse:
             outcome="error",
             started_at=call.started_at,
             error=exc,
+            admitted=call.admitted,
+            reservation=call.reservation,
         )
     return error_response(exc)
 
@@ -1203,7 +1234,7 @@ async def _streamed_native_response(
         # Its first event came from the slot that answered; held only until the first
         # keep-alive, the call may not have reached one yet: the next call finds out then.
         await _noted_native(cfg.in_chain(generation.slot))
-    return _stream_response(turn, generation, native=True)
+    return _stream_response(call, turn, generation, native=True)
 
 
 async def _whole_response(call: _Call, turn: _ResponseTurn) -> JsonResponse:
@@ -1229,16 +1260,17 @@ async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpR
             slot_config(turn.slot), CHAT, turn.chat_body(), started_at=call.started_at
         )
     )
-    streamed = _stream_response(turn, generation, native=False)
+    streamed = _stream_response(call, turn, generation, native=False)
     turn.noted(streamed)
     return streamed
 
 
 def _stream_response(
-    turn: _ResponseTurn, generation: Generation, *, native: bool
+    call: _Call, turn: _ResponseTurn, generation: Generation, *, native: bool
 ) -> StreamingHttpResponse:
     """The SSE response of a started generation: stored ``in_progress`` off the first byte's
-    path (unless ``store`` is false), its end recorded when the client leaves."""
+    path (unless ``store`` is false), its end recorded (settling ``call``'s quota reservation)
+    when the client leaves."""
     stored = (
         answers.store_response_start(
             key=turn.key,
@@ -1265,6 +1297,7 @@ def _stream_response(
             stored=stored,
             read_to_end=read_to_end,
             native=native,
+            reservation=call.reservation,
         )
 
     if native:
@@ -1453,9 +1486,12 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         _check(body, "dimensions", _is_int, "an integer")
         call.slot_name = body["model"]
         slot = await resolve_slot(call.slot_name, call.key, lookups)
-        await answers.check_quotas(user=call.key.user, api_key=call.key, lookups=lookups)
+        await call.admit(lookups, None, slot, [])
         result, _ = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
         result["model"] = slot.name
         return await _answered(call, call.key, slot, result, result.get("usage"))
     except EnvelopeError as exc:
         return await _refused(call, exc)
+    except BaseException:
+        quotas.release_soon(call.reservation)  # cancelled (the client left), or a bug
+        raise

@@ -1,18 +1,26 @@
 """Attachments over HTTP: the chat's upload endpoint and the files' one address, served only to
-their owner and to viewers of their conversation's share link (``chat.attachments``)."""
+their owner and to viewers of their conversation's share link (``chat.attachments``).
+
+Uploads are counted per user against ``SLIPSTREAM_UPLOAD_RATE`` (django-ratelimit over Django's
+cache, so shared by processes with ``REDIS_URL``): each can cost seconds of another process's
+CPU (a PDF's text, ``chat.extraction``) and bytes of the disk."""
 
 from __future__ import annotations
 
 from uuid import UUID
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
+from django_ratelimit.core import is_ratelimited
 
 from chat import attachments, selectors
-from chat.http import error_response, invalid, signed_in
+from chat.http import Refusal, error_response, invalid, signed_in
 from chat.models import Attachment
 from chat.relay.errors import EnvelopeError
+from chat.relay.shared import UNREACHABLE, SharedUnavailable, shared
 
 # A served file is never run as a page of this site, whatever a browser makes of its bytes.
 FILE_HEADERS = {
@@ -24,21 +32,69 @@ FILE_HEADERS = {
 
 @require_POST
 @login_required
-def attachment_upload(request: HttpRequest) -> JsonResponse:
+async def attachment_upload(request: HttpRequest) -> JsonResponse:
     """``POST /chat/attachments/``, multipart with one ``file`` (and optionally ``slot``, the
     model picked, whose image side and document budget apply): 201 with the attachment
-    (``attachments.describe``), or OpenAI's error envelope: 400 (no file, unreadable), 413
-    (over a size limit or the user's quota), 415 (not an image, a PDF or a text file)."""
-    user = signed_in(request.user)
-    upload = request.FILES.get("file")
+    (``attachments.describe``), or OpenAI's error envelope: 400 (no file, unreadable, a PDF
+    too complex to read within ``chat.extraction``'s limits: code ``document_too_complex``),
+    413 (over a size limit or the user's quota), 415 (not an image, a PDF or a text file), 429
+    past ``SLIPSTREAM_UPLOAD_RATE`` (``rate_limited``, with ``Retry-After``), 503 while the
+    cache that counts it (Redis) cannot be reached."""
+    user = signed_in(await request.auser())
     try:
+        await _count_upload(request, user.pk)
+        # CSRF's check parsed the multipart body already, in the request's sync thread.
+        upload = request.FILES.get("file")
         if upload is None:
             raise invalid("Attach one file, as the form field 'file'.", param="file")
-        slot = selectors.slot_get(name=request.POST.get("slot") or None, user=user)
-        attachment = attachments.attachment_create(upload=upload, slot=slot, user=user)
+        slot = await selectors.slot_aget(name=request.POST.get("slot") or None, user=user)
+        attachment = await attachments.attachment_acreate(upload=upload, slot=slot, user=user)
     except EnvelopeError as exc:
         return error_response(exc)
     return JsonResponse(attachments.describe(attachment), status=201)
+
+
+async def _count_upload(request: HttpRequest, user_id: int) -> None:
+    """Count the upload against the user's ``SLIPSTREAM_UPLOAD_RATE``: ``Refusal`` 429 past it,
+    ``SharedUnavailable`` (503) while the cache cannot count it (while Redis is known down, the
+    cache is not asked), as the widget's limits do (``chat.widget._exceeded``)."""
+    store = shared()
+    if store is not None and not store.health.up:
+        raise SharedUnavailable()
+
+    def check() -> bool | Exception:
+        try:
+            limited: bool = is_ratelimited(
+                request,
+                group="chat-upload",
+                key=lambda group, request: str(user_id),
+                rate=settings.SLIPSTREAM_UPLOAD_RATE,
+                increment=True,
+            )
+        except UNREACHABLE as exc:
+            return exc
+        return limited
+
+    outcome = await sync_to_async(check)()
+    if isinstance(outcome, Exception):
+        if store is not None:
+            store.report_unavailable(outcome)
+        raise SharedUnavailable()
+    if outcome:
+        raise Refusal(
+            "You have uploaded too many files just now. Please wait a little and try again.",
+            status=429,
+            type="rate_limit_error",
+            code="rate_limited",
+            retry_after=_period_s(settings.SLIPSTREAM_UPLOAD_RATE),
+        )
+
+
+def _period_s(rate: str) -> int:
+    """Seconds of a django-ratelimit rate's period (``"30/m"``: 60, ``"100/2h"``: 7,200), the
+    longest wait before the count starts again (django-ratelimit staggers windows per key)."""
+    period = rate.partition("/")[2]
+    return int(period[:-1] or 1) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[-1]]
 
 
 @require_GET

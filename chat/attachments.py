@@ -2,18 +2,20 @@
 ``image_url`` content parts; documents (PDF, text, Markdown, code, CSV) go as their extracted
 text, within the slot's token budget.
 
-- ``attachment_create``: check an upload by its content (never its name or the browser's
-  type), guard against decompression bombs, re-encode images without their metadata (EXIF,
-  GPS) at the slot's largest side, extract a document's text once, store it, count it against
-  the owner's quota of stored bytes.
+- ``attachment_create`` (``attachment_acreate`` for async views): check an upload by its
+  content (never its name or the browser's type), guard against decompression bombs, re-encode
+  images without their metadata (EXIF, GPS) at the slot's largest side, extract a document's
+  text once (a PDF's in a process of its own, under CPU and memory limits: ``chat.extraction``),
+  store it, count it against the owner's quota of stored bytes.
 - ``for_message``: the attachments a new message names, checked (its owner's, not sent in
   another conversation, within the per-message limits, images only to a slot that reads them).
 - ``upstream_history``: a thread as OpenAI ``messages`` with each message's attachments as
   content parts (OpenAI API reference, "Chat Completions", ``ChatCompletionRequestUserMessage``
   content parts ``text`` and ``image_url`` with a ``data:`` URL).
 
-Raises ``Refusal`` (``chat.http``): 400 (unreadable, a text-only slot), 404 (not the user's),
-413 (too large, quota used up), 415 (a type not accepted).
+Raises ``Refusal`` (``chat.http``): 400 (unreadable, too complex to read within the limits, a
+text-only slot), 404 (not the user's), 413 (too large, quota used up), 415 (a type not
+accepted).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core import signing
@@ -41,10 +45,8 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pypdf import PdfReader
-from pypdf.errors import PdfReadError
 
-from chat import selectors, services
+from chat import extraction, selectors, services
 from chat.http import Refusal, invalid
 from chat.models import (
     DOCUMENT_TOKENS,
@@ -112,6 +114,9 @@ ACCEPT = ",".join(
 )
 # Extracted text kept per document, characters: a budget far above any slot's.
 MAX_TEXT_CHARS = 2_000_000
+# A PDF's pages read, from the first: 200 pages of text are over 100,000 tokens.
+MAX_PDF_PAGES = 200
+PDF_MAGIC = b"%PDF-"
 CHARS_PER_TOKEN = 4  # the usual estimate for English text with BPE tokenizers
 LINK_SALT = "chat.attachments.image-link"
 # An upload not sent with a message within this long is deleted (``purge_unsent``).
@@ -175,7 +180,28 @@ def attachment_create(
     """Store ``upload`` for ``user`` (or a widget's visitor), made ready for ``slot`` (its image
     side and document budget; the defaults without one). Raises ``Refusal`` 413 (over the size
     limit, the widget's image limit, the user's quota, too many pixels), 415 (not an accepted
-    type, by content; a widget takes images only), 400 (an image or PDF that cannot be read)."""
+    type, by content; a widget takes images only), 400 (an image or PDF that cannot be read, or
+    not within ``chat.extraction``'s limits). A PDF's text is waited for in this thread: async
+    views call ``attachment_acreate``."""
+    data, name = _read(upload, widget)
+    pdf_text = _pdf_text(data, name) if widget is None and data.startswith(PDF_MAGIC) else None
+    return _store(data, name, pdf_text, slot=slot, user=user, widget=widget, visitor_id=visitor_id)
+
+
+async def attachment_acreate(
+    *, upload: UploadedFile[bytes], slot: Slot | None, user: User
+) -> Attachment:
+    """``attachment_create`` for a signed-in user, in an async view: a PDF's text is awaited from
+    the process that reads it without holding a thread; reading the upload and storing it run
+    in the request's sync thread."""
+    data, name = await sync_to_async(_read)(upload, None)
+    pdf_text = await _apdf_text(data, name) if data.startswith(PDF_MAGIC) else None
+    return await sync_to_async(_store)(data, name, pdf_text, slot=slot, user=user)
+
+
+def _read(upload: UploadedFile[bytes], widget: Widget | None) -> tuple[bytes, str]:
+    """The upload's bytes and name; ``Refusal`` 413 over the size limit (the widget's image
+    limit for a widget)."""
     limit = (
         widget.image_max_bytes if widget is not None else settings.SLIPSTREAM_ATTACHMENT_MAX_BYTES
     )
@@ -185,7 +211,20 @@ def attachment_create(
     data = upload.read(limit + 1)
     if len(data) > limit:
         raise too_large(upload.name or "file", len(data), limit)
-    name = (upload.name or "file")[-255:]
+    return data, (upload.name or "file")[-255:]
+
+
+def _store(
+    data: bytes,
+    name: str,
+    pdf_text: str | None,
+    *,
+    slot: Slot | None,
+    user: User | None = None,
+    widget: Widget | None = None,
+    visitor_id: Any = None,
+) -> Attachment:
+    """``attachment_create`` once the upload is read, and a PDF's text with it."""
     attachment = Attachment(user=user, widget=widget, visitor_id=visitor_id, name=name)
     if _is_image(data):
         side = slot.image_max_side if slot else IMAGE_MAX_SIDE
@@ -200,7 +239,7 @@ def attachment_create(
             status=415,
         )
     else:
-        attachment.mime, attachment.text = _document(data, name)
+        attachment.mime, attachment.text = _document(data, name, pdf_text)
         stored = data
         attachment.kind = Attachment.Kind.DOCUMENT
         budget = (slot.document_tokens if slot else DOCUMENT_TOKENS) * CHARS_PER_TOKEN
@@ -296,10 +335,11 @@ def _reencode(data: bytes, side: int) -> tuple[bytes, str, int, int]:
         raise invalid(f"The image could not be read: {exc}", param="file") from exc
 
 
-def _document(data: bytes, name: str) -> tuple[str, str]:
-    """``(mime, text)`` of a PDF or a text file; ``Refusal`` 415 for anything else."""
-    if data.startswith(b"%PDF-"):
-        return "application/pdf", _pdf_text(data)
+def _document(data: bytes, name: str, pdf_text: str | None) -> tuple[str, str]:
+    """``(mime, text)`` of a PDF (``pdf_text``, read by ``_pdf_text``) or a text file;
+    ``Refusal`` 415 for anything else."""
+    if pdf_text is not None:
+        return "application/pdf", pdf_text
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -315,22 +355,73 @@ def _document(data: bytes, name: str) -> tuple[str, str]:
     return TEXT_TYPES.get(suffix, "text/plain"), text[:MAX_TEXT_CHARS]
 
 
-def _pdf_text(data: bytes) -> str:
+def _read_pdf(data: bytes) -> Future[extraction.PdfText]:
+    limits = extraction.ReadLimits(
+        cpu_s=settings.SLIPSTREAM_EXTRACT_CPU_S,
+        memory_bytes=settings.SLIPSTREAM_EXTRACT_MEMORY_MB * 2**20,
+        max_pages=MAX_PDF_PAGES,
+        max_chars=MAX_TEXT_CHARS,
+    )
+    return extraction.pdf_text(data, limits, workers=settings.SLIPSTREAM_EXTRACT_WORKERS)
+
+
+def _pdf_text(data: bytes, name: str) -> str:
+    """A PDF's text (``_pdf_kept``), waited for in this thread."""
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise invalid("The PDF is encrypted with a password.", param="file")
-        pages: list[str] = []
-        length = 0
-        for page in reader.pages:
-            text = page.extract_text() or ""
-            pages.append(text)
-            length += len(text)
-            if length >= MAX_TEXT_CHARS:
-                break
-    except (PdfReadError, OSError, ValueError, KeyError) as exc:
-        raise invalid(f"The PDF could not be read: {exc}", param="file") from exc
-    return "\n\n".join(pages)[:MAX_TEXT_CHARS]
+        read = _read_pdf(data).result()
+    except extraction.ExtractionFailed as exc:
+        raise _unread(exc, name) from exc
+    return _pdf_kept(read, name)
+
+
+async def _apdf_text(data: bytes, name: str) -> str:
+    """``_pdf_text``, awaited on the event loop."""
+    try:
+        read = await asyncio.wrap_future(_read_pdf(data))
+    except extraction.ExtractionFailed as exc:
+        raise _unread(exc, name) from exc
+    return _pdf_kept(read, name)
+
+
+def _pdf_kept(read: extraction.PdfText, name: str) -> str:
+    """The text kept of a PDF, at most ``MAX_TEXT_CHARS``: its pages' text, then a note for the
+    model of pages left out (past pypdf's limits, or broken) or not read (``read.stopped``).
+    ``Refusal`` 400 when every page read was left out."""
+    if read.skipped and not read.pages:
+        raise _unread(extraction.ExtractionFailed("complex"), name)
+    notes = []
+    if read.skipped:
+        shown = ", ".join(str(n) for n in read.skipped[:10])
+        more = f" and {len(read.skipped) - 10} more" if len(read.skipped) > 10 else ""
+        notes.append(f"[Pages left out, unreadable or too complex: {shown}{more}.]")
+    if read.stopped:
+        done = len(read.pages) + len(read.skipped)
+        how = {"time": " could be read in time", "memory": " could be read"}.get(
+            read.stopped, " are included"
+        )
+        notes.append(f"[Only the first {done} of {read.total} pages{how}.]")
+    note = "\n\n" + "\n".join(notes) if notes else ""
+    return "\n\n".join(read.pages)[: MAX_TEXT_CHARS - len(note)] + note
+
+
+def _unread(exc: extraction.ExtractionFailed, name: str) -> Refusal:
+    """The 400 for a PDF whose text could not be had (``ExtractionFailed.reason``)."""
+    if exc.reason == "encrypted":
+        return invalid("The PDF is encrypted with a password.", param="file")
+    if exc.reason == "unreadable":
+        return invalid(f"The PDF could not be read: {exc.detail}", param="file")
+    cpu_s, memory_mb = settings.SLIPSTREAM_EXTRACT_CPU_S, settings.SLIPSTREAM_EXTRACT_MEMORY_MB
+    why = {
+        "slow": f"took too long to read (over {cpu_s} s)",
+        "memory": f"needs too much memory to read (over {memory_mb} MB)",
+        "complex": "has no page whose text could be read within the limits",
+    }[exc.reason]
+    return invalid(
+        f'"{name}" {why}: its text could not be extracted. Try a smaller or simpler PDF, or '
+        "paste its text into the message.",
+        param="file",
+        code="document_too_complex",
+    )
 
 
 # ------------------------------------------------------------------------------------------------

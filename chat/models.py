@@ -748,6 +748,9 @@ class UsageDay(models.Model):
     )
     slot_name = models.CharField(max_length=100)
     requests = models.PositiveIntegerField(default=0)
+    # What request budgets count (chat.quotas): the requests admitted past the quotas, whatever
+    # became of them; ``requests`` also counts the /v1 calls refused before (a 400, the 429).
+    admitted = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
@@ -790,8 +793,9 @@ class UsageDay(models.Model):
 class Quota(models.Model):
     """A budget per day or per month (UTC) of tokens (prompt + completion) and/or requests,
     for one user (their chat answers and all their keys' calls), one group (its members
-    together) or one API key. Checked before each upstream call (``answers.check_quotas``),
-    from the per-day usage (``UsageDay``)."""
+    together) or one API key. Each request is admitted before its upstream call
+    (``quotas.admit``), which reserves its share until it ends (``QuotaReservation``); what is
+    used comes from the per-day usage (``UsageDay``)."""
 
     class Period(models.TextChoices):
         DAY = "day", "per day"
@@ -831,6 +835,29 @@ class Quota(models.Model):
             raise ValidationError("A quota is for exactly one user, one group or one API key.")
         if self.max_tokens is None and self.max_requests is None:
             raise ValidationError("Give a token budget, a request budget, or both.")
+
+
+class QuotaReservation(models.Model):
+    """What one request admitted under quotas holds of its user's, their groups' and its API
+    key's budgets while it runs (``chat.quotas``): one request, and ``tokens``, its output
+    limit as capped at admission. Counted with the ``UsageDay`` rows until its record settles
+    it: deleted in the transaction that counts what the request used (``chat.records``). One
+    whose process died counts until ``expires_at``, which that process pushes back while it
+    holds the reservation."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    tokens = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = "quota reservation"
+
+    def __str__(self) -> str:
+        return f"{self.tokens} tokens until {self.expires_at:%Y-%m-%d %H:%M:%S}"
 
 
 class SignOnIdentity(models.Model):

@@ -1,7 +1,7 @@
 """What an answer or call leaves in the database (its ``UsageDay`` counts, a ``/v1`` call's
 ``ApiCall`` row, the key's ``last_used_at``, a streaming answer's checkpoint, a finished
-answer's row, a stored response), written by one group-committing writer per event loop that
-outlives a database outage.
+answer's row, a stored response, the quota reservation its usage replaces), written by one
+group-committing writer per event loop that outlives a database outage.
 
 Why batches: written one by one through the ORM, a ``/v1`` stream's records cost about 3.7 ms
 of CPU (bench: two ``sync_to_async`` hops, the ORM compiling an UPDATE of eight ``F()``
@@ -47,7 +47,7 @@ from django.db.models import Field
 from django.utils import timezone
 
 from chat.database import is_unavailable
-from chat.models import ApiCall, ApiKey, UsageDay
+from chat.models import ApiCall, ApiKey, QuotaReservation, UsageDay
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,9 @@ class Record:
     """What one answer or call leaves: its usage, its ``ApiCall`` row's fields, the key whose
     ``last_used_at`` to set (id, time), a streaming answer's checkpoint, a finished answer's
     ``final`` row, or any other ``write`` (a function run in the batch's transaction, in the
-    order records were queued, named in the log by ``label``)."""
+    order records were queued, named in the log by ``label``). ``settles``: the
+    ``QuotaReservation`` (id) that this record's usage replaces (``chat.quotas``), deleted in
+    the same transaction; a record with nothing else gives it back whole."""
 
     usage: Usage | None = None
     call: dict[str, Any] | None = None
@@ -102,6 +104,7 @@ class Record:
     # ``reasoning``, ``tool_calls``), stored unless the message has ended meanwhile.
     checkpoint: tuple[int, dict[str, Any]] | None = None
     final: Final | None = None
+    settles: int | None = None
     write: Callable[[], None] | None = field(default=None, repr=False)
     label: str = ""
     done: asyncio.Future[bool] | None = field(default=None, repr=False)
@@ -123,7 +126,7 @@ class Record:
     def only_checkpoint(self) -> bool:
         """Nothing but a checkpoint: superseded by a later one or by the answer's end."""
         return self.checkpoint is not None and not (
-            self.usage or self.call or self.key_used or self.final or self.write
+            self.usage or self.call or self.key_used or self.final or self.write or self.settles
         )
 
 
@@ -357,6 +360,9 @@ _write_batch_in_thread = sync_to_async(write_batch, thread_sensitive=True)
 def _write(batch: list[Record]) -> None:
     for usage in _summed(batch):
         _count(usage)
+    settled = [record.settles for record in batch if record.settles is not None]
+    if settled:
+        QuotaReservation.objects.filter(pk__in=settled).delete()
     calls = [record.call for record in batch if record.call is not None]
     if calls:
         _insert_calls(calls)

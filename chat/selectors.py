@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from django.contrib.auth.models import User
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Count, Model, Q, QuerySet, Sum
 from django.utils import timezone
 
 from chat import readcache
@@ -24,6 +24,7 @@ from chat.models import (
     Message,
     Prompt,
     Quota,
+    QuotaReservation,
     Slot,
     StoredResponse,
     UsageDay,
@@ -531,18 +532,35 @@ async def quotas_aget(
     return await lookups.aget_or_load(f"quotas:{user.pk}:{api_key_id}", load)
 
 
-async def quota_aused(*, quota: Quota, since: date) -> tuple[int, int]:
+_M = TypeVar("_M", bound=Model)
+
+
+def quota_used(*, quota: Quota, since: date) -> tuple[int, int]:
     """(tokens, requests) counted against ``quota`` since the day ``since`` (UTC): the usage of
-    its user, of its group's members, or of its key."""
-    rows = UsageDay.objects.filter(day__gte=since)
-    if quota.user_id is not None:
-        rows = rows.filter(user_id=quota.user_id)
-    elif quota.group_id is not None:
-        rows = rows.filter(user__groups=quota.group_id)
-    else:
-        rows = rows.filter(api_key_id=quota.api_key_id)
-    totals = await rows.aaggregate(
-        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), requests=Sum("requests")
+    its user, of its group's members, or of its key; requests are those admitted
+    (``UsageDay.admitted``). Synchronous: ``chat.quotas`` reads it in its transaction."""
+    rows = _counted_against(quota, UsageDay.objects.filter(day__gte=since))
+    totals = rows.aggregate(
+        prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), requests=Sum("admitted")
     )
     tokens = (totals["prompt"] or 0) + (totals["completion"] or 0)
     return tokens, totals["requests"] or 0
+
+
+def quota_held(*, quota: Quota, now: datetime) -> tuple[int, int]:
+    """(tokens, requests) that requests admitted and still running hold of ``quota``: its
+    reservations not expired at ``now`` (any period's: a request admitted before midnight and
+    ending after counts its usage on the new day). Synchronous, as ``quota_used``."""
+    rows = _counted_against(quota, QuotaReservation.objects.filter(expires_at__gt=now))
+    totals = rows.aggregate(tokens=Sum("tokens"), requests=Count("pk"))
+    return totals["tokens"] or 0, totals["requests"]
+
+
+def _counted_against(quota: Quota, rows: QuerySet[_M]) -> QuerySet[_M]:
+    """``rows`` (usage or reservations) of ``quota``'s user, of its group's members, or of its
+    key."""
+    if quota.user_id is not None:
+        return rows.filter(user_id=quota.user_id)
+    if quota.group_id is not None:
+        return rows.filter(user__groups=quota.group_id)
+    return rows.filter(api_key_id=quota.api_key_id)

@@ -21,7 +21,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from chat import readcache, records
+from chat import quotas, readcache, records
 from chat.models import (
     API_KEY_PREFIX,
     TOKENS_PER_S_BUCKETS,
@@ -287,12 +287,13 @@ async def message_afinalise(
     generation: Generation,
     status: str | None = None,
     owner: tuple[int | None, int | None] | None = None,
+    reservation: int | None = None,
 ) -> None:
     """Store the finished answer in one UPDATE, bump its conversation in the sidebar, and count
     it in its owner's usage (``owner``: the conversation's user id and widget id; read from
-    the conversation when not given), in one transaction of the process's next batch of
-    records (``chat.records``). ``status`` overrides the generation's (an answer stopped while
-    its generation goes on).
+    the conversation when not given) in place of its quota ``reservation`` (``chat.quotas``),
+    in one transaction of the process's next batch of records (``chat.records``). ``status``
+    overrides the generation's (an answer stopped while its generation goes on).
 
     Never raises and never loses the answer: when the database refuses a value of the row, its
     text and status are stored without the rest (an error in storing usage costs the usage);
@@ -329,7 +330,8 @@ async def message_afinalise(
         text=_text_fields(generation),
         at=timezone.now(),
     )
-    await records.write(records.Record(final=final, usage=usage))
+    await records.write(records.Record(final=final, usage=usage, settles=reservation))
+    quotas.forget(reservation)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -404,10 +406,14 @@ async def api_call_arecord(
     generation: Generation | None = None,
     usage: dict[str, Any] | None = None,
     error: EnvelopeError | None = None,
+    admitted: bool = True,
+    reservation: int | None = None,
 ) -> None:
     """Record one finished ``/v1`` call (one INSERT; the key's last-used time at most once a
-    minute). ``started_at`` is ``time.monotonic()`` at the call's start. Upstream usage is
-    cleaned first (``checks.clean_usage``); a failed INSERT is logged, never raised."""
+    minute) and count its usage in place of its quota ``reservation`` (``chat.quotas``);
+    ``admitted``: it passed the quotas (else it counts no request against them).
+    ``started_at`` is ``time.monotonic()`` at the call's start. Upstream usage is cleaned first
+    (``checks.clean_usage``); a failed INSERT is logged, never raised."""
     usage = checks.clean_usage(generation.accumulator.usage if generation else usage) or {}
     completion_tokens = (
         generation.accumulator.completion_tokens() if generation else usage.get("completion_tokens")
@@ -426,6 +432,7 @@ async def api_call_arecord(
             usage=usage_today(
                 slot_name=slot_name,
                 ok=outcome == "complete",
+                admitted=admitted,
                 user_id=api_key.user_id,
                 api_key_id=api_key.pk,
                 prompt_tokens=usage.get("prompt_tokens"),
@@ -447,8 +454,10 @@ async def api_call_arecord(
                 "duration_ms": (time.monotonic() - started_at) * 1000,
             },
             key_used=key_used,
+            settles=reservation,
         )
     )
+    quotas.forget(reservation)
 
 
 async def api_conversation_astore(
@@ -669,6 +678,7 @@ def usage_today(
     *,
     slot_name: str,
     ok: bool,
+    admitted: bool = True,
     user_id: int | None = None,
     api_key_id: int | None = None,
     widget_id: int | None = None,
@@ -679,10 +689,12 @@ def usage_today(
 ) -> records.Usage:
     """Today's (UTC) increments of one answer's or call's ``UsageDay`` (its scope: user, API
     key, widget, slot). Tokens are counted as given (None: 0); ``ttft_ms`` and
-    ``tokens_per_s`` (None: not measured) also go into the row's histograms."""
+    ``tokens_per_s`` (None: not measured) also go into the row's histograms; ``admitted``: the
+    request counts against request budgets (``chat.quotas``)."""
     scope = f"u{user_id or '-'}:k{api_key_id or '-'}:w{widget_id or '-'}:{slot_name}"[:200]
     counts: dict[str, int | float] = {
         "requests": 1,
+        "admitted": 1 if admitted else 0,
         "errors": 0 if ok else 1,
         "prompt_tokens": prompt_tokens or 0,
         "completion_tokens": completion_tokens or 0,

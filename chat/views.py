@@ -23,7 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import answers, attachments, jsonbody, selectors, services, streaming
+from chat import answers, attachments, jsonbody, quotas, selectors, services, streaming
 from chat.conversation_views import sidebar_context
 from chat.forms import ConversationSettingsForm
 from chat.http import error_response, invalid, signed_in, sse_response
@@ -397,9 +397,9 @@ def prompt_choices(request: HttpRequest) -> JsonResponse:
 async def budget(request: HttpRequest) -> HttpResponse:
     """The chat's budget notice (``chat/_budget.html``), loaded with the page and after each
     answer: the user's budget with the smallest share left, when a fifth or less of it is left
-    (``answers.BudgetLeft.low``); empty otherwise."""
+    (``quotas.BudgetLeft.low``); empty otherwise."""
     user = signed_in(await request.auser())
-    low = [b for b in await answers.budgets_left(user=user) if b.low]
+    low = [b for b in await quotas.budgets_left(user=user) if b.low]
     lowest = min(low, key=lambda b: b.left / b.limit, default=None)
     return HttpResponse(render_to_string("chat/_budget.html", {"budget": lowest}))
 

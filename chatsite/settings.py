@@ -357,6 +357,15 @@ SLIPSTREAM_ATTACHMENT_QUOTA_BYTES = env.int("SLIPSTREAM_ATTACHMENT_QUOTA_BYTES",
 # stored with their longer side at most this long (each slot downscales further as it says).
 SLIPSTREAM_IMAGE_MAX_PIXELS = env.int("SLIPSTREAM_IMAGE_MAX_PIXELS", default=50_000_000)
 SLIPSTREAM_IMAGE_STORE_MAX_SIDE = env.int("SLIPSTREAM_IMAGE_STORE_MAX_SIDE", default=2048)
+# PDF text (chat.extraction): each PDF is read by a process of its own, with this many seconds
+# of CPU (past them the pages read so far are kept, or with none the upload is refused as too
+# complex) and this much address space (MiB); at most this many at once, the others wait.
+SLIPSTREAM_EXTRACT_CPU_S = env.int("SLIPSTREAM_EXTRACT_CPU_S", default=5)
+SLIPSTREAM_EXTRACT_MEMORY_MB = env.int("SLIPSTREAM_EXTRACT_MEMORY_MB", default=512)
+SLIPSTREAM_EXTRACT_WORKERS = env.int("SLIPSTREAM_EXTRACT_WORKERS", default=2)
+# Chat uploads per signed-in user, as django-ratelimit's rate ("count/period", period s, m, h or
+# d); past it 429. A widget visitor's uploads count against the widget's message limits.
+SLIPSTREAM_UPLOAD_RATE = env.str("SLIPSTREAM_UPLOAD_RATE", default="30/m")
 # Slots that send images as links (Slot.image_links): this site's address as the model servers
 # reach it, and how long a link works (s).
 SLIPSTREAM_PUBLIC_URL = env.str("SLIPSTREAM_PUBLIC_URL", default="")

@@ -4,16 +4,26 @@ in OpenAI's envelope, saying which budget and when it resets, with ``Retry-After
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.utils import timezone
 
-from chat.models import ApiKey, Message, Quota
+from chat import quotas
+from chat.models import ApiKey, Message, Quota, QuotaReservation, UsageDay
 from chat.services import api_key_create
+from tests.conftest import server_env
+from tests.support.daphne_server import DaphneServer
+from tests.support.polling import wait_until
 from tests.support.sse_client import post_message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -177,3 +187,244 @@ def test_the_chat_cuts_at_the_budget_and_says_so_when_it_is_low(
     notice = " ".join(browser_session.get("/chat/budget/").text.split())
     assert "The daily token budget of user" in notice
     assert "(60 tokens) is used up: answers stopped at it" in notice
+
+
+# ------------------------------------------------------------------------------------------------
+# Requests at once (issue 33, finding 2): each admitted request holds its share of the budget
+# ------------------------------------------------------------------------------------------------
+# How long the simulator holds each answer's first token (ms): every request of a burst is
+# admitted or refused well before the first answer ends (``burst`` checks that it was).
+HELD_TTFT_MS = 1500
+
+# A refusal's figure of the budget used: what was used and what running answers held then.
+USED = re.compile(r"is used up \(([\d,]+) used")
+
+
+def used_in(refused: openai.RateLimitError) -> int:
+    found = USED.search(refused.message)
+    assert found, refused.message
+    return int(found[1].replace(",", ""))
+
+
+def tokens_used(**scope: Any) -> int:
+    """Prompt and completion tokens counted today in the ``UsageDay`` rows of ``scope``."""
+    rows = UsageDay.objects.filter(**scope)
+    return sum(row.prompt_tokens + row.completion_tokens for row in rows)
+
+
+def stream_once(client: openai.OpenAI, *, messages: Any = HELLO, **fields: Any) -> Any:
+    """One streamed chat completion read to its end: its usage (``include_usage``), or the
+    ``RateLimitError`` that refused it."""
+    try:
+        stream = client.chat.completions.create(
+            model="primary",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            **fields,
+        )
+        return list(stream)[-1].usage
+    except openai.RateLimitError as refused:
+        return refused
+
+
+def burst(
+    sim: Any, clients: list[openai.OpenAI], n: int, **fields: Any
+) -> tuple[list[Any], list[Any]]:
+    """``n`` streams at once, spread over ``clients`` (each of a server process), each answer's
+    first token held ``HELD_TTFT_MS`` by the simulator: (the usage of each answer, each 429).
+    Checks that they overlapped: every request had been refused or had reached the simulator
+    before any answer ended."""
+    sim.configure(ttft_ms=HELD_TTFT_MS, tokens_per_s=0)
+    before = sim.stats()
+    started = before["streams_started"]
+    with ThreadPoolExecutor(n) as pool:
+        # Each its own question: single-flight may join identical ones into one upstream call.
+        futures = [
+            pool.submit(
+                stream_once,
+                clients[i % len(clients)],
+                messages=[{"role": "user", "content": f"Hello there {i}"}],
+                **fields,
+            )
+            for i in range(n)
+        ]
+
+        def decided() -> bool:
+            refused = [f for f in futures if f.done() and isinstance(f.result(), Exception)]
+            return len(refused) + sim.stats()["streams_started"] - started == n
+
+        wait_until(decided, what="every request of the burst admitted or refused")
+        assert sim.stats()["completed"] == before["completed"]
+        results = [future.result() for future in futures]
+    refusals = [r for r in results if isinstance(r, openai.RateLimitError)]
+    return [r for r in results if r not in refusals], refusals
+
+
+def test_a_burst_of_streams_passes_a_token_budget_by_at_most_their_prompts(
+    server, slot, sim, api_key
+):
+    """The finding: 10 streams at once on a key with 98 of 1,000 tokens left took it to 1,902.
+    Each admitted answer now holds its output limit until it ends, so the budget is passed by
+    at most the prompts of the answers admitted last (not known before the call)."""
+    key = ApiKey.objects.get()
+    Quota.objects.create(api_key=key, period="day", max_tokens=1000)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=900)
+    with sdk(server, api_key) as client:
+        client.chat.completions.create(model="primary", messages=HELLO)  # 2 + 900: 902 used
+        sim.configure(length=60)
+        answers, refusals = burst(sim, [client], 10, max_tokens=20)
+    prompts = sum(usage.prompt_tokens for usage in answers)
+    used = tokens_used(api_key=key)
+    assert 1000 <= used <= 1000 + prompts, (used, prompts)
+    # 98 left: four answers of 20 tokens and one of the last 18, each cut there upstream.
+    assert sorted(usage.completion_tokens for usage in answers) == [18, 20, 20, 20, 20]
+    assert len(refusals) == 5
+    # The true usage then: 902 used and 98 held by the answers still running.
+    true_usage = "(1,000 tokens) is used up (1,000 used, 98 of them held for answers in progress)"
+    for refused in refusals:
+        assert refused.code == "quota_exceeded"
+        assert true_usage in refused.message
+    assert not QuotaReservation.objects.exists()  # each settled by its answer's record
+
+
+@pytest.fixture(scope="module")
+def second(django_db_setup: None, django_db_blocker: Any) -> Iterator[DaphneServer]:
+    """A second Slipstream process on the same database, next to ``server``."""
+    with django_db_blocker.unblock():
+        env = server_env()
+    with DaphneServer(env=env) as daphne:
+        yield daphne
+
+
+def test_a_burst_over_two_processes_gets_exactly_the_requests_left(
+    server, second, slot, sim, api_key
+):
+    """The finding: a 5-request budget with 1 used answered all of 10 requests at once (11 of
+    5). Requests are counted when admitted, one admission at a time across processes; the
+    429s themselves do not count."""
+    key = ApiKey.objects.get()
+    Quota.objects.create(api_key=key, period="day", max_requests=5)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    with sdk(server, api_key) as client, sdk(second, api_key) as other:
+        client.chat.completions.create(model="primary", messages=HELLO)  # 1 of 5 used
+        answers, refusals = burst(sim, [client, other], 10)
+        assert (len(answers), len(refusals)) == (4, 6)
+        for refused in refusals:
+            assert used_in(refused) == 5, refused.message
+        with pytest.raises(openai.RateLimitError) as after:
+            client.chat.completions.create(model="primary", messages=HELLO)
+    # Once they ended: 5 used, none held, the six refusals not counted.
+    assert "(5 requests) is used up (5 used). It resets" in after.value.message
+    assert not QuotaReservation.objects.exists()
+
+
+def test_a_user_budget_holds_for_the_chat_and_a_key_at_once(
+    server, slot, sim, user, api_key, browser_session
+):
+    """The finding: two streams at once of one user passed a user budget by 10 %. The chat's
+    answer admitted while a /v1 stream holds 60 of the 100 tokens gets the 40 left."""
+    Quota.objects.create(user=user, period="day", max_tokens=100)
+    sim.configure(ttft_ms=HELD_TTFT_MS, tokens_per_s=0, length=100)
+    with sdk(server, api_key) as client, ThreadPoolExecutor(1) as pool:
+        api_answer = pool.submit(stream_once, client, max_tokens=60)
+        sim.wait_for(lambda s: s["streams_started"] == 1, timeout_s=10)  # admitted, running
+        chat = post_message(browser_session, "Hello there")
+        api_usage = api_answer.result()
+    assert chat.status_code == 200
+    assert api_usage.completion_tokens == 60
+    answer = Message.objects.get(role="assistant")
+    assert answer.finish_reason == "length"
+    assert answer.usage is not None
+    assert answer.usage["completion_tokens"] == 40  # before: 100, 164 tokens of 100 used
+    prompts = api_usage.prompt_tokens + answer.usage["prompt_tokens"]
+    used = tokens_used(user=user)
+    assert 100 <= used <= 100 + prompts, (used, prompts)
+
+
+def hold(key: ApiKey, tokens: int, *, expires_in_s: float) -> QuotaReservation:
+    """A reservation of ``key``'s as a running request leaves it (expired when ``expires_in_s``
+    is not positive: its process died that long ago)."""
+    return QuotaReservation.objects.create(
+        user=key.user,
+        api_key=key,
+        tokens=tokens,
+        expires_at=timezone.now() + timedelta(seconds=expires_in_s),
+    )
+
+
+def test_a_dead_process_reservation_counts_until_it_expires(server, slot, sim, api_key):
+    """A reservation counts while it is live (held, and said so in the 429), not once it
+    expired: a process that died holding one does not keep the budget for good."""
+    key = ApiKey.objects.get()
+    Quota.objects.create(api_key=key, period="day", max_tokens=100, max_requests=3)
+    hold(key, 90, expires_in_s=60)  # a request running in another process
+    hold(key, 1000, expires_in_s=-1)  # one whose process died: no longer counted
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=50)
+    with sdk(server, api_key) as client:
+        answer = client.chat.completions.create(model="primary", messages=HELLO)
+        assert sim.stats()["last_request"]["max_tokens"] == 10  # 100 - 90 held
+        assert answer.usage is not None
+        assert answer.usage.completion_tokens == 10
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="primary", messages=HELLO)
+    # 12 used by the answer, 90 held by the running one.
+    assert "(100 tokens) is used up (102 used, 90 of them held for answers in progress)" in (
+        caught.value.message
+    )
+
+
+def test_a_failed_call_counts_its_request_and_gives_its_tokens_back(server, slot, sim, api_key):
+    """An admitted call that failed upstream counts one request (the model server worked on
+    it) and the tokens it was reported to use (none): its reservation is settled either way."""
+    key = ApiKey.objects.get()
+    Quota.objects.create(api_key=key, period="day", max_tokens=100, max_requests=2)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5, fail_requests=1, fail_status=400)
+    with sdk(server, api_key) as client:
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="primary", messages=HELLO, stream=True)
+        assert not QuotaReservation.objects.exists()
+        client.chat.completions.create(model="primary", messages=HELLO)
+        assert sim.stats()["last_request"]["max_tokens"] == 100  # nothing held any more
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="primary", messages=HELLO)
+    assert "(2 requests) is used up (2 used)." in caught.value.message
+
+
+def test_a_stream_its_client_left_settles_what_it_used(server, slot, sim, api_key):
+    """A client that goes away mid-stream: its reservation (the 100 tokens left) is replaced
+    by what the answer had used when it was cancelled."""
+    key = ApiKey.objects.get()
+    Quota.objects.create(api_key=key, period="day", max_tokens=100)
+    sim.configure(ttft_ms=0, tokens_per_s=50, length=100)
+    with sdk(server, api_key) as client:
+        stream = client.chat.completions.create(model="primary", messages=HELLO, stream=True)
+        for _, _chunk in zip(range(3), stream, strict=False):
+            pass
+        assert QuotaReservation.objects.get().tokens == 100
+        stream.close()
+    sim.wait_for(lambda s: s["cancelled"] == 1, timeout_s=10)
+    wait_until(lambda: not QuotaReservation.objects.exists(), what="the reservation settled")
+    used = tokens_used(api_key=key)
+    assert 0 < used < 100  # what was streamed before the client left, not the reservation
+
+
+async def test_a_process_renews_what_it_holds_and_lets_the_rest_expire(user):
+    """``renew_held``: this process's live reservations get a new expiry; one held past
+    ``MAX_HOLD_S`` (its settle lost) is let expire; expired ones, any process's, are deleted."""
+    key, _ = await sync_to_async(api_key_create)(user=user, name="renewed")
+    mine = await sync_to_async(hold)(key, 5, expires_in_s=1)
+    lost = await sync_to_async(hold)(key, 5, expires_in_s=1)
+    await sync_to_async(hold)(key, 5, expires_in_s=-1)  # a dead process's, expired
+    now = time.monotonic()
+    quotas._held.update({mine.pk: now, lost.pk: now - quotas.MAX_HOLD_S - 1})
+    quotas._renewed_at = 0.0
+    try:
+        assert await quotas.renew_held() == 1
+        assert await quotas.renew_held() == 0  # not again before RENEW_EVERY_S
+    finally:
+        quotas._held.clear()
+    left = {r.pk: r async for r in QuotaReservation.objects.all()}
+    assert set(left) == {mine.pk, lost.pk}
+    assert left[mine.pk].expires_at > timezone.now() + timedelta(seconds=quotas.HOLD_S - 5)
+    assert left[lost.pk].expires_at == lost.expires_at
