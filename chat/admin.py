@@ -3,7 +3,6 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
-from datetime import date, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -21,7 +20,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
-from chat import selectors, services
+from chat import charts, selectors, services
 from chat.models import (
     ApiCall,
     ApiKey,
@@ -545,8 +544,9 @@ class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
     list_select_related = ("user", "api_key", "widget")
     actions = ("export_csv",)
 
-    # The dashboard's periods, days; the first is its default.
+    # The dashboard's periods, days (the first is its default), and hours (UsageHour's rows).
     DASHBOARD_DAYS = (30, 7, 90)
+    DASHBOARD_HOURS = (48,)
 
     def get_urls(self) -> list[URLPattern]:
         dashboard = path(
@@ -557,30 +557,23 @@ class UsageDayAdmin(ReadOnlyAdmin, admin.ModelAdmin[UsageDay]):
         return [dashboard, *super().get_urls()]
 
     def dashboard(self, request: HttpRequest) -> HttpResponse:
-        """Usage over the last 7, 30 or 90 days (``?days=``): totals with TTFT and speed
-        percentiles, tokens and requests per day as bar charts, and the top users, API keys,
-        widgets and slots. Read from the per-day rows only (``selectors.usage_summary``)."""
+        """Usage over the last 7, 30 or 90 days (``?days=``) or the last 48 hours (``?hours=48``,
+        UTC): totals with TTFT and speed percentiles, tokens and requests per day or hour as
+        bar charts, and the top users, API keys, widgets and slots. Read from the per-day or
+        per-hour rows only (``selectors.usage_within``, ``selectors.usage_summary``)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        days = int(request.GET.get("days", "")) if request.GET.get("days", "").isdigit() else 0
-        days = days if days in self.DASHBOARD_DAYS else self.DASHBOARD_DAYS[0]
-        today = timezone.now().date()
-        since = today - timedelta(days=days - 1)
-        rows = UsageDay.objects.filter(day__gte=since)
-        per_day = {row["day"]: row for row in selectors.usage_summary(rows, by=["day"])}
-        series = [per_day.get(since + timedelta(days=i)) for i in range(days)]
+        now, days, hours = timezone.now(), self.DASHBOARD_DAYS, self.DASHBOARD_HOURS
+        period = charts.usage_period(request.GET, days=days, hours=hours, now=now)
+        rows = selectors.usage_within(period=period)
         context = {
             **self.admin_site.each_context(request),
             "title": "Usage dashboard",
             "opts": self.model._meta,
-            "days": days,
-            "periods": sorted(self.DASHBOARD_DAYS),
-            "since": since,
+            "period": period,
+            "periods": charts.period_choices(days=days, hours=hours, now=now),
             "total": selectors.usage_summary(rows, by=[])[0],
-            "charts": [
-                _bar_chart("Tokens per day", "tokens", series, since),
-                _bar_chart("Requests per day", "requests", series, since),
-            ],
+            "charts": charts.usage_charts(period, selectors.usage_summary(rows, by=[period.unit])),
             "tables": [
                 (
                     heading,
@@ -631,29 +624,6 @@ DASHBOARD_TABLES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("Widgets", "Widget", {"widget__isnull": False}, ["widget__name"]),
     ("Slots", "Slot", {}, ["slot_name"]),
 ]
-
-
-def _bar_chart(
-    title: str, field: str, series: list[dict[str, Any] | None], since: date
-) -> dict[str, Any]:
-    """One bar per day of ``series`` (None: nothing that day) for the dashboard's SVG:
-    ``{"title", "peak", "width", "bars": [{"day", "value", "x", "y", "height"}]}``, heights in
-    the chart's 100-unit-high viewBox."""
-    values = [row[field] if row else 0 for row in series]
-    peak = max(values, default=0)
-    bars = []
-    for i, value in enumerate(values):
-        height = round(100 * value / peak, 2) if peak else 0
-        bars.append(
-            {
-                "day": since + timedelta(days=i),
-                "value": value,
-                "x": i * 10 + 1,
-                "y": round(100 - height, 2),
-                "height": height,
-            }
-        )
-    return {"title": title, "peak": peak, "width": len(values) * 10, "bars": bars}
 
 
 @admin.register(Quota)

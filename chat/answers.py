@@ -16,7 +16,8 @@ The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one
 - Quotas: a chat answer is admitted (``chat.quotas.admit``) just before its upstream call, and
   its record settles its reservation; a ``/v1`` call's record settles the call's.
 - Widgets switched off: a widget's answers in flight are stopped once it is disabled (polled by
-  each process that runs some, every ``WIDGET_WATCH_S``).
+  each process that runs some, every ``WIDGET_WATCH_S``); one that shares its generation with
+  another answer (single-flight) is stopped alone, its stream ended (``Started.reader``).
 - ``record_api_call`` / ``record_whole_api_call``: a streamed or whole ``/v1`` call's record,
   and its conversation when the key keeps them.
 - ``/v1/responses``: a streamed response stored ``in_progress`` off the first byte's path
@@ -29,6 +30,7 @@ Raises ``Refusal`` (``chat.http``) for requests that name what the user may not 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import weakref
@@ -51,9 +53,9 @@ from chat.models import (
     StoredResponse,
     Widget,
 )
-from chat.relay import dispatch, responses
+from chat.relay import dispatch, responses, tokenize
 from chat.relay.background import spawn
-from chat.relay.generation import Generation, Status, find
+from chat.relay.generation import Generation, ReaderStop, Status, find
 from chat.relay.shared import Shared, SharedUnavailable, shared
 from chat.relay.upstream import Chunk
 from chat.slotconfig import slot_config
@@ -65,7 +67,9 @@ MAX_MESSAGE_CHARS = 100_000
 # usually within milliseconds; after this long, with the message as it stands.
 STOP_WAIT_S = 5.0
 SWEEP_EVERY_S = 2.0
-PURGE_EVERY_S = 3600.0  # uploads never sent (attachments.purge_unsent): hourly is plenty
+# Uploads never sent (attachments.purge_unsent) and per-hour usage past its keeping
+# (services.usage_hour_aprune): hourly is plenty.
+PURGE_EVERY_S = 3600.0
 # How often a process running widget answers checks whether their widgets were disabled: the
 # README promises a switched-off widget stops answering at once (issue 16, finding 7).
 WIDGET_WATCH_S = 0.25
@@ -98,13 +102,15 @@ class ChatTurn:
 class Started:
     """A started answer: the ``generation`` (attached for the caller, who must stream it or
     ``detach``), its ``conversation``, the ``user_message`` it answers, the ``assistant`` row
-    and the ``slot`` it was asked of."""
+    and the ``slot`` it was asked of; ``reader``, for a widget's answer: what ends its stream
+    when ``stop`` stops it while another answer shares the generation (single-flight)."""
 
     generation: Generation
     conversation: Conversation
     user_message: Message
     assistant: Message
     slot: Slot
+    reader: ReaderStop | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,6 +215,7 @@ async def start_widget_answer(
     started = await _answer(
         conversation, slot, user_message, [*thread, user_message], keep_running=False, files=files
     )
+    started = dataclasses.replace(started, reader=ReaderStop())
     _watch_widget_answer(started)
     return started
 
@@ -248,13 +255,23 @@ async def _answer(
         history=await attachments.upstream_history(history, slot=slot),
     )
     reservation = None
+    cfg = slot_config(slot)
     if quota is not None:
+
+        def prompt() -> tokenize.Prompt:
+            sent = dispatch.request_body(cfg, request, chat=True, stream=False)
+            return tokenize.chat_prompt(sent["messages"])
+
         reservation = await quotas.admit(
-            user=quota[0], lookups=quota[1], request=request, default=slot.max_tokens
+            user=quota[0],
+            lookups=quota[1],
+            request=request,
+            default=slot.max_tokens,
+            prompt=tokenize.counter(cfg.backend, cfg.upstream_model, prompt),
         )
     try:
         generation, joined = await dispatch.submit(
-            slot_config(slot), "chat/completions", request, keep_running=keep_running
+            cfg, "chat/completions", request, keep_running=keep_running
         )
     except BaseException:
         quotas.release_soon(reservation)
@@ -428,10 +445,15 @@ async def running(generation_id: str, *, slot_name: str, streaming: bool) -> Gen
 async def stop(*, message: Message) -> Message:
     """Stop ``message``'s answer (the Stop button): cancel its generation, which closes the
     upstream response and stores the answer as ``stopped``. A generation shared with someone
-    else's answer (single-flight) goes on for them; only this message is stored as stopped. In
-    another process, the stop is sent there. Returns the message as stored."""
+    else's answer (single-flight) goes on for them; only this message is stored as stopped, and
+    its own stream ends (``Started.reader``). In another process, the stop is sent there;
+    but an answer kept here from another process's generation (it joined it: single-flight
+    across processes) is that one's sharer, and is stopped here alone. Returns the message as
+    stored."""
     generation = find(message.generation_id)
-    if generation is not None and generation.is_mirror:
+    owners = _owners.get(generation.id, set()) if generation is not None else set()
+    joined_elsewhere = generation is not None and generation.is_mirror and message.pk in owners
+    if generation is not None and generation.is_mirror and not joined_elsewhere:
         generation = None  # a copy of one running elsewhere: ask its own process
     store = shared()
     if generation is None and store is not None and message.status == Message.Status.STREAMING:
@@ -439,8 +461,7 @@ async def stop(*, message: Message) -> Message:
         return await _stored(message)
     if generation is None or generation.ended:
         return message
-    owners = _owners.get(generation.id, set())
-    if owners - {message.pk}:
+    if joined_elsewhere or owners - {message.pk}:
         owners.discard(message.pk)
         await services.message_afinalise(
             message_id=message.pk,
@@ -449,6 +470,10 @@ async def stop(*, message: Message) -> Message:
             status=Status.STOPPED,
             reservation=_reservations.pop(message.pk, None),
         )
+        # Its own stream ends too (a widget's: nobody else would end it); the others' go on.
+        reader = _readers.pop(message.pk, None)
+        if reader is not None:
+            reader.stop()
     else:
         generation.cancel()  # its finish callback stores the answer as stopped
         if generation.task is not None:
@@ -486,6 +511,9 @@ _widget_answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[int]] 
 _widget_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary()
 )
+# The streams of widget answers in flight, by message id: ``stop`` ends one whose generation
+# goes on for another answer (single-flight), which its cancel would otherwise not end.
+_readers: dict[int, ReaderStop] = {}
 
 
 def _watch_widget_answer(started: Started) -> None:
@@ -496,10 +524,13 @@ def _watch_widget_answer(started: Started) -> None:
 
     async def unwatch(_: Generation) -> None:
         running.discard(message_id)
+        _readers.pop(message_id, None)
 
     if not started.generation.add_finish_callback(unwatch):
         return  # already over
     running.add(message_id)
+    if started.reader is not None:
+        _readers[message_id] = started.reader
     watcher = _widget_watchers.get(loop)
     if watcher is None or watcher.done():
         _widget_watchers[loop] = spawn(_watch_widgets(running))
@@ -520,6 +551,8 @@ async def _watch_widgets(running: set[int]) -> None:
                     [message.pk for message in switched_off],
                 )
                 await asyncio.gather(*(stop(message=message) for message in switched_off))
+                # Stopped: a shared generation that goes on is no reason to ask again.
+                running.difference_update(message.pk for message in switched_off)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -789,7 +822,7 @@ async def _recovered(store: Shared, message_id: int, generation_id: str) -> bool
 async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
     """Run ``sweep_interrupted`` every ``every_s`` for the life of the process (with
     ``quotas.renew_held``: the quota reservations this process holds stay live), and
-    ``attachments.purge_unsent`` every ``PURGE_EVERY_S``."""
+    ``attachments.purge_unsent`` and ``services.usage_hour_aprune`` every ``PURGE_EVERY_S``."""
     purged_at = -PURGE_EVERY_S
     failures = database.FailureLog("the sweep of interrupted answers and unsent uploads")
     while True:
@@ -806,6 +839,7 @@ async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
                 purged_at = time.monotonic()
                 if purged := await attachments.purge_unsent():
                     logger.info("deleted %d uploads never sent with a message", purged)
+                await services.usage_hour_aprune()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -36,8 +36,8 @@ from chat import (
     streaming,
 )
 from chat.http import Refusal, error_response, invalid, sse_response
-from chat.models import ApiKey, Slot, StoredResponse
-from chat.relay import dispatch, responses
+from chat.models import ApiKey, Backend, Slot, StoredResponse
+from chat.relay import dispatch, responses, tokenize
 from chat.relay.errors import EnvelopeError, RelayError
 from chat.relay.generation import Generation, Status
 from chat.relay.responses import NativeEvents, ResponseEvents
@@ -587,11 +587,22 @@ class _Call:
     reservation: int | None = None
 
     async def admit(
-        self, lookups: readcache.Lookups, body: dict[str, Any] | None, slot: Slot, fields: list[str]
+        self,
+        lookups: readcache.Lookups,
+        body: dict[str, Any] | None,
+        slot: Slot,
+        fields: list[str],
+        prompt: Callable[[], tokenize.Prompt] | None = None,
     ) -> None:
         """Admit the call under its key's quotas (``quotas.admit``: 429 when one is used up;
-        ``body``'s output limit, its ``fields``, capped at the tokens left; None: no output)."""
+        ``body``'s output limit, its ``fields``, capped at the tokens left after the prompt;
+        None: no output). ``prompt()``: what the call sends as its prompt, counted on the
+        slot's backend only when a token budget applies (``tokenize.count``)."""
         assert self.key is not None
+        counter = None
+        if prompt is not None:
+            cfg = cached_slot_config(slot, lookups)
+            counter = tokenize.counter(cfg.backend, cfg.upstream_model, prompt)
         self.reservation = await quotas.admit(
             user=self.key.user,
             api_key=self.key,
@@ -599,6 +610,7 @@ class _Call:
             request=body,
             default=slot.max_tokens,
             fields=fields,
+            prompt=counter,
         )
         self.admitted = True
 
@@ -642,8 +654,8 @@ async def create_completion(
             _refuse_images(slot, body, param="messages")
             await _refuse_media_urls(slot, body)
         fields = quotas.CHAT_OUTPUT_LIMITS if endpoint == CHAT else ["max_tokens"]
-        await call.admit(lookups, body, slot, fields)
         cfg = cached_slot_config(slot, lookups)
+        await call.admit(lookups, body, slot, fields, _prompt_of(cfg, body, chat=endpoint == CHAT))
         if not call.stream:
             return await _whole_completion(call, call.key, slot, cfg, body)
         return await _streamed_completion(call, call.key, slot, cfg, body)
@@ -652,6 +664,21 @@ async def create_completion(
     except BaseException:
         quotas.release_soon(call.reservation)  # cancelled (the client left), or a bug
         raise
+
+
+def _prompt_of(
+    cfg: dispatch.SlotConfig, body: dict[str, Any], *, chat: bool
+) -> Callable[[], tokenize.Prompt]:
+    """The prompt a completion sends upstream (the slot's system prompt and defaults
+    applied), made when it is counted."""
+
+    def prompt() -> tokenize.Prompt:
+        if chat:
+            sent = dispatch.request_body(cfg, body, chat=True, stream=False)
+            return tokenize.chat_prompt(sent["messages"])
+        return tokenize.completion_prompt(body.get("prompt"))
+
+    return prompt
 
 
 async def _whole_completion(
@@ -969,7 +996,8 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
     """``POST /v1/responses``, streaming or not, on the slot's dispatcher: passed to the
     backend's own ``/responses`` (``Backend.responses_api``: native, or ``auto`` until a 404
     says it has none) or translated to chat completions (``chat.relay.responses``); stored
-    unless ``store`` is false."""
+    unless ``store`` is false. A backend set to native that answers 404, 405 or 501 there is
+    translated for too (``_native_missing``): the client asked for a model that exists."""
     if request.method != "POST":
         return method_not_allowed(request, allowed="POST")
     call = _Call(RESPONSES)
@@ -982,15 +1010,8 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
                     return await _whole_native_response(call, turn, cfg)
                 return await _streamed_native_response(call, turn, cfg)
             except RelayError as exc:
-                # The slot whose call failed: a fallback's backend may lack what the primary's
-                # has, and what is learnt belongs to the backend that answered.
-                failed = cfg.in_chain(exc.slot)
-                if failed.responses_native is not None or exc.status not in _NO_RESPONSES_API:
+                if not await _without_responses_api(cfg, exc):
                     raise
-                # "auto" found a backend without the Responses API: translate, from now on.
-                await services.backend_anote_responses_api(
-                    backend_id=failed.backend_id, native=False
-                )
         if not call.stream:
             return await _whole_response(call, turn)
         return await _streamed_response(call, turn)
@@ -1025,7 +1046,14 @@ async def _read_turn(call: _Call, request: HttpRequest) -> _ResponseTurn:
             history_items += [
                 o for o in earlier.response.get("output") or () if o.get("type") != "reasoning"
             ]
-    await call.admit(lookups, body, slot, ["max_output_tokens"])  # last: a 404 above counts not
+    # Last: a 404 above counts not.
+    await call.admit(
+        lookups,
+        body,
+        slot,
+        ["max_output_tokens"],
+        lambda: tokenize.responses_prompt(body, history=history_items),
+    )
     response_id = _new_response_id()
     return _ResponseTurn(
         call.key,
@@ -1146,11 +1174,72 @@ def _as_sent(item: dict[str, Any]) -> dict[str, Any]:
 _NO_RESPONSES_API = frozenset({404, 405, 501})
 
 
+# Backends set to native (``Backend.responses_api``) found without /responses, in this process:
+# backend id -> when found (time.monotonic() s). The operator's setting stays as they made it;
+# the backend is asked again after ``NATIVE_RECHECK_S`` (an upgrade, a model server swapped).
+_missing_native: dict[int, float] = {}
+# Backends already warned of, in this process: one warning each, not one per request.
+_warned_native: set[int] = set()
+NATIVE_RECHECK_S = 600.0
+
+
+async def _without_responses_api(cfg: dispatch.SlotConfig, exc: RelayError) -> bool:
+    """Whether ``exc``, a native call's failure, says that the backend has no ``/responses``
+    (404, 405, 501), so that the request is to be translated; what is learnt is kept: ``auto``
+    stored as translate, ``native`` remembered in this process (``_native_missing``)."""
+    # The slot whose call failed: a fallback's backend may lack what the primary's has, and
+    # what is learnt belongs to the backend that answered.
+    failed = cfg.in_chain(exc.slot)
+    if exc.upstream_status not in _NO_RESPONSES_API or failed.responses_native is False:
+        return False
+    if failed.responses_native is None:
+        await services.backend_anote_responses_api(backend_id=failed.backend_id, native=False)
+    else:
+        await _native_missing(failed, exc.upstream_status)
+    return True
+
+
+async def _native_missing(failed: dispatch.SlotConfig, status: int | None) -> None:
+    """``failed``'s backend is set to native but answered ``status`` (404, 405, 501) on its
+    ``/responses``: translate for it in this process for ``NATIVE_RECHECK_S``, and say so
+    once per backend (a WARNING naming the backend and the setting to change)."""
+    _missing_native[failed.backend_id] = time.monotonic()
+    if failed.backend_id in _warned_native:
+        return
+    _warned_native.add(failed.backend_id)
+    name = (
+        await Backend.objects.filter(pk=failed.backend_id).values_list("name", flat=True).afirst()
+    )
+    logger.warning(
+        'backend "%s" (id %s, %s) is set to Responses API "native" but answered HTTP %s on '
+        "/responses: its Responses requests are translated to chat completions in this "
+        'process. Set its Responses API to "auto" or "translate" in the admin.',
+        name,
+        failed.backend_id,
+        failed.backend.base_url,
+        status,
+    )
+
+
+def _native_for(slot: dispatch.SlotConfig) -> bool:
+    """Whether ``slot``'s backend may have its own ``/responses`` (native, or not known yet),
+    unless this process found a native one without it within ``NATIVE_RECHECK_S``."""
+    if slot.responses_native is False:
+        return False
+    found = _missing_native.get(slot.backend_id)
+    if found is None:
+        return True
+    if time.monotonic() - found < NATIVE_RECHECK_S:
+        return False
+    _missing_native.pop(slot.backend_id, None)
+    return True
+
+
 def _goes_native(cfg: dispatch.SlotConfig) -> bool:
     """Whether a Responses request goes to the backend's own ``/responses``: when every slot
-    of the fallback chain may have one (native, or not known yet) and none has stop strings
-    (the relay cuts those from chat deltas only)."""
-    return all(c.responses_native is not False and not c.stop for c in cfg.chain())
+    of the fallback chain may have one (``_native_for``) and none has stop strings (the relay
+    cuts those from chat deltas only)."""
+    return all(_native_for(c) and not c.stop for c in cfg.chain())
 
 
 async def _noted_native(answered: dispatch.SlotConfig) -> None:
@@ -1486,7 +1575,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         _check(body, "dimensions", _is_int, "an integer")
         call.slot_name = body["model"]
         slot = await resolve_slot(call.slot_name, call.key, lookups)
-        await call.admit(lookups, None, slot, [])
+        await call.admit(lookups, None, slot, [], lambda: tokenize.completion_prompt(body["input"]))
         result, _ = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
         result["model"] = slot.name
         return await _answered(call, call.key, slot, result, result.get("usage"))

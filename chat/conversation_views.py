@@ -157,7 +157,10 @@ def _folder_of(request: HttpRequest, user: Any) -> Folder | HttpResponse | None:
     response for another user's or an unknown id."""
     new_name = request.POST.get("new_folder", "").strip()
     if new_name:
-        return services.folder_get_or_create(user=user, name=new_name)
+        try:
+            return services.folder_get_or_create(user=user, name=new_name)
+        except ValueError as exc:
+            return error_response(invalid(str(exc), param="new_folder"))
     folder_id = request.POST.get("folder", "")
     if not folder_id:
         return None
@@ -169,9 +172,32 @@ def _folder_of(request: HttpRequest, user: Any) -> Folder | HttpResponse | None:
 
 @require_POST
 @login_required
+def folder_rename(request: HttpRequest, folder_id: int) -> HttpResponse:
+    """Rename one of the user's folders: POST ``name``. Answers with the sidebar (htmx) or a
+    redirect to the chat; an empty name, one over ``services.FOLDER_NAME_MAX`` characters or
+    the name of another of the user's folders is a 400 (the error envelope, param ``name``),
+    another user's folder a 404."""
+    folder = selectors.folder_get(user=signed_in(request.user), folder_id=folder_id)
+    if folder is None:
+        raise Http404("No such folder")
+    try:
+        services.folder_rename(folder=folder, name=request.POST.get("name", ""))
+    except ValueError as exc:
+        return error_response(invalid(str(exc), param="name"))
+    if request.htmx:  # type: ignore[attr-defined]
+        # The form sends the open conversation (``current``), for the sidebar to mark it.
+        current_id = request.POST.get("current", "")
+        return render(
+            request, "chat/_sidebar.html", sidebar_context(request, current_id=current_id)
+        )
+    return redirect("chat:index")
+
+
+@require_POST
+@login_required
 def folder_delete(request: HttpRequest, folder_id: int) -> HttpResponse:
     """Delete one of the user's folders (its conversations stay, in no folder)."""
-    folder = Folder.objects.filter(user=signed_in(request.user), pk=folder_id).first()
+    folder = selectors.folder_get(user=signed_in(request.user), folder_id=folder_id)
     if folder is None:
         raise Http404("No such folder")
     services.folder_delete(folder=folder)

@@ -500,6 +500,11 @@ class Message(models.Model):
     tokens_per_s = models.FloatField("tokens/s", null=True, blank=True)
     # The generation that streams this answer: a reloaded page resumes it by this id.
     generation_id = models.CharField(max_length=32, blank=True, db_index=True)
+    # While streaming, where the stored text stands in the generation's chunks, so a reloaded
+    # page goes on from there (services.resume_point): {"seq": the SSE id of the last chunk the
+    # text includes, and the raw text where it differs from the stored fields}. None before the
+    # first checkpoint, once stored whole, and on answers checkpointed before it existed.
+    checkpoint = models.JSONField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -728,14 +733,14 @@ def bucket_fields(prefix: str, bounds: tuple[int, ...]) -> list[str]:
     return [f"{prefix}_le_{b}" for b in bounds] + [f"{prefix}_over_{bounds[-1]}"]
 
 
-class UsageDay(models.Model):
-    """Usage of one day (UTC) by one scope: a user's chat answers (``user``), a widget's
-    (``widget``) or an API key's calls (``api_key``, with its ``user``), on one slot. Written
-    once per answer or call (one UPDATE, or an INSERT for the day's first), never per token,
-    so reports read these rows, never raw calls. ``scope`` is the unique text of the scope
-    (nullable foreign keys cannot make a unique key that works on every database)."""
+class UsageCounts(models.Model):
+    """What ``UsageDay`` and ``UsageHour`` count of one scope over their period: a user's chat
+    answers (``user``), a widget's (``widget``) or an API key's calls (``api_key``, with its
+    ``user``), on one slot. Written once per answer or call (one UPDATE per period, or an
+    INSERT for the period's first), never per token, so reports read these rows, never raw
+    calls. ``scope`` is the unique text of the scope (nullable foreign keys cannot make a
+    unique key that works on every database)."""
 
-    day = models.DateField()
     scope = models.CharField(max_length=200)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
@@ -777,6 +782,20 @@ class UsageDay(models.Model):
     tps_over_160 = models.PositiveIntegerField(default=0)
 
     class Meta:
+        abstract = True
+
+    @property
+    def mean_ttft_ms(self) -> float | None:
+        return self.ttft_ms_sum / self.ttft_count if self.ttft_count else None
+
+
+class UsageDay(UsageCounts):
+    """Usage of one day (UTC) by one scope (``UsageCounts``): what reports over days and
+    quotas read."""
+
+    day = models.DateField()
+
+    class Meta:
         ordering = ["-day", "scope"]
         verbose_name = "usage (per day)"
         verbose_name_plural = "usage (per day)"
@@ -785,9 +804,29 @@ class UsageDay(models.Model):
     def __str__(self) -> str:
         return f"{self.day} {self.scope}"
 
-    @property
-    def mean_ttft_ms(self) -> float | None:
-        return self.ttft_ms_sum / self.ttft_count if self.ttft_count else None
+
+# How long the per-hour usage is kept, hours: the usage pages show the last 48; a week leaves
+# room for a look back, and the table stays small (one row per scope and hour used).
+USAGE_HOURS_KEPT = 7 * 24
+
+
+class UsageHour(UsageCounts):
+    """Usage of one hour (UTC) by one scope (``UsageCounts``), for the usage pages' last 48
+    hours: ``hour`` is the hour's start (minutes and seconds 0, UTC). Written in the same
+    batch as the ``UsageDay`` row (``chat.records``); rows older than ``USAGE_HOURS_KEPT``
+    are deleted by the sweeper (``services.usage_hour_aprune``)."""
+
+    hour = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-hour", "scope"]
+        verbose_name = "usage (per hour)"
+        verbose_name_plural = "usage (per hour)"
+        # Also the index the pages' ``hour >= …`` and the prune's ``hour < …`` use.
+        constraints = [models.UniqueConstraint(fields=["hour", "scope"], name="usage_hour_scope")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} UTC {self.scope}"
 
 
 class Quota(models.Model):
@@ -882,6 +921,32 @@ class SignOnIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} at {self.issuer}"
+
+
+class SignOnSession(models.Model):
+    """One browser session signed in through single sign-on (``chat.sso``): the tokens that let
+    Slipstream ask the provider, every ``SLIPSTREAM_SSO_RECHECK_S``, whether the account may
+    still sign in (a refresh token grant, RFC 6749 §6; or, without one, the UserInfo endpoint
+    while the access token lasts). Tokens are Fernet-encrypted (``chat.crypto``), as backends'
+    API keys are. Deleted with the session it belongs to (sign-out, or the provider's refusal)."""
+
+    identity = models.ForeignKey(SignOnIdentity, on_delete=models.CASCADE, related_name="sessions")
+    # Django's session key; kept up to date by each recheck (a key can be cycled).
+    session_key = models.CharField(max_length=40, db_index=True)
+    refresh_token_encrypted = models.TextField(blank=True, default="", editable=False)
+    access_token_encrypted = models.TextField(blank=True, default="", editable=False)
+    access_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    # A recheck in progress (in any process) holds the row until then: one refresh at a time,
+    # since a provider that rotates refresh tokens may revoke the grant when one is reused.
+    busy_until = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "single sign-on session"
+
+    def __str__(self) -> str:
+        return f"{self.identity} since {self.created_at:%Y-%m-%d %H:%M}"
 
 
 class Prompt(models.Model):

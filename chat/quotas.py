@@ -8,15 +8,20 @@ took a key with 98 of 1,000 tokens left to 1,902; a 5-request budget with 1 used
 apply (PostgreSQL: ``SELECT … FOR UPDATE`` in id order; SQLite, which has no row locks: its
 database write lock, taken by the transaction's first statement), reads what each budget used
 (``UsageDay``) and what running requests hold of it (``QuotaReservation``), refuses with 429
-when one has no room, else inserts one reservation: one request, and the request's output limit
-lowered to the tokens left (``cap_output_tokens``; the reservation is exactly that limit).
-Admissions to a budget thus follow one another in every process.
+when one has no room, else inserts one reservation: one request, and the request's prompt
+and output limit, the output limit lowered to the tokens left after the prompt
+(``cap_output_tokens``). Admissions to a budget thus follow one another in every process.
+
+The prompt (issue 33, "what users would still miss", 1): counted before the transaction, only
+when a token budget applies, by the backend's own ``/tokenize`` where it has one, else
+estimated (``chat.relay.tokenize``: UTF-8 bytes / 4 plus 4 per message and 768 per image; at
+most 0.5 s, a backend without one remembered). A request whose prompt alone leaves no room for
+one token of output is refused with the same 429, saying so.
 
 Settling: when the request ends (answered, stopped, failed, its client gone) the record of what
 it used (``chat.records``: the durable writer, through database outages too) deletes its
 reservation in the transaction that counts the usage, so no reader sees both or neither. A
-budget is passed by at most the prompt tokens of the requests admitted last: prompts are not
-known before the call.
+budget is passed only by what the prompts' counts missed (an estimate below the true count).
 
 What counts (``UsageDay.admitted``): a request counts once admitted, whatever becomes of it (an
 answer that failed upstream or was stopped counts one request and the tokens the model server
@@ -32,13 +37,17 @@ the next renewal in any process that holds some.
 
 Cost: a request to which no quota applies pays the cached lookup (``selectors.quotas_aget``:
 no query). One with quotas pays one thread hop and one transaction (a lock, two reads per
-quota, one INSERT); its settle is one DELETE in its record's batch.
+quota, one INSERT), and with a token budget the prompt's count (one call to the backend's
+tokenizer, 0.5 s at most; none once it is known to have none); its settle is one DELETE in its
+record's batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,6 +98,9 @@ class BudgetLeft:
     name: str
     used: int = 0
     held: int = 0
+    # The prompt of the request refused for it (tokens, as counted at admission): it had room,
+    # but not for that prompt and one token of output.
+    prompt: int = 0
 
     @property
     def low(self) -> bool:
@@ -116,22 +128,33 @@ async def admit(
     request: dict[str, Any] | None = None,
     default: int | None = None,
     fields: list[str] | None = None,
+    prompt: Callable[[], Awaitable[int]] | None = None,
 ) -> int | None:
     """Admit one request under the quotas of ``user``, of their groups and of ``api_key`` (see
-    the module): reserve one request and, when a token budget applies, the request's output
-    limit (``request``'s ``fields``, else the slot's ``default``) lowered in ``request`` to the
-    tokens left; ``request`` None: a request without output (embeddings), which reserves its
-    request alone. Returns the reservation's id, to be settled when the request ends (a
-    record's ``settles``, or ``release``), or None when no quota applies. Raises ``Refusal``
-    429 (``quota_exceeded``) naming the first budget without room, its true usage (used and
-    held) and when it resets, with ``Retry-After`` (s) until then."""
+    the module): reserve one request and, when a token budget applies, the request's prompt
+    (``await prompt()``: its tokens, counted only then; None: not counted) and its output limit
+    (``request``'s ``fields``, else the slot's ``default``), lowered in ``request`` to the
+    tokens left after the prompt; ``request`` None: a request without output (embeddings),
+    which reserves its request and its prompt. Returns the reservation's id, to be settled
+    when the request ends (a record's ``settles``, or ``release``), or None when no quota
+    applies. Raises ``Refusal`` 429 (``quota_exceeded``) naming the first budget without room
+    (for the prompt, with one token of output), its true usage (used and held) and when it
+    resets, with ``Retry-After`` (s) until then."""
     quotas = await _quotas(user, api_key, lookups)
     if not quotas:
         return None
     names = fields or CHAT_OUTPUT_LIMITS
     asked = 0 if request is None else output_limit(request, default=default, fields=names)
+    prompt_tokens = 0
+    if prompt is not None and any(quota.max_tokens is not None for quota in quotas):
+        prompt_tokens = await prompt()
     admitted = await _reserve_in_thread(
-        quotas, user_id=user.pk, api_key_id=api_key.pk if api_key else None, asked=asked
+        quotas,
+        user_id=user.pk,
+        api_key_id=api_key.pk if api_key else None,
+        asked=asked,
+        prompt=prompt_tokens,
+        output=request is not None,
     )
     if isinstance(admitted, BudgetLeft):
         raise _refusal(admitted)
@@ -200,8 +223,8 @@ def cap_output_tokens(
     (chat completions: ``max_tokens`` and ``max_completion_tokens``); ``default`` is the slot's,
     which applies when the request gives none. Returns whether the budget is now the limit.
 
-    The budget counts prompt tokens too, which are not known before the call: an answer may
-    take the total past the budget by at most its prompt; the next request is then refused."""
+    ``tokens_left`` is what is left after the prompt as counted at admission (``admit``): an
+    answer takes the total past the budget only by what that count missed."""
     if tokens_left is None:
         return False
     asked = output_limit(request, default=default, fields=fields)
@@ -217,22 +240,34 @@ def cap_output_tokens(
 # In the thread
 # ------------------------------------------------------------------------------------------------
 def _reserve(
-    quotas: list[Quota], *, user_id: int, api_key_id: int | None, asked: int | None
+    quotas: list[Quota],
+    *,
+    user_id: int,
+    api_key_id: int | None,
+    asked: int | None,
+    prompt: int = 0,
+    output: bool = True,
 ) -> tuple[int, int | None] | BudgetLeft:
-    """In one transaction: lock ``quotas``, then either the first budget without room, or
-    (the new reservation's id, the tokens left of the tightest token budget: None when none
-    applies). ``asked``: the request's output limit (None: none)."""
+    """In one transaction: lock ``quotas``, then either the first budget without room (for
+    ``prompt`` tokens and, when the request has ``output``, one more), or (the new
+    reservation's id, the tokens left of the tightest token budget after the prompt: None when
+    none applies). ``asked``: the request's output limit (None: none)."""
     now = timezone.now()
+    needs = prompt + (1 if output else 0)
     with transaction.atomic():
         _lock(quotas)
         budgets = _budgets(quotas, now)
         full = next((budget for budget in budgets if budget.left <= 0), None)
         if full is not None:
             return full
+        short = next((b for b in budgets if b.unit == "token" and b.left < needs), None)
+        if short is not None:
+            return dataclasses.replace(short, prompt=prompt)
         tokens_left = min((b.left for b in budgets if b.unit == "token"), default=None)
         tokens = 0
         if tokens_left is not None:
-            tokens = tokens_left if asked is None else max(min(asked, tokens_left), 0)
+            tokens_left -= prompt
+            tokens = prompt + (tokens_left if asked is None else max(min(asked, tokens_left), 0))
         reservation = QuotaReservation.objects.create(
             user_id=user_id,
             api_key_id=api_key_id,
@@ -307,11 +342,18 @@ def _quota_period(quota: Quota, now: datetime) -> tuple[datetime, datetime]:
 
 
 def _refusal(budget: BudgetLeft) -> Refusal:
-    """The 429 for ``budget`` used up: its true usage (used and held by requests running)."""
+    """The 429 for ``budget`` used up, or without room for the request's prompt: its true
+    usage (used and held by requests running)."""
     held = f", {budget.held:,} of them held for answers in progress" if budget.held else ""
+    state = f"has {budget.left:,} left" if budget.prompt else "is used up"
+    prompt = (
+        f" This request's prompt is about {budget.prompt:,} tokens: no room for it and its answer."
+        if budget.prompt
+        else ""
+    )
     return Refusal(
-        f"The {budget.name} ({budget.limit:,} {budget.unit}s) is used up "
-        f"({budget.used + budget.held:,} used{held}). It resets at "
+        f"The {budget.name} ({budget.limit:,} {budget.unit}s) {state} "
+        f"({budget.used + budget.held:,} used{held}).{prompt} It resets at "
         f"{budget.resets:%Y-%m-%d %H:%M} UTC.",
         status=429,
         type="insufficient_quota",

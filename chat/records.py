@@ -1,7 +1,7 @@
-"""What an answer or call leaves in the database (its ``UsageDay`` counts, a ``/v1`` call's
-``ApiCall`` row, the key's ``last_used_at``, a streaming answer's checkpoint, a finished
-answer's row, a stored response, the quota reservation its usage replaces), written by one
-group-committing writer per event loop that outlives a database outage.
+"""What an answer or call leaves in the database (its ``UsageDay`` and ``UsageHour`` counts, a
+``/v1`` call's ``ApiCall`` row, the key's ``last_used_at``, a streaming answer's checkpoint, a
+finished answer's row, a stored response, the quota reservation its usage replaces), written by
+one group-committing writer per event loop that outlives a database outage.
 
 Why batches: written one by one through the ORM, a ``/v1`` stream's records cost about 3.7 ms
 of CPU (bench: two ``sync_to_async`` hops, the ORM compiling an UPDATE of eight ``F()``
@@ -9,8 +9,9 @@ increments and an INSERT, two commits), more than issue 14's 2 ms budget for a w
 outside its chunks. Here a record waits only for the batch it joins: when nothing is being
 written, its batch starts at once (one stream alone is written as soon as it ends, no added
 delay); records that end while a batch is being written form the next one. A batch is one
-thread hop and one transaction: one UPDATE per (day, scope) with the batch's counts summed, one
-INSERT statement for all its ``ApiCall`` rows (both compiled once, not by the ORM per answer).
+thread hop and one transaction: one UPDATE per (day, scope) and one per (hour, scope) with the
+batch's counts summed, one INSERT statement for all its ``ApiCall`` rows (all compiled once, not
+by the ORM per answer).
 At hundreds of streams the cost per answer falls with the batch's size; the writes per answer
 stay O(1).
 
@@ -47,7 +48,7 @@ from django.db.models import Field
 from django.utils import timezone
 
 from chat.database import is_unavailable
-from chat.models import ApiCall, ApiKey, QuotaReservation, UsageDay
+from chat.models import ApiCall, ApiKey, QuotaReservation, UsageCounts, UsageDay, UsageHour
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ KEEP_WAIT_S = 1.0
 
 @dataclass(slots=True)
 class Usage:
-    """One answer's or call's increments of its day's ``UsageDay`` row (``counts``: column
-    name → amount), and the row's identity should it not exist yet."""
+    """One answer's or call's increments of its ``UsageDay`` and ``UsageHour`` rows
+    (``counts``: column name → amount; ``day``: its UTC day, ``hour``: the start of its UTC
+    hour, aware), and the rows' identity should they not exist yet."""
 
     day: date
+    hour: datetime
     scope: str
     slot_name: str
     counts: dict[str, int | float]
@@ -101,7 +104,8 @@ class Record:
     call: dict[str, Any] | None = None
     key_used: tuple[int, datetime] | None = None
     # An answer still streaming: its message's id and text so far (``content``,
-    # ``reasoning``, ``tool_calls``), stored unless the message has ended meanwhile.
+    # ``reasoning``, ``tool_calls``, and ``checkpoint``: where that text stands in the
+    # generation's chunks), stored unless the message has ended meanwhile.
     checkpoint: tuple[int, dict[str, Any]] | None = None
     final: Final | None = None
     settles: int | None = None
@@ -357,9 +361,18 @@ def write_batch(batch: list[Record]) -> list[Record]:
 _write_batch_in_thread = sync_to_async(write_batch, thread_sensitive=True)
 
 
+# The usage rows each record's counts go to: the model and its period's field (a ``Usage``
+# attribute of the same name). The hour's UPDATE is one more statement per scope in a batch
+# (bench/records_write.py, a /v1 call alone: about +70 µs of CPU on SQLite, +80 µs of CPU and
+# +0.3 ms of wall time on PostgreSQL over a loopback socket); hourly counts read back from
+# Message and ApiCall rows would not survive a deleted conversation, nor count refused calls.
+_PERIODS: tuple[tuple[type[UsageCounts], str], ...] = ((UsageDay, "day"), (UsageHour, "hour"))
+
+
 def _write(batch: list[Record]) -> None:
-    for usage in _summed(batch):
-        _count(usage)
+    for model, period in _PERIODS:
+        for usage in _summed(batch, period):
+            _count(model, period, usage)
     settled = [record.settles for record in batch if record.settles is not None]
     if settled:
         QuotaReservation.objects.filter(pk__in=settled).delete()
@@ -378,14 +391,15 @@ def _write(batch: list[Record]) -> None:
             record.write()
 
 
-def _summed(batch: list[Record]) -> list[Usage]:
-    """The batch's usage, one ``Usage`` per (day, scope) with the counts added up."""
-    summed: dict[tuple[date, str], Usage] = {}
+def _summed(batch: list[Record], period: str) -> list[Usage]:
+    """The batch's usage, one ``Usage`` per (``period``, scope) with the counts added up
+    (``period``: ``"day"`` or ``"hour"``; answers of one day may fall in two hours)."""
+    summed: dict[tuple[date | datetime, str], Usage] = {}
     for record in batch:
         usage = record.usage
         if usage is None:
             continue
-        key = (usage.day, usage.scope)
+        key = (getattr(usage, period), usage.scope)
         total = summed.get(key)
         if total is None:
             summed[key] = dataclasses.replace(usage, counts=dict(usage.counts))
@@ -404,7 +418,8 @@ def _store_final(final: Final) -> None:
     answer = Message.objects.filter(pk=final.message_id)
     try:
         with transaction.atomic():
-            answer.update(**final.fields, updated_at=final.at)
+            # Stored whole: no checkpoint to go on from (``Message.checkpoint``).
+            answer.update(**final.fields, checkpoint=None, updated_at=final.at)
     except DatabaseError as exc:
         if is_unavailable(exc):
             raise
@@ -412,24 +427,29 @@ def _store_final(final: Final) -> None:
             "message %s: storing its answer failed; storing its text and status only",
             final.message_id,
         )
-        answer.update(**final.text, status=final.fields["status"], updated_at=final.at)
+        answer.update(
+            **final.text, status=final.fields["status"], checkpoint=None, updated_at=final.at
+        )
     Conversation.objects.filter(pk=final.conversation_id).update(updated_at=final.at)
 
 
-def _count(usage: Usage) -> None:
-    """Add ``usage.counts`` to its row: one UPDATE, or an INSERT for the scope's first of the
-    day (another process inserting it first ends in the UPDATE)."""
+def _count(model: type[UsageCounts], period: str, usage: Usage) -> None:
+    """Add ``usage.counts`` to its row of ``model`` (``UsageDay`` or ``UsageHour``, whose
+    ``period`` field is ``"day"`` or ``"hour"``): one UPDATE, or an INSERT for the scope's first
+    of the period (another process inserting it first ends in the UPDATE)."""
     names = tuple(sorted(usage.counts))
+    when = getattr(usage, period)
     params: list[Any] = [usage.counts[name] for name in names]
-    params += [connection.ops.adapt_datefield_value(usage.day), usage.scope]
+    params += [_field(model, period).get_db_prep_value(when, connection), usage.scope]
+    sql = _update_sql(model, period, connection.vendor, names)
     with connection.cursor() as cursor:
-        cursor.execute(_update_sql(connection.vendor, names), params)
+        cursor.execute(sql, params)
         if cursor.rowcount:
             return
     try:
         with transaction.atomic():
-            UsageDay.objects.create(
-                day=usage.day,
+            model._default_manager.create(
+                **{period: when},
                 scope=usage.scope,
                 user_id=usage.user_id,
                 api_key_id=usage.api_key_id,
@@ -439,22 +459,30 @@ def _count(usage: Usage) -> None:
             )
     except IntegrityError:
         with connection.cursor() as cursor:
-            cursor.execute(_update_sql(connection.vendor, names), params)
+            cursor.execute(sql, params)
+
+
+@lru_cache(maxsize=8)
+def _field(model: type[UsageCounts], name: str) -> Field[Any, Any]:
+    """``model``'s concrete field ``name``."""
+    found = model._meta.get_field(name)
+    assert isinstance(found, Field)
+    return found
 
 
 @lru_cache(maxsize=256)
-def _update_sql(vendor: str, names: tuple[str, ...]) -> str:
-    """``UPDATE usageday SET col = col + %s, … WHERE day = %s AND scope = %s`` for the columns
-    of ``names`` (``vendor``: the database's, whose quoting it uses). The ORM compiled this
-    statement anew for every answer."""
-    quote, meta = connection.ops.quote_name, UsageDay._meta
+def _update_sql(model: type[UsageCounts], period: str, vendor: str, names: tuple[str, ...]) -> str:
+    """``UPDATE usageday SET col = col + %s, … WHERE day = %s AND scope = %s`` (``model``'s
+    table, its ``period`` column) for the columns of ``names`` (``vendor``: the database's,
+    whose quoting it uses). The ORM compiled this statement anew for every answer."""
+    quote, meta = connection.ops.quote_name, model._meta
 
     def column(name: str) -> str:
         return quote(meta.get_field(name).column or name)  # type: ignore[union-attr]
 
     sets = ", ".join(f"{column(name)} = {column(name)} + %s" for name in names)
-    day, scope = column("day"), column("scope")
-    return f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {day} = %s AND {scope} = %s"
+    when, scope = column(period), column("scope")
+    return f"UPDATE {quote(meta.db_table)} SET {sets} WHERE {when} = %s AND {scope} = %s"
 
 
 def _insert_calls(calls: list[dict[str, Any]]) -> None:
@@ -490,12 +518,14 @@ def _insert_sql(vendor: str) -> tuple[list[Field[Any, Any]], str]:
     return fields, f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({marks})"
 
 
-CHECKPOINT_FIELDS = ("content", "reasoning", "tool_calls", "updated_at")
+CHECKPOINT_FIELDS = ("content", "reasoning", "tool_calls", "checkpoint", "updated_at")
 
 
 def _checkpoint(checkpoints: list[tuple[int, dict[str, Any]]]) -> None:
-    """Streaming answers' text so far: one UPDATE statement, compiled once, executed for each
-    message still ``streaming`` (a message that ended meanwhile keeps its final text)."""
+    """Streaming answers' text so far and where it stands in the generation's chunks
+    (``checkpoint``: ``services.resume_point``), in the same row so the two always match: one
+    UPDATE statement, compiled once, executed for each message still ``streaming`` (a message
+    that ended meanwhile keeps its final text)."""
     from chat.models import Message
 
     fields, sql = _checkpoint_sql(connection.vendor)
@@ -503,7 +533,8 @@ def _checkpoint(checkpoints: list[tuple[int, dict[str, Any]]]) -> None:
     status = Message.Status.STREAMING.value
     rows = []
     for message_id, text in checkpoints:
-        values = {**text, "updated_at": now}
+        # A checkpoint that does not say where it stands is read again from chunk 1.
+        values = {"checkpoint": None, **text, "updated_at": now}
         row = [field.get_db_prep_save(values[field.name], connection) for field in fields]
         rows.append([*row, message_id, status])
     with connection.cursor() as cursor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -13,6 +13,7 @@ from django.db.models import Count, Model, Q, QuerySet, Sum
 from django.utils import timezone
 
 from chat import readcache
+from chat.charts import UsagePeriod, hour_label
 from chat.models import (
     API_KEY_PREFIX,
     TOKENS_PER_S_BUCKETS,
@@ -28,6 +29,7 @@ from chat.models import (
     Slot,
     StoredResponse,
     UsageDay,
+    UsageHour,
     Widget,
     api_key_digest,
     bucket_fields,
@@ -102,9 +104,20 @@ def prompt_list(*, user: User) -> QuerySet[Prompt]:
     )
 
 
+def prompt_get_own(*, user: User, prompt_id: Any) -> Prompt | None:
+    """The prompt with that id if ``user`` owns it, else None (also for a prompt only shared
+    with them: only its owner changes it)."""
+    return Prompt.objects.filter(owner=user, pk=prompt_id).select_related("group").first()
+
+
 def folder_list(*, user: User) -> list[Folder]:
     """The user's folders, by name."""
     return list(Folder.objects.filter(user=user))
+
+
+def folder_get(*, user: User, folder_id: Any) -> Folder | None:
+    """The user's folder with that id, or None (also for someone else's id)."""
+    return Folder.objects.filter(user=user, pk=folder_id).first()
 
 
 def conversation_get(*, user: User, conversation_id: Any) -> Conversation | None:
@@ -454,12 +467,15 @@ def _with_percentiles(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def usage_summary(rows: QuerySet[UsageDay], *, by: list[str]) -> list[dict[str, Any]]:
-    """``rows`` summed per distinct value of the fields ``by`` (e.g. ``["day"]``,
-    ``["user__username"]``; ``[]``: one total), largest token count first (newest first when by
-    day): the ``by`` fields, ``label`` (their values joined), ``requests``, ``errors``,
-    ``prompt_tokens``, ``completion_tokens``, ``tokens``, and the percentiles of
-    ``_with_percentiles``. One query over the per-day rows."""
+def usage_summary(
+    rows: QuerySet[UsageDay] | QuerySet[UsageHour], *, by: list[str]
+) -> list[dict[str, Any]]:
+    """``rows`` (per day or per hour) summed per distinct value of the fields ``by`` (e.g.
+    ``["day"]``, ``["hour"]``, ``["user__username"]``; ``[]``: one total), largest token count
+    first (newest first when by day or hour): the ``by`` fields, ``label`` (their values
+    joined; an hour as ``2026-12-08 14:00``, UTC), ``requests``, ``errors``, ``prompt_tokens``,
+    ``completion_tokens``, ``tokens``, and the percentiles of ``_with_percentiles``. One query
+    over the usage rows."""
     sums = {name: Sum(name) for name in _USAGE_SUMS}
     summed = list(rows.order_by().values(*by).annotate(**sums)) if by else [rows.aggregate(**sums)]
     result = []
@@ -469,9 +485,11 @@ def usage_summary(rows: QuerySet[UsageDay], *, by: list[str]) -> list[dict[str, 
             row[name] = row[name] or 0
         row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
         row["label"] = " · ".join(str(row[name]) for name in by if row[name] is not None)
+        if by == ["hour"]:
+            row["label"] = hour_label(row["hour"])
         result.append(row)
-    if by == ["day"]:
-        return sorted(result, key=lambda r: r["day"], reverse=True)
+    if by in (["day"], ["hour"]):
+        return sorted(result, key=lambda r: r[by[0]], reverse=True)
     return sorted(result, key=lambda r: r["tokens"], reverse=True)
 
 
@@ -505,12 +523,13 @@ async def slot_today(names: list[str]) -> dict[str, dict[str, Any]]:
     return today
 
 
-def usage_by_day(*, user: User, days: int) -> list[dict[str, Any]]:
-    """``user``'s usage per day (UTC) over the last ``days`` days, newest first: their chat
-    answers and their API keys' calls summed over slots (``usage_summary``'s fields and
-    ``day``). Reads the per-day rows, never raw calls."""
-    since = timezone.now().date() - timedelta(days=days - 1)
-    return usage_summary(UsageDay.objects.filter(user=user, day__gte=since), by=["day"])
+def usage_within(*, period: UsagePeriod, **only: Any) -> QuerySet[UsageDay] | QuerySet[UsageHour]:
+    """The usage rows of ``period`` (``UsageHour`` rows when it is in hours, else
+    ``UsageDay``'s), those matching ``only`` (``user=…``; none: everyone's), for
+    ``usage_summary``."""
+    if period.hourly:
+        return UsageHour.objects.filter(hour__gte=period.since, **only)
+    return UsageDay.objects.filter(day__gte=period.since, **only)
 
 
 async def quotas_aget(

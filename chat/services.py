@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.auth.models import Group, User
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Model
 from django.utils import timezone
 
@@ -26,6 +26,7 @@ from chat.models import (
     API_KEY_PREFIX,
     TOKENS_PER_S_BUCKETS,
     TTFT_BUCKETS_MS,
+    USAGE_HOURS_KEPT,
     ApiKey,
     Attachment,
     Backend,
@@ -35,6 +36,7 @@ from chat.models import (
     Prompt,
     Slot,
     StoredResponse,
+    UsageHour,
     Widget,
     api_key_digest,
     bucket_field,
@@ -231,11 +233,66 @@ def _accumulated_text(acc: MessageAccumulator) -> dict[str, Any]:
 
 async def message_acheckpoint(*, message_id: int, generation: Generation) -> None:
     """Store the text so far of an answer still streaming (one UPDATE, about once a second),
-    so a process that dies mid-answer loses at most the last second of it. A failure is
-    logged, never raised: the next checkpoint or the final write tries again. Written in the
-    process's next batch of records (``chat.records``): at hundreds of streams, a few
-    statements a second instead of one per stream."""
-    await records.write(records.Record(checkpoint=(message_id, _text_fields(generation))))
+    so a process that dies mid-answer loses at most the last second of it, with where that
+    text stands in the generation's chunks (``Message.checkpoint``, see ``resume_point``), so
+    a reloaded page goes on after that chunk. A failure is logged, never raised: the next
+    checkpoint or the final write tries again. Written in the process's next batch of records
+    (``chat.records``): at hundreds of streams, a few statements a second instead of one per
+    stream."""
+    # Text and sequence number read together, with no await between: the dispatcher publishes
+    # a chunk into the buffer and the accumulator in one step (Generation.publish).
+    text = _text_fields(generation)
+    point = resume_point(generation.accumulator, text, sequence=len(generation.chunks))
+    await records.write(records.Record(checkpoint=(message_id, {**text, "checkpoint": point})))
+
+
+def resume_point(acc: MessageAccumulator, text: dict[str, Any], *, sequence: int) -> dict[str, Any]:
+    """``Message.checkpoint`` for ``text`` (``_accumulated_text(acc)``) made of the first
+    ``sequence`` chunks of a generation (sequence numbers count chunks from 1: the SSE ``id``
+    of the last one, ``Generation.subscribe(after=sequence)`` reads on from the next).
+
+    ``{"seq": sequence}``, plus the raw state of choice 0 where the stored fields are not it, so
+    a browser can fold the rest of the chunks into exactly what it would have from chunk 1
+    (static/chat/delta.js): ``content`` (the content as streamed: before a leading
+    ``<think>`` block was split off, or empty when the stored text is the refusal),
+    ``reasoning`` (only what came in reasoning fields) and ``tool_indices`` (the tool calls'
+    ``index`` values, in order, when they are not 0, 1, …; the stored list drops them). Mostly
+    just the number: the text is not stored twice. ``resume_delta`` turns it back into the
+    one delta that stands for those chunks."""
+    choice = acc.choice()
+    point: dict[str, Any] = {"seq": sequence}
+    content = checks.without_nul("".join(choice.content))
+    if content != text["content"]:
+        point["content"] = content
+    reasoning = checks.without_nul("".join(choice.reasoning))
+    if reasoning != text["reasoning"]:
+        point["reasoning"] = reasoning
+    indices = sorted(choice.tool_calls)
+    if indices != list(range(len(indices))):
+        point["tool_indices"] = indices
+    return point
+
+
+def resume_delta(message: Message) -> dict[str, Any] | None:
+    """The ``choices[0].delta`` that stands for the chunks ``message``'s checkpoint includes
+    (``resume_point``): ``content``, ``reasoning_content`` and ``tool_calls`` fragments with
+    their ``index``, as the accumulator had them, for the page to fold in before it reads on
+    after ``message.checkpoint["seq"]``. None when there is none to go on from: a message not
+    streaming, or checkpointed before checkpoints said where they stand (read from chunk 1)."""
+    point = message.checkpoint
+    if message.status != Message.Status.STREAMING or not isinstance(point, dict):
+        return None
+    if not isinstance(point.get("seq"), int) or point["seq"] < 1:
+        return None
+    calls = message.tool_calls if isinstance(message.tool_calls, list) else []
+    indices = point.get("tool_indices") or list(range(len(calls)))
+    return {
+        "content": point.get("content", message.content),
+        "reasoning_content": point.get("reasoning", message.reasoning),
+        "tool_calls": [
+            {"index": index, **call} for index, call in zip(indices, calls, strict=False)
+        ],
+    }
 
 
 async def message_amark_interrupted(*, message_ids: list[int]) -> int:
@@ -243,7 +300,12 @@ async def message_amark_interrupted(*, message_ids: list[int]) -> int:
     unless they ended meanwhile. Returns how many were marked."""
     return await Message.objects.filter(
         pk__in=message_ids, status=Message.Status.STREAMING
-    ).aupdate(status=Message.Status.INTERRUPTED, finish_reason="", updated_at=timezone.now())
+    ).aupdate(
+        status=Message.Status.INTERRUPTED,
+        finish_reason="",
+        checkpoint=None,  # nothing streams on from it
+        updated_at=timezone.now(),
+    )
 
 
 async def message_arecover(
@@ -269,6 +331,7 @@ async def message_arecover(
         "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
         "usage": checks.clean_usage(acc.usage),
         "error": checks.without_nul(error.envelope()) if error else None,
+        "checkpoint": None,  # stored whole
         "updated_at": timezone.now(),
     }
 
@@ -519,24 +582,78 @@ def conversation_organise(
         conversation.save(update_fields=fields)
 
 
-def prompt_create(*, owner: User, title: str, text: str, group: Group | None = None) -> Prompt:
-    """A new prompt of ``owner``'s library, shared with ``group`` (one of theirs) when given.
-    Raises ``ValueError`` for an empty title or text, or a group the owner is not in."""
-    title, text = " ".join(title.split())[:100], text.strip()
+# The longest prompt title, prompt text and folder name, characters (the models' max_length).
+PROMPT_TITLE_MAX, PROMPT_TEXT_MAX, FOLDER_NAME_MAX = 100, 20_000, 100
+
+
+def _prompt_fields(title: str, text: str) -> tuple[str, str]:
+    """A prompt's title (spaces collapsed) and text (stripped, CRLF as LF: a form sends a
+    textarea's line breaks as CRLF, HTML's "constructing the entry list"), as stored. Raises
+    ``ValueError`` for an empty one or one over its limit (never cut: a cut prompt would say
+    something else)."""
+    title, text = " ".join(title.split()), text.replace("\r\n", "\n").strip()
     if not title or not text:
         raise ValueError("A prompt needs a title and a text.")
+    if len(title) > PROMPT_TITLE_MAX:
+        raise ValueError(f"A prompt's title is at most {PROMPT_TITLE_MAX} characters.")
+    if len(text) > PROMPT_TEXT_MAX:
+        raise ValueError(f"A prompt's text is at most {PROMPT_TEXT_MAX:,} characters.")
+    return title, text
+
+
+def prompt_create(*, owner: User, title: str, text: str, group: Group | None = None) -> Prompt:
+    """A new prompt of ``owner``'s library, shared with ``group`` (one of theirs) when given.
+    Raises ``ValueError`` for an empty or too long title or text, or a group the owner is not
+    in."""
+    title, text = _prompt_fields(title, text)
     if group is not None and not owner.groups.filter(pk=group.pk).exists():
         raise ValueError("Prompts are shared only with your own groups.")
-    return Prompt.objects.create(owner=owner, title=title, text=text[:20_000], group=group)
+    return Prompt.objects.create(owner=owner, title=title, text=text, group=group)
+
+
+def prompt_update(*, prompt: Prompt, title: str, text: str) -> Prompt:
+    """Change a prompt's title and text (whoever it is shared with sees the new ones). The
+    caller has checked that the user owns it (``selectors.prompt_get_own``). Raises
+    ``ValueError`` as ``prompt_create`` does."""
+    prompt.title, prompt.text = _prompt_fields(title, text)
+    prompt.save(update_fields=["title", "text"])
+    return prompt
+
+
+def _folder_name(name: str) -> str:
+    """A folder's name as stored: spaces collapsed. Raises ``ValueError`` for an empty name
+    or one over ``FOLDER_NAME_MAX`` characters."""
+    name = " ".join(name.split())
+    if not name:
+        raise ValueError("A folder needs a name.")
+    if len(name) > FOLDER_NAME_MAX:
+        raise ValueError(f"A folder's name is at most {FOLDER_NAME_MAX} characters.")
+    return name
 
 
 def folder_get_or_create(*, user: User, name: str) -> Folder:
-    """The user's folder of that name (spaces collapsed, at most 100 characters), made if new.
-    Raises ``ValueError`` for an empty name."""
-    name = " ".join(name.split())[:100]
-    if not name:
-        raise ValueError("A folder needs a name.")
-    return Folder.objects.get_or_create(user=user, name=name)[0]
+    """The user's folder of that name (spaces collapsed), made if new. Raises ``ValueError``
+    for an empty name or one over ``FOLDER_NAME_MAX`` characters."""
+    return Folder.objects.get_or_create(user=user, name=_folder_name(name))[0]
+
+
+def folder_rename(*, folder: Folder, name: str) -> Folder:
+    """Rename one of a user's folders (its conversations stay in it). The caller has checked
+    that the user owns it. Raises ``ValueError`` for an empty or too long name, or the name of
+    another of the user's folders (names are unique per user: ``folder_user_name``)."""
+    name = _folder_name(name)
+    if name == folder.name:
+        return folder
+    if Folder.objects.filter(user_id=folder.user_id, name=name).exclude(pk=folder.pk).exists():
+        raise ValueError(f"You already have a folder named “{name}”.")
+    folder.name = name
+    try:
+        # A rename racing another to the same name meets the constraint instead.
+        with transaction.atomic():
+            folder.save(update_fields=["name"])
+    except IntegrityError as exc:
+        raise ValueError(f"You already have a folder named “{name}”.") from exc
+    return folder
 
 
 def folder_delete(*, folder: Folder) -> None:
@@ -665,13 +782,23 @@ async def backend_anote_responses_api(*, backend_id: int, native: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Usage per day
+# Usage per day and per hour
 # ------------------------------------------------------------------------------------------------
 async def usage_arecord(usage: records.Usage) -> None:
-    """Count one answer or call (``usage_today``'s increments) in its ``UsageDay``: one UPDATE,
-    or an INSERT for the scope's first of the day, in the process's next batch of records
-    (``chat.records``). Never raises: a failed write is logged, and the answer stands."""
+    """Count one answer or call (``usage_today``'s increments) in its ``UsageDay`` and
+    ``UsageHour``: one UPDATE each, or an INSERT for the scope's first of the day or hour, in
+    the process's next batch of records (``chat.records``). Never raises: a failed write is
+    logged, and the answer stands."""
     await records.write(records.Record(usage=usage))
+
+
+async def usage_hour_aprune(*, now: datetime | None = None) -> int:
+    """Delete the ``UsageHour`` rows of hours that started more than ``USAGE_HOURS_KEPT``
+    hours before ``now`` (default: the current time); returns how many. One DELETE on the
+    (hour, scope) index; the per-day rows are kept."""
+    cutoff = (now or timezone.now()) - timedelta(hours=USAGE_HOURS_KEPT)
+    deleted, _ = await UsageHour.objects.filter(hour__lt=cutoff).adelete()
+    return deleted
 
 
 def usage_today(
@@ -687,10 +814,11 @@ def usage_today(
     ttft_ms: float | None = None,
     tokens_per_s: float | None = None,
 ) -> records.Usage:
-    """Today's (UTC) increments of one answer's or call's ``UsageDay`` (its scope: user, API
-    key, widget, slot). Tokens are counted as given (None: 0); ``ttft_ms`` and
-    ``tokens_per_s`` (None: not measured) also go into the row's histograms; ``admitted``: the
-    request counts against request budgets (``chat.quotas``)."""
+    """Today's (UTC) increments of one answer's or call's ``UsageDay``, and of its
+    ``UsageHour`` for the current hour (its scope: user, API key, widget, slot). Tokens are
+    counted as given (None: 0); ``ttft_ms`` and ``tokens_per_s`` (None: not measured) also go
+    into the rows' histograms; ``admitted``: the request counts against request budgets
+    (``chat.quotas``)."""
     scope = f"u{user_id or '-'}:k{api_key_id or '-'}:w{widget_id or '-'}:{slot_name}"[:200]
     counts: dict[str, int | float] = {
         "requests": 1,
@@ -705,8 +833,10 @@ def usage_today(
         counts[bucket_field("ttft", TTFT_BUCKETS_MS, ttft_ms)] = 1
     if tokens_per_s is not None:
         counts[bucket_field("tps", TOKENS_PER_S_BUCKETS, tokens_per_s)] = 1
+    now = timezone.now()
     return records.Usage(
-        day=timezone.now().date(),
+        day=now.date(),
+        hour=now.replace(minute=0, second=0, microsecond=0),
         scope=scope,
         slot_name=slot_name,
         counts=counts,

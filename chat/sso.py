@@ -14,6 +14,9 @@ What this module adds to the library:
   Django groups (which decide the slots they may use).
 - Refusals and an unreachable provider end on the login page with a message that says why,
   never on an error page.
+- The sign-in's refresh and access tokens are kept, encrypted, in a ``SignOnSession`` row for
+  the browser session, whose id and next recheck time go in the session: ``chat.sso_session``
+  asks the provider with them, off the request path, whether the account may still sign in.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import requests
@@ -29,6 +33,7 @@ from django.contrib import messages
 from django.contrib.admin.models import CHANGE
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -41,8 +46,8 @@ from mozilla_django_oidc.views import (
     OIDCAuthenticationRequestView,
 )
 
-from chat import services
-from chat.models import SignOnIdentity
+from chat import crypto, services
+from chat.models import SignOnIdentity, SignOnSession
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,12 @@ ENDPOINTS = {
     "OIDC_OP_USER_ENDPOINT": "userinfo_endpoint",
     "OIDC_OP_JWKS_ENDPOINT": "jwks_uri",
 }
+
+# Keys in Django's session of a single sign-on session: its SignOnSession's id, and when its next
+# recheck is due (time.time(), s). The ID token is the library's (OIDC_STORE_ID_TOKEN).
+SESSION_ROW = "sso_session"
+RECHECK_AT = "sso_recheck_at"
+ID_TOKEN = "oidc_id_token"
 
 UNREACHABLE = "Single sign-on is not available right now: the sign-in provider did not answer."
 
@@ -152,6 +163,16 @@ class SignOnBackend(OIDCAuthenticationBackend):
     @property
     def OIDC_OP_JWKS_ENDPOINT(self) -> str:
         return str(sso_setting("OIDC_OP_JWKS_ENDPOINT"))
+
+    def get_token(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The library's token request (client authentication, HTTP errors as ``HTTPError``
+        with the response). A sign-in's token response (code grant) is kept on the request for
+        ``SignOnCallback.login_success``: the library keeps only the ID token."""
+        grant = payload.get("grant_type")
+        token_info: dict[str, Any] = super().get_token(payload)
+        if grant == "authorization_code" and getattr(self, "request", None) is not None:
+            self.request.sso_tokens = token_info
+        return token_info
 
     def verify_token(self, token: str, **kwargs: Any) -> dict[str, Any]:
         """The library's signature and nonce checks, then ``iss`` and ``aud``. Raises
@@ -310,9 +331,58 @@ class SignOnCallback(OIDCAuthenticationCallbackView):
             return _login_page(request, UNREACHABLE)
         return response
 
+    def login_success(self) -> HttpResponse:
+        """The library's sign-in (which cycles the session's key), then the session's tokens
+        kept for its rechecks."""
+        response: HttpResponse = super().login_success()
+        keep_session_tokens(
+            session=self.request.session,
+            user=self.user,
+            tokens=getattr(self.request, "sso_tokens", None) or {},
+        )
+        return response
+
     def login_failure(self) -> HttpResponse:
         error = self.request.GET.get("error_description") or self.request.GET.get("error")
         refused = getattr(self.request, "sso_refused", "")
         return _login_page(
             self.request, refused or f"Single sign-on failed: {error or 'sign in again'}."
         )
+
+
+def keep_session_tokens(*, session: SessionBase, user: Any, tokens: dict[str, Any]) -> None:
+    """Store a sign-in's ``refresh_token``, ``access_token`` and ``expires_in`` (s; RFC 6749
+    §5.1) encrypted in a new ``SignOnSession`` for ``session``, and put its id and the first
+    recheck time in the session. Also drops the rows of the identity's sessions that have ended
+    without a sign-out (expired, cleared), so rows do not pile up."""
+    identity = SignOnIdentity.objects.filter(
+        user=user, issuer=settings.SLIPSTREAM_OIDC_ISSUER
+    ).first()
+    if identity is None:
+        return
+    if session.session_key is None:
+        session.save()
+    session_key = str(session.session_key)
+    previous = session.get(SESSION_ROW)
+    ended = [
+        row.pk
+        for row in identity.sessions.exclude(session_key=session_key)
+        if not session.exists(row.session_key)
+    ]
+    SignOnSession.objects.filter(pk__in=[*ended, *([previous] if previous else [])]).delete()
+    now = timezone.now()
+    expires_in = tokens.get("expires_in")
+    row = SignOnSession.objects.create(
+        identity=identity,
+        session_key=session_key,
+        refresh_token_encrypted=crypto.encrypt(str(tokens.get("refresh_token") or "")),
+        access_token_encrypted=crypto.encrypt(str(tokens.get("access_token") or "")),
+        access_expires_at=(
+            now + timedelta(seconds=expires_in)
+            if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+            else None
+        ),
+        checked_at=now,
+    )
+    session[SESSION_ROW] = row.pk
+    session[RECHECK_AT] = time.time() + settings.SLIPSTREAM_SSO_RECHECK_S

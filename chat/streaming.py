@@ -30,7 +30,7 @@ from typing import Any
 from django.conf import settings
 
 from chat.relay.background import spawn
-from chat.relay.generation import KEEPALIVE, Generation, Phase, Status
+from chat.relay.generation import KEEPALIVE, Generation, Phase, ReaderStop, Status
 from chat.relay.responses import NativeEvents, ResponseEvents, error_of
 from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_data, encode_event
 from chat.relay.upstream import Chunk
@@ -51,6 +51,7 @@ async def generation_sse(
     head: bytes = b"",
     after: int = 0,
     on_leave: LeaveHook | None = None,
+    stop: ReaderStop | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """``head``, then every chunk after sequence number ``after`` (``render_chunk(sequence,
     chunk)``; None skips it), phases while the answer waits, ``: keep-alive`` comments after
@@ -58,7 +59,8 @@ async def generation_sse(
 
     The caller has ``attach``-ed the generation; this detaches it however the stream ends (a
     client that goes away cancels this generator: Django does so for async streaming
-    responses), then runs ``on_leave``."""
+    responses; ``stop`` ends this stream alone, the generation going on for its other
+    readers), then runs ``on_leave``."""
     read_to_end = False
     # Chunks that arrived together (one upstream read, or while this client's socket was slow)
     # leave as one write: one ASGI message, one socket send, instead of one per chunk.
@@ -68,7 +70,9 @@ async def generation_sse(
             yield head
         sequence = after
         async with aclosing(
-            generation.subscribe(after=after, keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S)
+            generation.subscribe(
+                after=after, keepalive_s=settings.SLIPSTREAM_KEEPALIVE_S, stop=stop
+            )
         ) as events:
             async for item in events:
                 if isinstance(item, Chunk):
@@ -100,17 +104,28 @@ async def generation_sse(
 # The chat and the widget
 # ------------------------------------------------------------------------------------------------
 def answer_sse(
-    generation: Generation, meta: dict[str, Any], *, after: int = 0
+    generation: Generation,
+    meta: dict[str, Any],
+    *,
+    after: int = 0,
+    stop: ReaderStop | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The browser's stream of one answer from chunk ``after`` + 1 (see the module). ``meta``
-    is the ``slipstream.message`` event's object (stored ids, generation id, slot)."""
+    is the ``slipstream.message`` event's object (stored ids, generation id, slot). ``stop``:
+    ends this answer's stream while the generation goes on for another answer that shares
+    it (single-flight); it then ends as a stopped answer does."""
+
+    def render_end(ended: Generation) -> bytes:
+        return _answer_end(ended, stopped=stop is not None and stop.stopped)
+
     return generation_sse(
         generation,
         head=encode_event(json.dumps(meta), event="slipstream.message"),
         after=after,
         render_chunk=lambda sequence, chunk: encode_data(chunk.data, id=sequence),
         render_phase=_phase_event,
-        render_end=_answer_end,
+        render_end=render_end,
+        stop=stop,
     )
 
 
@@ -118,9 +133,21 @@ def _phase_event(phase: Phase) -> bytes:
     return encode_event(json.dumps(phase.as_dict()), event="slipstream.status")
 
 
-def _answer_end(generation: Generation) -> bytes:
+def _answer_end(generation: Generation, *, stopped: bool = False) -> bytes:
     """``slipstream.done`` (``status``, ``slot``, ``finish_reason``, ``ttft_ms`` in ms,
-    ``tokens_per_s``, ``usage``), then ``[DONE]`` or the error envelope."""
+    ``tokens_per_s``, ``usage``), then ``[DONE]`` or the error envelope. ``stopped``: this
+    reader's answer was stopped while the generation went on (``answer_sse``'s ``stop``)."""
+    done: dict[str, Any]
+    if stopped:
+        done = {
+            "status": Status.STOPPED,
+            "slot": generation.slot,
+            "finish_reason": None,
+            "ttft_ms": generation.ttft_ms,
+            "tokens_per_s": generation.tokens_per_s,
+            "usage": None,
+        }
+        return encode_event(json.dumps(done), event="slipstream.done") + DONE_EVENT
     done = {
         "status": generation.status,
         "slot": generation.slot,

@@ -16,6 +16,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/rename/", conversation_views.rename, name="rename"),
     path("c/<uuid:conversation_id>/delete/", conversation_views.delete, name="delete"),
     path("c/<uuid:conversation_id>/organise/", conversation_views.organise, name="organise"),
+    path("folders/<int:folder_id>/rename/", conversation_views.folder_rename, name="folder-rename"),
     path("folders/<int:folder_id>/delete/", conversation_views.folder_delete, name="folder-delete"),
     path(
         "c/<uuid:conversation_id>/settings/",
@@ -52,6 +53,7 @@ urlpatterns = [
     path("settings/usage/", views.usage, name="usage"),
     path("chat/budget/", views.budget, name="budget"),
     path("settings/prompts/", views.prompts, name="prompts"),
+    path("settings/prompts/<int:prompt_id>/edit/", views.prompt_edit, name="prompt-edit"),
     path("settings/prompts/<int:prompt_id>/delete/", views.prompt_delete, name="prompt-delete"),
     path("chat/prompts/", views.prompt_choices, name="prompt-choices"),
     path("settings/keys/<int:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),

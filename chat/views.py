@@ -5,7 +5,6 @@ authorise and call one function (reads in ``selectors``, writes in ``services``,
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -21,13 +20,13 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import answers, attachments, jsonbody, quotas, selectors, services, streaming
+from chat import answers, attachments, charts, jsonbody, quotas, selectors, services, streaming
 from chat.conversation_views import sidebar_context
 from chat.forms import ConversationSettingsForm
 from chat.http import error_response, invalid, signed_in, sse_response
-from chat.models import Conversation, Message, Prompt, UsageDay
+from chat.models import Conversation, Message, Prompt
 from chat.relay.errors import EnvelopeError
 from chat.slotconfig import slot_config
 
@@ -224,7 +223,8 @@ async def generation_events(
     every chunk after sequence number N, then the live ones, then the end. A reloaded page or a
     second tab reattaches this way. When the generation is no longer running, 410 with the
     stored message as JSON (``status``, ``content``, ``reasoning``, ``tool_calls``, …) so the page
-    can show it whole. Another user's generation: 404."""
+    can show it whole. An N past this process's buffer is read from chunk 1 (``resumed_after``
+    says 0). Another user's generation: 404."""
     user = signed_in(await request.auser())
     message = await selectors.message_aget_by_generation(user=user, generation_id=generation_id)
     if message is None:
@@ -236,6 +236,10 @@ async def generation_events(
     generation = await answers.resume(message=message)
     if generation is None:
         return JsonResponse(_message_json(message), status=410)
+    if after > len(generation.chunks) and not generation.is_mirror:
+        # No chunk of this buffer (a mirror may still be catching up: its numbers are the
+        # same): read it from the first; ``resumed_after`` tells the page to start over.
+        after = 0
     meta = {
         "conversation_id": str(message.conversation_id),
         "assistant_message_id": message.pk,
@@ -316,13 +320,23 @@ def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
 @require_GET
 @login_required
 def usage(request: HttpRequest) -> HttpResponse:
-    """The user's own usage per day (``selectors.usage_by_day``): their chat answers and their
-    API keys' calls."""
-    user = signed_in(request.user)
-    rows = selectors.usage_by_day(user=user, days=USAGE_DAYS)
-    since = timezone.now().date() - timedelta(days=USAGE_DAYS - 1)
-    (total,) = selectors.usage_summary(UsageDay.objects.filter(user=user, day__gte=since), by=[])
-    return render(request, "chat/usage.html", {"rows": rows, "total": total, "days": USAGE_DAYS})
+    """The user's own usage (their chat answers and their API keys' calls) per day over the
+    last ``USAGE_DAYS`` days, or per hour (UTC) over the last ``USAGE_HOURS`` (``?hours=48``):
+    bar charts of tokens and requests, a row per day or hour used, and the total. Two queries
+    over the usage rows (``selectors.usage_within``)."""
+    user, now = signed_in(request.user), timezone.now()
+    period = charts.usage_period(request.GET, days=(USAGE_DAYS,), hours=(USAGE_HOURS,), now=now)
+    rows = selectors.usage_within(period=period, user=user)
+    summed = selectors.usage_summary(rows, by=[period.unit])
+    (total,) = selectors.usage_summary(rows, by=[])
+    context = {
+        "period": period,
+        "periods": charts.period_choices(days=(USAGE_DAYS,), hours=(USAGE_HOURS,), now=now),
+        "rows": summed,
+        "total": total,
+        "charts": charts.usage_charts(period, summed),
+    }
+    return render(request, "chat/usage.html", context)
 
 
 @login_required
@@ -356,6 +370,42 @@ def prompts(request: HttpRequest) -> HttpResponse:
             "groups": user.groups.all(),
             "error": error,
             "form": request.POST if error else {},
+        },
+        status=400 if error else 200,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def prompt_edit(request: HttpRequest, prompt_id: int) -> HttpResponse:
+    """Change one of the user's own prompts: GET shows its title and text in a form; POST
+    ``title`` and ``text`` saves them, then redirects to the library; a refused one (empty, too
+    long) is shown again with the reason (400). A prompt the user does not own (shared with
+    them or not) is a 404: only its owner changes it."""
+    prompt = selectors.prompt_get_own(user=signed_in(request.user), prompt_id=prompt_id)
+    if prompt is None:
+        raise Http404("No such prompt")
+    error = ""
+    if request.method == "POST":
+        try:
+            services.prompt_update(
+                prompt=prompt,
+                title=request.POST.get("title", ""),
+                text=request.POST.get("text", ""),
+            )
+        except ValueError as exc:
+            error = str(exc)
+        else:
+            return redirect("chat:prompts")
+    return render(
+        request,
+        "chat/prompt_edit.html",
+        {
+            "prompt": prompt,
+            "error": error,
+            "form": request.POST if error else {"title": prompt.title, "text": prompt.text},
+            "title_max": services.PROMPT_TITLE_MAX,
+            "text_max": services.PROMPT_TEXT_MAX,
         },
         status=400 if error else 200,
     )
@@ -404,5 +454,6 @@ async def budget(request: HttpRequest) -> HttpResponse:
     return HttpResponse(render_to_string("chat/_budget.html", {"budget": lowest}))
 
 
-# How far back the usage page looks, days.
+# How far back the usage page looks: days, and hours in its per-hour view.
 USAGE_DAYS = 30
+USAGE_HOURS = 48

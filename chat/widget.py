@@ -366,7 +366,7 @@ async def stream(request: HttpRequest, key: str) -> HttpResponse | StreamingHttp
         "generation_id": started.generation.id,
         "slot": slot.name,
     }
-    return sse_response(streaming.answer_sse(started.generation, meta))
+    return sse_response(streaming.answer_sse(started.generation, meta, stop=started.reader))
 
 
 @csrf_exempt

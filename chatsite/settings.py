@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import django_stubs_ext
 import environ
@@ -93,6 +94,9 @@ MIDDLEWARE = [
     "chat.middleware.CommonMiddleware",
     "chat.middleware.CsrfViewMiddleware",
     "chat.middleware.AuthenticationMiddleware",
+    # Spawns a single sign-on session's recheck when due (timestamps only: no I/O, no hop) and
+    # answers a JSON endpoint's redirect to sign in with 401.
+    "chat.sso_session.SessionRecheck",
     "chat.middleware.MessageMiddleware",
     "chat.middleware.XFrameOptionsMiddleware",
     "chat.csp.CSPMiddleware",
@@ -195,6 +199,8 @@ AUTH_PASSWORD_VALIDATORS = [
 # way in (the app's and the admin's password forms refuse).
 SLIPSTREAM_OIDC_ISSUER = env.str("SLIPSTREAM_OIDC_ISSUER", default="")
 SSO_ENABLED = bool(SLIPSTREAM_OIDC_ISSUER)
+_issuer = urlsplit(SLIPSTREAM_OIDC_ISSUER)
+OIDC_ISSUER_ORIGIN = f"{_issuer.scheme}://{_issuer.netloc}" if SSO_ENABLED else ""
 LOCAL_LOGIN = env.bool("SLIPSTREAM_LOCAL_LOGIN", default=True) or not SSO_ENABLED
 SLIPSTREAM_OIDC_LABEL = env.str("SLIPSTREAM_OIDC_LABEL", default="Sign in with single sign-on")
 # The claim that names a new user, the claim whose values set a user's groups ("": groups are
@@ -218,6 +224,11 @@ OIDC_TOKEN_USE_BASIC_AUTH = True  # client_secret_basic: the default of OpenID C
 OIDC_TIMEOUT = 10  # s, each call to the provider
 OIDC_CALLBACK_CLASS = "chat.sso.SignOnCallback"
 OIDC_AUTHENTICATE_CLASS = "chat.sso.SignOnStart"
+# The ID token is kept in the session: RP-initiated logout sends it as id_token_hint.
+OIDC_STORE_ID_TOKEN = True
+# How often a single sign-on session asks the provider whether its account may still sign in
+# (a refresh token grant, off the request path: chat.sso_session), s; 0: at each request.
+SLIPSTREAM_SSO_RECHECK_S = env.float("SLIPSTREAM_SSO_RECHECK_S", default=300.0)
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     *(["django.contrib.auth.backends.ModelBackend"] if LOCAL_LOGIN else []),
@@ -258,7 +269,9 @@ CONTENT_SECURITY_POLICY = {
         "img-src": [SELF, "data:"],
         "object-src": [NONE],
         "base-uri": [NONE],
-        "form-action": [SELF],
+        # Sign-out's redirect to the provider's end_session_endpoint (chat.sso_session.SignOut)
+        # is a form's navigation too: the issuer's origin, when single sign-on is on.
+        "form-action": [SELF, *([OIDC_ISSUER_ORIGIN] if OIDC_ISSUER_ORIGIN else [])],
         "frame-ancestors": [NONE],
         "report-uri": ["/csp-report/"],  # chatsite/urls.py
     }

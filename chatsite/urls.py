@@ -2,17 +2,16 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from chat import api, csp, ops
+from chat import api, csp, ops, sso_session
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", sso_session.SignIn.as_view(), name="login"),
+    path("logout/", sso_session.SignOut.as_view(), name="logout"),
     *([path("oidc/", include("mozilla_django_oidc.urls"))] if settings.SSO_ENABLED else []),
     path("csp-report/", csp.report, name="csp-report"),
     # Browsers ask for it where a page names no icon (a JSON page, a file): no 404 in the log.

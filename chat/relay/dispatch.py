@@ -237,6 +237,9 @@ async def submit(
         key = coalescing_key(endpoint, body)
         joined = runtime.coalescing.get(key)
         if joined is not None and joined.status == Status.STREAMING:
+            # A joiner whose answer must outlive its reader (the chat's, which resumes) keeps
+            # the shared one running: the others' readers leaving must not cut it.
+            joined.keep_running |= keep_running
             joined.attach()
             observe.observer.joined(slot.name)
             return joined, True
@@ -248,6 +251,7 @@ async def submit(
             mirror = find(running) or store.mirror(
                 running, slot=slot.name, keep_running=keep_running
             )
+            mirror.keep_running |= keep_running
             mirror.attach()
             observe.observer.joined(slot.name)
             return mirror, True

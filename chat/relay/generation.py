@@ -82,6 +82,24 @@ comment line so proxies and clients keep the connection open."""
 FinishCallback = Callable[["Generation"], Awaitable[None]]
 
 
+class ReaderStop:
+    """Ends one subscriber's reading while the generation goes on for the others: an answer
+    stopped on its own while it shares its generation with another's (single-flight), such as
+    a disabled widget's sharing a chat user's. ``stop()`` makes that subscriber's
+    ``subscribe`` return at once, even while it waits for news (``stopped`` then says so)."""
+
+    __slots__ = ("_waiter", "stopped")
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+
 def _no_news(waiter: asyncio.Future[bool]) -> None:
     waiter.set_result(False)
 
@@ -327,12 +345,17 @@ class Generation:
             self.cancel()
 
     async def subscribe(
-        self, *, after: int = 0, keepalive_s: float | None = None
+        self,
+        *,
+        after: int = 0,
+        keepalive_s: float | None = None,
+        stop: ReaderStop | None = None,
     ) -> AsyncGenerator[Chunk | Phase | _Keepalive, None]:
         """Every chunk after sequence number ``after``, then live ones until the end; a
         ``Phase`` each time the phase changes before the first chunk; ``KEEPALIVE`` after
         ``keepalive_s`` without news. Returns when the generation has ended and every chunk was
-        yielded: read ``status`` and ``error`` then.
+        yielded: read ``status`` and ``error`` then; or as soon as ``stop`` is stopped (this
+        reader alone: the generation goes on).
 
         The caller ``attach``-es before and ``detach``-es after (in a ``finally``).
         """
@@ -347,7 +370,7 @@ class Generation:
                 while index < len(self.chunks):
                     index += 1
                     yield self.chunks[index - 1]
-                if self.ended:
+                if self.ended or (stop is not None and stop.stopped):
                     return
                 if self.phase is not seen_phase and not self.chunks:
                     seen_phase = self.phase
@@ -358,6 +381,8 @@ class Generation:
                 self._waiters.append(waiter)
                 if clock is not None and keepalive_s is not None:
                     clock.waiting(waiter, keepalive_s)
+                if stop is not None:
+                    stop._waiter = waiter
                 if not await waiter:
                     self._forget_waiter(waiter)  # else kept until the next news
                     yield KEEPALIVE

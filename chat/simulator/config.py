@@ -60,6 +60,11 @@ class SimConfig:
     responses_api: bool = True  # serve POST /v1/responses natively; False answers 404 there,
     # as servers without the Responses API do (llama-cpp-python's, older vLLM and Ollama)
     keepalive_comment_s: float = 0  # ``: ping`` interval (s) during the TTFT wait and stalls
+    tokenize: bool = True  # serve POST /tokenize (llama.cpp's and vLLM's tokenizer endpoint:
+    # one token per word, as usage counts them); False answers 404 there, as OpenAI and Ollama do
+    tokenize_delay_ms: float = 0  # answer /tokenize after this long (ms): a slow tokenizer
+    tokenize_as: str = "vllm"  # /tokenize's dialect: "vllm" (messages counted whole, with
+    # count and max_model_len) or "llama.cpp" (the content's text alone: tokens)
     vision: bool | None = None  # say whether the model reads images, as llama.cpp's server
     # (GET /props: modalities.vision) and Ollama (POST /api/show: capabilities) do; None: 404
     # there, as servers that do not say (vLLM)

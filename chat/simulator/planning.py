@@ -78,7 +78,7 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def _prompt_words(body: Mapping[str, Any]) -> int:
+def prompt_words(body: Mapping[str, Any]) -> int:
     """Prompt tokens: the words of the messages' text, or of a legacy ``prompt``
     (``_prompt_tokens``)."""
     if "messages" not in body:
@@ -317,7 +317,7 @@ def plan_answer(body: Mapping[str, Any], cfg: SimConfig, *, chat: bool, model: s
         chat=chat,
         model=model,
         choices=choices,
-        prompt_tokens=_prompt_words(body),
+        prompt_tokens=prompt_words(body),
         include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         id=_new_id("chatcmpl-" if chat else "cmpl-"),
         created=int(time.time()),

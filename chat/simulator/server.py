@@ -46,6 +46,7 @@ from chat.simulator.planning import (
     embeddings_body,
     event,
     plan_answer,
+    prompt_words,
     response_body,
     responses_steps,
     stream_body,
@@ -124,6 +125,7 @@ class Simulator:
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", "/tokenize"): self._tokenize,
             ("POST", "/v1/responses"): self._responses,
             ("GET", "/v1/models"): self._models,
             ("GET", "/health"): self._health,
@@ -143,6 +145,7 @@ class Simulator:
             "cancelled": 0,
             "health_checks": 0,
             "embeddings": 0,
+            "tokenize": 0,
         }
         self._cancel_times: deque[float] = deque(maxlen=HISTORY_SIZE)
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
@@ -351,6 +354,43 @@ class Simulator:
             body = json.loads(req.body)
             self._last_request = body
             answer = embeddings_body(body, model=str(body.get("model") or self.models[0]))
+        except ValueError:
+            await send_json(
+                conn, 400, _envelope("We could not parse the JSON body."), req.keep_alive
+            )
+            return
+        except RequestError as e:
+            await send_json(conn, e.status, e.envelope, req.keep_alive)
+            return
+        await send_json(conn, 200, answer, req.keep_alive)
+
+    async def _tokenize(self, conn: Conn, req: Request) -> None:
+        """``POST /tokenize`` at the server's root, one token per word (as the usage counts
+        prompts): vLLM's answer (``count``, ``max_model_len``, ``tokens``) for ``messages`` or
+        ``prompt``, llama.cpp server's (``tokens``) for ``content`` (``tokenize_as``); 404
+        when ``tokenize`` is off; after ``tokenize_delay_ms``."""
+        self._counts["tokenize"] += 1
+        cfg = self.config
+        if not cfg.tokenize:
+            await send_json(conn, 404, _envelope("File Not Found"), req.keep_alive)
+            return
+        if cfg.tokenize_delay_ms:
+            await asyncio.sleep(cfg.tokenize_delay_ms / 1000)
+        try:
+            body = json.loads(req.body)
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            if cfg.tokenize_as == "vllm" and ("messages" in body or "prompt" in body):
+                words = prompt_words(body)
+                answer: dict[str, Any] = {
+                    "count": words,
+                    "max_model_len": 32768,
+                    "tokens": list(range(words)),
+                }
+            elif isinstance(body.get("content"), str):
+                answer = {"tokens": list(range(len(body["content"].split())))}
+            else:
+                raise RequestError("'content' is required", "content")
         except ValueError:
             await send_json(
                 conn, 400, _envelope("We could not parse the JSON body."), req.keep_alive

@@ -59,25 +59,32 @@ function pause(ms, signal) {
  * `resumeDelaysMs.length` tries in a row, each after its pause; a try that brings a chunk
  * starts the count again. Only the chat passes `resumeUrl`: its answers run on without a
  * reader, whereas the widget's server cancels an answer whose stream closes.
+ *
+ * `after`: the sequence number `view` already holds the answer up to (a reloaded page seeds it
+ * from the checkpoint, then GETs `url` = `resumeUrl(id, after)`). When the first
+ * `slipstream.message` says the server reads from an earlier chunk (`resumed_after`: it had no
+ * chunk `after`), the view is emptied and the answer drawn again from there; on later
+ * connections, chunks already drawn are skipped.
  * @param {AnswerView} view
  * @param {string} url  POST target, or a resume URL when `payload` is null (GET)
  * @param {object|null} payload
  * @param {{csrfToken?: string, headers?: object, signal: AbortSignal,
  *          onMessage?: (meta: object) => void,
  *          resumeUrl?: (generationId: string, after: number) => string,
- *          resumeDelaysMs?: number[]}} options
+ *          resumeDelaysMs?: number[], after?: number}} options
  *   onMessage gets `slipstream.message` (each connection sends one)
  * @returns {Promise<string>} the final status: complete, stopped or error
  */
 export async function playAnswer(
   view, url, payload,
-  { csrfToken, headers, signal, onMessage, resumeUrl, resumeDelaysMs = RESUME_DELAYS_MS },
+  { csrfToken, headers, signal, onMessage, resumeUrl, resumeDelaysMs = RESUME_DELAYS_MS, after = 0 },
 ) {
   let done = {};
   let error = null;
   let dropped = null; // why the last connection failed
   let generationId = null;
-  let sequence = 0; // the SSE id of the last chunk rendered
+  let sequence = after; // the SSE id of the last chunk rendered
+  let seeded = after; // chunks the view was given before the first connection (a checkpoint)
   let tries = 0;
   const handlers = {
     csrfToken,
@@ -86,6 +93,13 @@ export async function playAnswer(
     onMeta(name, data) {
       if (name === "slipstream.message") {
         generationId = data.generation_id;
+        // A checkpoint the server cannot go on from: its chunks are not the ones the view was
+        // seeded with. Later connections only ever skip chunks already drawn (by sequence).
+        if (seeded && Number.isInteger(data.resumed_after) && data.resumed_after < seeded) {
+          view.reset();
+          sequence = data.resumed_after;
+        }
+        seeded = 0;
         view.article.dataset.messageId = data.assistant_message_id;
         showStatus(view, "");
         onMessage?.(data);

@@ -45,18 +45,18 @@ async function submit() {
   }
   const files = attachments.items();
   const compared = compareSlots();
+  if (compared.length > 1 && files.length) {
+    attachments.showError("Compare does not take attachments: remove them, or untick the models to compare.");
+    return;
+  }
+  // Sent: the picker's choice is made, and left open it would cover the answers.
+  if (comparePicker) comparePicker.open = false;
+  box.value = "";
+  document.getElementById("empty-state")?.remove();
   if (compared.length > 1) {
-    if (files.length) {
-      attachments.showError("Compare does not take attachments: remove them, or untick the models to compare.");
-      return;
-    }
-    box.value = "";
-    document.getElementById("empty-state")?.remove();
     await compare(content, compared);
     return;
   }
-  box.value = "";
-  document.getElementById("empty-state")?.remove();
   messages.append(userMessage(content, files));
   const view = new AnswerView(slotPicker?.value);
   messages.append(view.article);
@@ -200,21 +200,34 @@ function resumeUrl(id, after) {
 
 /** Reattach to an answer that was streaming when the page loaded (a reload, a second tab). */
 async function resume(article) {
-  // The page shows the text of the answer's last checkpoint, which matches no chunk number, so
-  // the answer is read again from its first chunk into an empty view (after=0): the server
-  // keeps every chunk of a generation while it is findable, and the burst of buffered chunks is
-  // drawn once per animation frame. Resuming after N across a reload would mean keeping N with
-  // the answer's raw state (content before <think> splitting, tool-call fragments) per
-  // generation in sessionStorage, in step with every chunk: more to get wrong than the re-read
-  // costs. Within a page's life, a dropped connection resumes after the last chunk rendered.
+  // The page shows the answer's last checkpoint, which says the sequence number (SSE id) of
+  // the last chunk its text includes (data-resume-after) and the delta that stands for the
+  // chunks up to it (data-resume-delta: content before <think> splitting, reasoning fields,
+  // tool-call fragments with their index, as the accumulator had them; services.resume_point).
+  // The view is seeded with that delta and reads on after it, so a reload costs the chunks
+  // since the checkpoint (about a second's), not the whole answer again. Without one (no
+  // checkpoint yet, or one written before they said where they stand), or a delta that does
+  // not parse, it reads from the first chunk into an empty view; a server that no longer has
+  // that chunk says so (resumed_after: 0, answer.js starts over); an answer gone meanwhile is
+  // shown as stored (410).
   const view = new AnswerView(article.querySelector(".role")?.textContent || "");
   view.article.dataset.messageId = article.dataset.messageId;
+  let after = Number.parseInt(article.dataset.resumeAfter || "0", 10) || 0;
+  if (after > 0) {
+    try {
+      view.applyDelta(JSON.parse(article.dataset.resumeDelta));
+    } catch {
+      view.reset();
+      after = 0;
+    }
+  }
   article.replaceWith(view.article);
-  await runAnswer(view, resumeUrl(article.dataset.generationId, 0), null);
+  await runAnswer(view, resumeUrl(article.dataset.generationId, after), null, after);
 }
 
-/** Stream one answer into ``view``: a POST of a new message, or a GET resuming one. */
-async function runAnswer(view, url, payload) {
+/** Stream one answer into ``view``: a POST of a new message, or a GET resuming one after
+ * chunk ``after`` (what ``view`` holds already). */
+async function runAnswer(view, url, payload, after = 0) {
   messages.scrollTop = messages.scrollHeight;
   let stick = true;
   view.onFlush = () => {
@@ -232,6 +245,7 @@ async function runAnswer(view, url, payload) {
     csrfToken,
     signal: controller.signal,
     resumeUrl,
+    after,
     onMessage(data) {
       // The server took the message: its files leave the tray (refused, they stay to resend).
       attachments.release(payload?.attachments || []); // a resume has no payload
@@ -333,9 +347,12 @@ function compareColumn(slot) {
   const stopButton = Object.assign(document.createElement("button"), { type: "button", textContent: "Stop" });
   stopButton.setAttribute("aria-label", `Stop ${slot}`);
   const use = Object.assign(document.createElement("button"), { type: "button", textContent: "Use this answer", hidden: true });
-  use.setAttribute("aria-label", `Use the answer from ${slot}`);
+  use.setAttribute("aria-label", `Use this answer from ${slot}`);
   head.append(Object.assign(document.createElement("strong"), { textContent: slot }), stopButton, use);
   const view = new AnswerView(slot);
+  // The column's head names the slot, beside its Stop: the answer's own name line would say
+  // it a second time.
+  view.article.querySelector(":scope > .role")?.remove();
   column.append(head, view.article);
   const state = { slot, view, column, use, generationId: null, controller: new AbortController() };
   state.stop = async () => {

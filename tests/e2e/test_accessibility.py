@@ -66,6 +66,7 @@ def test_the_chat_and_its_pages_pass_axe(
     conversation = Conversation.objects.get()
     services.conversation_share(conversation=conversation, shared=True)
     shared = f"/s/{conversation.share_id}/"
-    for path in ("/settings/keys/", "/settings/usage/", "/settings/prompts/", shared):
+    usage = ("/settings/usage/", "/settings/usage/?hours=48")
+    for path in ("/settings/keys/", *usage, "/settings/prompts/", shared):
         page.goto(server.base_url + path)
         assert violations(page) == [], path

@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from chat.models import Message
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -110,11 +111,16 @@ def test_the_chat_shows_a_low_budget_and_cuts_the_answer_at_it(
     answers = page.locator("article.message.assistant")
 
     def ask(text: str, *, length: int, answered: int) -> None:
+        counted = Message.objects.filter(role="assistant", usage__isnull=False).count()
         sim.configure(ttft_ms=0, tokens_per_s=0, length=length)
         page.get_by_role("textbox", name="Message").fill(text)
         page.get_by_role("button", name="Send").click()
         expect(answers).to_have_count(answered)
         expect(answers.last).to_have_attribute("data-status", "complete")
+        # Its usage replaces its reservation in the records' batch just after its stream ends:
+        # until then the next request would find the reservation's share held.
+        stored = Message.objects.filter(role="assistant", usage__isnull=False)
+        wait_until(lambda: stored.count() == counted + 1, what="the answer's usage stored")
 
     def tokens_left() -> int:
         return 40 - sum(
@@ -129,8 +135,18 @@ def test_the_chat_shows_a_low_budget_and_cuts_the_answer_at_it(
     expect(notice.get_by_role("status")).to_contain_text(
         f"{left} of 40 tokens left in the daily token budget of user ada"
     )
-    ask("Hello there", length=60, answered=3)  # capped at the tokens left
-    assert len(answers.last.locator(".content").inner_text().split()) == left
+    # The whole thread is the next prompt, and it alone no longer fits what is left: refused
+    # before the call (the simulator's /tokenize counts it), saying why.
+    page.get_by_role("textbox", name="Message").fill("Hello there")
+    with page.expect_response(lambda r: r.request.method == "POST" and r.status == 429) as refused:
+        page.get_by_role("button", name="Send").click()
+    assert "This request's prompt is about" in refused.value.json()["error"]["message"]
+    assert Message.objects.filter(role="assistant").count() == 2
+    # A new chat's prompt (2 tokens) fits: its answer is capped at what is left after it.
+    page.get_by_role("link", name="New chat").click()
+    ask("Hello there", length=60, answered=1)
+    assert len(answers.last.locator(".content").inner_text().split()) == left - 2
+    page.reload()
     expect(notice.get_by_role("status")).to_contain_text(
         "daily token budget of user ada (40 tokens) is used up"
     )

@@ -298,7 +298,7 @@ def test_compare_answers_side_by_side_and_go_on_with_one(
     assert sorted(answers.values_list("slot_name", flat=True)) == ["primary", "second"]
     assert len({m.parent_id for m in answers}) == 1  # two versions of one turn
 
-    grid.get_by_role("button", name="Use the answer from second").click()
+    grid.get_by_role("button", name="Use this answer from second").click()
     expect(grid).to_have_count(0)  # the thread, as stored, in its place
     shown = page.locator("article.message.assistant")
     expect(shown).to_have_count(1)

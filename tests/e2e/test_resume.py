@@ -20,7 +20,7 @@ from playwright.sync_api import BrowserContext, Request, expect
 
 from chat.models import Message, Slot
 from chat.simulator.thread import SimulatorThread
-from tests.e2e.test_chat import sign_in
+from tests.e2e.test_chat import shown_words, sign_in
 from tests.e2e.test_chat_flow import send, what_the_simulator_says
 from tests.support.daphne_server import DaphneServer
 
@@ -176,5 +176,58 @@ def test_a_dropped_answer_resumes_after_the_last_chunk_rendered(
     assert len(sent.split()) == 60
     shown = answer.locator(".content").inner_text()
     assert " ".join(shown.split()) == " ".join(sent.split())  # every word once, in order
+    assert sim.stats()["streams_started"] == 1
+    assert sim.stats()["cancelled"] == 0
+
+
+def test_a_reload_goes_on_after_the_checkpoint_it_shows(
+    browser_context: BrowserContext,
+    server: DaphneServer,
+    slot: Slot,
+    sim: SimulatorThread,
+    user: Any,
+) -> None:
+    # 130 steps at 25/s: reasoning, then the answer; the reload comes well after the first
+    # checkpoint (about a second in) and well before the end.
+    sim.configure(ttft_ms=0, tokens_per_s=25, length=120, reasoning_tokens=10)
+    page = browser_context.new_page()
+    resumes: list[str] = []
+
+    def on_request(request: Request) -> None:
+        if "/chat/generations/" in request.url and request.method == "GET":
+            resumes.append(request.url)
+
+    page.on("request", on_request)
+    sign_in(page, server.base_url)
+    send(page, "Tell me a long story")
+    progress = shown_words(page, 30)  # 40 of 130 steps in: 1.6 s
+    # Reloaded once a checkpoint is stored (about a second in): a word at a time until then.
+    while Message.objects.get(role="assistant").checkpoint is None:
+        assert progress["status"] == "streaming", progress
+        progress = shown_words(page, progress["words"] + 1)
+    assert progress["status"] == "streaming", progress
+    reloaded = page.reload()
+    assert reloaded is not None
+    # The page as served: the checkpoint's text, its sequence number and its delta.
+    rendered = re.search(r'data-resume-after="(\d+)"', reloaded.text())
+    assert rendered, "the streaming answer was rendered without its checkpoint's number"
+    resumed = page.locator("article.message.assistant").last
+    expect(resumed).to_have_attribute("data-status", "complete", timeout=15_000)
+
+    assert len(resumes) == 1, resumes
+    after = re.search(r"/chat/generations/[^/]+/\?after=(\d+)$", resumes[0])
+    assert after, resumes
+    assert int(after.group(1)) == int(rendered.group(1)) > 10  # past the reasoning's chunks
+    stored = Message.objects.get(role="assistant")
+    sent = what_the_simulator_says(sim, sim.stats()["last_request"])
+    assert stored.status == "complete"
+    assert stored.content == sent
+    assert len(sent.split()) == 120
+    # Exactly the answer: the checkpoint's part once, then every chunk after it once, in order.
+    shown = resumed.locator(".content").inner_text()
+    assert " ".join(shown.split()) == " ".join(sent.split())
+    thinking = resumed.locator(".reasoning-text").text_content() or ""  # folded away: not shown
+    assert " ".join(thinking.split()) == " ".join(stored.reasoning.split())
+    assert len(stored.reasoning.split()) == 10
     assert sim.stats()["streams_started"] == 1
     assert sim.stats()["cancelled"] == 0

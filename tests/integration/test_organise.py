@@ -98,3 +98,75 @@ def test_nobody_organises_another_users_conversations(client: Client, ada: Any) 
     mine.refresh_from_db()
     assert (theirs.pinned, mine.folder) == (False, None)
     assert Folder.objects.filter(user=eve).exists()
+
+
+def rename_folder(client: Client, folder: Folder, name: str, **data: str) -> Any:
+    return client.post(
+        f"/folders/{folder.pk}/rename/", {"name": name, **data}, HTTP_HX_REQUEST="true"
+    )
+
+
+def test_a_folder_is_renamed_and_keeps_its_conversations(client: Client, ada: Any) -> None:
+    work = Folder.objects.create(user=ada, name="Work")
+    moved = Conversation.objects.create(user=ada, title="Plan", folder=work)
+    sidebar = rename_folder(client, work, "  Work   2026 ", current=str(moved.pk))
+    assert sidebar.status_code == 200
+    html = sidebar.content.decode()
+    assert headings(html) == [("Work 2026", ["Plan"])]
+    assert 'aria-current="page"' in html  # the open conversation stays marked
+    work.refresh_from_db()
+    assert work.name == "Work 2026"
+
+    plain = client.post(f"/folders/{work.pk}/rename/", {"name": "Work"})  # without htmx
+    assert plain.status_code == 302
+    assert Folder.objects.get(pk=work.pk).name == "Work"
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("", "needs a name"),
+        ("   ", "needs a name"),
+        ("x" * 101, "at most 100 characters"),
+        ("Home", "already have a folder named “Home”"),
+    ],
+    ids=["empty", "blank", "too-long", "taken"],
+)
+def test_a_folder_rename_is_refused_clearly(client: Client, ada: Any, name: str, says: str) -> None:
+    work = Folder.objects.create(user=ada, name="Work")
+    Folder.objects.create(user=ada, name="Home")
+    refused = rename_folder(client, work, name)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "name")
+    assert says in error["message"]
+    assert Folder.objects.get(pk=work.pk).name == "Work"
+
+
+def test_a_folder_name_of_100_characters_is_kept_whole(client: Client, ada: Any) -> None:
+    work = Folder.objects.create(user=ada, name="Work")
+    assert rename_folder(client, work, "y" * 100).status_code == 200
+    assert Folder.objects.get(pk=work.pk).name == "y" * 100
+
+
+def test_a_too_long_new_folder_is_refused_not_cut(client: Client, ada: Any) -> None:
+    mine = Conversation.objects.create(user=ada, title="Mine")
+    refused = organise(client, mine, action="move", new_folder="z" * 101)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "new_folder"
+    assert not Folder.objects.exists()
+
+
+def test_nobody_renames_another_users_folder(client: Client, ada: Any) -> None:
+    eve = get_user_model().objects.create_user("eve", password="e" * 20)
+    their_folder = Folder.objects.create(user=eve, name="Private")
+    assert rename_folder(client, their_folder, "Mine now").status_code == 404
+    assert Folder.objects.get(pk=their_folder.pk).name == "Private"
+
+
+def test_renaming_a_folder_needs_the_csrf_token(ada: Any) -> None:
+    work = Folder.objects.create(user=ada, name="Work")
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(ada)
+    assert strict.post(f"/folders/{work.pk}/rename/", {"name": "Hijacked"}).status_code == 403
+    assert Folder.objects.get(pk=work.pk).name == "Work"

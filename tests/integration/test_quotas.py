@@ -21,6 +21,8 @@ from django.utils import timezone
 from chat import quotas
 from chat.models import ApiKey, Message, Quota, QuotaReservation, UsageDay
 from chat.services import api_key_create
+from chat.simulator import SimulatorThread
+from chat.simulator.config import SimConfig
 from tests.conftest import server_env
 from tests.support.daphne_server import DaphneServer
 from tests.support.polling import wait_until
@@ -119,6 +121,7 @@ def test_no_quota_no_refusal(server, slot, sim, api_key) -> None:
     with sdk(server, api_key) as client:
         for _ in range(3):
             assert client.chat.completions.create(model="primary", messages=HELLO).choices
+    assert sim.stats()["tokenize"] == 0  # no token budget: the prompt is never counted
 
 
 def test_a_stream_is_cut_at_the_token_budget(server, slot, sim, user, api_key):
@@ -129,13 +132,14 @@ def test_a_stream_is_cut_at_the_token_budget(server, slot, sim, user, api_key):
             model="primary", messages=HELLO, stream=True, stream_options={"include_usage": True}
         )
         chunks = list(stream)
-        # The upstream was asked for no more than the budget left, and stopped there itself.
-        assert sim.stats()["last_request"]["max_tokens"] == 25
+        # The upstream was asked for no more than the budget left after the prompt (2 tokens,
+        # counted by its /tokenize), and stopped there itself.
+        assert sim.stats()["last_request"]["max_tokens"] == 23
         finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
         assert [f for f in finishes if f] == ["length"]
         assert chunks[-1].usage is not None
-        assert chunks[-1].usage.completion_tokens == 25
-        # 2 prompt + 25 completion: past the budget by the prompt, so the next call is refused.
+        assert chunks[-1].usage.completion_tokens == 23
+        assert tokens_used(api_key=ApiKey.objects.get()) == 25  # the budget, not past it
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model="primary", messages=HELLO, stream=True)
 
@@ -162,7 +166,7 @@ def test_a_response_is_incomplete_at_the_token_budget(server, slot, sim, api_key
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.usage is not None
-    assert response.usage.output_tokens == 20
+    assert response.usage.output_tokens == 19  # 20 less the prompt's 1
 
 
 def test_the_chat_cuts_at_the_budget_and_says_so_when_it_is_low(
@@ -183,7 +187,7 @@ def test_the_chat_cuts_at_the_budget_and_says_so_when_it_is_low(
     cut = Message.objects.filter(role="assistant").latest("created_at")
     assert cut.usage is not None
     assert cut.finish_reason == "length"
-    assert cut.usage["completion_tokens"] == 3
+    assert cut.usage["completion_tokens"] == 1  # the 3 left less the prompt's 2
     notice = " ".join(browser_session.get("/chat/budget/").text.split())
     assert "The daily token budget of user" in notice
     assert "(60 tokens) is used up: answers stopped at it" in notice
@@ -229,7 +233,7 @@ def stream_once(client: openai.OpenAI, *, messages: Any = HELLO, **fields: Any) 
 
 
 def burst(
-    sim: Any, clients: list[openai.OpenAI], n: int, **fields: Any
+    sim: Any, clients: list[openai.OpenAI], n: int, *, prompt: str = "Hello there", **fields: Any
 ) -> tuple[list[Any], list[Any]]:
     """``n`` streams at once, spread over ``clients`` (each of a server process), each answer's
     first token held ``HELD_TTFT_MS`` by the simulator: (the usage of each answer, each 429).
@@ -244,7 +248,7 @@ def burst(
             pool.submit(
                 stream_once,
                 clients[i % len(clients)],
-                messages=[{"role": "user", "content": f"Hello there {i}"}],
+                messages=[{"role": "user", "content": f"{prompt} {i}"}],
                 **fields,
             )
             for i in range(n)
@@ -265,8 +269,8 @@ def test_a_burst_of_streams_passes_a_token_budget_by_at_most_their_prompts(
     server, slot, sim, api_key
 ):
     """The finding: 10 streams at once on a key with 98 of 1,000 tokens left took it to 1,902.
-    Each admitted answer now holds its output limit until it ends, so the budget is passed by
-    at most the prompts of the answers admitted last (not known before the call)."""
+    Each admitted answer now holds its prompt (counted by the backend's /tokenize) and output
+    limit until it ends: the budget is reached, not passed."""
     key = ApiKey.objects.get()
     Quota.objects.create(api_key=key, period="day", max_tokens=1000)
     sim.configure(ttft_ms=0, tokens_per_s=0, length=900)
@@ -274,11 +278,9 @@ def test_a_burst_of_streams_passes_a_token_budget_by_at_most_their_prompts(
         client.chat.completions.create(model="primary", messages=HELLO)  # 2 + 900: 902 used
         sim.configure(length=60)
         answers, refusals = burst(sim, [client], 10, max_tokens=20)
-    prompts = sum(usage.prompt_tokens for usage in answers)
-    used = tokens_used(api_key=key)
-    assert 1000 <= used <= 1000 + prompts, (used, prompts)
-    # 98 left: four answers of 20 tokens and one of the last 18, each cut there upstream.
-    assert sorted(usage.completion_tokens for usage in answers) == [18, 20, 20, 20, 20]
+    assert tokens_used(api_key=key) == 1000
+    # 98 left: four answers of 3 + 20 tokens and one of 3 + the last 3, each cut upstream.
+    assert sorted(usage.completion_tokens for usage in answers) == [3, 20, 20, 20, 20]
     assert len(refusals) == 5
     # The true usage then: 902 used and 98 held by the answers still running.
     true_usage = "(1,000 tokens) is used up (1,000 used, 98 of them held for answers in progress)"
@@ -286,6 +288,107 @@ def test_a_burst_of_streams_passes_a_token_budget_by_at_most_their_prompts(
         assert refused.code == "quota_exceeded"
         assert true_usage in refused.message
     assert not QuotaReservation.objects.exists()  # each settled by its answer's record
+
+
+# ------------------------------------------------------------------------------------------------
+# The prompt counted at admission (issue 33, "what users would still miss", 1)
+# ------------------------------------------------------------------------------------------------
+# A prompt of 59 words, 60 with a burst's number: as many tokens to the simulator (its /tokenize
+# and its usage).
+LONG = " ".join(["word"] * 59)
+
+
+def test_a_burst_of_long_prompts_stays_within_the_budget(server, slot, sim, api_key):
+    """The overshoot: 98 of 1,000 tokens left, 10 streams at once of 60-token prompts. Before,
+    each admitted one held its output limit only: five were admitted (4 x 20 + 18) and their
+    prompts (5 x 60) took the budget to 1,300. Each now holds its prompt too: one fits."""
+    key = ApiKey.objects.get()
+    Quota.objects.create(api_key=key, period="day", max_tokens=1000)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=900)
+    with sdk(server, api_key) as client:
+        client.chat.completions.create(model="primary", messages=HELLO)  # 2 + 900: 902 used
+        sim.configure(length=60)
+        answers, refusals = burst(sim, [client], 10, prompt=LONG, max_tokens=20)
+    used = tokens_used(api_key=key)
+    print(f"overshoot: {used - 1000} tokens past the budget ({used} of 1000)")
+    assert used <= 1000, used
+    assert [(u.prompt_tokens, u.completion_tokens) for u in answers] == [(60, 20)]
+    assert len(refusals) == 9
+    for refused in refusals:
+        assert refused.code == "quota_exceeded"
+        # The true usage: 902 used, 80 held by the answer running; 18 left, too few.
+        assert "(1,000 tokens) has 18 left (982 used, 80 of them held" in refused.message
+        assert "prompt is about 60 tokens" in refused.message
+    assert not QuotaReservation.objects.exists()
+
+
+def test_a_prompt_that_does_not_fit_is_refused_before_the_call(server, slot, sim, api_key):
+    Quota.objects.create(api_key=ApiKey.objects.get(), period="day", max_tokens=50)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=5)
+    with sdk(server, api_key) as client, pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(
+            model="primary", messages=[{"role": "user", "content": LONG}]
+        )
+    assert sim.stats()["requests"] == 0  # the model server never saw it
+    assert sim.stats()["tokenize"] == 1
+    assert caught.value.code == "quota_exceeded"
+    assert "daily token budget of API key tests" in caught.value.message
+    assert "(50 tokens) has 50 left (0 used)." in caught.value.message
+    assert "This request's prompt is about 59 tokens" in caught.value.message
+    assert int(caught.value.response.headers["retry-after"]) > 0
+
+
+def test_the_slots_system_prompt_is_counted(server, sim, api_key, transactional_db):
+    """What the backend is sent, not only what the client sent: the slot's system prompt."""
+    from tests.conftest import make_slot
+
+    make_slot(sim.base_url, system_prompt="You answer in one short word only")  # 7 words
+    Quota.objects.create(api_key=ApiKey.objects.get(), period="day", max_tokens=100)
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3)
+    with sdk(server, api_key) as client:
+        client.chat.completions.create(model="primary", messages=HELLO)
+    assert sim.stats()["last_request"]["max_tokens"] == 100 - 9
+
+
+@pytest.fixture
+def own_sim() -> Iterator[SimulatorThread]:
+    """A simulator of its own: what a server process remembers of it (a /tokenize it lacks)
+    does not reach the shared one's later tests."""
+    with SimulatorThread(config=SimConfig(ttft_ms=0, tokens_per_s=0, length=3)) as made:
+        yield made
+
+
+def test_a_backend_without_tokenize_gets_the_estimate_and_is_not_asked_again(
+    server, own_sim, api_key, transactional_db
+):
+    from tests.conftest import make_slot
+
+    make_slot(own_sim.base_url)
+    own_sim.configure(tokenize=False)  # 404 there, as OpenAI's and Ollama's servers answer
+    Quota.objects.create(api_key=ApiKey.objects.get(), period="day", max_tokens=1000)
+    with sdk(server, api_key) as client:
+        client.chat.completions.create(model="primary", messages=HELLO)
+        # "Hello there": 11 UTF-8 bytes / 4, rounded up, + 4 for the message: 7.
+        assert own_sim.stats()["last_request"]["max_tokens"] == 1000 - 7
+        client.chat.completions.create(model="primary", messages=HELLO)
+    assert own_sim.stats()["tokenize"] == 1  # the 404 was remembered
+
+
+def test_a_slow_tokenize_gets_the_estimate(server, slot, sim, api_key):
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=3, tokenize_delay_ms=5000)
+    Quota.objects.create(api_key=ApiKey.objects.get(), period="day", max_tokens=1000)
+    started = time.monotonic()
+    with sdk(server, api_key) as client:
+        client.chat.completions.create(model="primary", messages=HELLO)
+    assert time.monotonic() - started < 4  # not held by the tokenizer's 5 s
+    assert sim.stats()["last_request"]["max_tokens"] == 1000 - 7
+    assert sim.stats()["tokenize"] == 1
+    # Slow is not absent: the next request asks again (and gets the exact count).
+    sim.configure(tokenize_delay_ms=0)
+    with sdk(server, api_key) as client:
+        client.chat.completions.create(model="primary", messages=HELLO)
+    assert sim.stats()["tokenize"] == 2
+    assert sim.stats()["last_request"]["max_tokens"] == 1000 - 5 - 2
 
 
 @pytest.fixture(scope="module")
@@ -336,10 +439,9 @@ def test_a_user_budget_holds_for_the_chat_and_a_key_at_once(
     answer = Message.objects.get(role="assistant")
     assert answer.finish_reason == "length"
     assert answer.usage is not None
-    assert answer.usage["completion_tokens"] == 40  # before: 100, 164 tokens of 100 used
-    prompts = api_usage.prompt_tokens + answer.usage["prompt_tokens"]
-    used = tokens_used(user=user)
-    assert 100 <= used <= 100 + prompts, (used, prompts)
+    # 100 less 62 held (2 + 60) less its own prompt's 2. Before: 100, 164 tokens of 100 used.
+    assert answer.usage["completion_tokens"] == 36
+    assert tokens_used(user=user) == 100
 
 
 def hold(key: ApiKey, tokens: int, *, expires_in_s: float) -> QuotaReservation:
@@ -363,13 +465,13 @@ def test_a_dead_process_reservation_counts_until_it_expires(server, slot, sim, a
     sim.configure(ttft_ms=0, tokens_per_s=0, length=50)
     with sdk(server, api_key) as client:
         answer = client.chat.completions.create(model="primary", messages=HELLO)
-        assert sim.stats()["last_request"]["max_tokens"] == 10  # 100 - 90 held
+        assert sim.stats()["last_request"]["max_tokens"] == 8  # 100 - 90 held - 2 prompt
         assert answer.usage is not None
-        assert answer.usage.completion_tokens == 10
+        assert answer.usage.completion_tokens == 8
         with pytest.raises(openai.RateLimitError) as caught:
             client.chat.completions.create(model="primary", messages=HELLO)
-    # 12 used by the answer, 90 held by the running one.
-    assert "(100 tokens) is used up (102 used, 90 of them held for answers in progress)" in (
+    # 10 used by the answer, 90 held by the running one.
+    assert "(100 tokens) is used up (100 used, 90 of them held for answers in progress)" in (
         caught.value.message
     )
 
@@ -385,7 +487,7 @@ def test_a_failed_call_counts_its_request_and_gives_its_tokens_back(server, slot
             client.chat.completions.create(model="primary", messages=HELLO, stream=True)
         assert not QuotaReservation.objects.exists()
         client.chat.completions.create(model="primary", messages=HELLO)
-        assert sim.stats()["last_request"]["max_tokens"] == 100  # nothing held any more
+        assert sim.stats()["last_request"]["max_tokens"] == 98  # nothing held; 2 of prompt
         with pytest.raises(openai.RateLimitError) as caught:
             client.chat.completions.create(model="primary", messages=HELLO)
     assert "(2 requests) is used up (2 used)." in caught.value.message

@@ -261,3 +261,64 @@ def test_native_event_with_an_unusable_type_fails_the_response(server, api_key, 
     assert events[-1]["type"] == "response.failed"
     assert "upstream_malformed_chunk" in events[-1]["response"]["error"]["message"]
     assert_valid(events[-1], "ResponseStreamEvent")
+
+
+# ------------------------------------------------------------------------------------------------
+# A backend set to native that has no /responses (issue 33, "what users would still miss", 2)
+# ------------------------------------------------------------------------------------------------
+NATIVE_WARNING = 'is set to Responses API "native" but answered HTTP'
+
+
+def warnings_for(server, backend_id: int) -> int:
+    """How many times ``server`` warned that backend ``backend_id`` lacks /responses."""
+    return sum(
+        f"(id {backend_id}," in line and NATIVE_WARNING in line
+        for line in server.log_text().splitlines()
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("missing", ["404", "405", "501"])
+def test_a_native_backend_without_responses_is_translated_and_warned_of_once(
+    openai_client, server, native_slot, sim, missing, stream
+):
+    """Before: the backend's 404 reached the client, whose SDK said its model did not exist.
+    The request is translated, as for "auto"; the operator's setting stays; one warning names
+    the backend; later requests go translated at once."""
+    if missing == "404":
+        sim.configure(ttft_ms=0, tokens_per_s=0, length=4, responses_api=False)
+    else:  # the next request alone (the /responses one) gets that status
+        sim.configure(
+            ttft_ms=0, tokens_per_s=0, length=4, fail_requests=1, fail_status=int(missing)
+        )
+    for _ in range(3):
+        assert len(output_text(openai_client, stream=stream).split()) == 4
+        assert sim.stats()["last_request"]["messages"] == [{"role": "user", "content": "Hi"}]
+    backend = Backend.objects.get(pk=native_slot.backend_id)
+    assert (backend.responses_api, backend.responses_api_detected) == ("native", None)
+    assert warnings_for(server, backend.pk) == 1
+    # The failed /responses once, then chat completions only: it was not asked again.
+    paths = [r["path"] for r in sim.stats()["history"] if r["path"] != "/v1/responses"]
+    assert paths == ["/v1/chat/completions"] * 3
+    assert sim.stats()["requests"] == 3 + (missing != "404")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_native_fallback_without_responses_is_translated(
+    openai_client, server, transactional_db, sim, stream
+):
+    """The chain's fallback, set to native, answers 404: the same, for the fallback's backend
+    (the one that answered), whatever the primary is set to."""
+    primary, backup = dead_primary_with_backup(sim, "native")
+    backend_mode(backup, "native")
+    sim.configure(ttft_ms=0, tokens_per_s=0, length=4, responses_api=False)
+    for _ in range(2):
+        assert len(output_text(openai_client, stream=stream).split()) == 4
+        sent = sim.stats()["last_request"]
+        assert (sent["model"], sent["messages"]) == (
+            "sim-backup",
+            [{"role": "user", "content": "Hi"}],
+        )
+    assert warnings_for(server, backup.backend_id) == 1
+    assert warnings_for(server, primary.backend_id) == 0
+    assert Backend.objects.get(pk=backup.backend_id).responses_api == "native"
