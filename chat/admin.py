@@ -6,7 +6,9 @@ from collections.abc import Callable
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from asgiref.sync import async_to_sync
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.core.exceptions import PermissionDenied
@@ -20,7 +22,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 
-from chat import charts, selectors, services
+from chat import charts, crypto, selectors, services
 from chat.models import (
     ApiCall,
     ApiKey,
@@ -28,6 +30,8 @@ from chat.models import (
     AuditEntry,
     Backend,
     Conversation,
+    McpServer,
+    McpTool,
     Message,
     Quota,
     SignOnIdentity,
@@ -36,6 +40,9 @@ from chat.models import (
     Widget,
 )
 from chat.templatetags.units import duration_ms, per_second
+from chat.tools import catalog
+from chat.tools import client as mcp_client
+from chat.tools import urls as mcp_urls
 
 
 class SlotStateMixin:
@@ -207,6 +214,109 @@ class BackendAdmin(admin.ModelAdmin[Backend]):
     @admin.display(description="API key", boolean=True)
     def api_key_set(self, backend: Backend) -> bool:
         return backend.has_api_key
+
+
+class McpServerForm(forms.ModelForm[McpServer]):
+    """The secret is write-only, as a backend's API key (BackendForm): the form says whether
+    one is set, never what it is. An http server's URL must pass the URL policy
+    (chat.tools.urls) when saved; it is checked again at each connection."""
+
+    secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
+    clear_secret = forms.BooleanField(label="Remove the secret", required=False)
+
+    class Meta:
+        model = McpServer
+        fields = ("label",)  # McpServerAdmin's fieldsets choose the rest
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        state = "set" if self.instance.has_secret else "not set"
+        self.fields["secret"].help_text = (
+            f"Currently {state}. Sent as Authorization: Bearer …; stored encrypted. Type a new "
+            "secret to replace it; leave empty to keep it."
+        )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        url = cleaned.get("url") or ""
+        if cleaned.get("transport") == McpServer.Transport.HTTP and url:
+            reason = async_to_sync(mcp_urls.refusal)(
+                url, allow_hosts=settings.SLIPSTREAM_MCP_ALLOW_HOSTS
+            )
+            if reason:
+                self.add_error("url", f"Refused: {reason}.")
+        return cleaned
+
+    def save(self, commit: bool = True) -> McpServer:
+        if self.cleaned_data.get("clear_secret"):
+            self.instance.set_secret("")
+        elif self.cleaned_data.get("secret"):
+            self.instance.set_secret(self.cleaned_data["secret"])
+        return super().save(commit)
+
+
+class McpToolInline(admin.TabularInline[McpTool, McpServer]):
+    """A server's tools as its last listing described them: the description is the server's
+    text, shown escaped (never HTML); staff set each tool's policy. Rows come from refreshes
+    only."""
+
+    model = McpTool
+    extra = 0
+    fields = ("name", "description", "policy", "gone")
+    readonly_fields = ("name", "description", "gone")
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin[McpServer]):
+    form = McpServerForm
+    list_display = (
+        "label",
+        "transport",
+        "url",
+        "enabled",
+        "secret_set",
+        "tools_fetched_at",
+        "last_error",
+    )
+    list_filter = ("transport", "enabled")
+    search_fields = ("label", "url")
+    inlines = [McpToolInline]
+    fieldsets = (
+        (None, {"fields": ("label", "transport", "url", "headers", "secret", "clear_secret")}),
+        ("Use", {"fields": ("enabled", "groups", "timeout_s")}),
+        ("Tool list", {"fields": ("tools_fetched_at", "last_error")}),
+    )
+    readonly_fields = ("tools_fetched_at", "last_error")
+    filter_horizontal = ("groups",)
+    actions = ("refresh_tools",)
+
+    @admin.display(description="Secret", boolean=True)
+    def secret_set(self, server: McpServer) -> bool:
+        return server.has_secret
+
+    @admin.action(description="Refresh tool list")
+    def refresh_tools(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        """Lists each server's tools now (chat.tools.catalog.refresh); a failure is reported
+        and kept as the server's last error, its cached tools left as they were."""
+        for server in queryset:
+            try:
+                done = catalog.refresh(server)
+            except (mcp_client.McpError, crypto.SecretUnreadable) as exc:
+                self.message_user(request, str(exc), messages.ERROR)  # names the server
+                continue
+            self.message_user(
+                request,
+                f"Tool list of {server.label}: {done.added} new, {done.updated} listed again, "
+                f"{done.gone} gone.",
+                messages.SUCCESS,
+            )
 
 
 @admin.register(Slot)

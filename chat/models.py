@@ -10,7 +10,7 @@ import hashlib
 import re
 import secrets
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
@@ -26,6 +26,9 @@ from chat import crypto
 from chat.relay.generation import Status as GenerationStatus
 from chat.relay.slots import SlotState
 from chat.relay.upstream import BackendConfig
+
+if TYPE_CHECKING:
+    from chat.tools.client import ServerSpec
 
 ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|https?://\[[0-9a-fA-F:]+\](:\d{1,5})?")
 
@@ -130,6 +133,157 @@ class Backend(models.Model):
             total_timeout_s=self.total_timeout_s,
             max_connections=self.max_concurrency,
         )
+
+
+# Header names that carry credentials: those go in McpServer's encrypted secret, never in its
+# plain headers (which are shown in the admin and kept in clear).
+MCP_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
+)
+
+
+class McpServer(models.Model):
+    """An MCP server whose tools models may call (issue 31; ``chat.tools``): Streamable HTTP at
+    ``url``, or a stdio program whose command line is only in the deployment's configuration
+    (``SLIPSTREAM_MCP_STDIO_SERVERS[label]``), never in this row. Its tool list is cached in
+    ``McpTool`` rows, refreshed on demand (``chat.tools.catalog.refresh``)."""
+
+    class Transport(models.TextChoices):
+        HTTP = "http", "Streamable HTTP"
+        STDIO = "stdio", "stdio (command from SLIPSTREAM_MCP_STDIO_SERVERS)"
+
+    label = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[
+            RegexValidator(r"^[a-zA-Z0-9_-]+$", "Letters, digits, hyphens and underscores only.")
+        ],
+        help_text="How models and users see it (server_label). A stdio server's label is its "
+        "name in SLIPSTREAM_MCP_STDIO_SERVERS.",
+    )
+    transport = models.CharField(max_length=10, choices=Transport.choices, default=Transport.HTTP)
+    url = models.CharField(
+        "URL",
+        max_length=500,
+        blank=True,
+        help_text="The Streamable HTTP endpoint, e.g. https://mcp.example.org/mcp. Its host must "
+        "resolve to public addresses unless listed in SLIPSTREAM_MCP_ALLOW_HOSTS.",
+    )
+    headers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Extra HTTP headers, not secret, as a JSON object: {"X-Team": "infra"}. '
+        "Credentials go in the secret.",
+    )
+    # Fernet-encrypted (chat.crypto) like Backend.api_key_encrypted: written with set_secret,
+    # read only by spec(); sent as "Authorization: Bearer <secret>".
+    secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    groups = models.ManyToManyField(
+        Group,
+        blank=True,
+        related_name="mcp_servers",
+        help_text="Only members of these groups may use this server's tools; none: everyone.",
+    )
+    enabled = models.BooleanField(default=True)
+    timeout_s = models.FloatField(
+        "timeout (s)",
+        default=30.0,
+        validators=[MinValueValidator(0.1)],
+        help_text="Longest time for one tool call or tool listing, connecting included.",
+    )
+    tools_fetched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["label"]
+        verbose_name = "MCP server"
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret_encrypted)
+
+    def set_secret(self, plain: str) -> None:
+        """Store ``plain`` encrypted (not saved yet); "" removes the secret."""
+        self.secret_encrypted = crypto.encrypt(plain)
+
+    def clean(self) -> None:
+        """The transport's own fields: a URL for http (its host is checked by the admin's form
+        and again at each connection, chat.tools.urls), none for stdio; headers as a JSON
+        object of strings without credentials."""
+        errors: dict[str, str] = {}
+        if self.transport == self.Transport.HTTP and not self.url:
+            errors["url"] = "A Streamable HTTP server needs its URL."
+        if self.transport == self.Transport.STDIO and self.url:
+            errors["url"] = "A stdio server has no URL: its command is in the configuration."
+        if not isinstance(self.headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.headers.items()
+        ):
+            errors["headers"] = 'A JSON object of strings: {"X-Team": "infra"}.'
+        elif any(k.lower() in MCP_CREDENTIAL_HEADERS for k in self.headers):
+            errors["headers"] = "Credentials go in the secret, which is stored encrypted."
+        if errors:
+            raise ValidationError(errors)
+
+    def spec(self) -> ServerSpec:
+        """The client's view of this server (``chat.tools.client.ServerSpec``): plain, ORM-free,
+        its secret decrypted, a stdio server's command read from the configuration. Raises
+        ``chat.tools.client.McpNotConfigured`` for a stdio server that is not configured and
+        ``crypto.SecretUnreadable`` (naming the server) for a secret no key opens."""
+        from chat.tools import client, config
+
+        command = None
+        if self.transport == self.Transport.STDIO:
+            try:
+                command = config.lookup(settings.SLIPSTREAM_MCP_STDIO_SERVERS, self.label)
+            except config.StdioConfigError as exc:
+                raise client.McpNotConfigured(f"MCP server {self.label}: {exc}") from None
+        return client.ServerSpec(
+            label=self.label,
+            transport=self.transport,
+            url=self.url if self.transport == self.Transport.HTTP else "",
+            headers=dict(self.headers or {}),
+            secret=crypto.decrypt(self.secret_encrypted, what=f"MCP server {self.label}'s secret"),
+            stdio=command,
+            timeout_s=self.timeout_s,
+            allow_hosts=tuple(settings.SLIPSTREAM_MCP_ALLOW_HOSTS),
+        )
+
+
+class McpTool(models.Model):
+    """One tool of an ``McpServer``, as its last tool listing described it, and what staff
+    allow of it. New tools start at ``ask`` (the user approves each call): a server that adds a
+    tool cannot make it run unseen; staff move it to ``allowed`` or ``off``. A tool missing from
+    the latest listing is marked ``gone`` (its policy kept, for when it comes back)."""
+
+    class Policy(models.TextChoices):
+        ALLOWED = "allowed", "Allowed"
+        ASK = "ask", "Ask the user first"
+        OFF = "off", "Off"
+
+    server = models.ForeignKey(McpServer, on_delete=models.CASCADE, related_name="tools")
+    name = models.CharField(max_length=200)
+    # The server's own words: plain text, shown escaped, never rendered as HTML.
+    description = models.TextField(blank=True, default="")
+    input_schema = models.JSONField(default=dict, blank=True)
+    policy = models.CharField(max_length=10, choices=Policy.choices, default=Policy.ASK)
+    gone = models.BooleanField(
+        default=False, help_text="Missing from the server's latest tool list."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["server", "name"]
+        verbose_name = "MCP tool"
+        constraints = [
+            models.UniqueConstraint(fields=["server", "name"], name="mcp_tool_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.server.label}.{self.name}"
 
 
 # A slot's attachment defaults (``Slot.image_max_side``, ``Slot.document_tokens``), also what an

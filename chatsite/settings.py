@@ -339,6 +339,18 @@ SLIPSTREAM_MEDIA_URL_ALLOW_HOSTS = [
     h.strip().lower().rstrip(".") for h in env.list("SLIPSTREAM_MEDIA_URL_ALLOW_HOSTS", default=[])
 ]
 
+# MCP servers (chat.tools, issue 31). Stdio servers' command lines come only from here, never
+# from the admin: SLIPSTREAM_MCP_STDIO_SERVERS is JSON ({"time": {"command": ["mcp-server-time"],
+# "env": {"TZ": "UTC"}}}) or the path of a JSON file the operator owns; read when a server is
+# started, so a changed file needs no restart. An http server's host must resolve to public
+# addresses unless listed in SLIPSTREAM_MCP_ALLOW_HOSTS (as the media URLs' list: exact, or
+# "*.example.org"). A tool's result is cut to SLIPSTREAM_MCP_RESULT_MAX_CHARS characters.
+SLIPSTREAM_MCP_STDIO_SERVERS = env.str("SLIPSTREAM_MCP_STDIO_SERVERS", default="")
+SLIPSTREAM_MCP_ALLOW_HOSTS = [
+    h.strip().lower().rstrip(".") for h in env.list("SLIPSTREAM_MCP_ALLOW_HOSTS", default=[])
+]
+SLIPSTREAM_MCP_RESULT_MAX_CHARS = env.int("SLIPSTREAM_MCP_RESULT_MAX_CHARS", default=20_000)
+
 # Attachments (chat.attachments): uploaded files, stored through Django's storage API: local
 # files under var/media by default; S3-compatible object storage when SLIPSTREAM_S3_BUCKET is
 # set (django-storages; credentials from the SLIPSTREAM_S3_* variables or boto3's own chain).
@@ -405,6 +417,12 @@ LOGGING = {
     "root": {"handlers": ["console"]},
     "loggers": {
         "chat": {"level": env.str("SLIPSTREAM_LOG_LEVEL", default="INFO")},
+        # The MCP SDK and its HTTP client log each request's URL (which may carry a server's
+        # token in its query) and each message (tool arguments and results): warnings only
+        # (issue 31: secrets never in logs; chat.tools.client logs what is safe).
+        "mcp": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
     },
 }
 # Seconds between SSE keep-alive comments while an answer waits (queue, cold boot, a slow first
