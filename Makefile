@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint browser node-deps bench screenshots
+.PHONY: run test lint lock browser node-deps bench screenshots
 
 run: $(VENV)/.runtime
 	$(PY) manage.py serve
@@ -36,15 +36,27 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# requirements.txt and requirements-dev.txt are locks: every package pinned with its hashes, and
+# pip refuses any file whose hash is not listed (a release replaced on the index, a compromised
+# mirror). `make lock` writes them from the top-level pins in requirements*.in.
 $(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements.txt
 	touch $@
 
 # llama-cpp-python compiles llama.cpp on its first install (about 8 minutes on 2 cores); pip's
 # wheel cache makes later installs quick.
 $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.txt
 	touch $(VENV)/.runtime $@
+
+# Re-lock after changing a pin in requirements*.in: versions already locked are kept unless a pin
+# asks otherwise (`make lock UPGRADE=--upgrade` moves every unpinned package to its newest).
+PIP_COMPILE := pip-compile --quiet --generate-hashes --allow-unsafe --no-strip-extras --no-emit-index-url \
+	--no-emit-find-links $(UPGRADE)
+lock:
+	$(PYTHON) -m venv $(VENV)-lock && $(VENV)-lock/bin/pip install --quiet pip-tools==7.7.0
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)-lock/bin/$(PIP_COMPILE) -o requirements.txt requirements.in
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)-lock/bin/$(PIP_COMPILE) -o requirements-dev.txt requirements-dev.in
 
 # Browser tests drive Debian's Chromium; Playwright must never download a browser of its own.
 browser:

@@ -10,10 +10,13 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from django.conf import settings
+        from django.core import checks
 
-        from chat import database, services
+        from chat import database, internals, services
         from chat.relay import shared, slots
 
+        # Code that leans on other projects' internals names the versions it was written for.
+        checks.register(internals.check)
         shared.configure(settings.REDIS_URL)
         # Background ORM work must outlive a database outage (issue 29).
         database.check_background_thread()

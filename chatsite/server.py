@@ -409,7 +409,12 @@ def drain_on_signals() -> type[Any]:
 
 
 def main(argv: list[str]) -> None:
-    """Run daphne's command line with ``argv`` (its arguments, without the program name)."""
+    """Run daphne's command line with ``argv`` (its arguments, without the program name).
+    Exits first (``chat.internals.verify``) when Twisted, daphne or another package this
+    process patches is not at the version the patches were written for."""
+    from chat import internals
+
+    internals.verify()
     use_uvloop()
     write_at_once()
     plain_twisted_http()
