@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from chat.relay import dispatch  # noqa: E402
-from chat.relay.dispatch import SlotConfig  # noqa: E402
 from chat.relay.generation import KEEPALIVE, Phase  # noqa: E402
-from chat.relay.upstream import BackendConfig, UpstreamStream, aclose_clients  # noqa: E402
+from chat.relay.types import BackendConfig, SlotConfig  # noqa: E402
+from chat.relay.upstream import UpstreamStream, aclose_clients  # noqa: E402
 from tests.support.llama_server import free_port  # noqa: E402
 
 TOKENS = 64

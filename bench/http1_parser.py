@@ -1,4 +1,4 @@
-"""The upstream's HTTP/1.1 framing: chat.relay.h1's hand-written parser against httptools
+"""The upstream's HTTP/1.1 framing: chat.relay.http1's hand-written parser against httptools
 (llhttp, the parser uvicorn uses): python bench/http1_parser.py [--chunks N] [--rounds N].
 
 Issue 32, item 5: keep the hand-written parser only if the figure says so. Each response is
@@ -17,10 +17,10 @@ reads an upstream's socket delivers:
 
 Two levels, each CPU time (``time.thread_time``) per HTTP chunk, best of ``--rounds``:
 
-- ``framing``: the parser alone, as the relay feeds it: h1's ``_read_head`` and
+- ``framing``: the parser alone, as the relay feeds it: http1's ``_read_head`` and
   ``_ChunkedDecoder.feed`` against ``httptools.HttpResponseParser.feed_data`` with the
   callbacks a client needs (status, header fields lower-cased, body pieces, message end);
-- ``client``: the same bytes read through h1's own code path (``_read_head`` then
+- ``client``: the same bytes read through http1's own code path (``_read_head`` then
   ``Response._next`` until the response completes, on a connection whose ``recv`` hands out
   the reads) against the same path with httptools in place of the parsing (the loop, the
   head's dict, the body pieces joined per read). No event loop: ``recv`` never waits, so each
@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import httptools  # noqa: E402
 
-from chat.relay import h1  # noqa: E402
+from chat.relay import http1  # noqa: E402
 
 FIXTURE = ROOT / "tests/fixtures/sse/llamacpp-chat-usage-timings.sse"
 # llama.cpp server's head for a streamed chat completion (cpp-httplib), as recorded.
@@ -97,7 +97,7 @@ def reads_for(pattern: str, chunks: list[bytes], seed: int = 32) -> list[bytes]:
 # The parsers, fed
 # ------------------------------------------------------------------------------------------------
 class FakeConn:
-    """What h1's ``_read_head`` and ``Response`` use of a connection: ``recv`` hands out the
+    """What http1's ``_read_head`` and ``Response`` use of a connection: ``recv`` hands out the
     reads in order (b"" after the last), ``close``."""
 
     def __init__(self, reads: list[bytes]) -> None:
@@ -115,7 +115,7 @@ class FakeBackend:
 
 
 class FakePool:
-    """What ``h1.Response`` uses of its pool."""
+    """What ``http1.Response`` uses of its pool."""
 
     backend = FakeBackend()
 
@@ -133,10 +133,10 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 async def h1_client(reads: list[bytes]) -> tuple[int, dict[str, str], bytes]:
-    """h1's own path: ``_read_head``, then ``Response._next`` until the response completes."""
+    """http1's own path: ``_read_head``, then ``Response._next`` until the response completes."""
     conn = FakeConn(reads)
-    status, headers, rest = await h1._read_head(conn, 30.0)  # type: ignore[arg-type]
-    response = h1.Response(FakePool(), conn, status, headers, rest)  # type: ignore[arg-type]
+    status, headers, rest = await http1._read_head(conn, 30.0)  # type: ignore[arg-type]
+    response = http1.Response(FakePool(), conn, status, headers, rest)  # type: ignore[arg-type]
     body = []
     while not response._complete:
         data = await response._next()
@@ -146,10 +146,10 @@ async def h1_client(reads: list[bytes]) -> tuple[int, dict[str, str], bytes]:
 
 
 def h1_framing(reads: list[bytes]) -> tuple[int, dict[str, str], bytes]:
-    """h1's parsing alone: the head (``_read_head``), then ``_ChunkedDecoder.feed`` per read."""
+    """http1's parsing alone: the head (``_read_head``), then ``_ChunkedDecoder.feed`` per read."""
     conn = FakeConn(reads)
-    status, headers, rest = run(h1._read_head(conn, 30.0))  # type: ignore[arg-type]
-    decoder = h1._ChunkedDecoder()
+    status, headers, rest = run(http1._read_head(conn, 30.0))  # type: ignore[arg-type]
+    decoder = http1._ChunkedDecoder()
     body = [decoder.feed(rest)] if rest else []
     for raw in conn.reads:
         body.append(decoder.feed(raw))
@@ -159,7 +159,7 @@ def h1_framing(reads: list[bytes]) -> tuple[int, dict[str, str], bytes]:
 
 class LlhttpResponse:
     """httptools' response parser with the callbacks a client needs: status, header fields
-    (names lower-cased, repeats joined with ", ", as h1 does), body pieces, message end."""
+    (names lower-cased, repeats joined with ", ", as http1 does), body pieces, message end."""
 
     __slots__ = ("body", "complete", "head_done", "headers", "name", "parser", "status")
 
@@ -272,7 +272,7 @@ def main() -> None:
         f"each; httptools {httptools.__version__} (llhttp); Python {sys.version.split()[0]}"
     )
     print(f"CPU per HTTP chunk (µs), best of {args.rounds}; head included, amortised\n")
-    columns = ("reads/resp", "h1", "httptools", "h1/llhttp")
+    columns = ("reads/resp", "http1", "httptools", "http1/llhttp")
     print(f"{'reads':<10} {'level':<8} " + " ".join(f"{c:>10}" for c in columns))
     for pattern in ("paced", "segments", "backlog"):
         reads = reads_for(pattern, chunks)
@@ -289,9 +289,9 @@ def main() -> None:
                 f"{h1_us / ll_us:>9.2f}x"
             )
     head_only = [HEAD]
-    h1_head = cpu_per_response_s(lambda r: run(h1._read_head(FakeConn(r), 30.0)), head_only, 7)
+    h1_head = cpu_per_response_s(lambda r: run(http1._read_head(FakeConn(r), 30.0)), head_only, 7)
     ll_head = cpu_per_response_s(lambda r: LlhttpResponse().feed(r[0]), head_only, 7)
-    print(f"\nthe head alone (µs per response): h1 {h1_head * 1e6:.2f}", end="")
+    print(f"\nthe head alone (µs per response): http1 {h1_head * 1e6:.2f}", end="")
     print(f", httptools {ll_head * 1e6:.2f}")
 
 

@@ -55,10 +55,9 @@ from chat.models import (
 )
 from chat.relay import dispatch, responses, tokenize
 from chat.relay.background import spawn
+from chat.relay.cluster import Shared, SharedUnavailable, shared
 from chat.relay.generation import Generation, ReaderStop, Status, find
-from chat.relay.shared import Shared, SharedUnavailable, shared
-from chat.relay.upstream import Chunk
-from chat.slotconfig import slot_config
+from chat.relay.types import Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +254,7 @@ async def _answer(
         history=await attachments.upstream_history(history, slot=slot),
     )
     reservation = None
-    cfg = slot_config(slot)
+    cfg = slot.config()
     if quota is not None:
 
         def prompt() -> tokenize.Prompt:

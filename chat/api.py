@@ -41,7 +41,7 @@ from chat.relay import dispatch, responses, tokenize
 from chat.relay.errors import EnvelopeError, RelayError
 from chat.relay.generation import Generation, Status
 from chat.relay.responses import NativeEvents, ResponseEvents
-from chat.slotconfig import slot_config
+from chat.relay.types import SlotConfig
 from chat.streaming import ChunkRewriter
 
 logger = logging.getLogger(__name__)
@@ -498,10 +498,10 @@ async def resolve_slot(name: str, key: ApiKey, lookups: readcache.Lookups) -> Sl
     return slot
 
 
-def cached_slot_config(slot: Slot, lookups: readcache.Lookups) -> dispatch.SlotConfig:
-    """``slot_config(slot)`` for a slot from ``resolve_slot``, made once per ``readcache``
+def cached_slot_config(slot: Slot, lookups: readcache.Lookups) -> SlotConfig:
+    """``slot.config()`` for a slot from ``resolve_slot``, made once per ``readcache``
     version (``Lookups.derived``), not per call."""
-    return lookups.derived(f"slot_config:{slot.pk}", lambda: slot_config(slot))
+    return lookups.derived(f"slot_config:{slot.pk}", slot.config)
 
 
 def method_not_allowed(request: HttpRequest, *, allowed: str) -> JsonResponse:
@@ -667,7 +667,7 @@ async def create_completion(
 
 
 def _prompt_of(
-    cfg: dispatch.SlotConfig, body: dict[str, Any], *, chat: bool
+    cfg: SlotConfig, body: dict[str, Any], *, chat: bool
 ) -> Callable[[], tokenize.Prompt]:
     """The prompt a completion sends upstream (the slot's system prompt and defaults
     applied), made when it is counted."""
@@ -682,7 +682,7 @@ def _prompt_of(
 
 
 async def _whole_completion(
-    call: _Call, key: ApiKey, slot: Slot, cfg: dispatch.SlotConfig, body: dict[str, Any]
+    call: _Call, key: ApiKey, slot: Slot, cfg: SlotConfig, body: dict[str, Any]
 ) -> JsonResponse:
     """A non-streaming call on ``slot`` (``cfg``: its config), the upstream's answer passed
     through with ``id`` and ``model`` made ours. Raises ``RelayError``."""
@@ -728,7 +728,7 @@ async def _answered(
 
 
 async def _streamed_completion(
-    call: _Call, key: ApiKey, slot: Slot, cfg: dispatch.SlotConfig, body: dict[str, Any]
+    call: _Call, key: ApiKey, slot: Slot, cfg: SlotConfig, body: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
     """A streaming call on ``slot`` (``cfg``: its config): its SSE events' bytes. The HTTP
     status is held until the first chunk (or the first keep-alive is due), so a failure before
@@ -1003,7 +1003,7 @@ async def create_response(request: HttpRequest) -> HttpResponse | StreamingHttpR
     call = _Call(RESPONSES)
     try:
         turn = await _read_turn(call, request)
-        cfg = slot_config(turn.slot)
+        cfg = turn.slot.config()
         if _goes_native(cfg):
             try:
                 if not call.stream:
@@ -1183,7 +1183,7 @@ _warned_native: set[int] = set()
 NATIVE_RECHECK_S = 600.0
 
 
-async def _without_responses_api(cfg: dispatch.SlotConfig, exc: RelayError) -> bool:
+async def _without_responses_api(cfg: SlotConfig, exc: RelayError) -> bool:
     """Whether ``exc``, a native call's failure, says that the backend has no ``/responses``
     (404, 405, 501), so that the request is to be translated; what is learnt is kept: ``auto``
     stored as translate, ``native`` remembered in this process (``_native_missing``)."""
@@ -1199,7 +1199,7 @@ async def _without_responses_api(cfg: dispatch.SlotConfig, exc: RelayError) -> b
     return True
 
 
-async def _native_missing(failed: dispatch.SlotConfig, status: int | None) -> None:
+async def _native_missing(failed: SlotConfig, status: int | None) -> None:
     """``failed``'s backend is set to native but answered ``status`` (404, 405, 501) on its
     ``/responses``: translate for it in this process for ``NATIVE_RECHECK_S``, and say so
     once per backend (a WARNING naming the backend and the setting to change)."""
@@ -1221,7 +1221,7 @@ async def _native_missing(failed: dispatch.SlotConfig, status: int | None) -> No
     )
 
 
-def _native_for(slot: dispatch.SlotConfig) -> bool:
+def _native_for(slot: SlotConfig) -> bool:
     """Whether ``slot``'s backend may have its own ``/responses`` (native, or not known yet),
     unless this process found a native one without it within ``NATIVE_RECHECK_S``."""
     if slot.responses_native is False:
@@ -1235,23 +1235,21 @@ def _native_for(slot: dispatch.SlotConfig) -> bool:
     return True
 
 
-def _goes_native(cfg: dispatch.SlotConfig) -> bool:
+def _goes_native(cfg: SlotConfig) -> bool:
     """Whether a Responses request goes to the backend's own ``/responses``: when every slot
     of the fallback chain may have one (``_native_for``) and none has stop strings (the relay
     cuts those from chat deltas only)."""
     return all(_native_for(c) and not c.stop for c in cfg.chain())
 
 
-async def _noted_native(answered: dispatch.SlotConfig) -> None:
+async def _noted_native(answered: SlotConfig) -> None:
     """The slot that ``answered`` (the primary, or a fallback) has an ``auto`` backend that
     answered on its own ``/responses``: remember it."""
     if answered.responses_native is None:
         await services.backend_anote_responses_api(backend_id=answered.backend_id, native=True)
 
 
-async def _whole_native_response(
-    call: _Call, turn: _ResponseTurn, cfg: dispatch.SlotConfig
-) -> JsonResponse:
+async def _whole_native_response(call: _Call, turn: _ResponseTurn, cfg: SlotConfig) -> JsonResponse:
     """A non-streaming response from the backend's own ``/responses``: its response object
     with our id, model, ``store`` and ``previous_response_id``. Raises ``RelayError``."""
     result, answered = await dispatch.call_whole(cfg, RESPONSES, turn.native_body())
@@ -1312,7 +1310,7 @@ async def _store_whole(
 
 
 async def _streamed_native_response(
-    call: _Call, turn: _ResponseTurn, cfg: dispatch.SlotConfig
+    call: _Call, turn: _ResponseTurn, cfg: SlotConfig
 ) -> StreamingHttpResponse:
     """A streamed response from the backend's own ``/responses``, relayed event by event
     (``NativeEvents``). Raises ``RelayError`` before the first event."""
@@ -1329,7 +1327,7 @@ async def _streamed_native_response(
 async def _whole_response(call: _Call, turn: _ResponseTurn) -> JsonResponse:
     """A non-streaming response: one chat completion, rendered as the response object.
     Raises ``RelayError``."""
-    result = await dispatch.complete_whole(slot_config(turn.slot), CHAT, turn.chat_body())
+    result = await dispatch.complete_whole(turn.slot.config(), CHAT, turn.chat_body())
     chunk = responses.whole_as_chunk(result)
     _, response = responses.render(
         turn.initial,
@@ -1346,7 +1344,7 @@ async def _streamed_response(call: _Call, turn: _ResponseTurn) -> StreamingHttpR
     before the first chunk is an HTTP error. Raises ``RelayError``."""
     generation = await _first_chunk(
         await dispatch.submit(
-            slot_config(turn.slot), CHAT, turn.chat_body(), started_at=call.started_at
+            turn.slot.config(), CHAT, turn.chat_body(), started_at=call.started_at
         )
     )
     streamed = _stream_response(call, turn, generation, native=False)
@@ -1576,7 +1574,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
         call.slot_name = body["model"]
         slot = await resolve_slot(call.slot_name, call.key, lookups)
         await call.admit(lookups, None, slot, [], lambda: tokenize.completion_prompt(body["input"]))
-        result, _ = await dispatch.call_whole(slot_config(slot), EMBEDDINGS, body)
+        result, _ = await dispatch.call_whole(slot.config(), EMBEDDINGS, body)
         result["model"] = slot.name
         return await _answered(call, call.key, slot, result, result.get("usage"))
     except EnvelopeError as exc:

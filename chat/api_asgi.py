@@ -60,8 +60,8 @@ from django.http.request import split_domain_port, validate_host
 from chat import api, jsonbody
 from chat.http import SSE_HEADERS, error_response, invalid
 from chat.middleware import SERVER_ERROR
+from chat.relay.cluster import UNREACHABLE, SharedUnavailable
 from chat.relay.errors import EnvelopeError
-from chat.relay.shared import UNREACHABLE, SharedUnavailable
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("django.request")
@@ -313,7 +313,7 @@ class _Exchange:
     async def _failed(self, exc: Exception) -> None:
         """An exception the adapter did not expect: the 500 envelope (logged with its
         traceback), or a 503 with ``Retry-After`` when it was Redis that could not be reached
-        (logged as one line, the outage itself by ``chat.relay.shared``)."""
+        (logged as one line, the outage itself by ``chat.relay.cluster``)."""
         error: EnvelopeError
         if isinstance(exc, (SharedUnavailable, *UNREACHABLE)):
             error = exc if isinstance(exc, SharedUnavailable) else SharedUnavailable()

@@ -13,11 +13,11 @@ class ChatConfig(AppConfig):
         from django.core import checks
 
         from chat import database, internals, services
-        from chat.relay import shared, slots
+        from chat.relay import cluster, slots
 
         # Code that leans on other projects' internals names the versions it was written for.
         checks.register(internals.check)
-        shared.configure(settings.REDIS_URL)
+        cluster.configure(settings.REDIS_URL)
         # Background ORM work must outlive a database outage (issue 29).
         database.check_background_thread()
 

@@ -19,8 +19,8 @@ from django_ratelimit.core import is_ratelimited
 from chat import attachments, selectors
 from chat.http import Refusal, error_response, invalid, signed_in
 from chat.models import Attachment
+from chat.relay.cluster import UNREACHABLE, SharedUnavailable, shared
 from chat.relay.errors import EnvelopeError
-from chat.relay.shared import UNREACHABLE, SharedUnavailable, shared
 
 # A served file is never run as a page of this site, whatever a browser makes of its bytes.
 FILE_HEADERS = {

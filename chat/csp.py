@@ -27,8 +27,8 @@ from django_ratelimit.core import is_ratelimited
 
 from chat import jsonbody
 from chat.http import Refusal, client_ip, error_response, invalid
+from chat.relay.cluster import UNREACHABLE, shared
 from chat.relay.errors import EnvelopeError
-from chat.relay.shared import UNREACHABLE, shared
 
 logger = logging.getLogger(__name__)
 

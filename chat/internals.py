@@ -161,13 +161,13 @@ LEANS: tuple[Lean, ...] = (
     ),
     Lean(
         "httpx",
-        "chat.relay.h1",
+        "chat.relay.http1",
         "httpx's exception classes raised by a hand-written HTTP/1.1 client, so failures map "
         "as httpx's do (upstream.connection_error)",
     ),
     Lean(
         "httpcore",
-        "chat.relay.netbackend",
+        "chat.relay.transport",
         "imports httpcore._backends.base (SOCKET_OPTION, the backend and stream classes) and "
         "httpcore._utils.is_socket_readable",
     ),

@@ -47,8 +47,8 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat import database
 from chat.http import error_response, invalid
+from chat.relay.cluster import UNREACHABLE, SharedUnavailable
 from chat.relay.errors import EnvelopeError
-from chat.relay.shared import UNREACHABLE, SharedUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ class JsonErrorMiddleware(MiddlewareMixin):
             )
         elif response.status_code == 503:
             # Redis away (``_error``): one line per request, the outage itself logged once by
-            # chat.relay.shared.
+            # chat.relay.cluster.
             log_response(
                 "Service Unavailable: %s (%s)",
                 request.path,

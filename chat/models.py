@@ -25,7 +25,7 @@ from django.utils.html import escape
 from chat import crypto
 from chat.relay.generation import Status as GenerationStatus
 from chat.relay.slots import SlotState
-from chat.relay.upstream import BackendConfig
+from chat.relay.types import BackendConfig, SlotConfig
 
 if TYPE_CHECKING:
     from chat.tools.client import ServerSpec
@@ -293,6 +293,10 @@ IMAGE_MAX_SIDE = 1568
 DOCUMENT_TOKENS = 8000
 
 
+# How many fallbacks deep a slot's chain is loaded (selectors.SLOT_RELATED matches it).
+FALLBACK_DEPTH = 2
+
+
 class Slot(models.Model):
     """A named, routable model on a backend, with the defaults its requests get."""
 
@@ -452,6 +456,35 @@ class Slot(models.Model):
     def stop_strings(self) -> tuple[str, ...]:
         """The slot's stop sequences, enforced on every answer along with the request's."""
         return tuple(s for s in self.stop if isinstance(s, str) and s) if self.stop else ()
+
+    def config(self, *, depth: int = 0) -> SlotConfig:
+        """The relay's view of this slot and its enabled fallbacks (``FALLBACK_DEPTH`` deep):
+        plain, ORM-free. Needs ``backend`` and the fallback chain loaded, as
+        ``selectors.slot_aget`` does (``SLOT_RELATED``). Raises ``crypto.SecretUnreadable`` as
+        ``Backend.config`` does."""
+        fallback = None
+        if depth < FALLBACK_DEPTH and self.fallback_id is not None:
+            candidate = self.fallback
+            if candidate is not None and candidate.enabled:
+                fallback = candidate.config(depth=depth + 1)
+        return SlotConfig(
+            id=self.pk,
+            name=self.name,
+            upstream_model=self.upstream_model,
+            backend=self.backend.config(),
+            system_prompt=self.system_prompt,
+            defaults=self.defaults(),
+            stop=self.stop_strings(),
+            health_path=self.backend.health_path,
+            single_flight=self.single_flight,
+            max_concurrency=max(1, self.max_concurrency),
+            queue_timeout_s=self.queue_timeout_s,
+            cold_boot_timeout_s=self.cold_boot_timeout_s,
+            max_retries=self.max_retries,
+            fallback=fallback,
+            responses_native=self.backend.responses_native,
+            backend_id=self.backend_id,
+        )
 
     def clean(self) -> None:
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):

@@ -31,7 +31,7 @@ from chat import metrics, records
 from chat.models import UsageDay
 from chat.relay import drain
 from chat.relay.background import spawn
-from chat.relay.shared import shared
+from chat.relay.cluster import shared
 
 logger = logging.getLogger(__name__)
 

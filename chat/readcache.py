@@ -9,7 +9,7 @@ memory. Where the version lives depends on the cache:
 - shared between processes (Redis, or a file cache via CACHE_URL): in the cache, bumped once
   the change commits (a bump before the commit let a concurrent call cache the old row under
   the new version). With Redis it is read with the relay's own asyncio client
-  (``chat.relay.shared``), on the loop. While Redis is down there is no version: every lookup
+  (``chat.relay.cluster``), on the loop. While Redis is down there is no version: every lookup
   is read from the database and what was kept before is dropped; a change committed meanwhile
   bumps the version on this process's next lookup once Redis answers (issue 29);
 - private to each process (locmem, the default without REDIS_URL): in the database
@@ -54,7 +54,7 @@ from django.db import transaction
 from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:
-    from chat.relay.shared import Shared
+    from chat.relay.cluster import Shared
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ async def _aversion() -> int:
             return version
         return await sync_to_async(_database_version, thread_sensitive=True)()
     if isinstance(caches["default"], RedisCache):
-        from chat.relay.shared import SharedUnavailable, shared
+        from chat.relay.cluster import SharedUnavailable, shared
 
         store = shared()
         if store is not None:  # REDIS_URL: the cache's own server, on the loop
@@ -237,7 +237,7 @@ class Lookups:
     def derived(self, name: str, compute: Callable[[], _T]) -> _T:
         """``compute()``, a value made from this request's lookups, kept under the version
         they were read at (same ``TTL_S``) and handed to every caller as is: only for immutable
-        values (``chat.slotconfig.SlotConfig``, a frozen dataclass), never for models. Call it
+        values (``chat.relay.types.SlotConfig``, a frozen dataclass), never for models. Call it
         after ``aget_or_load``; ``name`` must say everything ``compute`` depends on.
 
         Why: a ``/v1`` call turned its cached slot into a ``SlotConfig`` every time, its

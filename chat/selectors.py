@@ -312,7 +312,7 @@ async def message_aget_by_generation(*, user: User, generation_id: str) -> Messa
     )
 
 
-# A slot with its backend and two fallbacks deep (slotconfig.FALLBACK_DEPTH), in one query.
+# A slot with its backend and two fallbacks deep (models.FALLBACK_DEPTH), in one query.
 SLOT_RELATED = (
     "backend",
     "fallback__backend",

@@ -41,12 +41,11 @@ from chat.models import (
     api_key_digest,
     bucket_field,
 )
-from chat.relay import capabilities, checks, drain
+from chat.relay import capabilities, chunkcheck, drain
 from chat.relay.accumulate import MessageAccumulator
 from chat.relay.errors import EnvelopeError, RelayError
 from chat.relay.generation import Generation
 from chat.relay.slots import StateChange
-from chat.slotconfig import slot_config
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +184,8 @@ def generation_fields(generation: Generation, *, status: str | None = None) -> d
         "slot_name": generation.slot[:100],
         "status": status or _outcome(generation),
         "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
-        "usage": checks.clean_usage(acc.usage),
-        "error": checks.without_nul(generation.error.envelope()) if generation.error else None,
+        "usage": chunkcheck.clean_usage(acc.usage),
+        "error": chunkcheck.without_nul(generation.error.envelope()) if generation.error else None,
         "ttft_ms": generation.ttft_ms,
         "tokens_per_s": generation.tokens_per_s,
     }
@@ -214,7 +213,7 @@ def whole_answer_fields(chunk: dict[str, Any], *, slot_name: str) -> dict[str, A
         "slot_name": slot_name[:100],
         "status": Message.Status.COMPLETE,
         "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
-        "usage": checks.clean_usage(acc.usage),
+        "usage": chunkcheck.clean_usage(acc.usage),
     }
 
 
@@ -225,9 +224,9 @@ def _text_fields(generation: Generation) -> dict[str, Any]:
 
 def _accumulated_text(acc: MessageAccumulator) -> dict[str, Any]:
     return {
-        "content": checks.without_nul(acc.content() or acc.refusal()),
-        "reasoning": checks.without_nul(acc.reasoning()),
-        "tool_calls": checks.without_nul(acc.tool_calls()),
+        "content": chunkcheck.without_nul(acc.content() or acc.refusal()),
+        "reasoning": chunkcheck.without_nul(acc.reasoning()),
+        "tool_calls": chunkcheck.without_nul(acc.tool_calls()),
     }
 
 
@@ -261,10 +260,10 @@ def resume_point(acc: MessageAccumulator, text: dict[str, Any], *, sequence: int
     one delta that stands for those chunks."""
     choice = acc.choice()
     point: dict[str, Any] = {"seq": sequence}
-    content = checks.without_nul("".join(choice.content))
+    content = chunkcheck.without_nul("".join(choice.content))
     if content != text["content"]:
         point["content"] = content
-    reasoning = checks.without_nul("".join(choice.reasoning))
+    reasoning = chunkcheck.without_nul("".join(choice.reasoning))
     if reasoning != text["reasoning"]:
         point["reasoning"] = reasoning
     indices = sorted(choice.tool_calls)
@@ -319,7 +318,7 @@ async def message_arecover(
     counted: what counts it died with its process. Returns False when the database refused
     it (logged)."""
     acc = MessageAccumulator()
-    for data in chunks:  # checked by the relay before they were buffered (chat.relay.checks)
+    for data in chunks:  # checked by the relay before they were buffered (chat.relay.chunkcheck)
         acc.add(json.loads(data))
     error = RelayError.from_dict(end["error"]) if end and end.get("error") else None
     status = end["status"] if end else Message.Status.INTERRUPTED
@@ -329,8 +328,8 @@ async def message_arecover(
         **_accumulated_text(acc),
         "status": status,
         "finish_reason": (acc.finish_reason() or "")[:FINISH_REASON_LENGTH],
-        "usage": checks.clean_usage(acc.usage),
-        "error": checks.without_nul(error.envelope()) if error else None,
+        "usage": chunkcheck.clean_usage(acc.usage),
+        "error": chunkcheck.without_nul(error.envelope()) if error else None,
         "checkpoint": None,  # stored whole
         "updated_at": timezone.now(),
     }
@@ -375,7 +374,7 @@ async def message_afinalise(
             logger.exception("message %s: reading whose answer it is failed", message_id)
     usage = None
     if owner is not None:
-        counts = checks.clean_usage(generation.accumulator.usage) or {}
+        counts = chunkcheck.clean_usage(generation.accumulator.usage) or {}
         usage = usage_today(
             slot_name=generation.slot,
             ok=fields["status"] != Message.Status.ERROR,
@@ -440,7 +439,7 @@ def slot_detect_images(*, slot: Slot) -> tuple[bool | None, str]:
     """Ask ``slot``'s server whether its model reads images (``relay.capabilities``) and store
     the answer in ``slot.accepts_images`` when there is one. Returns ``(said, where)``;
     ``(None, "")`` leaves the slot as it is (the server does not say)."""
-    backend = slot_config(slot).backend
+    backend = slot.config().backend
     said, where = async_to_sync(capabilities.reads_images)(backend, slot.upstream_model)
     if said is not None and said != slot.accepts_images:
         slot.accepts_images = said
@@ -476,8 +475,8 @@ async def api_call_arecord(
     minute) and count its usage in place of its quota ``reservation`` (``chat.quotas``);
     ``admitted``: it passed the quotas (else it counts no request against them).
     ``started_at`` is ``time.monotonic()`` at the call's start. Upstream usage is cleaned first
-    (``checks.clean_usage``); a failed INSERT is logged, never raised."""
-    usage = checks.clean_usage(generation.accumulator.usage if generation else usage) or {}
+    (``chunkcheck.clean_usage``); a failed INSERT is logged, never raised."""
+    usage = chunkcheck.clean_usage(generation.accumulator.usage if generation else usage) or {}
     completion_tokens = (
         generation.accumulator.completion_tokens() if generation else usage.get("completion_tokens")
     )
@@ -540,7 +539,7 @@ async def api_conversation_astore(
         conversation = Conversation.objects.create(
             user_id=api_key.user_id, slot_id=slot.pk, title=title_from(f"API: {text}")
         )
-        message_new_user(conversation=conversation, content=checks.without_nul(text)).save(
+        message_new_user(conversation=conversation, content=chunkcheck.without_nul(text)).save(
             force_insert=True
         )
         Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT, **answer)

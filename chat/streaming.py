@@ -33,7 +33,7 @@ from chat.relay.background import spawn
 from chat.relay.generation import KEEPALIVE, Generation, Phase, ReaderStop, Status
 from chat.relay.responses import NativeEvents, ResponseEvents, error_of
 from chat.relay.sse import DONE_EVENT, KEEPALIVE_COMMENT, encode_data, encode_event
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 
 # What the end of a stream looks like to a surface, given the ended generation.
 EndRenderer = Callable[[Generation], bytes]

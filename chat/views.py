@@ -28,7 +28,7 @@ from chat.forms import ConversationSettingsForm
 from chat.http import error_response, invalid, signed_in, sse_response
 from chat.models import Conversation, Message, Prompt
 from chat.relay.errors import EnvelopeError
-from chat.slotconfig import slot_config
+from chat.relay.slots import slot_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ async def slot_states(request: HttpRequest) -> JsonResponse:
     slots = [slot async for slot in selectors.slot_list_enabled(user=user)]
     runtimes = {}
     for slot in slots:
-        runtime = runtimes[slot.name] = slot_config(slot).runtime()
+        runtime = runtimes[slot.name] = slot_runtime(slot.config())
         if not runtime.ready:
             runtime.probe_soon()
     today = await selectors.slot_today([slot.name for slot in slots])

@@ -49,8 +49,8 @@ from django_ratelimit.core import is_ratelimited
 from chat import answers, attachments, jsonbody, selectors, streaming
 from chat.http import Refusal, client_ip, error_response, invalid, sse_response
 from chat.models import ORIGIN_RE, Widget, normalise_origin
+from chat.relay.cluster import UNREACHABLE, SharedUnavailable, shared
 from chat.relay.errors import EnvelopeError
-from chat.relay.shared import UNREACHABLE, SharedUnavailable, shared
 
 VISITOR_HEADER = "X-Widget-Visitor"
 VISITOR_SALT = "slipstream.widget.visitor"

@@ -160,9 +160,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # ------------------------------------------------------------------------------------------------
 # REDIS_URL switches everything that must be shared between processes: the cache (and so the
 # widget's rate-limit counters and readcache's lookups), and the relay's generation buffers,
-# stop signals, single-flight claims and slot leases (chat.relay.shared, on redis-py directly).
+# stop signals, single-flight claims and slot leases (chat.relay.cluster, on redis-py directly).
 # Unset: one process, all in memory. No Channels channel layer is configured: nothing here
-# sends to a channel group (Stop fan-out goes through chat.relay.shared's pub/sub), and daphne
+# sends to a channel group (Stop fan-out goes through chat.relay.cluster's pub/sub), and daphne
 # serves plain HTTP through Channels' ProtocolTypeRouter, which needs none.
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
@@ -173,7 +173,7 @@ if REDIS_URL:
             "KEY_PREFIX": "slipstream",
             # A Redis that does not answer fails a cache call in a second or two instead of
             # holding the request (redis-py waits forever by default); the same limits as
-            # chat.relay.shared's client (CONNECT_TIMEOUT_S, COMMAND_TIMEOUT_S). While Redis is
+            # chat.relay.cluster's client (CONNECT_TIMEOUT_S, COMMAND_TIMEOUT_S). While Redis is
             # down the widget answers 503 (its limits cannot be counted) and readcache reads
             # the database: README, "While Redis is down".
             "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 3.0},

@@ -98,16 +98,16 @@ def _relay_connections_closed(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 async def _close_relay_connections() -> AsyncIterator[None]:
     """After an async test, on its loop: its background tasks ended, then the shared store's
-    Redis connections (``chat.relay.shared``, per loop, with REDIS_URL) and the upstream
+    Redis connections (``chat.relay.cluster``, per loop, with REDIS_URL) and the upstream
     clients closed. Left open, they are collected after the loop closed: a ResourceWarning
     ("unclosed Connection", "loop is closed") at the end of the run."""
     yield
-    from chat.relay import shared
+    from chat.relay import cluster
     from chat.relay.background import cancel_all
     from chat.relay.upstream import aclose_clients
 
     await cancel_all()
-    await shared.aclose()
+    await cluster.aclose()
     await aclose_clients()
 
 

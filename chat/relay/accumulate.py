@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from chat.relay.checks import clean_usage
+from chat.relay.chunkcheck import clean_usage
 
 
 @dataclass(slots=True)
@@ -37,7 +37,7 @@ class MessageAccumulator:
     """Accumulates ``chat.completion.chunk`` (or legacy ``text_completion``) objects.
 
     ``add`` costs O(size of the chunk); joins happen once, when the text is read. Chunks must have
-    passed ``checks.chunk_problem`` (``UpstreamStream`` checks every chunk it yields).
+    passed ``chunkcheck.chunk_problem`` (``UpstreamStream`` checks every chunk it yields).
     """
 
     def __init__(self) -> None:

@@ -15,9 +15,11 @@ import dataclasses
 from typing import Any
 
 from chat.relay.errors import RelayError
-from chat.relay.upstream import BackendConfig, request_json
 
 # A probe, not an answer: a server that takes longer than this to say what it is says nothing.
+from chat.relay.types import BackendConfig
+from chat.relay.upstream import request_json
+
 PROBE_TIMEOUT_S = 10.0
 
 

@@ -32,17 +32,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from chat.relay import checks, drain, observe, upstream
+from chat.relay import chunkcheck, drain, observe, upstream
 from chat.relay.background import spawn
+from chat.relay.cluster import shared
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, Phase, PhaseState, Status, find
-from chat.relay.shared import shared
-from chat.relay.slots import QUEUE_RETRY_AFTER_S, SlotRuntime, SlotState, runtime_for
+from chat.relay.slots import QUEUE_RETRY_AFTER_S, SlotRuntime, SlotState, slot_runtime
 from chat.relay.stops import StopEnforcer, stop_strings
-from chat.relay.upstream import BackendConfig, UpstreamStream, request_json
+from chat.relay.types import SlotConfig
+from chat.relay.upstream import UpstreamStream, request_json
 
 logger = logging.getLogger(__name__)
 
@@ -67,60 +67,6 @@ RETRYABLE_CODES = frozenset(
 )
 # Stream-only request fields: they change how an answer is delivered, not what it is.
 _STREAM_ONLY_FIELDS = ("stream", "stream_options")
-
-
-@dataclass(frozen=True, slots=True)
-class SlotConfig:
-    """A slot as the relay sees it: ORM-free, built from the stored slot (per request, or once
-    per ``chat.readcache`` version: ``chat.api.cached_slot_config``), never changed after.
-
-    ``defaults`` are request fields (temperature, max_tokens, …) applied when the request is
-    silent about them; ``stop`` are the slot's stop strings, always enforced along with the
-    request's (on chat and text completions); ``responses_native`` says how ``/v1/responses``
-    reaches the backend (``backend_id``). Policy: ``single_flight`` (one of
-    ``SINGLE_FLIGHT_MODES``), ``max_concurrency`` (requests in flight), ``queue_timeout_s``,
-    ``cold_boot_timeout_s`` (s), ``max_retries`` (extra attempts before the first chunk),
-    ``fallback`` (the slot that takes over).
-    """
-
-    name: str
-    upstream_model: str
-    backend: BackendConfig
-    id: int = 0
-    system_prompt: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    stop: tuple[str, ...] = ()
-    health_path: str = "/models"
-    single_flight: str = "not_ready"
-    max_concurrency: int = 32
-    queue_timeout_s: float = 30.0
-    cold_boot_timeout_s: float = 120.0
-    max_retries: int = 2
-    fallback: SlotConfig | None = None
-    # Whether /v1/responses goes to the backend's own /responses: True, False (translated to
-    # chat completions), None (not known yet: the first call tries it).
-    responses_native: bool | None = None
-    backend_id: int = 0
-
-    def runtime(self) -> SlotRuntime:
-        """This slot's live state in the running process."""
-        runtime = runtime_for(self.id, self.name)
-        runtime.note_backend(self.backend, self.health_path)
-        return runtime
-
-    def chain(self) -> list[SlotConfig]:
-        """This slot, then its fallbacks in order, each once."""
-        chain: list[SlotConfig] = []
-        slot: SlotConfig | None = self
-        while slot is not None and all(slot.name != s.name for s in chain):
-            chain.append(slot)
-            slot = slot.fallback
-        return chain
-
-    def in_chain(self, name: str | None) -> SlotConfig:
-        """The slot of this chain called ``name`` (the one that answered, or failed: a
-        generation's ``slot``, a ``RelayError``'s ``slot``); this slot when none is."""
-        return next((cfg for cfg in self.chain() if cfg.name == name), self)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,7 +174,7 @@ async def submit(
     (``chat.relay.drain``).
     """
     drain.refuse()
-    runtime = slot.runtime()
+    runtime = slot_runtime(slot)
     key = None
     if slot.single_flight == "always" or (
         slot.single_flight == "not_ready" and runtime.state != SlotState.READY
@@ -342,7 +288,7 @@ async def _relay(
     generation, ``stops`` enforced. Raises ``RelayError`` (before the first chunk: the
     dispatcher may retry) or ``MidStreamError``."""
     stream = await UpstreamStream.open(cfg.backend, endpoint, body)
-    cfg.runtime().call_succeeded()
+    slot_runtime(cfg).call_succeeded()
     generation.set_phase(Phase(PhaseState.STREAMING, cfg.name))
     generation.set_slot(cfg.name)
     try:
@@ -391,7 +337,7 @@ async def complete_whole(
 
     async def attempt(cfg: SlotConfig, body: dict[str, Any]) -> dict[str, Any]:
         result = await _json_object(cfg, endpoint, body)
-        problem = checks.completion_problem(result, chat=chat)
+        problem = chunkcheck.completion_problem(result, chat=chat)
         if problem is not None:
             raise RelayError(
                 f"upstream answered with a malformed completion: {problem}",
@@ -430,13 +376,13 @@ async def _json_object(cfg: SlotConfig, endpoint: str, body: dict[str, Any]) -> 
     """One non-streaming POST to ``cfg``'s backend: its JSON object answer, NUL characters
     removed (they cannot be stored). Raises ``RelayError``."""
     result = await request_json(cfg.backend, "POST", endpoint, body)
-    cfg.runtime().call_succeeded()
+    slot_runtime(cfg).call_succeeded()
     if not isinstance(result, dict):
         raise RelayError(
             "upstream answered with a body that is not an object", code="upstream_malformed_body"
         )
-    if checks.has_nul(json.dumps(result)):
-        result = checks.without_nul(result)
+    if chunkcheck.has_nul(json.dumps(result)):
+        result = chunkcheck.without_nul(result)
     return result
 
 
@@ -479,7 +425,7 @@ async def with_slot_policy(
     chain = slot.chain()
     for position, cfg in enumerate(chain):
         last = position == len(chain) - 1
-        runtime = cfg.runtime()
+        runtime = slot_runtime(cfg)
         if runtime.state == SlotState.ERROR and not last:
             runtime.probe_soon()  # it may come back; meanwhile the fallback answers
             continue

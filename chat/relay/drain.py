@@ -177,7 +177,7 @@ async def _interrupt(generation: Generation) -> None:
 
 def _ending(generation: Generation) -> bool:
     """Whether an interrupted generation has still something to do: its end's callbacks, its
-    writes to the shared buffer (``chat.relay.shared``'s writer task), its readers' last
+    writes to the shared buffer (``chat.relay.cluster``'s writer task), its readers' last
     events."""
     writer = getattr(generation.sink, "task", None)
     writing = isinstance(writer, asyncio.Task) and not writer.done()

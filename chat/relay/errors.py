@@ -15,7 +15,7 @@ class EnvelopeError(Exception):
     ``status`` is the HTTP status to answer with when no byte has been sent yet; once a stream
     has begun, the same envelope travels as one final SSE ``data:`` event instead.
     ``retry_after`` (s) becomes a ``Retry-After`` header on 429 and 503 answers.
-    ``to_dict``/``from_dict`` carry every field across processes (``chat.relay.shared``).
+    ``to_dict``/``from_dict`` carry every field across processes (``chat.relay.cluster``).
     """
 
     def __init__(

@@ -27,7 +27,7 @@ from chat.relay.accumulate import MessageAccumulator
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
 from chat.relay.idle import IdleTimer
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -219,9 +219,9 @@ class Generation:
         self.keep_running = keep_running
         self.subscribers = 0
         self.task: asyncio.Task[None] | None = None
-        # Fed from another process's buffer (chat.relay.shared) rather than run here.
+        # Fed from another process's buffer (chat.relay.cluster) rather than run here.
         self.is_mirror = False
-        # Where else events go (chat.relay.shared's stream writer), when processes share them.
+        # Where else events go (chat.relay.cluster's stream writer), when processes share them.
         self.sink: Any = None
         self._callbacks: list[FinishCallback] = []
         self._checkpoints: list[FinishCallback] = []

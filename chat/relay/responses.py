@@ -32,10 +32,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from chat.relay.checks import clean_usage
+from chat.relay.chunkcheck import clean_usage
 from chat.relay.errors import RelayError
 from chat.relay.sse import encode_event
-from chat.relay.upstream import TERMINAL_EVENTS
+from chat.relay.types import TERMINAL_EVENTS
 
 # Which incomplete_details.reason a chat finish_reason becomes (others complete the response).
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -512,7 +512,7 @@ def _echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 def usage_of(chat_usage: dict[str, Any] | None) -> dict[str, Any] | None:
     """Chat completions usage as the Responses API's (None when the upstream sent none). Only
-    well-formed counts are read (``checks.clean_usage``): an upstream's "many" or -5 counts
+    well-formed counts are read (``chunkcheck.clean_usage``): an upstream's "many" or -5 counts
     as absent."""
     chat_usage = clean_usage(chat_usage)
     if not chat_usage:

@@ -27,9 +27,10 @@ import httpx
 
 from chat.relay import observe
 from chat.relay.background import spawn
+from chat.relay.cluster import Shared, shared
 from chat.relay.errors import RelayError
-from chat.relay.shared import Shared, shared
-from chat.relay.upstream import BackendConfig, client_for
+from chat.relay.types import BackendConfig, SlotConfig
+from chat.relay.upstream import client_for
 
 if TYPE_CHECKING:
     from chat.relay.generation import Generation
@@ -586,6 +587,13 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 _runtimes: weakref.WeakKeyDictionary[
     asyncio.AbstractEventLoop, dict[tuple[int, str], SlotRuntime]
 ] = weakref.WeakKeyDictionary()
+
+
+def slot_runtime(slot: SlotConfig) -> SlotRuntime:
+    """``slot``'s live state in the running process (its backend noted for health checks)."""
+    runtime = runtime_for(slot.id, slot.name)
+    runtime.note_backend(slot.backend, slot.health_path)
+    return runtime
 
 
 def runtime_for(slot_id: int, name: str) -> SlotRuntime:

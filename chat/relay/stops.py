@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 
 
 class StopHoldback:

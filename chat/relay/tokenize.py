@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chat.relay.errors import RelayError
-from chat.relay.upstream import BackendConfig, request_json
+from chat.relay.types import BackendConfig
+from chat.relay.upstream import request_json
 
 logger = logging.getLogger(__name__)
 

@@ -15,44 +15,18 @@ import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpcore
 import httpx
 
-from chat.relay import checks, h1
+from chat.relay import chunkcheck, http1
 from chat.relay.errors import MidStreamError, RelayError
-from chat.relay.netbackend import AsyncioBackend
 from chat.relay.sse import DONE_DATA, SSEDecoder
-
-# The Responses API's path and its terminal events (OpenAI API reference, "Streaming events").
-RESPONSES_PATH = "responses"
-TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+from chat.relay.transport import AsyncioBackend
+from chat.relay.types import RESPONSES_PATH, TERMINAL_EVENTS, BackendConfig, Chunk
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BackendConfig:
-    """How to reach one upstream server. Hashable: it keys the client pool.
-
-    ``base_url`` is the OpenAI base URL including its version prefix
-    (``http://127.0.0.1:8000/v1``); timeouts are in seconds.
-    """
-
-    base_url: str
-    # Never in a repr: a config in a log line or a traceback must not carry the key.
-    api_key: str = field(default="", repr=False)
-    connect_timeout_s: float = 5.0
-    # httpx's read timeout bounds the gap between two reads, which includes a model's wait
-    # before its first token: it must be generous, unlike httpx's 5 s default.
-    read_timeout_s: float = 120.0
-    total_timeout_s: float = 900.0
-    max_connections: int = 64
-
-    def url(self, path: str) -> str:
-        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
 # httpx clients hold connections bound to the event loop that opened them, so the pool is per
@@ -89,7 +63,7 @@ def asyncio_transport(
     limits: httpx.Limits, *, verify: ssl.SSLContext | bool = True
 ) -> httpx.AsyncHTTPTransport:
     """httpx's transport with httpcore reading through the relay's own asyncio protocol
-    (``netbackend``) instead of AnyIO: the same pool, TLS (``verify`` as httpx takes it) and
+    (``transport``) instead of AnyIO: the same pool, TLS (``verify`` as httpx takes it) and
     HTTP/1.1, at a fraction of the cost per read.
 
     httpx 0.28 takes no network backend, so the pool it built is replaced by one like it.
@@ -108,7 +82,7 @@ def asyncio_transport(
 
 async def aclose_clients() -> None:
     """Close every pooled client and connection of the running loop (tests, shutdown)."""
-    h1.close_pools()
+    http1.close_pools()
     per_loop = _clients.pop(asyncio.get_running_loop(), {})
     for client in per_loop.values():
         await client.aclose()
@@ -197,39 +171,6 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
-class Chunk:
-    """One decoded upstream SSE event carrying JSON: the raw ``data`` text (relayed unchanged
-    where the wire format allows) and its parsed object ``obj``.
-
-    A generation keeps the text of every chunk of its answer (late joiners and resumes read
-    from chunk 1) and whole chunks only near its end (``generation.ChunkLog``): an older chunk
-    read again is a new ``Chunk`` of its text, whose ``obj`` parses it when first read. ``data``
-    and ``obj`` always say the same (a chunk whose object changes is a new chunk with its text
-    re-encoded), so the text was checked and parses the same."""
-
-    __slots__ = ("_obj", "data")
-
-    def __init__(self, data: str, obj: dict[str, Any] | None) -> None:
-        """``obj``: ``data`` parsed, or None to parse it when first read."""
-        self.data = data
-        self._obj: dict[str, Any] | None = obj
-
-    @property
-    def obj(self) -> dict[str, Any]:
-        obj = self._obj
-        if obj is None:
-            obj = self._obj = checks.loads(self.data)
-        return obj
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Chunk) and other.data == self.data
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        return f"Chunk({self.data!r})"
-
-
 class UpstreamStream:
     """One streaming call to an upstream, from ``open`` to ``aclose``.
 
@@ -246,7 +187,7 @@ class UpstreamStream:
     def __init__(
         self,
         backend: BackendConfig,
-        response: h1.Response,
+        response: http1.Response,
         deadline: float,
         *,
         responses_api: bool = False,
@@ -270,7 +211,7 @@ class UpstreamStream:
         """
         deadline = time.monotonic() + backend.total_timeout_s
         try:
-            response = await h1.post_stream(backend, path, body)
+            response = await http1.post_stream(backend, path, body)
         except httpx.HTTPError as exc:
             raise connection_error(exc) from exc
         if response.status_code >= 400:
@@ -289,7 +230,7 @@ class UpstreamStream:
         Comments and empty keep-alive events are skipped. Raises ``MidStreamError`` on a reset
         connection (``upstream_reset``), a read gap over ``read_timeout_s`` or the total
         deadline (``upstream_timeout``), a chunk that is not a well-formed chunk object
-        (``upstream_malformed_chunk``, ``checks.chunk_problem``), an error the upstream sends
+        (``upstream_malformed_chunk``, ``chunkcheck.chunk_problem``), an error the upstream sends
         inside the stream (a top-level ``error`` key as OpenRouter does, or ``event: error`` as
         Groq does), and a body that ends without ``[DONE]`` while a choice has no
         ``finish_reason`` (``upstream_incomplete``: a close-delimited body cut short looks like
@@ -352,7 +293,7 @@ class UpstreamStream:
             self.done = True
             return None
         try:
-            obj = checks.loads(data)
+            obj = chunkcheck.loads(data)
         except ValueError as exc:
             raise MidStreamError(
                 f"upstream sent a malformed chunk: {data[:200]!r}", code="upstream_malformed_chunk"
@@ -367,14 +308,14 @@ class UpstreamStream:
             raise failure
         if self.responses_api:
             return self._event(data, obj)
-        problem = checks.chunk_problem(obj)
+        problem = chunkcheck.chunk_problem(obj)
         if problem is not None:
             raise MidStreamError(
                 f"upstream sent a malformed chunk ({problem}): {data[:200]!r}",
                 code="upstream_malformed_chunk",
             )
-        if checks.has_nul(data):
-            obj = checks.without_nul(obj)
+        if chunkcheck.has_nul(data):
+            obj = chunkcheck.without_nul(obj)
             data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         for choice in obj.get("choices") or ():
             index = choice.get("index", 0)
@@ -414,8 +355,8 @@ class UpstreamStream:
             )
         if self.done:
             return None  # events after the terminal one: the answer is whole already
-        if checks.has_nul(data):
-            obj = checks.without_nul(obj)
+        if chunkcheck.has_nul(data):
+            obj = chunkcheck.without_nul(obj)
             data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         if obj["type"] in TERMINAL_EVENTS:
             self.done = True
@@ -444,7 +385,7 @@ async def request_json(
     if response.status_code >= 400:
         raise error_from_response(response.status_code, response.content)
     try:
-        return checks.loads(response.content)
+        return chunkcheck.loads(response.content)
     except ValueError as exc:
         raise RelayError(
             "upstream answered with a body that is not JSON", code="upstream_malformed_body"

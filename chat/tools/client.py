@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx2
@@ -43,9 +43,6 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 from chat.tools import config, urls
-
-if TYPE_CHECKING:
-    from chat.models import McpServer
 
 logger = logging.getLogger(__name__)
 # One line per tool call, for the audit trail: who, which server and tool, how long, outcome.
@@ -131,7 +128,10 @@ class ServerSpec:
 
 
 class SpecSource(Protocol):
-    """Anything with a ``spec()``: ``chat.models.McpServer``."""
+    """Anything with a ``label`` and a ``spec()``: ``chat.models.McpServer`` (named here by its
+    shape, so that this module imports nothing of the models)."""
+
+    label: str
 
     def spec(self) -> ServerSpec: ...
 
@@ -165,7 +165,7 @@ def _spec(server: ServerSpec | SpecSource) -> ServerSpec:
 
 
 async def list_tools(
-    server: ServerSpec | McpServer, *, timeout_s: float | None = None
+    server: ServerSpec | SpecSource, *, timeout_s: float | None = None
 ) -> list[ToolInfo]:
     """Every tool ``server`` offers, all pages of ``tools/list`` (at most ``MAX_PAGES``), in
     the server's order. Connects, negotiates, lists and closes within ``timeout_s`` seconds
@@ -187,7 +187,7 @@ async def list_tools(
 
 
 async def call_tool(
-    server: ServerSpec | McpServer,
+    server: ServerSpec | SpecSource,
     name: str,
     arguments: Mapping[str, Any] | None,
     *,

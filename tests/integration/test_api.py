@@ -432,7 +432,7 @@ def test_recorded_openai_stream_comes_out_with_the_same_framing(
 
 
 def test_rewriter_swaps_id_and_model_in_the_upstream_text_or_reserialises() -> None:
-    from chat.relay.upstream import Chunk
+    from chat.relay.types import Chunk
     from chat.streaming import ChunkRewriter
 
     rewrite = ChunkRewriter(
@@ -472,7 +472,7 @@ def test_rewriter_swaps_id_and_model_in_the_upstream_text_or_reserialises() -> N
 
 
 def test_rewriter_follows_an_upstream_whose_id_changes_every_chunk() -> None:
-    from chat.relay.upstream import Chunk
+    from chat.relay.types import Chunk
     from chat.streaming import ChunkRewriter
 
     rewrite = ChunkRewriter(

@@ -26,8 +26,7 @@ import pytest
 import redis
 
 from chat.models import Message, Widget
-from chat.relay.generation import Generation, Status
-from chat.relay.shared import (
+from chat.relay.cluster import (
     LOCAL_LEASE,
     PROBE_S,
     STOP_CHANNEL,
@@ -35,8 +34,9 @@ from chat.relay.shared import (
     SharedUnavailable,
     gen_key,
 )
+from chat.relay.generation import Generation, Status
 from chat.relay.sse import ServerSentEvent, SSEDecoder
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 from tests.conftest import server_env, session_client
 from tests.support.daphne_server import DaphneServer
 from tests.support.llama_server import free_port
@@ -309,7 +309,7 @@ def test_streams_running_when_redis_stops_finish_and_are_stored(
 
 
 # ------------------------------------------------------------------------------------------------
-# chat.relay.shared itself (each Shared stands for one process)
+# chat.relay.cluster itself (each Shared stands for one process)
 # ------------------------------------------------------------------------------------------------
 def chunk(n: int) -> Chunk:
     obj = {
@@ -364,7 +364,7 @@ async def test_a_buffer_written_while_redis_was_down_is_whole_once_it_returns(
         mirror.detach()
     assert read == [chunk(n).data for n in range(6)]
     assert mirror.status == Status.COMPLETE
-    said = [r.getMessage() for r in caplog.records if r.name == "chat.relay.shared"]
+    said = [r.getMessage() for r in caplog.records if r.name == "chat.relay.cluster"]
     assert [line.split(" (")[0].split(" after")[0] for line in said] == [
         "redis unavailable",
         "redis back",

@@ -10,11 +10,11 @@ import pytest
 
 from chat.relay import dispatch
 from chat.relay.background import cancel_all
-from chat.relay.dispatch import SlotConfig
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, Status
 from chat.relay.slots import SlotRuntime, state_listeners
-from chat.relay.upstream import BackendConfig, Chunk, aclose_clients
+from chat.relay.types import BackendConfig, Chunk, SlotConfig
+from chat.relay.upstream import aclose_clients
 from chat.simulator.thread import SimulatorThread
 from tests.support.llama_server import free_port
 
@@ -158,9 +158,9 @@ async def test_finish_callbacks_run_before_subscribers_see_the_end() -> None:
 
 
 async def test_the_upstream_client_reads_through_asyncio_streams(simulator: SimulatorThread):
-    """The relay's httpx client uses chat.relay.netbackend, not AnyIO (bench/profile_relay.py
+    """The relay's httpx client uses chat.relay.transport, not AnyIO (bench/profile_relay.py
     found AnyIO's per-read cancel scopes the largest cost), and still streams and times out."""
-    from chat.relay.netbackend import AsyncioBackend
+    from chat.relay.transport import AsyncioBackend
     from chat.relay.upstream import UpstreamStream, client_for
 
     simulator.reset()

@@ -14,7 +14,7 @@ import pytest
 
 from chat.models import ApiKey, Quota
 from chat.relay import tokenize
-from chat.relay.upstream import BackendConfig
+from chat.relay.types import BackendConfig
 from chat.simulator import SimConfig, Simulator
 from tests.conftest import make_slot
 

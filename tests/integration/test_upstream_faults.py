@@ -17,10 +17,10 @@ import pytest
 from chat.models import ApiCall, Message
 from chat.relay import dispatch
 from chat.relay.background import cancel_all
-from chat.relay.dispatch import SlotConfig
 from chat.relay.generation import Generation
 from chat.relay.slots import StateChange, state_listeners
-from chat.relay.upstream import BackendConfig, aclose_clients
+from chat.relay.types import BackendConfig, SlotConfig
+from chat.relay.upstream import aclose_clients
 from chat.simulator.thread import SimulatorThread
 from tests.conftest import make_slot
 from tests.support.llama_server import free_port

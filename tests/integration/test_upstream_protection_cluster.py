@@ -24,7 +24,7 @@ import pytest
 from django.conf import settings
 
 from chat.relay.background import cancel_all
-from chat.relay.shared import Shared
+from chat.relay.cluster import Shared
 from chat.relay.slots import CALL_BACKOFF_BASE_S, SlotRuntime, state_listeners
 from chat.relay.sse import SSEDecoder
 from tests.conftest import make_slot, server_env

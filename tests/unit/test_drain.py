@@ -12,7 +12,7 @@ import pytest
 from chat.relay import drain
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, Status
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 
 
 @pytest.fixture(autouse=True)

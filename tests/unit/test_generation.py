@@ -9,7 +9,7 @@ import json
 from contextlib import aclosing
 
 from chat.relay.generation import KEEPALIVE, PARSED_TAIL, Generation, Status
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 
 
 def chunk(n: int) -> Chunk:

@@ -73,7 +73,7 @@ def test_an_older_version_and_a_missing_package_fail_too(monkeypatch: pytest.Mon
         "httpcore is not installed",
     ]
     assert "chat.middleware.OnLoop" in errors[0].msg
-    assert "chat.relay.netbackend (imports httpcore._backends.base" in errors[1].msg
+    assert "chat.relay.transport (imports httpcore._backends.base" in errors[1].msg
 
 
 def test_every_pinned_package_has_its_leans_and_every_lean_names_code_that_exists() -> None:

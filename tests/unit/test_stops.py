@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.relay.stops import StopEnforcer, StopHoldback, stop_strings
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 
 ALPHABET = "ab\n."  # small, so stop strings actually occur in random texts
 

@@ -59,7 +59,7 @@ import redis.exceptions
 from chat.relay.background import spawn
 from chat.relay.errors import RelayError
 from chat.relay.generation import Generation, Phase, Status, find
-from chat.relay.upstream import Chunk
+from chat.relay.types import Chunk
 
 logger = logging.getLogger(__name__)
 

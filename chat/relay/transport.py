@@ -36,7 +36,7 @@ READ_LIMIT = 1 << 20
 
 
 class StreamProtocol(asyncio.Protocol):
-    """One connection's received bytes and state, for ``AsyncioStream`` and ``chat.relay.h1``:
+    """One connection's received bytes and state, for ``AsyncioStream`` and ``chat.relay.http1``:
     ``data_received`` resolves the reader's future (``reader``), reading pauses past
     ``READ_LIMIT`` buffered bytes, ``lost`` resolves when the connection is gone."""
 

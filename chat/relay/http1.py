@@ -24,16 +24,14 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from chat.relay.idle import IdleTimer
-from chat.relay.netbackend import StreamProtocol
-
-if TYPE_CHECKING:
-    from chat.relay.upstream import BackendConfig
+from chat.relay.transport import StreamProtocol
+from chat.relay.types import BackendConfig
 
 # RFC 9112 sets no limits; these are generous for an upstream's response head and chunk lines.
 MAX_HEAD_BYTES = 64 * 1024

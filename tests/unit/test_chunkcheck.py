@@ -1,4 +1,4 @@
-"""``chat.relay.checks``: what the relay accepts from an upstream. Every recorded real stream
+"""``chat.relay.chunkcheck``: what the relay accepts from an upstream. Every recorded real stream
 must pass, so the checks never turn a real server's answer into an error."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.relay import checks
+from chat.relay import chunkcheck
 from chat.relay.sse import SSEDecoder
 
 SSE = Path(__file__).parents[1] / "fixtures" / "sse"
@@ -19,9 +19,9 @@ RECORDINGS = sorted(p.name for p in SSE.glob("*.sse") if not p.name.startswith("
 def test_every_recorded_chunk_passes(name: str) -> None:
     decoder = SSEDecoder()
     events = decoder.feed((SSE / name).read_bytes()) + decoder.flush()
-    chunks = [checks.loads(e.data) for e in events if e.data != "[DONE]"]
+    chunks = [chunkcheck.loads(e.data) for e in events if e.data != "[DONE]"]
     assert chunks
-    assert [checks.chunk_problem(c) for c in chunks if "error" not in c] == [None] * len(
+    assert [chunkcheck.chunk_problem(c) for c in chunks if "error" not in c] == [None] * len(
         [c for c in chunks if "error" not in c]
     )
 
@@ -44,25 +44,25 @@ def test_every_recorded_chunk_passes(name: str) -> None:
     ],
 )
 def test_malformed_chunks_are_named(chunk: dict[str, object], problem: str) -> None:
-    found = checks.chunk_problem(chunk)
+    found = chunkcheck.chunk_problem(chunk)
     assert found is not None
     assert problem in found
 
 
 def test_a_completion_must_be_whole() -> None:
     whole = {"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]}
-    assert checks.completion_problem(whole, chat=True) is None
+    assert chunkcheck.completion_problem(whole, chat=True) is None
     cut = {"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": None}]}
-    assert "finish_reason" in (checks.completion_problem(cut, chat=True) or "")
+    assert "finish_reason" in (chunkcheck.completion_problem(cut, chat=True) or "")
     text = {"choices": [{"index": 0, "text": 5, "finish_reason": "stop"}]}
-    assert "text" in (checks.completion_problem(text, chat=False) or "")
-    assert checks.completion_problem({"choices": []}, chat=True) is not None
+    assert "text" in (chunkcheck.completion_problem(text, chat=False) or "")
+    assert chunkcheck.completion_problem({"choices": []}, chat=True) is not None
 
 
 @pytest.mark.parametrize("text", ['{"a": NaN}', '{"a": Infinity}', "[-Infinity]"])
 def test_nan_and_infinity_are_not_json(text: str) -> None:
     with pytest.raises(ValueError, match="not a JSON number"):
-        checks.loads(text)
+        chunkcheck.loads(text)
 
 
 def test_usage_keeps_only_well_formed_figures() -> None:
@@ -77,23 +77,23 @@ def test_usage_keeps_only_well_formed_figures() -> None:
         "prompt_tokens_details": {"cached_tokens": -1},
         "nested": {"x": 1},
     }
-    assert checks.clean_usage(usage) == {
+    assert chunkcheck.clean_usage(usage) == {
         "completion_tokens": 7,
         "cost": 0.0012,
         "completion_tokens_details": {"reasoning_tokens": 3},
     }
-    assert checks.clean_usage({"prompt_tokens": 2**40}) is None
-    assert checks.clean_usage("many") is None
+    assert chunkcheck.clean_usage({"prompt_tokens": 2**40}) is None
+    assert chunkcheck.clean_usage("many") is None
 
 
 def test_nul_characters_are_replaced_everywhere() -> None:
     data = json.dumps({"a\x00": ["b\x00c", {"d": "\x00"}], "n": 1})
-    assert checks.has_nul(data)
-    assert checks.without_nul(json.loads(data)) == {
+    assert chunkcheck.has_nul(data)
+    assert chunkcheck.without_nul(json.loads(data)) == {
         "a\ufffd": ["b\ufffdc", {"d": "\ufffd"}],
         "n": 1,
     }
-    assert not checks.has_nul(json.dumps({"a": "plain"}))
+    assert not chunkcheck.has_nul(json.dumps({"a": "plain"}))
 
 
 def test_vision_as_llama_cpp_and_ollama_say_it() -> None:

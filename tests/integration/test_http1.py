@@ -1,4 +1,4 @@
-"""The relay's own HTTP/1.1 client for streaming calls (``chat.relay.h1``): its chunked decoder
+"""The relay's own HTTP/1.1 client for streaming calls (``chat.relay.http1``): its chunked decoder
 on every recorded stream split at every byte, then real servers on loopback for the framings,
 connection reuse and failures a streaming upstream can produce."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chat.relay import h1
-from chat.relay.upstream import BackendConfig
+from chat.relay import http1
+from chat.relay.types import BackendConfig
 from tests.support.tls import self_signed
 from tests.support.wire import chunked
 
@@ -34,7 +34,7 @@ def test_chunked_decoder_on_recorded_streams_split_at_every_byte(fixture: Path) 
     )
     wire += b"0\r\nX-Trailer: yes\r\n\r\n"
     for split in range(len(wire) + 1):
-        decoder = h1._ChunkedDecoder()
+        decoder = http1._ChunkedDecoder()
         out = decoder.feed(wire[:split]) + decoder.feed(wire[split:])
         assert out == body, split
         assert decoder.done
@@ -43,7 +43,7 @@ def test_chunked_decoder_on_recorded_streams_split_at_every_byte(fixture: Path) 
 
 def test_chunked_decoder_byte_by_byte() -> None:
     wire = chunked(b"data: one\n\n", b"data: two\n\n")
-    decoder = h1._ChunkedDecoder()
+    decoder = http1._ChunkedDecoder()
     out = b"".join(decoder.feed(wire[i : i + 1]) for i in range(len(wire)))
     assert out == b"data: one\n\ndata: two\n\n"
     assert decoder.done
@@ -56,7 +56,7 @@ def test_chunked_decoder_byte_by_byte() -> None:
 )
 def test_chunked_decoder_refuses_malformed_framing(wire: bytes) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
-        h1._ChunkedDecoder().feed(wire)
+        http1._ChunkedDecoder().feed(wire)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ class Upstream:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
-        h1.close_pools()
+        http1.close_pools()
 
     @property
     def backend(self) -> BackendConfig:
@@ -115,7 +115,7 @@ class Upstream:
         return request
 
 
-async def body_of(response: h1.Response) -> bytes:
+async def body_of(response: http1.Response) -> bytes:
     try:
         return b"".join([part async for part in response.aiter_bytes()])
     finally:
@@ -134,7 +134,7 @@ async def test_sends_the_request_and_reuses_the_connection() -> None:
 
     async with Upstream(handler) as upstream:
         for _ in range(3):
-            response = await h1.post_stream(upstream.backend, "chat/completions", {"a": "é"})
+            response = await http1.post_stream(upstream.backend, "chat/completions", {"a": "é"})
             assert response.status_code == 200
             assert await body_of(response) == b"data: 1\n\n"
     assert upstream.connections == 1
@@ -157,7 +157,7 @@ async def test_a_response_closed_before_its_end_closes_its_connection() -> None:
 
     async with Upstream(handler) as upstream:
         for _ in range(2):
-            response = await h1.post_stream(upstream.backend, "chat/completions", {})
+            response = await http1.post_stream(upstream.backend, "chat/completions", {})
             parts = response.aiter_bytes()
             assert await anext(parts) == b"data: x\n\n\n"
             await response.aclose()  # the client left mid-answer: the upstream must see it
@@ -182,9 +182,9 @@ async def test_content_length_and_close_delimited_bodies() -> None:
                 return  # closes
 
     async with Upstream(handler) as upstream:
-        first = await h1.post_stream(upstream.backend, "chat/completions", {})
+        first = await http1.post_stream(upstream.backend, "chat/completions", {})
         assert await body_of(first) == b"data: 1\n\n"
-        second = await h1.post_stream(upstream.backend, "chat/completions", {})
+        second = await http1.post_stream(upstream.backend, "chat/completions", {})
         assert await body_of(second) == b"data: 2\n\ndata: 3\n\n"
     assert upstream.connections == 1
 
@@ -202,7 +202,7 @@ async def test_interim_responses_are_skipped_and_trailers_read() -> None:
         await reader.read()
 
     async with Upstream(handler) as upstream:
-        response = await h1.post_stream(upstream.backend, "chat/completions", {})
+        response = await http1.post_stream(upstream.backend, "chat/completions", {})
         assert response.status_code == 200
         assert await body_of(response) == b"data: ok\n\n"
 
@@ -215,12 +215,12 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
         # and close, without saying so in the response
 
     async with Upstream(handler) as upstream:
-        first = await h1.post_stream(upstream.backend, "chat/completions", {})
+        first = await http1.post_stream(upstream.backend, "chat/completions", {})
         assert await body_of(first) == b"abc"
-        pool = h1.pool_for(upstream.backend)
+        pool = http1.pool_for(upstream.backend)
         idle = pool.idle[-1]
         await asyncio.wait_for(asyncio.shield(idle.protocol.lost), 10)  # the server's close
-        second = await h1.post_stream(upstream.backend, "chat/completions", {})
+        second = await http1.post_stream(upstream.backend, "chat/completions", {})
         assert await body_of(second) == b"abc"
     assert upstream.connections == 2
 
@@ -232,7 +232,7 @@ async def test_a_body_cut_off_mid_chunk_raises() -> None:
         await writer.drain()
 
     async with Upstream(handler) as upstream:
-        response = await h1.post_stream(upstream.backend, "chat/completions", {})
+        response = await http1.post_stream(upstream.backend, "chat/completions", {})
         with pytest.raises(httpx.RemoteProtocolError):
             await body_of(response)
 
@@ -245,14 +245,14 @@ async def test_a_bad_status_line_raises() -> None:
 
     async with Upstream(handler) as upstream:
         with pytest.raises(httpx.RemoteProtocolError):
-            await h1.post_stream(upstream.backend, "chat/completions", {})
+            await http1.post_stream(upstream.backend, "chat/completions", {})
 
 
 async def test_nothing_listening_is_a_connect_error() -> None:
     async with Upstream(lambda reader, writer: asyncio.sleep(0)) as upstream:
         backend = upstream.backend
     with pytest.raises(httpx.ConnectError) as caught:
-        await h1.post_stream(backend, "chat/completions", {})
+        await http1.post_stream(backend, "chat/completions", {})
     assert isinstance(caught.value.__cause__, ConnectionRefusedError)
 
 
@@ -273,7 +273,7 @@ async def test_no_response_head_within_the_read_timeout_raises(stalled: Upstream
     backend = BackendConfig(base_url=stalled.backend.base_url, read_timeout_s=0.2)
     async with asyncio.timeout(30):  # only turns a read that never times out into a failure
         with pytest.raises(httpx.ReadTimeout):
-            await h1.post_stream(backend, "chat/completions", {})
+            await http1.post_stream(backend, "chat/completions", {})
 
 
 async def test_streams_over_tls_trusting_what_httpx_trusts(
@@ -293,12 +293,12 @@ async def test_streams_over_tls_trusting_what_httpx_trusts(
     try:
         port = server.sockets[0].getsockname()[1]
         backend = BackendConfig(base_url=f"https://127.0.0.1:{port}/v1", connect_timeout_s=5)
-        response = await h1.post_stream(backend, "chat/completions", {})
+        response = await http1.post_stream(backend, "chat/completions", {})
         assert await body_of(response) == b"data: tls\n\n"
         monkeypatch.delenv("SSL_CERT_FILE")
         untrusted = BackendConfig(base_url=f"https://127.0.0.1:{port}/v2", connect_timeout_s=5)
         with pytest.raises(httpx.ConnectError):  # certifi's roots do not know this certificate
-            await h1.post_stream(untrusted, "chat/completions", {})
+            await http1.post_stream(untrusted, "chat/completions", {})
     finally:
         server.close()
-        h1.close_pools()
+        http1.close_pools()

@@ -1,4 +1,4 @@
-"""The relay's own network layer under httpx (``chat.relay.netbackend``) and its idle timer
+"""The relay's own network layer under httpx (``chat.relay.transport``) and its idle timer
 (``chat.relay.idle``), against real servers on loopback: plain HTTP, TLS with a certificate made
 here, a body far larger than the read buffer, a server that stalls and one that resets."""
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from chat.relay.idle import IdleTimer
-from chat.relay.netbackend import READ_LIMIT
+from chat.relay.transport import READ_LIMIT
 from chat.relay.upstream import asyncio_transport
 from tests.support.tls import self_signed
 from tests.support.wire import chunked, chunks

@@ -1,4 +1,4 @@
-"""chat.relay.shared on a real Redis: single-flight claims as several processes make them (each
+"""chat.relay.cluster on a real Redis: single-flight claims as several processes make them (each
 ``Shared`` here stands for one process). Runs when REDIS_URL is set, the test command's second
 pass. Where a race needs two steps to interleave, the test runs the other side inside the first
 side's Redis call, so the interleaving happens every time."""
@@ -15,9 +15,8 @@ import pytest
 from django.conf import settings
 
 from chat.relay import dispatch
-from chat.relay.dispatch import SlotConfig
-from chat.relay.shared import LIVE_TTL_S, Shared, flight_key
-from chat.relay.upstream import BackendConfig
+from chat.relay.cluster import LIVE_TTL_S, Shared, flight_key
+from chat.relay.types import BackendConfig, SlotConfig
 
 pytestmark = pytest.mark.skipif(
     not settings.REDIS_URL, reason="needs REDIS_URL (the test command's second pass)"
