@@ -6,7 +6,8 @@ Why: an empty async Django view costs daphne about 1.2 ms of CPU with no middlew
 ``request_finished`` signals with their thread hops, the streaming response's wrappers), more
 than half of issue 14's 2 ms budget for a whole request outside its chunks. These two endpoints
 need none of it: no session, no CSRF, no user from a cookie. Everything they do is shared with
-the Django views (``chat.api.create_completion``); this module is only their HTTP adapter.
+the Django views (``chat.api.completions.create_completion``); this module is only their HTTP
+adapter.
 
 What it does that Django's stack did for them:
 
@@ -57,7 +58,8 @@ from django.db import close_old_connections
 from django.http import JsonResponse
 from django.http.request import split_domain_port, validate_host
 
-from chat import api, jsonbody
+from chat import jsonbody
+from chat.api import common, completions
 from chat.http import SSE_HEADERS, error_response, invalid
 from chat.middleware import SERVER_ERROR
 from chat.relay.cluster import UNREACHABLE, SharedUnavailable
@@ -69,7 +71,7 @@ request_logger = logging.getLogger("django.request")
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-ENDPOINTS = {"/v1/chat/completions": api.CHAT, "/v1/completions": api.TEXT}
+ENDPOINTS = {"/v1/chat/completions": common.CHAT, "/v1/completions": common.TEXT}
 # A stream's own headers, as ``chat.http.sse_response`` sets them.
 STREAM_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -226,7 +228,7 @@ class _Exchange:
                 raise raw
             return jsonbody.loads_object(raw)
 
-        answer = await api.create_completion(
+        answer = await completions.create_completion(
             endpoint=endpoint,
             authorization=headers.get(b"authorization", b"").decode("latin-1"),
             read_body=read_body,

@@ -6,7 +6,8 @@ from django.templatetags.static import static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from chat import api, csp, ops, sso_session
+from chat import csp, ops, sso_session
+from chat.api import common, completions, embeddings, model_list, responses
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -19,21 +20,25 @@ urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.prometheus, name="metrics"),
-    path("v1/models", api.models, name="api-models"),
-    path("v1/models/<str:model>", api.models, name="api-model"),
-    path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
-    path("v1/completions", api.completions, name="api-completions"),
-    path("v1/responses", api.create_response, name="api-responses"),
-    path("v1/responses/<str:response_id>", api.response_detail, name="api-response"),
+    path("v1/models", model_list.models, name="api-models"),
+    path("v1/models/<str:model>", model_list.models, name="api-model"),
+    path("v1/chat/completions", completions.chat_completions, name="api-chat-completions"),
+    path("v1/completions", completions.completions, name="api-completions"),
+    path("v1/responses", responses.create_response, name="api-responses"),
+    path("v1/responses/<str:response_id>", responses.response_detail, name="api-response"),
     path(
         "v1/responses/<str:response_id>/input_items",
-        api.response_input_items,
+        responses.response_input_items,
         name="api-response-input-items",
     ),
-    path("v1/responses/<str:response_id>/cancel", api.cancel_response, name="api-response-cancel"),
-    path("v1/embeddings", api.embeddings, name="api-embeddings"),
+    path(
+        "v1/responses/<str:response_id>/cancel",
+        responses.cancel_response,
+        name="api-response-cancel",
+    ),
+    path("v1/embeddings", embeddings.embeddings, name="api-embeddings"),
     # Everything else under /v1: OpenAI's "Invalid URL" 404 envelope, never an HTML page.
-    re_path(r"^v1(?:/|$)", api.unknown_url, name="api-unknown-url"),
+    re_path(r"^v1(?:/|$)", common.unknown_url, name="api-unknown-url"),
     path("widget/", include("chat.widget_urls")),
     path("", include("chat.urls")),
 ]

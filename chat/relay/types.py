@@ -45,7 +45,7 @@ class BackendConfig:
 @dataclass(frozen=True, slots=True)
 class SlotConfig:
     """A slot as the relay sees it: ORM-free, built from the stored slot (per request, or once
-    per ``chat.readcache`` version: ``chat.api.cached_slot_config``), never changed after.
+    per ``chat.readcache`` version: ``chat.api.common.cached_slot_config``), never changed after.
 
     ``defaults`` are request fields (temperature, max_tokens, …) applied when the request is
     silent about them; ``stop`` are the slot's stop strings, always enforced along with the

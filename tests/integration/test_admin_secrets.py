@@ -145,7 +145,7 @@ def test_a_changed_backend_key_is_sent_on_the_next_call(
     server: DaphneServer, recording_upstream: str, api_key: str
 ) -> None:
     """The slot's config (with its backend's key decrypted) is kept between /v1 calls
-    (chat.api.cached_slot_config), and made anew once the backend changes."""
+    (chat.api.common.cached_slot_config), and made anew once the backend changes."""
     backend = recorded_backend(recording_upstream)
     first = authorization_sent_upstream(server, api_key)
     assert first == authorization_sent_upstream(server, api_key) == f"Bearer {SECRET}"

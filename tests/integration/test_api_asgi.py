@@ -16,7 +16,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import JsonResponse
 from django.test import AsyncClient
 
-from chat import api
+from chat.api import completions
 from chat.api_asgi import LeanApi
 from chat.relay.sse import SSEDecoder
 from chatsite.asgi import django_app
@@ -191,7 +191,7 @@ async def exchange(monkeypatch: pytest.MonkeyPatch, answer: Any) -> list[dict[st
     async def create_completion(**_: Any) -> Any:
         return answer()
 
-    monkeypatch.setattr(api, "create_completion", create_completion)
+    monkeypatch.setattr(completions, "create_completion", create_completion)
     app = ApplicationCommunicator(LeanApi(django_app), SCOPE)
     await app.send_input({"type": "http.request", "body": b"{}"})
     messages = []
@@ -279,7 +279,7 @@ async def test_the_connection_check_runs_only_after_a_request_that_used_its_thre
             await sync_to_async(orm_call)()
         return JsonResponse({"ok": True})
 
-    monkeypatch.setattr(api, "create_completion", create_completion)
+    monkeypatch.setattr(completions, "create_completion", create_completion)
     app = ApplicationCommunicator(LeanApi(django_app), SCOPE)
     await app.send_input({"type": "http.request", "body": b"{}"})
     assert (await app.receive_output(timeout=10))["status"] == 200
