@@ -1,4 +1,4 @@
-"""The answer lifecycle, for the chat, the widget and ``/v1``: start, keep, resume, stop, record.
+"""The answer lifecycle, for the chat and the widget: start, keep, resume, stop.
 
 An *answer* is one assistant message (or one ``/v1`` call) fed by one relay ``Generation``.
 The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one function here:
@@ -18,11 +18,9 @@ The surfaces (``views``, ``widget``, ``api``) parse and authorise, then call one
 - Widgets switched off: a widget's answers in flight are stopped once it is disabled (polled by
   each process that runs some, every ``WIDGET_WATCH_S``); one that shares its generation with
   another answer (single-flight) is stopped alone, its stream ended (``Started.reader``).
-- ``record_api_call`` / ``record_whole_api_call``: a streamed or whole ``/v1`` call's record,
-  and its conversation when the key keeps them.
-- ``/v1/responses``: a streamed response stored ``in_progress`` off the first byte's path
-  (``store_response_start``), its end stored (``record_response``), ``cancel_response``.
-- ``sweep_forever``: mark ``interrupted`` the answers whose process died.
+
+A ``/v1`` call's record is ``chat.api_records``'s, a stored response ``chat.response_store``'s,
+the sweep of answers whose process died ``chat.sweep``'s.
 
 Raises ``Refusal`` (``chat.http``) for requests that name what the user may not reach.
 """
@@ -32,49 +30,50 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 import weakref
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from django.contrib.auth.models import User
-from django.utils import timezone
 
-from chat import attachments, database, quotas, readcache, records, selectors, services, streaming
+from chat import attachments, database, quotas, readcache, selectors, services
 from chat.http import Refusal, invalid
 from chat.models import (
-    ApiKey,
     Attachment,
     Conversation,
     Message,
     Slot,
-    StoredResponse,
     Widget,
 )
-from chat.relay import dispatch, responses, tokenize
+from chat.relay import dispatch, tokenize
 from chat.relay.background import spawn
-from chat.relay.cluster import Shared, SharedUnavailable, shared
+from chat.relay.cluster import shared
 from chat.relay.generation import Generation, ReaderStop, Status, find
-from chat.relay.types import Chunk
 
 logger = logging.getLogger(__name__)
 
+
+logger = logging.getLogger(__name__)
+
+
 MAX_MESSAGE_CHARS = 100_000
+
+
 # A Stop for an answer running in another process is answered once that process stored it,
 # usually within milliseconds; after this long, with the message as it stands.
 STOP_WAIT_S = 5.0
-SWEEP_EVERY_S = 2.0
-# Uploads never sent (attachments.purge_unsent) and per-hour usage past its keeping
-# (services.usage_hour_aprune): hourly is plenty.
-PURGE_EVERY_S = 3600.0
+
+
 # How often a process running widget answers checks whether their widgets were disabled: the
 # README promises a switched-off widget stops answering at once (issue 16, finding 7).
 WIDGET_WATCH_S = 0.25
 
+
 # Message ids whose answer each running generation of this process stores (see the module).
 _owners: dict[str, set[int]] = {}
+
+
 # The quota reservation (chat.quotas) of each such answer that has one, by message id: the
 # record that stores the answer settles it.
 _reservations: dict[int, int] = {}
@@ -507,9 +506,13 @@ async def _stored(message: Message) -> Message:
 _widget_answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[int]] = (
     weakref.WeakKeyDictionary()
 )
+
+
 _widget_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
     weakref.WeakKeyDictionary()
 )
+
+
 # The streams of widget answers in flight, by message id: ``stop`` ends one whose generation
 # goes on for another answer (single-flight), which its cancel would otherwise not end.
 _readers: dict[int, ReaderStop] = {}
@@ -558,291 +561,3 @@ async def _watch_widgets(running: set[int]) -> None:
             failures.failed(exc)
         else:
             failures.succeeded()
-
-
-# ------------------------------------------------------------------------------------------------
-# /v1 calls
-# ------------------------------------------------------------------------------------------------
-# The endpoints whose calls a key marked "keep calls as conversations" keeps (embeddings and
-# legacy completions have no conversation to show).
-KEPT_ENDPOINTS = ("chat/completions", "responses")
-
-
-async def record_api_call(
-    *,
-    key: ApiKey,
-    slot: Slot,
-    endpoint: str,
-    messages: list[Any],
-    generation: Generation,
-    outcome: str,
-    reservation: int | None = None,
-) -> None:
-    """Record a finished streamed ``/v1`` call (one ``ApiCall`` row; its usage settles its
-    quota ``reservation``), and keep it as a conversation of the key's owner when the key says
-    so (chat completions and responses)."""
-    await services.api_call_arecord(
-        api_key=key,
-        endpoint=endpoint,
-        slot_name=slot.name,
-        stream=True,
-        http_status=200,
-        outcome=outcome,
-        started_at=generation.started_at,
-        generation=generation,
-        error=generation.error,
-        reservation=reservation,
-    )
-    if key.store_conversations and endpoint in KEPT_ENDPOINTS:
-        await services.api_conversation_astore(
-            api_key=key,
-            slot=slot,
-            messages=messages,
-            answer=services.generation_fields(generation, status=outcome),
-        )
-
-
-async def record_whole_api_call(
-    *,
-    key: ApiKey,
-    slot: Slot,
-    endpoint: str,
-    started_at: float,
-    usage: dict[str, Any] | None,
-    messages: list[Any] | None = None,
-    chunk: dict[str, Any] | None = None,
-    reservation: int | None = None,
-) -> None:
-    """Record a whole (non-streamed) ``/v1`` call as complete (one ``ApiCall`` row, ``usage``
-    in chat completions' words, which settles its quota ``reservation``), and keep it as a
-    conversation of the key's owner as ``record_api_call`` keeps a stream: ``messages`` the
-    chat request's, ``chunk`` the one chat chunk that says what it answered
-    (``responses.whole_as_chunk``)."""
-    await services.api_call_arecord(
-        api_key=key,
-        endpoint=endpoint,
-        slot_name=slot.name,
-        stream=False,
-        http_status=200,
-        outcome="complete",
-        started_at=started_at,
-        usage=usage,
-        reservation=reservation,
-    )
-    if key.store_conversations and endpoint in KEPT_ENDPOINTS and chunk is not None:
-        await services.api_conversation_astore(
-            api_key=key,
-            slot=slot,
-            messages=messages or [],
-            answer=services.whole_answer_fields(chunk, slot_name=slot.name),
-        )
-
-
-# ------------------------------------------------------------------------------------------------
-# /v1/responses
-# ------------------------------------------------------------------------------------------------
-def store_response_start(
-    *,
-    key: ApiKey,
-    slot: Slot,
-    initial: dict[str, Any],
-    items: list[dict[str, Any]],
-    previous_id: str | None,
-    generation: Generation,
-    native: bool,
-) -> asyncio.Task[bool]:
-    """Store a streamed response as ``in_progress`` (so ``GET``, ``cancel`` and a resume find
-    it while it streams) in a task of its own, off the path to the first byte. The task's
-    result says whether the row was written or is kept to be (False: refused, logged)."""
-
-    async def insert() -> bool:
-        return await services.response_acreate(
-            response_id=initial["id"],
-            user=key.user,
-            api_key=key,
-            previous_id=previous_id,
-            slot_name=slot.name,
-            response=initial,
-            input_items=items,
-            generation_id=generation.id,
-            native=native,
-        )
-
-    return spawn(insert())
-
-
-async def record_response(
-    *,
-    key: ApiKey,
-    slot: Slot,
-    initial: dict[str, Any],
-    generation: Generation,
-    messages: list[Any],
-    stored: asyncio.Task[bool] | None,
-    read_to_end: bool,
-    native: bool,
-    reservation: int | None = None,
-) -> None:
-    """A streamed response's end: its ``/v1`` call record (settling its quota
-    ``reservation``), and (``stored``: the task of ``store_response_start``) the stored
-    response's final object and chunks, rendered again from the chunks as the stream sent
-    them; cancelled when the client left first."""
-    await record_api_call(
-        key=key,
-        slot=slot,
-        endpoint="responses",
-        messages=messages,
-        generation=generation,
-        outcome=generation.status if read_to_end else Status.STOPPED,
-        reservation=reservation,
-    )
-    if stored is None or not await stored:
-        return
-    chunks = list(generation.chunks)
-    response = final_response(initial, generation, chunks, native=native, left=not read_to_end)
-    await services.response_afinalise(
-        response_id=initial["id"], response=response, chunks=[chunk.data for chunk in chunks]
-    )
-
-
-def final_response(
-    initial: dict[str, Any],
-    generation: Generation,
-    chunks: list[Chunk],
-    *,
-    native: bool,
-    left: bool = False,
-) -> dict[str, Any]:
-    """The response object a generation's ``chunks`` make, rendered as its stream rendered
-    them: chat chunks through ``ResponseEvents``, a backend's own events through
-    ``NativeEvents``; cancelled when the client ``left`` first."""
-    ending = streaming.response_ending(generation, initial["created_at"], left=left)
-    if native:
-        _, _, response = responses.render_native(
-            initial,
-            [chunk.data for chunk in chunks],
-            cancelled=ending["cancelled"],
-            error=ending["error"],
-        )
-        return response
-    _, response = responses.render(initial, [chunk.obj for chunk in chunks], **ending)
-    return response
-
-
-async def cancel_response(stored: StoredResponse) -> dict[str, Any]:
-    """Cancel a response in progress (``POST /v1/responses/{id}/cancel``): its generation is
-    cancelled here, or in the process that runs it, and the response returned as it ends
-    (``cancelled``, its output so far). A response whose process died before storing its end
-    is stored as cancelled, with no output. Raises ``Refusal`` 400 for a response that
-    already ended."""
-    if stored.status != StoredResponse.Status.IN_PROGRESS:
-        raise invalid(
-            f"Cannot cancel response {stored.id}: it is already {stored.status}; only a "
-            "response in progress can be cancelled.",
-            code="response_not_cancellable",
-        )
-    generation = find(stored.generation_id) if stored.generation_id else None
-    store = shared()
-    if generation is not None and not generation.is_mirror and not generation.ended:
-        generation.cancel()
-        if generation.task is not None:
-            await asyncio.wait((generation.task,), timeout=STOP_WAIT_S)
-        return final_response(
-            stored.response, generation, list(generation.chunks), native=stored.native, left=True
-        )
-    if generation is None and (store is None or not await store.is_live(stored.generation_id)):
-        # It runs nowhere: its process died (or restarted) before storing its end.
-        return await services.response_amark_cancelled(response_id=stored.id)
-    if store is not None:
-        await store.request_stop(stored.generation_id)
-    deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
-    while stored.status == StoredResponse.Status.IN_PROGRESS:
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(0.05)  # the row, written by the process that runs it
-        await stored.arefresh_from_db()
-    ended: dict[str, Any] = stored.response
-    return ended
-
-
-# ------------------------------------------------------------------------------------------------
-# Sweep
-# ------------------------------------------------------------------------------------------------
-async def sweep_interrupted(*, older_than_s: float = 3.0) -> int:
-    """End every streaming answer whose generation no process runs any more (its process died
-    or restarted). A generation counts as running when this process has it, or (with
-    ``REDIS_URL``) its liveness key exists. With ``REDIS_URL`` an answer whose shared buffer
-    is still there is stored from it (``services.message_arecover``: every chunk relayed, and
-    how it ended); any other is marked ``interrupted``, keeping its checkpointed text. Returns
-    how many were ended."""
-    store = shared()
-    cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    # Answers that ended here and whose row waits for the database (chat.records): their end
-    # is on its way, so they are not lost.
-    ending = records.writer().pending_message_ids()
-    lost = []
-    recovered = 0
-    for pk, generation_id in await selectors.message_alist_streaming(updated_before=cutoff):
-        if pk in ending:
-            continue
-        running = find(generation_id) if generation_id else None
-        if running is not None and not running.ended and not running.is_mirror:
-            continue
-        if store is not None and generation_id:
-            if await store.is_live(generation_id):
-                continue
-            if await _recovered(store, pk, generation_id):
-                recovered += 1
-                continue
-        lost.append(pk)
-    marked = await services.message_amark_interrupted(message_ids=lost) if lost else 0
-    return recovered + marked
-
-
-async def _recovered(store: Shared, message_id: int, generation_id: str) -> bool:
-    """Whether answer ``message_id`` was stored from its shared buffer (``message_arecover``);
-    False when there is none, or Redis is down."""
-    try:
-        buffered = await store.buffered(generation_id)
-    except SharedUnavailable:
-        return False
-    if buffered is None:
-        return False
-    chunks, end = buffered
-    logger.warning(
-        "message %s: its process is gone; stored from its shared buffer (%d chunks, %s)",
-        message_id,
-        len(chunks),
-        (end or {}).get("status", "no end"),
-    )
-    return await services.message_arecover(message_id=message_id, chunks=chunks, end=end)
-
-
-async def sweep_forever(*, every_s: float = SWEEP_EVERY_S) -> None:
-    """Run ``sweep_interrupted`` every ``every_s`` for the life of the process (with
-    ``quotas.renew_held``: the quota reservations this process holds stay live), and
-    ``attachments.purge_unsent`` and ``services.usage_hour_aprune`` every ``PURGE_EVERY_S``."""
-    purged_at = -PURGE_EVERY_S
-    failures = database.FailureLog("the sweep of interrupted answers and unsent uploads")
-    while True:
-        try:
-            await quotas.renew_held()
-            swept = await sweep_interrupted()
-            if swept:
-                logger.warning(
-                    "ended %d answers whose process is gone (stored from their shared buffer, "
-                    "or interrupted)",
-                    swept,
-                )
-            if time.monotonic() - purged_at >= PURGE_EVERY_S:
-                purged_at = time.monotonic()
-                if purged := await attachments.purge_unsent():
-                    logger.info("deleted %d uploads never sent with a message", purged)
-                await services.usage_hour_aprune()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            failures.failed(exc)
-        else:
-            failures.succeeded()
-        await asyncio.sleep(every_s)

@@ -658,7 +658,7 @@ class Message(models.Model):
         COMPLETE = GenerationStatus.COMPLETE.value
         STOPPED = GenerationStatus.STOPPED.value
         ERROR = GenerationStatus.ERROR.value
-        INTERRUPTED = "interrupted"  # its process died mid-answer (answers.sweep_interrupted)
+        INTERRUPTED = "interrupted"  # its process died mid-answer (sweep.sweep_interrupted)
 
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"

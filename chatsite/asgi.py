@@ -136,8 +136,8 @@ class StartsBackgroundWork:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if not self.started:
             self.started = True
-            from chat.answers import sweep_forever
             from chat.relay.background import spawn
+            from chat.sweep import sweep_forever
 
             spawn(sweep_forever())
         await self.app(scope, receive, send)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import answers, quotas, readcache, selectors, services
+from chat import api_records, quotas, readcache, selectors, services
 from chat.http import error_response, invalid
 from chat.models import ApiKey, Slot
 from chat.relay import tokenize
@@ -153,7 +153,7 @@ async def answered_whole(
     """A whole (non-streamed) answer, its call recorded as complete with ``usage`` (chat
     completions' words: prompt and completion tokens) and kept as a conversation when the key
     says so (``messages``: the chat request's; ``chunk``: the answer as one chat chunk)."""
-    await answers.record_whole_api_call(
+    await api_records.record_whole_api_call(
         key=key,
         slot=slot,
         endpoint=call.endpoint,

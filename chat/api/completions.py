@@ -12,7 +12,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import answers, jsonbody, quotas, readcache, streaming
+from chat import api_records, jsonbody, quotas, readcache, streaming
 from chat.api.common import (
     CHAT,
     TEXT,
@@ -158,7 +158,7 @@ async def _streamed_completion(
     )
 
     async def record(read_to_end: bool) -> None:
-        await answers.record_api_call(
+        await api_records.record_api_call(
             key=key,
             slot=slot,
             endpoint=call.endpoint,

@@ -16,7 +16,16 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat import answers, jsonbody, quotas, readcache, selectors, services, streaming
+from chat import (
+    answers,
+    jsonbody,
+    quotas,
+    readcache,
+    response_store,
+    selectors,
+    services,
+    streaming,
+)
 from chat.api.common import (
     CHAT,
     RESPONSES,
@@ -404,7 +413,7 @@ def _stream_response(
     path (unless ``store`` is false), its end recorded (settling ``call``'s quota reservation)
     when the client leaves."""
     stored = (
-        answers.store_response_start(
+        response_store.store_response_start(
             key=turn.key,
             slot=turn.slot,
             initial=turn.initial,
@@ -420,7 +429,7 @@ def _stream_response(
     messages = turn.messages()
 
     async def record(read_to_end: bool) -> None:
-        await answers.record_response(
+        await response_store.record_response(
             key=turn.key,
             slot=turn.slot,
             initial=turn.initial,
@@ -563,6 +572,6 @@ async def cancel_response(request: HttpRequest, response_id: str) -> HttpRespons
         return method_not_allowed(request, allowed="POST")
     try:
         _, stored = await _owned_response(request, response_id)
-        return JsonResponse(await answers.cancel_response(stored))
+        return JsonResponse(await response_store.cancel_response(stored))
     except EnvelopeError as exc:
         return error_response(exc)

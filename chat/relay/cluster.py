@@ -278,7 +278,7 @@ class Shared:
 
     async def buffered(self, generation_id: str) -> tuple[list[str], dict[str, Any] | None] | None:
         """What the buffer of ``generation_id`` holds, for an answer whose process is gone
-        (``chat.answers.sweep_interrupted``): its chunks' JSON texts in order and its end
+        (``chat.sweep.sweep_interrupted``): its chunks' JSON texts in order and its end
         (``{"status": …, "error"?: …}``; None when it never ended), or None when there is no
         buffer (never written, or expired ``BUFFER_GRACE_S`` after its end). Raises
         ``SharedUnavailable`` while Redis is down."""

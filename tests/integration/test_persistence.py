@@ -103,9 +103,9 @@ async def test_the_sweeper_marks_orphaned_answers_interrupted(user) -> None:
 
     from django.utils import timezone
 
-    from chat.answers import sweep_interrupted
     from chat.models import Conversation
     from chat.relay.generation import Generation
+    from chat.sweep import sweep_interrupted
 
     conversation = await Conversation.objects.acreate(user=user, title="t")
     running = Generation(slot="primary")
