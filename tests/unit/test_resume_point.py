@@ -92,7 +92,7 @@ def checkpointed(chunks: list[dict[str, Any]], after: int) -> Message:
     acc = MessageAccumulator()
     for chunk in chunks[:after]:
         acc.add(chunk)
-    text = services._accumulated_text(acc)
+    text = services.messages._accumulated_text(acc)
     point = json.loads(json.dumps(services.resume_point(acc, text, sequence=after)))
     return Message(status=Message.Status.STREAMING, checkpoint=point, **text)
 
