@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
-from django_ratelimit.core import is_ratelimited
 
-from chat import attachments, selectors
+from chat import attachments, ratelimit, selectors
 from chat.http import Refusal, error_response, invalid, signed_in
 from chat.models import Attachment
-from chat.relay.cluster import UNREACHABLE, SharedUnavailable, shared
+from chat.relay.cluster import SharedUnavailable
 from chat.relay.errors import EnvelopeError
 
 # A served file is never run as a page of this site, whatever a browser makes of its bytes.
@@ -56,45 +54,19 @@ async def attachment_upload(request: HttpRequest) -> JsonResponse:
 
 async def _count_upload(request: HttpRequest, user_id: int) -> None:
     """Count the upload against the user's ``SLIPSTREAM_UPLOAD_RATE``: ``Refusal`` 429 past it,
-    ``SharedUnavailable`` (503) while the cache cannot count it (while Redis is known down, the
-    cache is not asked), as the widget's limits do (``chat.widget._exceeded``)."""
-    store = shared()
-    if store is not None and not store.health.up:
+    ``SharedUnavailable`` (503) while the cache cannot count it, as the widget's limits do."""
+    rate = settings.SLIPSTREAM_UPLOAD_RATE
+    limited = await ratelimit.over_rate(request, group="chat-upload", key=str(user_id), rate=rate)
+    if limited is None:
         raise SharedUnavailable()
-
-    def check() -> bool | Exception:
-        try:
-            limited: bool = is_ratelimited(
-                request,
-                group="chat-upload",
-                key=lambda group, request: str(user_id),
-                rate=settings.SLIPSTREAM_UPLOAD_RATE,
-                increment=True,
-            )
-        except UNREACHABLE as exc:
-            return exc
-        return limited
-
-    outcome = await sync_to_async(check)()
-    if isinstance(outcome, Exception):
-        if store is not None:
-            store.report_unavailable(outcome)
-        raise SharedUnavailable()
-    if outcome:
+    if limited:
         raise Refusal(
             "You have uploaded too many files just now. Please wait a little and try again.",
             status=429,
             type="rate_limit_error",
             code="rate_limited",
-            retry_after=_period_s(settings.SLIPSTREAM_UPLOAD_RATE),
+            retry_after=ratelimit.period_s(rate),
         )
-
-
-def _period_s(rate: str) -> int:
-    """Seconds of a django-ratelimit rate's period (``"30/m"``: 60, ``"100/2h"``: 7,200), the
-    longest wait before the count starts again (django-ratelimit staggers windows per key)."""
-    period = rate.partition("/")[2]
-    return int(period[:-1] or 1) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[-1]]
 
 
 @require_GET

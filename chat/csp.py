@@ -17,17 +17,14 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, cast
 
-from asgiref.sync import sync_to_async
 from csp.middleware import CSPMiddleware as BaseCSPMiddleware
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from django_ratelimit.core import is_ratelimited
 
-from chat import jsonbody
+from chat import jsonbody, ratelimit
 from chat.http import Refusal, client_ip, error_response, invalid
-from chat.relay.cluster import UNREACHABLE, shared
 from chat.relay.errors import EnvelopeError
 
 logger = logging.getLogger(__name__)
@@ -83,30 +80,14 @@ def _violations(payload: Any) -> list[dict[str, Any]]:
 
 async def _over_rate(request: HttpRequest) -> bool:
     """Count the report against its address's ``SLIPSTREAM_CSP_REPORT_RATE``: whether it is past
-    it, or cannot be counted (the cache unreachable, or Redis known down: not asked at all)."""
-    store = shared()
-    if store is not None and not store.health.up:
-        return True
-
-    def check() -> bool | Exception:
-        try:
-            limited: bool = is_ratelimited(
-                request,
-                group="csp-report",
-                key=lambda group, request: client_ip(request),
-                rate=settings.SLIPSTREAM_CSP_REPORT_RATE,
-                increment=True,
-            )
-        except UNREACHABLE as exc:
-            return exc
-        return limited
-
-    outcome = await sync_to_async(check)()
-    if isinstance(outcome, Exception):
-        if store is not None:
-            store.report_unavailable(outcome)
-        return True
-    return outcome
+    it, or cannot be counted (the cache unreachable, or Redis known down)."""
+    limited = await ratelimit.over_rate(
+        request,
+        group="csp-report",
+        key=client_ip(request),
+        rate=settings.SLIPSTREAM_CSP_REPORT_RATE,
+    )
+    return limited is not False
 
 
 @csrf_exempt  # browsers send reports without a token (nor cookies, for report-uri)
